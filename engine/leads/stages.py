@@ -1,0 +1,50 @@
+"""Lifecycle stages and the one transition table every stage change goes through."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from engine.errors import IllegalTransition, Invalid
+
+
+class Stage(StrEnum):
+    INQUIRY = "inquiry"
+    ENGAGED = "engaged"
+    MQL = "mql"
+    SAL = "sal"
+    OPPORTUNITY = "opportunity"
+    CUSTOMER = "customer"
+    RECYCLED = "recycled"
+    DISQUALIFIED = "disqualified"
+
+
+STAGES: tuple[str, ...] = tuple(stage.value for stage in Stage)
+
+TRANSITIONS: dict[str, frozenset[str]] = {
+    "inquiry": frozenset({"engaged", "mql", "sal", "recycled", "disqualified"}),
+    "engaged": frozenset({"mql", "sal", "recycled", "disqualified"}),
+    "mql": frozenset({"sal", "engaged", "recycled", "disqualified"}),
+    "sal": frozenset({"opportunity", "recycled", "disqualified"}),  # rejected by sales: recycled
+    "opportunity": frozenset({"customer", "recycled", "disqualified"}),  # closed won / lost
+    "customer": frozenset({"opportunity", "recycled"}),  # upsell / churn
+    "recycled": frozenset({"engaged", "mql", "sal", "disqualified"}),
+    "disqualified": frozenset({"recycled"}),
+}
+
+
+def parse_stage(value: str, *, field: str = "stage") -> str:
+    stage = (value or "").strip().lower()
+    if stage not in TRANSITIONS:
+        raise Invalid(f"unknown stage {value!r} (expected one of {', '.join(STAGES)})", field=field)
+    return stage
+
+
+def check_transition(current: str, target: str) -> None:
+    """Raise IllegalTransition unless the table allows current -> target."""
+    if current == target:
+        raise IllegalTransition(f"lead is already in stage {current}", field="stage")
+    if target not in TRANSITIONS[current]:
+        allowed = ", ".join(sorted(TRANSITIONS[current]))
+        raise IllegalTransition(
+            f"illegal stage change {current} -> {target} (from {current}: {allowed})", field="stage"
+        )

@@ -1,0 +1,12 @@
+"""Every model, imported in one place so metadata (and Alembic) sees all tables."""
+
+from engine.auth.models import ApiKey
+from engine.db import Base
+from engine.journeys.models import Enrollment
+from engine.leads.models import Lead, LeadEvent, StageChange
+from engine.programs.models import ProgramRecord, ProgramVersion
+
+__all__ = [
+    "ApiKey", "Base", "Enrollment", "Lead", "LeadEvent", "ProgramRecord", "ProgramVersion",
+    "StageChange",
+]

@@ -1,0 +1,202 @@
+"""A program as plain data: what program.yaml says, after validation. No I/O here."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_DURATION = re.compile(r"(\d+)([mhdw])")
+_UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> timedelta:
+    """'30m', '12h', '3d', '1w', or combined as '1d12h'. Raises ValueError otherwise."""
+    value = str(text).strip().lower()
+    parts = _DURATION.findall(value)
+    if not value or "".join(n + u for n, u in parts) != value:
+        raise ValueError(f"bad duration {text!r} (use a number and m, h, d or w, e.g. 3d or 1w)")
+    return timedelta(seconds=sum(int(n) * _UNITS[u] for n, u in parts))
+
+
+def format_duration(delta: timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    for unit in ("w", "d", "h", "m"):
+        if seconds and seconds % _UNITS[unit] == 0:
+            return f"{seconds // _UNITS[unit]}{unit}"
+    return f"{seconds // 60}m"
+
+
+@dataclass(frozen=True)
+class SendWindow:
+    days: frozenset[int] = frozenset(range(5))  # Monday is 0
+    start: time = time(9, 0)
+    end: time = time(17, 0)
+
+    def next_open(self, at: datetime, tz: ZoneInfo) -> datetime:
+        """The earliest instant >= at that falls inside the window in `tz` (DST-safe)."""
+        local = at.astimezone(tz)
+        for offset in range(8):
+            day = local.date() + timedelta(days=offset)
+            if day.weekday() not in self.days:
+                continue
+            opens = _local_instant(day, self.start, tz)
+            closes = _local_instant(day, self.end, tz)
+            if at < opens:
+                return opens
+            if at < closes:
+                return at
+        raise ValueError("send window has no open time")  # validation guarantees at least one day
+
+    def to_dict(self) -> dict:
+        return {
+            "days": [DAYS[d] for d in sorted(self.days)],
+            "from": self.start.strftime("%H:%M"),
+            "to": self.end.strftime("%H:%M"),
+        }
+
+
+def _local_instant(day, clock: time, tz: ZoneInfo) -> datetime:
+    """Wall-clock time on a day in tz; a time skipped by a DST jump resolves to just after it."""
+    naive = datetime.combine(day, clock)
+    aware = naive.replace(tzinfo=tz)
+    roundtrip = aware.astimezone(ZoneInfo("UTC")).astimezone(tz)
+    if roundtrip.replace(tzinfo=None) != naive:  # nonexistent local time (spring forward)
+        aware = naive.replace(tzinfo=tz, fold=1)
+    return aware.astimezone(ZoneInfo("UTC"))
+
+
+@dataclass(frozen=True)
+class Persona:
+    key: str
+    name: str
+    match: dict = field(default_factory=dict)  # {"title_contains": [...], "industry_in": [...]}
+    default: bool = False
+
+
+@dataclass(frozen=True)
+class Email:
+    key: str
+    file: str
+    subject: str
+    preheader: str | None = None
+
+
+@dataclass(frozen=True)
+class Page:
+    key: str
+    file: str
+    slug: str
+    title: str | None = None
+
+
+@dataclass(frozen=True)
+class Step:
+    """An email to send, or a wait before the next step. Email steps are identified by their email."""
+
+    email: str | None = None
+    wait: timedelta | None = None
+
+    def to_dict(self) -> dict:
+        return {"email": self.email} if self.email else {"wait": format_duration(self.wait)}
+
+
+@dataclass(frozen=True)
+class NonResponders:
+    after_sends: int
+    move_to: str | None = None  # None: pause the enrollment
+
+
+@dataclass(frozen=True)
+class Rules:
+    exit_on_stages: frozenset[str] = frozenset({"sal", "opportunity", "customer", "disqualified"})
+    non_responders: NonResponders | None = None
+
+
+@dataclass(frozen=True)
+class Program:
+    slug: str
+    name: str
+    timezone: str
+    send_window: SendWindow
+    personas: dict[str, Persona]
+    emails: dict[str, Email]
+    pages: dict[str, Page]
+    tracks: dict[str, tuple[Step, ...]]
+    rules: Rules
+    sender: dict = field(default_factory=dict)
+    version: int = 0
+
+    @property
+    def default_persona(self) -> str:
+        return next((p.key for p in self.personas.values() if p.default), next(iter(self.personas)))
+
+    def cell_track(self, persona: str, stage: str) -> str | None:
+        key = f"{persona}/{stage}"
+        return key if key in self.tracks else None
+
+    def to_dict(self) -> dict:
+        return {
+            "program": self.slug,
+            "name": self.name,
+            "timezone": self.timezone,
+            "sender": self.sender,
+            "send_window": self.send_window.to_dict(),
+            "personas": {
+                k: {"name": p.name, "match": p.match, "default": p.default}
+                for k, p in self.personas.items()
+            },
+            "emails": {
+                k: {"file": e.file, "subject": e.subject, "preheader": e.preheader}
+                for k, e in self.emails.items()
+            },
+            "pages": {
+                k: {"file": p.file, "slug": p.slug, "title": p.title} for k, p in self.pages.items()
+            },
+            "tracks": {k: [s.to_dict() for s in steps] for k, steps in self.tracks.items()},
+            "rules": {
+                "exit_on_stages": sorted(self.rules.exit_on_stages),
+                "non_responders": (
+                    {
+                        "after_sends": self.rules.non_responders.after_sends,
+                        "move_to": self.rules.non_responders.move_to,
+                    }
+                    if self.rules.non_responders
+                    else None
+                ),
+            },
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict, *, version: int = 0) -> Program:
+        """Rebuild a program from to_dict() output (already validated when it was stored)."""
+        window = data["send_window"]
+        nr = data["rules"].get("non_responders")
+        return cls(
+            slug=data["program"],
+            name=data.get("name") or data["program"],
+            timezone=data["timezone"],
+            sender=data.get("sender") or {},
+            send_window=SendWindow(
+                days=frozenset(DAYS.index(d) for d in window["days"]),
+                start=time.fromisoformat(window["from"]),
+                end=time.fromisoformat(window["to"]),
+            ),
+            personas={k: Persona(key=k, **v) for k, v in data["personas"].items()},
+            emails={k: Email(key=k, **v) for k, v in data["emails"].items()},
+            pages={k: Page(key=k, **v) for k, v in data["pages"].items()},
+            tracks={
+                k: tuple(
+                    Step(email=s["email"]) if "email" in s else Step(wait=parse_duration(s["wait"]))
+                    for s in steps
+                )
+                for k, steps in data["tracks"].items()
+            },
+            rules=Rules(
+                exit_on_stages=frozenset(data["rules"]["exit_on_stages"]),
+                non_responders=NonResponders(**nr) if nr else None,
+            ),
+            version=version,
+        )
