@@ -1,0 +1,6 @@
+import click
+
+
+@click.group()
+def apikey() -> None:
+    """API keys with roles."""

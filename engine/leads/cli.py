@@ -1,0 +1,6 @@
+import click
+
+
+@click.group()
+def leads() -> None:
+    """Leads: import, show, change stage."""

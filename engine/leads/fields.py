@@ -1,0 +1,100 @@
+"""Validation of lead fields, shared by the CSV import, the API and the simulator."""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from zoneinfo import available_timezones
+
+from engine.errors import Invalid
+from engine.leads.models import STANDARD_FIELDS
+from engine.leads.stages import parse_stage
+
+MAX_FIELD_LENGTH = 1000
+MAX_CUSTOM_FIELDS = 50
+_EMAIL = re.compile(
+    r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z][A-Za-z0-9-]{0,62}$"
+)
+_CUSTOM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+_TRUE = {"yes", "y", "true", "1", "opt-in", "optin", "granted"}
+_FALSE = {"no", "n", "false", "0", "opt-out", "optout", "withdrawn"}
+_LIMITS = {"email": 254, "timezone": 64, "stage": 20, "persona": 100, "country": 100}
+
+
+@lru_cache(maxsize=1)
+def _timezones() -> frozenset[str]:
+    return frozenset(available_timezones())
+
+
+def normalise_email(value: str | None) -> str:
+    email = (value or "").strip()
+    if not email:
+        raise Invalid("email is required", field="email")
+    if len(email) > 254 or not _EMAIL.match(email):
+        raise Invalid(f"invalid email address {email[:100]!r}", field="email")
+    return email.lower()
+
+
+def parse_consent(value: str | bool | None) -> bool | None:
+    if value is None or isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if not text:
+        return None
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise Invalid(f"consent must be yes or no, got {value!r}", field="consent")
+
+
+def check_timezone(value: str) -> str:
+    if value not in _timezones():
+        raise Invalid(f"unknown time zone {value!r} (use an IANA name like Europe/Paris)",
+                      field="timezone")
+    return value
+
+
+def clean_lead_fields(raw: dict) -> dict:
+    """Validate one lead's fields. Returns standard fields plus `custom`; blank values are dropped.
+
+    Raises Invalid naming the first field at fault.
+    """
+    clean: dict = {}
+    custom: dict = {}
+    for name, value in raw.items():
+        if name is None:
+            raise Invalid("more values than columns", field="(extra)")
+        key = str(name).strip().lower()
+        if value is None or isinstance(value, str) and not value.strip():
+            continue
+        if isinstance(value, str):
+            value = value.strip()
+            if len(value) > _LIMITS.get(key, MAX_FIELD_LENGTH):
+                raise Invalid(f"value longer than {_LIMITS.get(key, MAX_FIELD_LENGTH)} characters",
+                              field=key)
+            if any("\udc80" <= ch <= "\udcff" for ch in value):
+                raise Invalid("bytes that are not valid UTF-8 (re-run with --encoding latin-1?)",
+                              field=key)
+            if "\x00" in value:
+                raise Invalid("NUL character", field=key)
+        if key in STANDARD_FIELDS:
+            clean[key] = value
+        elif key == "custom" and isinstance(value, dict):
+            custom.update(value)
+        elif _CUSTOM_NAME.match(key):
+            custom[key] = value
+        else:
+            raise Invalid(f"bad column name {name!r}", field=key)
+    clean["email"] = normalise_email(clean.get("email"))
+    if "stage" in clean:
+        clean["stage"] = parse_stage(clean["stage"])
+    if "timezone" in clean:
+        clean["timezone"] = check_timezone(clean["timezone"])
+    if "consent" in clean:
+        clean["consent"] = parse_consent(clean["consent"])
+    if len(custom) > MAX_CUSTOM_FIELDS:
+        raise Invalid(f"more than {MAX_CUSTOM_FIELDS} custom fields", field="custom")
+    clean["custom"] = custom
+    return clean

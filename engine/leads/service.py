@@ -1,0 +1,116 @@
+"""Leads: create or update one, change its stage, read it back."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from engine.errors import Invalid, NotFound
+from engine.journeys.decide import Event, EventKind
+from engine.journeys.service import apply_event, enroll, sync_persona
+from engine.leads.fields import clean_lead_fields, normalise_email
+from engine.leads.models import STANDARD_FIELDS, Lead, LeadEvent, StageChange
+from engine.leads.stages import check_transition, parse_stage
+from engine.programs.service import current_program
+
+
+def get_lead(*, session: Session, email: str) -> Lead:
+    lead = session.scalar(select(Lead).where(Lead.email == normalise_email(email)))
+    if lead is None:
+        raise NotFound(f"no lead with email {email!r}", field="email")
+    return lead
+
+
+def get_lead_by_id(*, session: Session, lead_id: int) -> Lead:
+    lead = session.get(Lead, lead_id)
+    if lead is None:
+        raise NotFound(f"no lead with id {lead_id}", field="id")
+    return lead
+
+
+def upsert_lead(*, session: Session, fields: dict, now: datetime, actor: str,
+                program: str | None = None) -> tuple[Lead, bool]:
+    """Create or update a lead by case-insensitive email; enroll it in `program` if given.
+
+    A stage given for an existing lead goes through the transition table.
+    """
+    clean = clean_lead_fields(fields)
+    record_program = current_program(session=session, name=program) if program else None
+    if record_program and clean.get("persona") and clean["persona"] not in record_program[1].personas:
+        raise Invalid(f"unknown persona {clean['persona']!r} in program {program}", field="persona")
+    lead = session.scalar(select(Lead).where(Lead.email == clean["email"]))
+    created = lead is None
+    stage = clean.pop("stage", None)
+    if created:
+        lead = Lead(**clean, stage=stage or "inquiry", created_at=now, updated_at=now)
+        session.add(lead)
+        session.flush()
+        session.add(StageChange(lead_id=lead.id, from_stage=None, to_stage=lead.stage, at=now,
+                                reason="created", actor=actor))
+    else:
+        custom = {**(lead.custom or {}), **clean.pop("custom")}
+        changes = {k: v for k, v in clean.items() if getattr(lead, k) != v}
+        if custom != (lead.custom or {}):
+            changes["custom"] = custom
+        for key, value in changes.items():
+            setattr(lead, key, value)
+        if changes:
+            lead.updated_at = now
+        if stage and stage != lead.stage:
+            set_stage(session=session, lead=lead, stage=stage, reason="updated", actor=actor, now=now)
+        if changes:
+            sync_persona(session=session, lead=lead, now=now, actor=actor)
+    if record_program:
+        enroll(session=session, lead=lead, program_id=record_program[0].id,
+               program=record_program[1], now=now, actor=actor)
+    return lead, created
+
+
+def set_stage(*, session: Session, lead: Lead, stage: str, reason: str, actor: str,
+              now: datetime) -> StageChange:
+    """Move a lead to a new lifecycle stage, recorded, and tell its enrollments."""
+    target = parse_stage(stage)
+    if not reason or not reason.strip():
+        raise Invalid("a reason is required for a stage change", field="reason")
+    check_transition(lead.stage, target)
+    change = StageChange(lead_id=lead.id, from_stage=lead.stage, to_stage=target, at=now,
+                         reason=reason.strip(), actor=actor)
+    session.add(change)
+    lead.stage = target
+    lead.updated_at = now
+    apply_event(session=session, lead=lead, event=Event(EventKind.STAGE, detail=target), now=now,
+                actor=actor)
+    return change
+
+
+def list_leads(*, session: Session, stage: str | None = None, persona: str | None = None,
+               email_contains: str | None = None, limit: int = 50,
+               offset: int = 0) -> tuple[list[Lead], int]:
+    query = select(Lead)
+    if stage:
+        query = query.where(Lead.stage == parse_stage(stage))
+    if persona:
+        query = query.where(Lead.persona == persona)
+    if email_contains:
+        query = query.where(Lead.email.contains(email_contains.lower(), autoescape=True))
+    total = session.scalar(select(func.count()).select_from(query.subquery()))
+    leads = session.scalars(query.order_by(Lead.id).limit(limit).offset(offset))
+    return list(leads), total
+
+
+def stage_history(*, session: Session, lead_id: int) -> list[StageChange]:
+    return list(session.scalars(
+        select(StageChange).where(StageChange.lead_id == lead_id).order_by(StageChange.id)))
+
+
+def event_log(*, session: Session, lead_id: int, limit: int = 200) -> list[LeadEvent]:
+    return list(session.scalars(
+        select(LeadEvent).where(LeadEvent.lead_id == lead_id).order_by(LeadEvent.id).limit(limit)))
+
+
+def lead_dict(lead: Lead) -> dict:
+    data = {name: getattr(lead, name) for name in STANDARD_FIELDS}
+    return {"id": lead.id, **data, "custom": lead.custom or {},
+            "created_at": lead.created_at.isoformat(), "updated_at": lead.updated_at.isoformat()}

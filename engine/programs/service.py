@@ -1,0 +1,111 @@
+"""Store program versions and read them back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from engine.errors import NotFound
+from engine.leads.stages import STAGES
+from engine.programs.loader import load_program_dir
+from engine.programs.models import ProgramRecord, ProgramVersion
+from engine.programs.spec import Program
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    record: ProgramRecord
+    version: int
+    created: bool  # False when the content equals the current version
+    migrated: int  # running enrollments moved to the new version
+
+
+def load_program(*, session: Session, directory: str | Path, now: datetime,
+                 actor: str = "cli") -> LoadResult:
+    """Validate a program directory and store it as a new version, in the caller's transaction.
+
+    Raises ProgramInvalid (nothing stored) when the directory has errors.
+    """
+    loaded = load_program_dir(directory)
+    slug = loaded.program.slug
+    record = session.scalar(select(ProgramRecord).where(ProgramRecord.name == slug))
+    if record is None:
+        record = ProgramRecord(name=slug, created_at=now)
+        session.add(record)
+        session.flush()
+    elif record.current_version is not None:
+        current = _version_row(session, record.id, record.current_version)
+        if current.content_hash == loaded.content_hash:
+            return LoadResult(record, record.current_version, created=False, migrated=0)
+    version = (record.current_version or 0) + 1
+    session.add(ProgramVersion(
+        program_id=record.id, version=version, content_hash=loaded.content_hash,
+        definition=loaded.program.to_dict(), files=loaded.files, source=str(directory)[:1000],
+        created_at=now,
+    ))
+    record.current_version = version
+    session.flush()
+    from engine.journeys.service import migrate_enrollments  # journeys depends on programs
+
+    migrated = migrate_enrollments(session=session, program_id=record.id,
+                                   program=current_program(session=session, name=slug)[1],
+                                   now=now, actor=actor)
+    return LoadResult(record, version, created=True, migrated=migrated)
+
+
+def _version_row(session: Session, program_id: int, version: int) -> ProgramVersion:
+    return session.scalar(select(ProgramVersion).where(
+        ProgramVersion.program_id == program_id, ProgramVersion.version == version))
+
+
+def program_at(session: Session, program_id: int, version: int) -> Program:
+    row = _version_row(session, program_id, version)
+    if row is None:
+        raise NotFound(f"program {program_id} has no version {version}", field="program")
+    return _cached_program(row)
+
+
+_cache: dict[int, Program] = {}
+
+
+def _cached_program(row: ProgramVersion) -> Program:
+    """Program versions are immutable, so the parsed form is cached by row id."""
+    program = _cache.get(row.id)
+    if program is None:
+        program = Program.from_dict(row.definition, version=row.version)
+        if len(_cache) > 256:
+            _cache.clear()
+        _cache[row.id] = program
+    return program
+
+
+def current_program(*, session: Session, name: str) -> tuple[ProgramRecord, Program]:
+    record = session.scalar(select(ProgramRecord).where(ProgramRecord.name == name))
+    if record is None or record.current_version is None:
+        raise NotFound(f"no program named {name!r} (load it with `nurture program load DIR`)",
+                       field="program")
+    return record, program_at(session, record.id, record.current_version)
+
+
+def list_programs(*, session: Session) -> list[ProgramRecord]:
+    return list(session.scalars(select(ProgramRecord).order_by(ProgramRecord.name)))
+
+
+def matrix(program: Program) -> list[dict]:
+    """One row per persona x stage cell: its track (or None: an empty cell) and step count."""
+    rows = []
+    for persona in program.personas:
+        for stage in STAGES:
+            track = program.cell_track(persona, stage)
+            exits = stage in program.rules.exit_on_stages
+            rows.append({
+                "persona": persona, "stage": stage, "track": track,
+                "steps": len(program.tracks[track]) if track else 0,
+                "emails": [s.email for s in program.tracks[track] if s.email] if track else [],
+                "empty": track is None and not exits, "exit": exits,
+            })
+    return rows

@@ -1,0 +1,33 @@
+"""The Flask application factory. Nothing connects at import time."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from engine.config import Settings
+from engine.db import Database
+from engine.web.errors import register_error_handlers
+
+MAX_REQUEST_BYTES = 1 * 1024 * 1024
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or Settings.from_env()
+    app = Flask(__name__, instance_path=str(settings.instance_path),
+                template_folder=str(_templates_dir()))
+    app.config.update(SECRET_KEY=settings.secret_key, MAX_CONTENT_LENGTH=MAX_REQUEST_BYTES,
+                      JSON_SORT_KEYS=False)
+    app.extensions["nurture.settings"] = settings
+    app.extensions["nurture.db"] = Database(settings.database_url)
+
+    from engine.web.api import api
+
+    app.register_blueprint(api, url_prefix="/api/v1")
+    register_error_handlers(app)
+    return app
+
+
+def _templates_dir():
+    from pathlib import Path
+
+    return Path(__file__).resolve().parents[2] / "templates"

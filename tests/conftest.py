@@ -1,0 +1,119 @@
+"""Shared fixtures: a real database per backend (SQLite always; PostgreSQL on CI or when
+NURTURE_TEST_DATABASE_URL is set), an app, a CLI runner, and program directories."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import create_engine, text
+
+from engine.db import Base, Database
+from engine.migrate import upgrade
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE_PROGRAM = ROOT / "assets" / "acme-nurture"
+PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+def _postgres_admin_url() -> str | None:
+    url = os.environ.get("NURTURE_TEST_DATABASE_URL")
+    if url:
+        return url.replace("postgresql://", "postgresql+psycopg://", 1)
+    return PG_ADMIN_URL if os.environ.get("CI") == "true" else None
+
+
+def _backends() -> list[str]:
+    return ["sqlite", "postgresql"] if _postgres_admin_url() else ["sqlite"]
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory) -> Path:
+    """A migrated SQLite file, copied for each test (migrating per test would be slow)."""
+    path = tmp_path_factory.mktemp("template") / "template.db"
+    upgrade(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A database of our own on the shared server, dropped at the end of the session."""
+    admin_url = _postgres_admin_url()
+    if admin_url is None:
+        pytest.skip("PostgreSQL tests run when CI=true or NURTURE_TEST_DATABASE_URL is set")
+    name = f"nurture_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = admin_url.rsplit("/", 1)[0] + f"/{name}"
+    upgrade(url)
+    yield url
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(params=_backends())
+def database_url(request, tmp_path, sqlite_template) -> str:
+    if request.param == "sqlite":
+        path = tmp_path / "nurture.db"
+        shutil.copy(sqlite_template, path)
+        yield f"sqlite:///{path}"
+        return
+    url = request.getfixturevalue("postgres_url")
+    yield url
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+        conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    engine.dispose()
+
+
+@pytest.fixture
+def db(database_url) -> Database:
+    database = Database(database_url)
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def env(tmp_path, database_url, monkeypatch) -> dict:
+    """Environment for CLI and app: the test database and a private instance directory."""
+    values = {"DATABASE_URL": database_url, "NURTURE_INSTANCE": str(tmp_path / "instance"),
+              "SECRET_KEY": "test-secret"}
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    return values
+
+
+@pytest.fixture
+def cli(env):
+    """Run `nurture ...` in-process: cli("program", "load", path) -> click Result."""
+    from engine.cli import main
+
+    runner = CliRunner()
+
+    def invoke(*args: str, input: str | None = None):
+        return runner.invoke(main, [str(a) for a in args], input=input, catch_exceptions=False)
+
+    return invoke
+
+
+@pytest.fixture
+def sample_program(tmp_path) -> Path:
+    """A private copy of the bundled sample program, safe to edit."""
+    target = tmp_path / "acme-nurture"
+    shutil.copytree(SAMPLE_PROGRAM, target)
+    return target
+
+
+@pytest.fixture
+def loaded_program(cli, sample_program) -> str:
+    result = cli("program", "load", sample_program)
+    assert result.exit_code == 0, result.output
+    return "acme-nurture"
