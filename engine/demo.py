@@ -1,6 +1,174 @@
+"""`nurture demo`: the sample program end to end on the embedded defaults."""
+
+from __future__ import annotations
+
+import csv
+import random
+from collections import Counter
+from pathlib import Path
+
 import click
+from rich.table import Table
+from sqlalchemy import func, select
+
+from engine.cli import AppContext, console, pass_app
+from engine.db import utcnow
+
+SAMPLE_PROGRAM = Path(__file__).resolve().parent.parent / "assets" / "acme-nurture"
+FIRST = ["Ada", "Grace", "Linus", "Margaret", "Alan", "Katherine", "Dennis", "Barbara", "Ken",
+         "Frances", "Tim", "Radia", "Guido", "Hedy", "John", "Sophie", "Léa", "Jürgen", "Aiko", "Mateo"]
+LAST = ["Lovelace", "Hopper", "Torvalds", "Hamilton", "Turing", "Johnson", "Ritchie", "Liskov",
+        "Thompson", "Allen", "Berners-Lee", "Perlman", "van Rossum", "Lamarr", "Backus", "Wilson",
+        "Martin", "Müller", "Tanaka", "García"]
+COMPANIES = ["Globex", "Initech", "Umbrella", "Hooli", "Stark Industries", "Wayne Enterprises",
+             "Acme Widgets", "Soylent", "Tyrell", "Cyberdyne", "Vandelay", "Wonka"]
+TITLES = ["IT Director", "CIO", "Head of Infrastructure", "DevOps Lead", "Senior Sysadmin",
+          "CFO", "Finance Manager", "Financial Controller", "Chief Accountant", "Marketing Manager"]
+ZONES = ["Europe/Paris", "Europe/London", "America/New_York", "America/Los_Angeles", "Asia/Tokyo", ""]
+CHANNELS = ["webinar", "paid-search", "trade-show", "content-syndication", "organic"]
+COLUMNS = ["email", "first_name", "last_name", "company", "title", "country", "timezone", "stage",
+           "source_channel", "source_offer", "consent", "industry"]
+
+
+def write_sample_leads(path: Path, count: int, seed: int = 42) -> list[str]:
+    """A realistic leads CSV with three deliberately bad rows. Returns the good emails."""
+    rng = random.Random(seed)
+    emails = []
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(COLUMNS)
+        for i in range(count):
+            first, last = rng.choice(FIRST), rng.choice(LAST)
+            company = rng.choice(COMPANIES)
+            email = f"{first}.{last}.{i}@{company.replace(' ', '').lower()}.example".lower()
+            email = email.replace("é", "e").replace("ü", "u").replace("í", "i").replace(" ", "")
+            emails.append(email)
+            stage = rng.choices(["inquiry", "engaged", "recycled"], [70, 20, 10])[0]
+            writer.writerow([email, first, last, company, rng.choice(TITLES),
+                             rng.choice(["FR", "GB", "US", "JP", "DE"]), rng.choice(ZONES), stage,
+                             rng.choice(CHANNELS), "cloud-cost-guide", "yes",
+                             rng.choice(["software", "retail", "manufacturing", "finance"])])
+        writer.writerow(["not-an-email", "Bad", "Row", "X", "CFO", "FR", "", "inquiry", "", "", "yes", ""])
+        writer.writerow(["stage@bad.example", "Bad", "Stage", "X", "CFO", "FR", "", "hot", "", "", "yes", ""])
+        writer.writerow(["zone@bad.example", "Bad", "Zone", "X", "CFO", "FR", "Mars/Olympus", "inquiry",
+                         "", "", "yes", ""])
+    return emails
+
+
+def write_sample_events(path: Path, emails: list[str], seed: int = 7) -> None:
+    """Opens, clicks, stage changes and exits that exercise the program's rules."""
+    rng = random.Random(seed)
+    rows = []
+    for email in emails:
+        roll = rng.random()
+        if roll < 0.45:
+            rows.append((rng.randint(1, 6), email, "opened", ""))
+        if roll < 0.2:
+            rows.append((rng.randint(2, 8), email, "clicked", ""))
+        if roll < 0.12:
+            rows.append((rng.randint(9, 12), email, "stage", "engaged"))
+    talkers, leavers = emails[:3], emails[3:5]
+    rows += [(4, email, "talk_to_sales", "") for email in talkers]
+    rows += [(10, email, "unsubscribed", "") for email in leavers]
+    rows.append((2, emails[5], "bounced", "hard"))
+    rows.append((1, emails[6], "consumed", "guide_it"))
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["day", "email", "event", "detail"])
+        writer.writerows(sorted(rows))
 
 
 @click.command()
-def demo() -> None:
-    """Run the demo."""
+@click.option("--leads", "lead_count", default=200, show_default=True, type=click.IntRange(10, 100_000))
+@click.option("--days", default=30, show_default=True, type=click.IntRange(1, 365))
+@click.option("--program-dir", type=click.Path(exists=True, file_okay=False), default=str(SAMPLE_PROGRAM),
+              show_default=True)
+@pass_app
+def demo(app: AppContext, lead_count: int, days: int, program_dir: str) -> None:
+    """Load the sample program, import sample leads, simulate DAYS days and summarise."""
+    from engine.journeys.simulate import parse_start, read_events, simulate
+    from engine.leads.importer import import_leads, read_lead_rows
+    from engine.programs.loader import load_program_dir
+    from engine.programs.service import load_program
+
+    work = app.settings.instance_path / "demo"
+    work.mkdir(parents=True, exist_ok=True)
+    now = utcnow()
+
+    console.rule("1. Load the sample program")
+    with app.db.session() as session:
+        result = load_program(session=session, directory=program_dir, now=now, actor="demo")
+    program = load_program_dir(program_dir).program
+    console.print(f"{program.name}: {len(program.personas)} personas, {len(program.emails)} emails, "
+                  f"{len(program.pages)} landing pages, {len(program.tracks)} tracks "
+                  f"(version {result.version}{'' if result.created else ', unchanged'})")
+
+    console.rule("2. Import sample leads")
+    leads_csv, events_csv = work / "leads.csv", work / "events.csv"
+    emails = write_sample_leads(leads_csv, lead_count)
+    write_sample_events(events_csv, emails)
+    summary = import_leads(db=app.db, path=leads_csv, program=program.slug, now=now,
+                           rejects_path=work / "leads.rejects.csv")
+    console.print(f"{leads_csv}: created {summary.created}, updated {summary.updated}, "
+                  f"rejected {summary.rejected} (see {work / 'leads.rejects.csv'})")
+    _print_enrollments(app, program.slug)
+
+    console.rule(f"3. Simulate {days} days")
+    start = parse_start(None, now)
+    leads = [row.fields for row in read_lead_rows(leads_csv) if not row.error]
+    events = read_events(events_csv, start=start, program=program, emails={lead["email"] for lead in leads})
+    sims = simulate(program, leads, events, start=start, days=days)
+    _print_summary(sims, days)
+
+
+def _print_enrollments(app: AppContext, slug: str) -> None:
+    from engine.journeys.models import Enrollment
+    from engine.programs.models import ProgramRecord
+
+    with app.db.session() as session:
+        rows = session.execute(
+            select(Enrollment.track, Enrollment.status, func.count())
+            .join(ProgramRecord, ProgramRecord.id == Enrollment.program_id)
+            .where(ProgramRecord.name == slug)
+            .group_by(Enrollment.track, Enrollment.status).order_by(Enrollment.track)
+        ).all()
+    table = Table("track", "status", "leads", title="Stored enrollments")
+    for track, status, count in rows:
+        table.add_row(track or "-", status, str(count))
+    console.print(table)
+
+
+def _print_summary(sims, days: int) -> None:
+    entries = [entry for sim in sims for entry in sim.path]
+    sends = Counter(e.asset for e in entries if e.action == "send")
+    table = Table("email", "sends", title=f"Emails sent over {days} days (simulated, nothing delivered)")
+    for asset, count in sorted(sends.items()):
+        table.add_row(asset, str(count))
+    console.print(table)
+    exits = Counter(e.reason for e in entries if e.action == "exit")
+    moves = Counter(e.track for e in entries if e.action == "move" and e.reason != "enrolled")
+    console.print(f"{sum(sends.values())} sends to {len(sims)} leads; "
+                  f"{sum(1 for e in entries if e.action == 'notify')} sales notification(s)")
+    console.print("exits: " + (", ".join(f"{n} {r}" for r, n in exits.most_common()) or "none"))
+    console.print("moves: " + (", ".join(f"{n} to {t}" for t, n in moves.most_common()) or "none"))
+    statuses = Counter(str(sim.state.status) for sim in sims)
+    console.print("final status: " + ", ".join(f"{n} {s}" for s, n in statuses.most_common()))
+    for sim in _examples(sims):
+        console.print(f"\n[bold]{sim.email}[/bold] ({sim.state.persona})")
+        for entry in sim.path:
+            local = entry.at.astimezone(_zone(sim.state.timezone)).strftime("%a %d %b %H:%M %Z")
+            console.print(f"  {local:<20} {entry.action:<7} {entry.asset or entry.track or '':<24} "
+                          f"{entry.reason}", markup=False)
+
+
+def _examples(sims) -> list:
+    """A lead that moved tracks and one that talked to sales, to show the rules at work."""
+    moved = next((s for s in sims if any(e.action == "move" and e.reason != "enrolled" for e in s.path)), None)
+    talked = next((s for s in sims if any(e.action == "notify" for e in s.path)), None)
+    return [s for s in (moved, talked) if s is not None]
+
+
+def _zone(name: str):
+    from zoneinfo import ZoneInfo
+
+    return ZoneInfo(name)
