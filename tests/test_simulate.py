@@ -1,0 +1,97 @@
+"""`nurture simulate` as a marketer uses it to check a program's paths before launch."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+import pytest
+
+LEADS = """email,first_name,title,timezone,stage
+ada@globex.example,Ada,IT Director,Europe/Paris,inquiry
+bob@initech.example,Bob,CFO,America/New_York,inquiry
+"""
+
+
+@pytest.fixture
+def leads_csv(tmp_path):
+    path = tmp_path / "leads.csv"
+    path.write_text(LEADS)
+    return path
+
+
+def run(cli, program, leads, *extra):
+    result = cli("simulate", program, "--leads", leads, "--json", *extra)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def of(entries, lead, action=None):
+    return [e for e in entries if e["lead"] == lead and (action is None or e["action"] == action)]
+
+
+def test_sends_follow_the_track_inside_the_send_window(cli, sample_program, leads_csv):
+    entries = run(cli, sample_program, leads_csv, "--days", "21", "--start", "2026-11-02T00:00:00")
+    ada = of(entries, "ada@globex.example", "send")
+    assert [e["asset"] for e in ada] == ["welcome_it", "guide_it", "checklist_it"]
+    assert all(e["track"] == "it_manager/inquiry" for e in ada)
+    bob = of(entries, "bob@initech.example", "send")
+    assert bob[0]["asset"] == "welcome_finance" and bob[0]["track"] == "finance/inquiry"
+    for entry, zone in [(e, "Europe/Paris") for e in ada] + [(e, "America/New_York") for e in bob]:
+        local = datetime.fromisoformat(entry["at"]).astimezone(ZoneInfo(zone))
+        assert local.weekday() < 5 and 9 <= local.hour < 17, entry
+    times = [datetime.fromisoformat(e["at"]) for e in ada]
+    assert (times[1] - times[0]).days >= 3 and (times[2] - times[1]).days >= 4
+
+
+def test_stage_change_moves_to_the_new_cell_and_exit_stops_sends(cli, sample_program, leads_csv, tmp_path):
+    events = tmp_path / "events.csv"
+    events.write_text("day,email,event,detail\n"
+                      "1,ada@globex.example,stage,engaged\n"
+                      "2,bob@initech.example,talk_to_sales,\n"
+                      "3,ada@globex.example,unsubscribed,\n")
+    entries = run(cli, sample_program, leads_csv, "--events", events, "--days", "30",
+                  "--start", "2026-11-02")
+    ada = of(entries, "ada@globex.example")
+    move = next(e for e in ada if e["action"] == "move" and e["track"] == "it_manager/engaged")
+    assert "stage engaged" in move["reason"]
+    sends = [e["asset"] for e in ada if e["action"] == "send"]
+    assert sends[:2] == ["welcome_it", "case_study_it"]
+    exit_at = next(e["at"] for e in ada if e["action"] == "exit")
+    assert not [e for e in ada if e["action"] == "send" and e["at"] > exit_at]
+    bob = of(entries, "bob@initech.example")
+    assert [e["action"] for e in bob if e["event"] == "talk_to_sales"] == ["notify", "exit"]
+    assert not [e for e in bob if e["action"] == "send" and e["at"] > bob[-1]["at"]]
+
+
+def test_sends_stay_at_local_office_hours_across_dst(cli, sample_program, tmp_path):
+    leads = tmp_path / "leads.csv"
+    leads.write_text("email,title,timezone\nada@globex.example,CIO,Europe/Paris\n")
+    # Paris moves to summer time on 2026-03-29: the first send is before, the second after.
+    entries = run(cli, sample_program, leads, "--days", "10", "--start", "2026-03-27T12:00:00")
+    sends = of(entries, "ada@globex.example", "send")
+    local = [datetime.fromisoformat(e["at"]).astimezone(ZoneInfo("Europe/Paris")) for e in sends]
+    assert local[0].utcoffset().total_seconds() == 3600 and local[1].utcoffset().total_seconds() == 7200
+    assert all(9 <= t.hour < 17 and t.weekday() < 5 for t in local)
+
+
+def test_bad_events_file_lists_every_bad_line(cli, sample_program, leads_csv, tmp_path):
+    events = tmp_path / "events.csv"
+    events.write_text("day,email,event,detail\n"
+                      "x,ada@globex.example,opened,\n"
+                      "1,nobody@example.com,opened,\n"
+                      "1,ada@globex.example,danced,\n"
+                      "1,ada@globex.example,stage,hot\n")
+    result = cli("simulate", sample_program, "--leads", leads_csv, "--events", events, "--days", "5")
+    assert result.exit_code == 1
+    for line, words in [(2, "day must be a number"), (3, "unknown lead 'nobody@example.com'"),
+                        (4, "unknown event 'danced'"), (5, "unknown stage 'hot'")]:
+        assert f"events.csv:{line}: " in result.stderr and words in result.stderr
+
+
+def test_text_output_shows_each_lead_path(cli, sample_program, leads_csv):
+    result = cli("simulate", sample_program, "--leads", leads_csv, "--days", "7", "--start", "2026-11-02")
+    assert result.exit_code == 0, result.output
+    assert "ada@globex.example" in result.stdout and "welcome_it" in result.stdout
+    assert "Mon 2026-11-02 09:00 CET" in result.stdout
