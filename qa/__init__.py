@@ -1,0 +1,1 @@
+"""Asset and program testing: checks that return findings, proofs, scenarios, the launch gate."""

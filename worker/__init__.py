@@ -1,0 +1,1 @@
+"""RQ workers: render, send and scheduled runs (the sending issue builds them here)."""

@@ -1,0 +1,55 @@
+"""Embedded defaults work on a fresh machine; environment settings override them."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from engine.config import Settings, redis_connection
+
+
+def test_defaults_live_under_the_instance_directory(tmp_path):
+    settings = Settings.from_env({"NURTURE_INSTANCE": str(tmp_path / "inst")})
+    assert settings.database_url == f"sqlite:///{tmp_path / 'inst' / 'nurture.db'}"
+    assert settings.redis_url is None
+    key_file = tmp_path / "inst" / "secret_key"
+    assert key_file.read_text() == settings.secret_key and len(settings.secret_key) >= 64
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    again = Settings.from_env({"NURTURE_INSTANCE": str(tmp_path / "inst")})
+    assert again.secret_key == settings.secret_key
+
+
+def test_environment_overrides_defaults(tmp_path):
+    settings = Settings.from_env({
+        "NURTURE_INSTANCE": str(tmp_path), "DATABASE_URL": "postgres://u@db.example/nurture",
+        "REDIS_URL": "redis://127.0.0.1:6379/5", "SECRET_KEY": "s3cret",
+    })
+    assert settings.database_url == "postgresql+psycopg://u@db.example/nurture"
+    assert settings.redis_url == "redis://127.0.0.1:6379/5"
+    assert settings.secret_key == "s3cret"
+    assert not (tmp_path / "secret_key").exists()
+
+
+def test_embedded_redis_starts_without_a_server(tmp_path):
+    client = redis_connection(Settings.from_env({"NURTURE_INSTANCE": str(tmp_path)}))
+    try:
+        assert client.ping()
+        client.set("nurture:test", "1")
+        assert client.get("nurture:test") == b"1"
+    finally:
+        client.delete("nurture:test")
+
+
+@pytest.mark.skipif(os.environ.get("CI") != "true", reason="the shared Redis service is used on CI")
+def test_redis_url_uses_the_real_server(tmp_path):
+    client = redis_connection(Settings.from_env({"NURTURE_INSTANCE": str(tmp_path),
+                                                 "REDIS_URL": "redis://127.0.0.1:6379/13"}))
+    key = f"nurture:test:{os.getpid()}"
+    try:
+        client.set(key, "1")
+        assert client.get(key) == b"1"
+        assert "redis_version" in client.info("server")
+    finally:
+        client.delete(key)
