@@ -26,16 +26,12 @@ class AppContext:
 
     @cached_property
     def db(self) -> Database:
-        from engine.migrate import is_current, upgrade
+        from engine.migrate import SchemaNotCurrent, open_database
 
-        database = Database(self.settings.database_url)
-        if not is_current(database.engine):
-            if database.url.startswith("sqlite"):
-                self.settings.instance_path.mkdir(parents=True, exist_ok=True)
-                upgrade(database.url)  # the embedded database keeps itself current
-            else:
-                raise click.ClickException("the database schema is not current: run `nurture db upgrade`")
-        return database
+        try:
+            return open_database(self.settings)
+        except SchemaNotCurrent as exc:
+            raise click.ClickException(str(exc)) from exc
 
 
 pass_app = click.make_pass_decorator(AppContext, ensure=True)

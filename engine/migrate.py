@@ -9,6 +9,9 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
+from engine.config import Settings
+from engine.db import Database
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
@@ -28,3 +31,23 @@ def is_current(engine) -> bool:
     head = ScriptDirectory.from_config(alembic_config(str(engine.url))).get_current_head()
     with engine.connect() as connection:
         return MigrationContext.configure(connection).get_current_revision() == head
+
+
+class SchemaNotCurrent(RuntimeError):
+    pass
+
+
+def open_database(settings: Settings) -> Database:
+    """The configured database, at the newest schema.
+
+    The embedded SQLite database upgrades itself; a server database must be upgraded on purpose
+    (`nurture db upgrade`), so that several hosts never race to migrate it.
+    """
+    database = Database(settings.database_url)
+    if not is_current(database.engine):
+        if not database.url.startswith("sqlite"):
+            database.dispose()
+            raise SchemaNotCurrent("the database schema is not current: run `nurture db upgrade`")
+        settings.instance_path.mkdir(parents=True, exist_ok=True)
+        upgrade(database.url)
+    return database

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from engine.journeys.models import Enrollment
 from engine.journeys.service import run_due
@@ -39,9 +39,13 @@ def sent(db, lead_id):
 
 
 def advance(db, until):
-    with db.session() as s:
-        while run_due(session=s, now=until):
-            pass
+    """Tick like the scheduler does: at each due time, up to `until`."""
+    while True:
+        with db.session() as s:
+            due = s.scalar(select(func.min(Enrollment.due_at)).where(Enrollment.status == "active"))
+            if due is None or due > until:
+                return
+            run_due(session=s, now=due)
 
 
 def test_enrolment_sends_first_step_and_schedules_the_next(db, sample_program):
@@ -85,7 +89,7 @@ def test_new_program_version_appends_steps_without_resending(db, sample_program)
     old = "{email: cost_guide_finance}"
     assert old in text
     yaml_path.write_text(text.replace(old, old + ", {wait: 2d}, {email: tco_finance}", 1))
-    result = load(db, sample_program, now=MONDAY + timedelta(days=21))
+    result = load(db, sample_program, now=MONDAY + timedelta(days=20))  # a Sunday
     assert result.version == 2 and result.migrated >= 1
     row = enrollment(db, lead_id)
     assert row.status == "active" and row.program_version == 2

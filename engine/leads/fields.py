@@ -16,7 +16,8 @@ _EMAIL = re.compile(
     r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
     r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z][A-Za-z0-9-]{0,62}$"
 )
-_CUSTOM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+_CUSTOM_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,63}$")
+_BAD_TEXT = re.compile("[\x00\ud800-\udfff]")  # NUL, and undecodable bytes (surrogateescape)
 _TRUE = {"yes", "y", "true", "1", "opt-in", "optin", "granted"}
 _FALSE = {"no", "n", "false", "0", "opt-out", "optout", "withdrawn"}
 _LIMITS = {"email": 254, "timezone": 64, "stage": 20, "persona": 100, "country": 100}
@@ -56,6 +57,30 @@ def check_timezone(value: str) -> str:
     return value
 
 
+def _custom_name(name) -> str:
+    key = str(name).strip().lower()
+    if not _CUSTOM_NAME.match(key) or key in STANDARD_FIELDS or key == "custom":
+        raise Invalid(f"bad custom field name {str(name)[:70]!r} (letters, digits and _)", field=key[:64])
+    return key
+
+
+def _check_value(key: str, value):
+    """Text is trimmed and bounded; custom values must be flat (no lists or mappings)."""
+    if isinstance(value, (bool, int, float)):
+        return value
+    if not isinstance(value, str):
+        raise Invalid("must be text, a number or a boolean", field=key)
+    value = value.strip()
+    limit = _LIMITS.get(key, MAX_FIELD_LENGTH)
+    if len(value) > limit:
+        raise Invalid(f"value longer than {limit} characters", field=key)
+    if _BAD_TEXT.search(value):
+        if "\x00" in value:
+            raise Invalid("NUL character", field=key)
+        raise Invalid("bytes that are not valid UTF-8 (re-run with --encoding latin-1?)", field=key)
+    return value
+
+
 def clean_lead_fields(raw: dict) -> dict:
     """Validate one lead's fields. Returns standard fields plus `custom`; blank values are dropped.
 
@@ -67,26 +92,21 @@ def clean_lead_fields(raw: dict) -> dict:
         if name is None:
             raise Invalid("more values than columns", field="(extra)")
         key = str(name).strip().lower()
+        if key == "custom" and isinstance(value, dict):
+            for custom_name, custom_value in value.items():
+                custom_key = _custom_name(custom_name)
+                if custom_value is not None:
+                    custom[custom_key] = _check_value(custom_key, custom_value)
+            continue
         if value is None or isinstance(value, str) and not value.strip():
             continue
-        if isinstance(value, str):
-            value = value.strip()
-            if len(value) > _LIMITS.get(key, MAX_FIELD_LENGTH):
-                raise Invalid(f"value longer than {_LIMITS.get(key, MAX_FIELD_LENGTH)} characters",
-                              field=key)
-            if any("\udc80" <= ch <= "\udcff" for ch in value):
-                raise Invalid("bytes that are not valid UTF-8 (re-run with --encoding latin-1?)",
-                              field=key)
-            if "\x00" in value:
-                raise Invalid("NUL character", field=key)
+        value = _check_value(key, value)
         if key in STANDARD_FIELDS:
+            if not isinstance(value, str) and key != "consent":
+                raise Invalid("must be text", field=key)
             clean[key] = value
-        elif key == "custom" and isinstance(value, dict):
-            custom.update(value)
-        elif _CUSTOM_NAME.match(key):
-            custom[key] = value
         else:
-            raise Invalid(f"bad column name {name!r}", field=key)
+            custom[_custom_name(key)] = value
     clean["email"] = normalise_email(clean.get("email"))
     if "stage" in clean:
         clean["stage"] = parse_stage(clean["stage"])

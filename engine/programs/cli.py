@@ -8,7 +8,7 @@ from rich.table import Table
 from engine.cli import AppContext, console, err_console, pass_app
 from engine.db import utcnow
 from engine.programs.loader import validate_program_dir
-from engine.programs.service import current_program, load_program, matrix
+from engine.programs.service import current_program, load_program, matrix, side_tracks
 
 
 @click.group()
@@ -53,7 +53,7 @@ def show(app: AppContext, name: str, as_json: bool) -> None:
     with app.db.session() as session:
         record, prog = current_program(session=session, name=name)
     rows = matrix(prog)
-    side = [t for t in prog.tracks if t.partition("/")[2] not in {r["stage"] for r in rows}]
+    side = side_tracks(prog)
     if as_json:
         import json
 
@@ -72,7 +72,7 @@ def show(app: AppContext, name: str, as_json: bool) -> None:
         console.print(f"[yellow]{len(empty)} empty cell(s)[/yellow] (leads there wait): "
                       + ", ".join(empty))
     if side:
-        console.print("side tracks: " + ", ".join(side))
+        console.print("side tracks: " + ", ".join(f"{t['track']} ({len(t['emails'])} emails)" for t in side))
 
 
 def _cell(row: dict) -> str:

@@ -109,3 +109,9 @@ def matrix(program: Program) -> list[dict]:
                 "empty": track is None and not exits, "exit": exits,
             })
     return rows
+
+
+def side_tracks(program: Program) -> list[dict]:
+    """Tracks outside the persona x stage matrix, reached only through move rules."""
+    return [{"track": track, "steps": len(steps), "emails": [s.email for s in steps if s.email]}
+            for track, steps in program.tracks.items() if track.partition("/")[2] not in STAGES]

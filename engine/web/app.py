@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from flask import Flask
 
 from engine.config import Settings
-from engine.db import Database
+from engine.migrate import open_database
 from engine.web.errors import register_error_handlers
 
 MAX_REQUEST_BYTES = 1 * 1024 * 1024
@@ -15,10 +17,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
     app = Flask(__name__, instance_path=str(settings.instance_path),
                 template_folder=str(_templates_dir()))
-    app.config.update(SECRET_KEY=settings.secret_key, MAX_CONTENT_LENGTH=MAX_REQUEST_BYTES,
-                      JSON_SORT_KEYS=False)
+    app.config.update(SECRET_KEY=settings.secret_key, MAX_CONTENT_LENGTH=MAX_REQUEST_BYTES)
+    app.json.sort_keys = False  # Flask 3 ignores the old JSON_SORT_KEYS setting
     app.extensions["nurture.settings"] = settings
-    app.extensions["nurture.db"] = Database(settings.database_url)
+    app.extensions["nurture.db"] = open_database(settings)
 
     from engine.web.api import api
 
@@ -27,7 +29,5 @@ def create_app(settings: Settings | None = None) -> Flask:
     return app
 
 
-def _templates_dir():
-    from pathlib import Path
-
+def _templates_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "templates"
