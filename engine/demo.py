@@ -58,8 +58,9 @@ def write_sample_leads(path: Path, count: int, seed: int = 42) -> list[str]:
 def write_sample_events(path: Path, emails: list[str], seed: int = 7) -> None:
     """Opens, clicks, stage changes and exits that exercise the program's rules."""
     rng = random.Random(seed)
+    talkers, leavers = emails[:3], emails[3:5]
     rows = []
-    for email in emails:
+    for email in emails[7:]:
         roll = rng.random()
         if roll < 0.45:
             rows.append((rng.randint(1, 6), email, "opened", ""))
@@ -67,7 +68,6 @@ def write_sample_events(path: Path, emails: list[str], seed: int = 7) -> None:
             rows.append((rng.randint(2, 8), email, "clicked", ""))
         if roll < 0.12:
             rows.append((rng.randint(9, 12), email, "stage", "engaged"))
-    talkers, leavers = emails[:3], emails[3:5]
     rows += [(4, email, "talk_to_sales", "") for email in talkers]
     rows += [(10, email, "unsubscribed", "") for email in leavers]
     rows.append((2, emails[5], "bounced", "hard"))
@@ -162,10 +162,14 @@ def _print_summary(sims, days: int) -> None:
 
 
 def _examples(sims) -> list:
-    """A lead that moved tracks and one that talked to sales, to show the rules at work."""
-    moved = next((s for s in sims if any(e.action == "move" and e.reason != "enrolled" for e in s.path)), None)
-    talked = next((s for s in sims if any(e.action == "notify" for e in s.path)), None)
-    return [s for s in (moved, talked) if s is not None]
+    """One lead per rule at work: a non-responder, a stage change, a talk-to-sales request."""
+    def first(test):
+        return next((s for s in sims if any(test(e) for e in s.path)), None)
+
+    picks = [first(lambda e: e.action == "move" and e.reason.startswith("non-responder")),
+             first(lambda e: e.action == "move" and e.reason.startswith("stage")),
+             first(lambda e: e.action == "notify")]
+    return [s for s in picks if s is not None]
 
 
 def _zone(name: str):
