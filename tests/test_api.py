@@ -365,10 +365,11 @@ def test_programs_list_and_matrix(loaded_program, as_role):
         "acme-nurture", 1, ["it_manager", "finance"])
     cells = {(c["persona"], c["stage"]): c for c in body["cells"]}
     assert len(cells) == 2 * 8
-    assert cells["it_manager", "inquiry"]["emails"] == ["welcome_it", "guide_it", "checklist_it"]
+    assert cells["it_manager", "inquiry"]["emails"] == [
+        "welcome_it", "guide_it", "checklist_it", "benchmark_it"]
     assert cells["it_manager", "mql"]["empty"] is True
     assert cells["finance", "sal"]["exit"] is True
-    assert [t["track"] for t in body["side_tracks"]] == ["it_manager/reengage"]
+    assert [t["track"] for t in body["side_tracks"]] == ["it_manager/reengage", "finance/reengage"]
 
 
 @pytest.mark.parametrize("name", ["nope", "ACME-NURTURE", "acme'%20OR%201=1--", "a%00b", "x" * 300])

@@ -33,7 +33,7 @@ def of(entries, lead, action=None):
 
 def test_sends_follow_the_track_inside_the_send_window(cli, sample_program, leads_csv):
     entries = run(cli, sample_program, leads_csv, "--days", "21", "--start", "2026-11-02T00:00:00")
-    ada = of(entries, "ada@globex.example", "send")
+    ada = of(entries, "ada@globex.example", "send")[:3]
     assert [e["asset"] for e in ada] == ["welcome_it", "guide_it", "checklist_it"]
     assert all(e["track"] == "it_manager/inquiry" for e in ada)
     bob = of(entries, "bob@initech.example", "send")
@@ -43,6 +43,22 @@ def test_sends_follow_the_track_inside_the_send_window(cli, sample_program, lead
         assert local.weekday() < 5 and 9 <= local.hour < 17, entry
     times = [datetime.fromisoformat(e["at"]) for e in ada]
     assert (times[1] - times[0]).days >= 3 and (times[2] - times[1]).days >= 4
+
+
+def test_non_responders_move_to_their_reengage_track(cli, sample_program, leads_csv, tmp_path):
+    leads = tmp_path / "it.csv"
+    leads.write_text("email,title\nada@globex.example,CIO\ncy@globex.example,CIO\n")
+    events = tmp_path / "events.csv"
+    events.write_text("day,email,event\n3,cy@globex.example,opened\n")
+    entries = run(cli, sample_program, leads, "--events", events, "--days", "21",
+                  "--start", "2026-11-02")
+    ada = of(entries, "ada@globex.example")
+    assert [e["asset"] for e in ada if e["action"] == "send"] == [
+        "welcome_it", "guide_it", "checklist_it", "still_interested_it", "breakup_it"]
+    move = next(e for e in ada if e["action"] == "move" and e["track"] == "it_manager/reengage")
+    assert move["reason"] == "non-responder: 3 sends without response"
+    cy = of(entries, "cy@globex.example", "send")
+    assert [e["asset"] for e in cy] == ["welcome_it", "guide_it", "checklist_it", "benchmark_it"]
 
 
 def test_stage_change_moves_to_the_new_cell_and_exit_stops_sends(cli, sample_program, leads_csv, tmp_path):

@@ -8,12 +8,14 @@ Rules, in one place:
 - The next step is the first email of the track, from the current position, that the lead has not
   received or consumed anywhere. A wait is the gap after the step before it; when an email is
   skipped, the wait that follows it is skipped too, so the next email takes its slot.
-- Sends land inside the program's send window in the lead's time zone.
+- Sends land inside the program's send window in the lead's time zone; a step processed after the
+  window closed (a late scheduler) waits for the next opening.
 - Exits: a stage listed in rules.exit_on_stages, unsubscribe, hard bounce, talk to sales. A stage
-  exit (and talk to sales) ends when the lead comes back to a nurture stage (e.g. recycled);
-  unsubscribe and hard bounce are final.
-- Non-responders: after N sends without an open, click or visit, the next due step moves the lead to
-  the rule's track, or pauses it. A response resumes a paused lead in its cell's track.
+  exit (and talk to sales) ends when a stage event brings the lead back to a nurture stage (e.g.
+  recycled); unsubscribe and hard bounce are final. Talk to sales always notifies sales.
+- Non-responders: after N sends without an open, click or visit (counted across tracks), the next
+  due step moves the lead to the rule's track, where a new count starts, or pauses it. A response
+  resumes a paused lead in its cell's track.
 - A finished track waits; a new program version migrates by step identity (the last email sent)
   and continues with steps appended since, never resending.
 """
@@ -55,6 +57,7 @@ class EventKind(StrEnum):
 RESPONSES = frozenset({EventKind.OPENED, EventKind.CLICKED, EventKind.PAGE_VIEWED,
                        EventKind.FORM_SUBMITTED})
 FINAL_EXITS = frozenset({"unsubscribed", "hard_bounce"})
+_UTC = ZoneInfo("UTC")
 
 
 class ActionKind(StrEnum):
@@ -140,7 +143,9 @@ def new_state(program: Program, *, persona: str, stage: str, timezone: str | Non
 
 def decide(program: Program, state: EnrollmentState, event: Event, now: datetime) -> Decision:
     handler = _HANDLERS[EventKind(event.kind)]
-    return handler(_Run(program, state, event, now))
+    # Times are kept in UTC: an aware datetime in a DST zone adds waits in wall-clock time, and
+    # loses its zone when stored, so the same lead would be scheduled differently once stored.
+    return handler(_Run(program, state, event, now.astimezone(_UTC)))
 
 
 class _Run:
@@ -173,7 +178,7 @@ class _Run:
             self.act(ActionKind.PAUSE, track=cell, reason=f"{reason}; no track for {cell}, waiting")
             return
         self.update(status=Status.ACTIVE, track=track, position=0, last_email=None,
-                    anchor_at=self.now, sends_without_response=0)
+                    anchor_at=self.now)
         self.act(ActionKind.MOVE, track=track, reason=reason)
         self.schedule()
 
@@ -192,7 +197,12 @@ class _Run:
     # -- scheduling -----------------------------------------------------------------------
 
     def schedule(self) -> None:
-        """Find the next email to send from the current position, and when."""
+        """Find the next email to send from the current position, and when.
+
+        The position stays just after the last email sent (or at the start of the track): the
+        waits between it and the next email count from anchor_at, so a skipped email's slot
+        goes to the email after it, even when it is skipped after being scheduled.
+        """
         steps = self.program.tracks.get(self.state.track or "", ())
         wait, skipping = timedelta(0), False
         for index in range(self.state.position, len(steps)):
@@ -207,7 +217,7 @@ class _Run:
             anchor = self.state.anchor_at or self.now
             due = self.program.send_window.next_open(max(anchor + wait, self.now),
                                                      ZoneInfo(self.state.timezone))
-            self.update(status=Status.ACTIVE, due_at=due, next_email=step.email, position=index)
+            self.update(status=Status.ACTIVE, due_at=due, next_email=step.email)
             return
         self.update(status=Status.COMPLETED, due_at=None, next_email=None, position=len(steps))
 
@@ -220,17 +230,24 @@ class _Run:
                 return
             if rule and s.sends_without_response >= rule.after_sends:
                 reason = f"non-responder: {s.sends_without_response} sends without response"
-                if rule.move_to and rule.move_to != s.track:
-                    self.enter(rule.move_to, reason)
-                    steps = self.program.tracks[rule.move_to]
+                target = rule.target(s.persona)
+                if target in self.program.tracks and target != s.track:
+                    self.enter(target, reason)
+                    self.update(sends_without_response=0)  # the side track gets its own N sends
                     continue
                 self.update(status=Status.PAUSED, due_at=None, next_email=None)
                 self.act(ActionKind.PAUSE, track=s.track, reason=reason)
                 return
+            opens = self.program.send_window.next_open(self.now, ZoneInfo(s.timezone))
+            if opens > self.now:  # due inside the window, but processed after it closed
+                self.update(due_at=opens)
+                return
+            steps = self.program.tracks[s.track]
+            index = next(i for i in range(s.position, len(steps)) if steps[i].email == s.next_email)
             self.act(ActionKind.SEND, asset=s.next_email, track=s.track,
-                     reason=f"step {s.position + 1} of {s.track}")
+                     reason=f"step {index + 1} of {s.track}")
             self.update(received=s.received | {s.next_email}, last_email=s.next_email,
-                        position=s.position + 1, anchor_at=self.now,
+                        position=index + 1, anchor_at=self.now,
                         sends_without_response=s.sends_without_response + 1)
             self.schedule()
 
@@ -276,8 +293,9 @@ def _on_consumed(run: _Run) -> Decision:
 def _on_cell_change(run: _Run, **change) -> Decision:
     state = run.state
     run.update(**change)
-    if state.status is Status.EXITED and state.exit_reason in FINAL_EXITS:
-        return run.done()
+    final = state.exit_reason in FINAL_EXITS
+    if state.status is Status.EXITED and (final or "stage" not in change):
+        return run.done()  # only a stage event back to nurture ends a (non-final) exit
     label = ", ".join(f"{k} {v}" for k, v in change.items())
     if run.state.stage in run.program.rules.exit_on_stages:
         if state.status is not Status.EXITED:
@@ -302,10 +320,10 @@ def _on_persona(run: _Run) -> Decision:
 
 def _exit_handler(reason: str, *, notify: bool = False):
     def handler(run: _Run) -> Decision:
+        if notify:  # a hand-raise reaches sales even from a lead that left nurture for good
+            run.act(ActionKind.NOTIFY, track=run.state.track, reason="talk to sales requested")
         if run.state.status is Status.EXITED and run.state.exit_reason in FINAL_EXITS:
             return run.done()
-        if notify:
-            run.act(ActionKind.NOTIFY, track=run.state.track, reason="talk to sales requested")
         if run.state.status is not Status.EXITED or reason in FINAL_EXITS:
             run.exit(reason)
         return run.done()

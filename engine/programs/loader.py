@@ -362,7 +362,7 @@ def _tracks(c: _Checker, data, personas, emails, move_targets) -> dict[str, tupl
             c.error(section, key, f"track {key!r} must be named persona/stage")
         elif personas is not None and persona not in personas:
             c.error(section, key, f"track {key}: unknown persona {persona!r}")
-        elif segment not in STAGES and key not in move_targets:
+        elif segment not in STAGES and key not in move_targets and segment not in move_targets:
             c.error(section, key, f"track {key}: unknown stage {segment!r} "
                                   "(a side track must be the target of a move_to rule)")
         if not isinstance(steps, list):
@@ -414,7 +414,14 @@ def _rules(c: _Checker, rules: _Map, tracks) -> Rules | None:
         if not isinstance(after, int) or isinstance(after, bool) or after < 1:
             c.error(nr, "after_sends", "rules.non_responders.after_sends must be a positive integer")
         move_to = nr.get("move_to")
-        if move_to is not None and tracks is not None and move_to not in tracks:
+        if move_to is not None and tracks is not None and not _move_target_exists(str(move_to), tracks):
             c.error(nr, "move_to", f"rules.non_responders.move_to: unknown track {move_to!r}")
         non_responders = NonResponders(after_sends=after if isinstance(after, int) else 0, move_to=move_to)
     return Rules(exit_on_stages=frozenset(s for s in exit_on if s in STAGES), non_responders=non_responders)
+
+
+def _move_target_exists(move_to: str, tracks: dict) -> bool:
+    """A full track name, or a side-track name that at least one persona has."""
+    if "/" in move_to:
+        return move_to in tracks
+    return any(key.partition("/")[2] == move_to for key in tracks)

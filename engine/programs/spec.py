@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _DURATION = re.compile(r"(\d+)([mhdw])")
 _UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_UTC = ZoneInfo("UTC")
 
 
 def parse_duration(text: str) -> timedelta:
@@ -36,14 +37,20 @@ class SendWindow:
     end: time = time(17, 0)
 
     def next_open(self, at: datetime, tz: ZoneInfo) -> datetime:
-        """The earliest instant >= at that falls inside the window in `tz` (DST-safe)."""
+        """The earliest instant >= at whose wall clock in `tz` reads inside the window. DST-safe:
+        a start skipped by a spring-forward jump opens at the jump; a start repeated by a
+        fall-back opens at its second occurrence (so no send reads earlier than `start`)."""
         local = at.astimezone(tz)
-        for offset in range(8):
+        for offset in range(15):  # a week, and one more when a DST jump swallows a window
             day = local.date() + timedelta(days=offset)
             if day.weekday() not in self.days:
                 continue
-            opens = _local_instant(day, self.start, tz)
-            closes = _local_instant(day, self.end, tz)
+            # On a fall-back day a repeated wall time is ambiguous: open at the second `start`
+            # and close at the first `end`, so every instant in between reads inside the window.
+            opens = _local_instant(day, self.start, tz, fold=1)
+            closes = _local_instant(day, self.end, tz, fold=0)
+            if opens >= closes:
+                continue  # the whole window falls in a DST jump: no open time that day
             if at < opens:
                 return opens
             if at < closes:
@@ -58,14 +65,25 @@ class SendWindow:
         }
 
 
-def _local_instant(day, clock: time, tz: ZoneInfo) -> datetime:
-    """Wall-clock time on a day in tz; a time skipped by a DST jump resolves to just after it."""
+def _local_instant(day, clock: time, tz: ZoneInfo, *, fold: int) -> datetime:
+    """Wall-clock time on a day in tz, in UTC. A time repeated by a DST fall-back resolves to its
+    occurrence `fold` (0: first, 1: second); a time skipped by a spring-forward jump resolves to
+    the jump itself, the first instant whose wall clock reads later than `clock`."""
     naive = datetime.combine(day, clock)
-    aware = naive.replace(tzinfo=tz)
-    roundtrip = aware.astimezone(ZoneInfo("UTC")).astimezone(tz)
-    if roundtrip.replace(tzinfo=None) != naive:  # nonexistent local time (spring forward)
-        aware = naive.replace(tzinfo=tz, fold=1)
-    return aware.astimezone(ZoneInfo("UTC"))
+    instant = naive.replace(tzinfo=tz, fold=fold).astimezone(_UTC)
+    if instant.astimezone(tz).replace(tzinfo=None) == naive:
+        return instant
+    # Skipped time. zoneinfo reads it with the offset before the jump (fold=0, an instant after
+    # the jump) or after it (fold=1, an instant before): find the jump in between, to the second.
+    low = int(naive.replace(tzinfo=tz, fold=1).timestamp())
+    high = int(naive.replace(tzinfo=tz, fold=0).timestamp())
+    while high - low > 1:
+        middle = (low + high) // 2
+        if datetime.fromtimestamp(middle, tz).replace(tzinfo=None) >= naive:
+            high = middle
+        else:
+            low = middle
+    return datetime.fromtimestamp(high, _UTC)
 
 
 @dataclass(frozen=True)
@@ -106,7 +124,13 @@ class Step:
 @dataclass(frozen=True)
 class NonResponders:
     after_sends: int
-    move_to: str | None = None  # None: pause the enrollment
+    move_to: str | None = None  # a track, or a side-track name per persona; None: pause
+
+    def target(self, persona: str) -> str | None:
+        """`it_manager/reengage` as written; `reengage` means `<persona>/reengage`."""
+        if self.move_to is None or "/" in self.move_to:
+            return self.move_to
+        return f"{persona}/{self.move_to}"
 
 
 @dataclass(frozen=True)
