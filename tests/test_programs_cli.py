@@ -98,3 +98,14 @@ def test_show_unknown_program_is_a_clear_error(cli, env):
     result = cli("program", "show", "nope")
     assert result.exit_code == 1
     assert "no program named 'nope'" in result.stderr
+
+
+def test_move_to_must_name_a_track_or_a_side_track_some_persona_has(cli, sample_program):
+    yaml_path = sample_program / "program.yaml"
+    replace_in(yaml_path, "move_to: reengage", "move_to: winback")
+    result = cli("program", "validate", sample_program)
+    assert result.exit_code == 1
+    line = line_of(yaml_path, "move_to: winback")
+    assert f"program.yaml:{line}: rules.non_responders.move_to: unknown track 'winback'" in result.stderr
+    # the reengage side tracks are no longer the target of any rule
+    assert "track it_manager/reengage: unknown stage 'reengage'" in result.stderr
