@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, select
 
@@ -12,7 +12,7 @@ from engine.leads.models import LeadEvent
 from engine.leads.service import get_lead, set_stage, upsert_lead
 from engine.programs.service import load_program
 
-MONDAY = datetime(2026, 11, 2, 8, 0, tzinfo=timezone.utc)  # 09:00 in Paris
+MONDAY = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)  # 09:00 in Paris
 
 
 def load(db, directory, now=MONDAY):

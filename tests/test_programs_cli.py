@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 
-import pytest
 from sqlalchemy import func, select
 
 from engine.programs.models import ProgramRecord, ProgramVersion
@@ -51,7 +50,7 @@ def test_yaml_syntax_error_names_the_line(cli, sample_program):
     yaml_path.write_text("\n".join(text))
     result = cli("program", "validate", sample_program)
     assert result.exit_code == 1
-    assert re.search(r"^program\.yaml:\d+: YAML syntax error", result.stderr, re.M)
+    assert re.search(r"^program\.yaml:\d+: YAML syntax error", result.stderr, re.MULTILINE)
 
 
 def test_missing_email_file_and_template_error_are_reported(cli, sample_program):
@@ -60,7 +59,7 @@ def test_missing_email_file_and_template_error_are_reported(cli, sample_program)
     result = cli("program", "validate", sample_program)
     assert result.exit_code == 1
     assert "email guide_it: file 'emails/guide_it.mjml' not found" in result.stderr
-    assert re.search(r"^emails/roi_it\.mjml:\d+: email roi_it: template syntax error", result.stderr, re.M)
+    assert re.search(r"^emails/roi_it\.mjml:\d+: email roi_it: template syntax error", result.stderr, re.MULTILINE)
 
 
 def test_load_stores_a_version_and_is_idempotent(cli, sample_program, db):

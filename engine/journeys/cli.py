@@ -11,7 +11,8 @@ from rich.table import Table
 
 from engine.cli import console, err_console
 from engine.db import utcnow
-from engine.journeys.simulate import SimLead, parse_start, read_events, simulate as run_simulation
+from engine.journeys.simulate import SimLead, parse_start, read_events
+from engine.journeys.simulate import simulate as run_simulation
 from engine.programs.loader import load_program_dir
 
 

@@ -8,7 +8,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from engine.journeys.decide import (
-    Decision, EnrollmentState, Event, EventKind, Status, decide, new_state,
+    Decision,
+    EnrollmentState,
+    Event,
+    EventKind,
+    Status,
+    decide,
+    new_state,
 )
 from engine.journeys.models import Enrollment
 from engine.leads.models import Lead, LeadEvent

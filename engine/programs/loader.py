@@ -15,7 +15,16 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from engine.leads.stages import STAGES
 from engine.programs.spec import (
-    DAYS, Email, NonResponders, Page, Persona, Program, Rules, SendWindow, Step, parse_duration,
+    DAYS,
+    Email,
+    NonResponders,
+    Page,
+    Persona,
+    Program,
+    Rules,
+    SendWindow,
+    Step,
+    parse_duration,
 )
 
 PROGRAM_FILE = "program.yaml"
@@ -156,7 +165,7 @@ def load_program_dir(directory: str | Path) -> LoadedProgram:
         raise ProgramInvalid([ProgramError(PROGRAM_FILE, 1, f"no {PROGRAM_FILE} in {directory}")])
     try:
         source = path.read_text(encoding="utf-8")
-        data = yaml.load(source, Loader=_LineLoader)  # noqa: S506 - a SafeLoader subclass
+        data = yaml.load(source, Loader=_LineLoader)
     except UnicodeDecodeError as exc:
         raise ProgramInvalid([ProgramError(PROGRAM_FILE, 1, f"not UTF-8: {exc.reason}")]) from exc
     except yaml.YAMLError as exc:
