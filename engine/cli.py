@@ -3,38 +3,12 @@
 from __future__ import annotations
 
 import sys
-from functools import cached_property
 
 import click
-from rich.console import Console
 
-from engine.config import Settings
-from engine.db import Database
+from engine.cli_context import AppContext, console, err_console, pass_app
 from engine.errors import NurtureError
 from engine.programs.loader import ProgramInvalid
-
-console = Console(highlight=False, soft_wrap=True)
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
-
-
-class AppContext:
-    """What every command may need, created lazily: nothing connects until a command asks."""
-
-    @cached_property
-    def settings(self) -> Settings:
-        return Settings.from_env()
-
-    @cached_property
-    def db(self) -> Database:
-        from engine.migrate import SchemaNotCurrent, open_database
-
-        try:
-            return open_database(self.settings)
-        except SchemaNotCurrent as exc:
-            raise click.ClickException(str(exc)) from exc
-
-
-pass_app = click.make_pass_decorator(AppContext, ensure=True)
 
 
 class NurtureGroup(click.Group):

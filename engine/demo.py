@@ -11,7 +11,7 @@ import click
 from rich.table import Table
 from sqlalchemy import func, select
 
-from engine.cli import AppContext, console, pass_app
+from engine.cli_context import AppContext, console, pass_app
 from engine.db import utcnow
 
 SAMPLE_PROGRAM = Path(__file__).resolve().parent.parent / "assets" / "acme-nurture"

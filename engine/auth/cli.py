@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from engine.auth.service import ROLES, create_key, list_keys, revoke_key
-from engine.cli import AppContext, console, err_console, pass_app
+from engine.cli_context import AppContext, console, err_console, pass_app
 from engine.db import utcnow
 
 

@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 import click
 from rich.table import Table
 
-from engine.cli import console, err_console
+from engine.cli_context import console, err_console
 from engine.db import utcnow
 from engine.journeys.simulate import SimLead, parse_start, read_events
 from engine.journeys.simulate import simulate as run_simulation

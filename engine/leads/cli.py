@@ -1,6 +1,194 @@
+"""`nurture leads import|set-stage|show`."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
 import click
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from engine.cli_context import AppContext, console, err_console, pass_app
+from engine.db import utcnow
+from engine.journeys.service import lead_enrollments
+from engine.leads.importer import import_leads
+from engine.leads.models import STANDARD_FIELDS
+from engine.leads.service import event_log, get_lead, lead_dict, set_stage, stage_history
+from engine.programs.models import ProgramRecord
 
 
 @click.group()
 def leads() -> None:
     """Leads: import, show, change stage."""
+
+
+@leads.command("import")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--program", required=True, help="Program to enroll the leads in (its name).")
+@click.option("--dry-run", is_flag=True,
+              help="Validate and count what would happen; store nothing. The rejects file is "
+                   "still written.")
+@click.option("--rejects", "rejects_path", type=click.Path(dir_okay=False),
+              help="Where to write rejected rows (default: FILE's name with .rejects.csv).")
+@click.option("--encoding", default="utf-8", show_default=True,
+              help="Text encoding of FILE, e.g. latin-1 or cp1252 (a UTF-8 BOM is always fine).")
+@pass_app
+def import_command(app: AppContext, file: str, program: str, dry_run: bool,
+                   rejects_path: str | None, encoding: str) -> None:
+    """Create or update leads from FILE (CSV) by email, and enroll them in a program.
+
+    Columns: email (required), first_name, last_name, company, title, country, timezone,
+    persona, stage, source_channel, source_offer, source_partner, consent, plus custom columns.
+    Header names are case-insensitive; comma, semicolon or tab delimited. A blank cell keeps the
+    stored value. Importing the same file again changes nothing.
+
+    Rows that cannot be imported are written to the rejects file with row (1 = the first row
+    after the header), column, reason and the original cells; the other rows import. Exit code 0
+    even with rejected rows; 1 when the file cannot be imported at all.
+    """
+    with Progress(TextColumn("importing"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  TimeRemainingColumn(), console=err_console, transient=True,
+                  disable=not err_console.is_terminal) as bar:
+        task = bar.add_task("import", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        summary = import_leads(db=app.db, path=file, program=program, now=utcnow(),
+                               dry_run=dry_run, rejects_path=rejects_path, encoding=encoding,
+                               progress=progress)
+    counts = (f"created {summary.created}, updated {summary.updated}, "
+              f"unchanged {summary.unchanged}, rejected {summary.rejected}")
+    console.print(f"dry run, nothing stored: {counts}" if dry_run else counts, markup=False)
+    if summary.rejects_path:
+        console.print(f"rejected rows: {summary.rejects_path} (row 1 = the first row after the "
+                      "header)", markup=False)
+
+
+@leads.command("set-stage")
+@click.argument("email")
+@click.argument("stage")
+@click.option("--reason", required=True, help="Why the stage changes (kept in the history).")
+@click.option("--actor", default="cli", show_default=True, help="Who changes it.")
+@pass_app
+def set_stage_command(app: AppContext, email: str, stage: str, reason: str, actor: str) -> None:
+    """Move the lead with EMAIL to lifecycle STAGE, through the stage transition table."""
+    with app.db.session() as session:
+        lead = get_lead(session=session, email=email)
+        before = lead.stage
+        set_stage(session=session, lead=lead, stage=stage, reason=reason, actor=actor,
+                  now=utcnow())
+        console.print(f"{lead.email}: stage {before} -> {lead.stage}", markup=False)
+        for enrollment in lead_enrollments(session=session, lead_id=lead.id):
+            name = _program_name(session, enrollment.program_id)
+            console.print(f"  {name}: {enrollment.status}"
+                          + (f" in {enrollment.track}" if enrollment.track else ""), markup=False)
+
+
+@leads.command()
+@click.argument("email")
+@click.option("--json", "as_json", is_flag=True, help="Print everything as JSON.")
+@pass_app
+def show(app: AppContext, email: str, as_json: bool) -> None:
+    """Print a lead: fields, stage history, enrollments and event log."""
+    with app.db.session() as session:
+        lead = get_lead(session=session, email=email)
+        data = {
+            "lead": lead_dict(lead),
+            "stage_history": [
+                {"from": c.from_stage, "to": c.to_stage, "at": c.at.isoformat(),
+                 "reason": c.reason, "actor": c.actor}
+                for c in stage_history(session=session, lead_id=lead.id)
+            ],
+            "enrollments": [_enrollment(session, e) for e in
+                            lead_enrollments(session=session, lead_id=lead.id)],
+            "events": [
+                {"at": e.at.isoformat(), "category": e.category, "kind": e.kind,
+                 "detail": e.detail, "actor": e.actor}
+                for e in event_log(session=session, lead_id=lead.id)
+            ],
+        }
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    _print_lead(data)
+
+
+def _program_name(session, program_id: int) -> str:
+    record = session.get(ProgramRecord, program_id)
+    return record.name if record else f"program {program_id}"
+
+
+def _enrollment(session, enrollment) -> dict:
+    state = enrollment.state or {}
+    zone = state.get("timezone") or "UTC"
+    due = enrollment.due_at
+    return {
+        "program": _program_name(session, enrollment.program_id),
+        "version": enrollment.program_version, "status": enrollment.status,
+        "track": enrollment.track, "next_email": state.get("next_email"),
+        "timezone": zone,
+        "due_at": due.isoformat() if due else None,
+        "due_local": due.astimezone(ZoneInfo(zone)).isoformat() if due else None,
+        "exit_reason": state.get("exit_reason"),
+    }
+
+
+def _when(value: str | None, zone: str = "UTC") -> str:
+    if not value:
+        return "-"
+    local = datetime.fromisoformat(value).astimezone(ZoneInfo(zone))
+    return local.strftime("%a %Y-%m-%d %H:%M %Z")
+
+
+def _print_lead(data: dict) -> None:
+    lead = data["lead"]
+    out = console.print
+    out(f"[bold]{escape(lead['email'])}[/bold]  lead {lead['id']}, created "
+        f"{_when(lead['created_at'])}, updated {_when(lead['updated_at'])}")
+    fields = [(name, lead[name]) for name in STANDARD_FIELDS[1:] if lead[name] is not None]
+    fields += [(f"{name} (custom)", value) for name, value in sorted(lead["custom"].items())]
+    width = max((len(name) for name, _ in fields), default=0)
+    for name, value in fields:
+        out(f"  {name:<{width}}  {value}", markup=False)
+
+    out("[bold]Stage history[/bold]")
+    for c in data["stage_history"]:
+        out(f"  {_when(c['at'])}  {c['from'] or '(new)'} -> {c['to']}  {c['reason']}"
+            f"  by {c['actor']}", markup=False)
+
+    out("[bold]Enrollments[/bold]" + ("" if data["enrollments"] else ": none"))
+    for e in data["enrollments"]:
+        line = f"  {e['program']} v{e['version']}: {e['status']}"
+        if e["exit_reason"]:
+            line += f" ({e['exit_reason']})"
+        if e["track"]:
+            line += f", track {e['track']}"
+        if e["next_email"]:
+            line += f", next {e['next_email']}"
+        if e["due_at"]:
+            line += (f" due {_when(e['due_at'], e['timezone'])} ({e['timezone']}),"
+                     f" {_when(e['due_at'])}")
+        out(line, markup=False)
+
+    out("[bold]Event log[/bold]" + ("" if data["events"] else ": empty"))
+    for event in data["events"]:
+        out(f"  {_when(event['at'])}  {event['category']:<6}  {event['kind']:<16}  "
+            f"{_detail(event['detail'], event['actor'])}", markup=False)
+
+
+def _detail(detail: dict, actor: str) -> str:
+    parts = [f"{key} {value}" for key, value in detail.items()
+             if value not in (None, "") and key not in ("detail", "cause")]
+    if detail.get("detail") is not None:
+        parts.insert(0, str(detail["detail"]))
+    return ", ".join(parts + [f"by {actor}"])

@@ -7,7 +7,7 @@ from functools import lru_cache
 from zoneinfo import available_timezones
 
 from engine.errors import Invalid
-from engine.leads.models import STANDARD_FIELDS
+from engine.leads.models import STANDARD_FIELDS, Lead
 from engine.leads.stages import parse_stage
 
 MAX_FIELD_LENGTH = 1000
@@ -20,7 +20,11 @@ _CUSTOM_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,63}$")
 _BAD_TEXT = re.compile("[\x00\ud800-\udfff]")  # NUL, and undecodable bytes (surrogateescape)
 _TRUE = {"yes", "y", "true", "1", "opt-in", "optin", "granted"}
 _FALSE = {"no", "n", "false", "0", "opt-out", "optout", "withdrawn"}
-_LIMITS = {"email": 254, "timezone": 64, "stage": 20, "persona": 100, "country": 100}
+_STANDARD = frozenset(STANDARD_FIELDS)
+# Standard fields are bounded by their columns (an over-long value would fail a whole batch on
+# PostgreSQL); custom values by MAX_FIELD_LENGTH.
+_LIMITS = {name: Lead.__table__.c[name].type.length for name in STANDARD_FIELDS
+           if getattr(Lead.__table__.c[name].type, "length", None)} | {"email": 254}
 
 
 @lru_cache(maxsize=1)
@@ -57,6 +61,7 @@ def check_timezone(value: str) -> str:
     return value
 
 
+@lru_cache(maxsize=1024)  # a file repeats its column names on every row; errors are not cached
 def _custom_name(name) -> str:
     key = str(name).strip().lower()
     if not _CUSTOM_NAME.match(key) or key in STANDARD_FIELDS or key == "custom":
@@ -98,10 +103,17 @@ def clean_lead_fields(raw: dict) -> dict:
                 if custom_value is not None:
                     custom[custom_key] = _check_value(custom_key, custom_value)
             continue
-        if value is None or isinstance(value, str) and not value.strip():
+        if type(value) is str:  # the CSV case: inline the common path of _check_value
+            value = value.strip()
+            if not value:
+                continue
+            if len(value) > _LIMITS.get(key, MAX_FIELD_LENGTH) or _BAD_TEXT.search(value):
+                _check_value(key, value)  # raises the error naming the field
+        elif value is None:
             continue
-        value = _check_value(key, value)
-        if key in STANDARD_FIELDS:
+        else:
+            value = _check_value(key, value)
+        if key in _STANDARD:
             if not isinstance(value, str) and key != "consent":
                 raise Invalid("must be text", field=key)
             clean[key] = value

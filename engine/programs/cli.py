@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from engine.cli import AppContext, console, err_console, pass_app
+from engine.cli_context import AppContext, console, err_console, pass_app
 from engine.db import utcnow
 from engine.programs.loader import validate_program_dir
 from engine.programs.service import current_program, load_program, matrix, side_tracks

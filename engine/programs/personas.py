@@ -42,3 +42,22 @@ def resolve_persona(program: Program, fields: dict) -> str:
         if persona_matches(persona.match, fields):
             return persona.key
     return program.default_persona
+
+
+class PersonaResolver:
+    """resolve_persona for many leads, remembered by the values of the fields the rules read."""
+
+    def __init__(self, program: Program, limit: int = 50_000):
+        self.program, self.limit = program, limit
+        rule_fields = {rule.rpartition("_")[0] for p in program.personas.values() for rule in p.match}
+        self.keys = ("persona", *sorted(rule_fields))
+        self.cache: dict[tuple, str] = {}
+
+    def __call__(self, fields: dict) -> str:
+        key = tuple(fields.get(name) for name in self.keys)
+        persona = self.cache.get(key)
+        if persona is None:
+            if len(self.cache) >= self.limit:
+                self.cache.clear()
+            persona = self.cache[key] = resolve_persona(self.program, fields)
+        return persona

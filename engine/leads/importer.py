@@ -1,0 +1,654 @@
+"""Streaming import of a leads CSV: constant memory, bulk writes per chunk, a rejects file.
+
+Two entry points:
+
+- `read_lead_rows(path, encoding)` parses and validates a file without a database (the simulator
+  uses it). It yields one `LeadRow` per data row, good or bad.
+- `import_leads(db=..., path=..., program=..., now=...)` upserts the rows into the database, enrolls
+  the leads in a program and writes rejected rows to a rejects CSV.
+
+Rows are numbered from 1 = the first row after the header (blank rows count but are skipped);
+error messages, the rejects file and the simulator all use that number.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import gc
+import io
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from itertools import chain, islice
+from operator import itemgetter
+from pathlib import Path
+from typing import Self, TextIO
+
+from sqlalchemy import Table, insert, select
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
+
+from engine.db import Database
+from engine.errors import IllegalTransition, Invalid, NotFound
+from engine.journeys.decide import Event, EventKind, decide, new_state
+from engine.journeys.models import Enrollment
+from engine.journeys.service import action_rows, enroll, enrollment_columns, event_row, sync_persona
+from engine.leads.fields import clean_lead_fields
+from engine.leads.models import STANDARD_FIELDS, Lead, LeadEvent, StageChange
+from engine.leads.service import set_stage
+from engine.leads.stages import check_transition
+from engine.programs.personas import PersonaResolver
+from engine.programs.service import current_program
+from engine.programs.spec import Program
+
+CHUNK_ROWS = 1000  # rows per transaction; also bounds the `email IN (...)` parameter count
+# A physical line longer than this is rejected without being held in memory. No valid row comes
+# near it (13 standard + 50 custom fields of at most 1,000 characters), and it stays below the
+# csv module's field limit, so a giant field on one line is caught here, naming its column.
+LINE_LIMIT = 100_000
+WAL_PAGES_BEFORE_CHECKPOINT = 20_000  # SQLite, see _background_checkpoints (80 MB)
+CHECKPOINT_INTERVAL = 0.02  # seconds
+DELIMITERS = (",", ";", "\t")
+QUOTE = '"'
+ACTOR = "import"
+REASON = "imported"
+
+_LEADS = Lead.__table__
+_STORED = (_LEADS.c.id, *(_LEADS.c[name] for name in STANDARD_FIELDS), _LEADS.c.custom)
+_NEW_LEAD = {**dict.fromkeys(STANDARD_FIELDS), "stage": "inquiry", "custom": {}}
+_UPDATED = (*(name for name in STANDARD_FIELDS if name not in ("email", "stage")), "custom")
+
+
+@dataclass(slots=True)
+class LeadRow:
+    """One data row: `fields` (clean_lead_fields output) when valid, else `error`."""
+
+    number: int  # 1 = the first row after the header
+    values: list[str]  # the cells as read, for the rejects file
+    fields: dict | None = None
+    error: Invalid | None = None  # error.field names the column ("" when the row as a whole)
+
+
+@dataclass
+class ImportSummary:
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    rejected: int = 0
+    rejects_path: Path | None = None  # set when a rejects file was written
+    dry_run: bool = False
+
+    @property
+    def rows(self) -> int:
+        return self.created + self.updated + self.unchanged + self.rejected
+
+
+def read_lead_rows(path: str | Path, encoding: str = "utf-8") -> Iterator[LeadRow]:
+    """Yield every data row of a leads CSV as a LeadRow, in file order, validated.
+
+    UTF-8 with or without BOM (or `encoding`), comma, semicolon or tab delimiter (taken from the
+    header line), quoted fields with newlines. Header names are trimmed and case-insensitive; an
+    `email` column is required. Raises Invalid for a file that cannot be read as a leads file at
+    all (no email column, duplicate columns, empty file), NotFound for a missing file.
+    """
+    with LeadCsv(path, encoding) as source:
+        yield from source
+
+
+class LeadCsv:
+    """An open leads CSV: `header` is read on opening, iterating yields LeadRows one at a time."""
+
+    def __init__(self, path: str | Path, encoding: str = "utf-8"):
+        self.path = Path(path)
+        try:
+            codec = codecs.lookup(encoding).name
+        except LookupError:
+            raise Invalid(f"unknown encoding {encoding!r}", field="encoding") from None
+        try:
+            self._raw = open(self.path, "rb")  # noqa: SIM115 - owned by this object, see close()
+        except FileNotFoundError:
+            raise NotFound(f"no such file: {self.path}", field="file") from None
+        except IsADirectoryError:
+            raise Invalid(f"{self.path} is a directory, not a CSV file", field="file") from None
+        self.size = self.path.stat().st_size
+        utf8 = codec == "utf-8"
+        self.had_bom = utf8 and self._raw.peek(3)[:3] == codecs.BOM_UTF8
+        # Bad bytes become lone surrogates, which clean_lead_fields rejects naming the column;
+        # written back with the same error handler, they reach the rejects file unchanged.
+        self.encoding = "utf-8-sig" if self.had_bom else "utf-8" if utf8 else encoding
+        text = io.TextIOWrapper(self._raw, encoding=self.encoding, errors="surrogateescape",
+                                newline="")
+        try:
+            self._open(text)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, text: TextIO) -> None:
+        self._lines = _Lines(text)
+        first = next(self._lines, None)
+        if first is None or not first.strip():
+            raise Invalid("no header row: the file is empty or its first line is blank "
+                          "(expected column names, one of them email)", field="email")
+        if self._lines.overlong:
+            raise Invalid(f"the header line is longer than {LINE_LIMIT} characters", field="email")
+        first = first.removeprefix("\ufeff")
+        outside_quotes = first.split(QUOTE)[::2]
+        self.delimiter = max(DELIMITERS, key=lambda d: sum(part.count(d) for part in outside_quotes))
+        self._lines.delimiter = self.delimiter
+        self._reader = csv.reader(chain([first], self._lines), delimiter=self.delimiter)
+        self.header = next(self._reader)
+        self.columns = [name.strip().lower() for name in self.header]
+        seen: dict[str, int] = {}
+        for index, name in enumerate(self.columns, start=1):
+            if name and name in seen:
+                raise Invalid(f"column {name!r} appears twice (columns {seen[name]} and {index})",
+                              field=name)
+            seen[name] = index
+        if "email" not in seen:
+            raise Invalid("no email column in the header (found: "
+                          f"{', '.join(repr(n) for n in self.header) or 'nothing'})", field="email")
+
+    @property
+    def bytes_read(self) -> int:
+        return self.size if self._raw.closed else self._raw.tell()
+
+    def close(self) -> None:
+        self._raw.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[LeadRow]:
+        columns, lines, width = self.columns, self._lines, len(self.columns)
+        number = 0
+        while True:
+            try:
+                values = next(self._reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                number += 1
+                lines.skip_record()
+                yield LeadRow(number, [], error=Invalid(_csv_error(exc), field=""))
+                lines.overlong = None
+                continue
+            number += 1
+            if lines.overlong:
+                index = lines.overlong_column
+                name = columns[index] if index is not None and index < width else ""
+                detail = (f"value too large: the line is {lines.overlong:,} characters long "
+                          f"(limit {LINE_LIMIT:,})")
+                yield LeadRow(number, lines.overlong_values or values,
+                              error=Invalid(detail, field=name))
+                lines.overlong = None
+                continue
+            try:
+                if len(values) != width:
+                    raise Invalid(f"{len(values)} values for {width} columns", field="")
+                yield LeadRow(number, values, fields=clean_lead_fields(dict(zip(columns, values))))
+            except Invalid as exc:
+                if "".join(values).strip():  # a blank row carries nothing: skipped
+                    yield LeadRow(number, values, error=exc)
+
+
+def _csv_error(exc: csv.Error) -> str:
+    if "field limit" in str(exc):
+        return f"value larger than {csv.field_size_limit():,} characters"
+    return f"unreadable CSV row: {exc}"
+
+
+class _Lines:
+    """Physical lines for csv.reader, none longer than LINE_LIMIT characters.
+
+    The rest of a longer line is read in pieces and dropped (its record is then rejected), so a
+    hostile file never makes us hold a giant string. Quote parity is tracked so that a record the
+    csv module gave up on can be skipped to its end, and so that an overlong line is replaced by
+    one with the same parity (the record boundaries after it stay where they were).
+    """
+
+    def __init__(self, handle: TextIO):
+        self.handle = handle
+        self.delimiter = ","
+        self.in_quotes = False  # the text so far ends inside a quoted field
+        self.overlong: int | None = None  # length of an overlong line in the current record
+        self.overlong_column: int | None = None
+        self.overlong_values: list[str] | None = None
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        line = self.handle.readline(LINE_LIMIT)
+        if not line:
+            raise StopIteration
+        if len(line) == LINE_LIMIT and line[-1] not in "\r\n":
+            line = self._drop_rest(line)
+        if QUOTE in line and line.count(QUOTE) % 2:
+            self.in_quotes = not self.in_quotes
+        return line
+
+    def _drop_rest(self, head: str) -> str:
+        starts_record = not self.in_quotes
+        length, quotes = len(head), head.count(QUOTE)
+        while True:
+            piece = self.handle.readline(LINE_LIMIT)
+            length += len(piece)
+            quotes += piece.count(QUOTE)
+            if not piece or piece[-1] in "\r\n":
+                break
+        if self.overlong is None:
+            self.overlong = length
+            self.overlong_column, self.overlong_values = None, None
+            if starts_record:
+                before = _fields_before_last(head, self.delimiter)
+                self.overlong_column = len(before)
+                self.overlong_values = [*before, f"<{length - sum(map(len, before)):,} characters>"]
+        return QUOTE * (quotes % 2) + "\n"
+
+    def skip_record(self) -> None:
+        """After a csv error inside a quoted field, drop lines up to the end of that record."""
+        for _ in self:
+            if not self.in_quotes:
+                return
+
+
+def _fields_before_last(head: str, delimiter: str) -> list[str]:
+    """The complete fields at the start of a cut line (the last, unfinished one excluded)."""
+    offset, cut = 0, -1
+    for index, part in enumerate(head.split(QUOTE)):
+        if index % 2 == 0 and delimiter in part:
+            cut = offset + part.rindex(delimiter)
+        offset += len(part) + 1
+    if cut < 0:
+        return []
+    return next(csv.reader([head[:cut]], delimiter=delimiter), [])
+
+
+class _Rejects:
+    """The rejects CSV, created on the first rejected row: row,column,reason + original cells."""
+
+    def __init__(self, path: Path, header: list[str], encoding: str):
+        self.path, self.header, self.encoding = path, header, encoding
+        self.count = 0
+        self._handle: TextIO | None = None
+        self._writer = None
+
+    def add(self, row: LeadRow, error: Invalid) -> None:
+        if self._writer is None:
+            self._handle = open(self.path, "w", encoding=self.encoding,  # noqa: SIM115 - lazy
+                                errors="surrogateescape", newline="")
+            self._writer = csv.writer(self._handle)
+            self._writer.writerow(["row", "column", "reason", *self.header])
+        self._writer.writerow([row.number, error.field or "", error.detail, *row.values])
+        self.count += 1
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+
+
+def default_rejects_path(path: str | Path) -> Path:
+    path = Path(path)
+    return path.with_name(f"{path.stem}.rejects.csv")
+
+
+def import_leads(*, db: Database, path: str | Path, program: str, now: datetime,
+                 dry_run: bool = False, rejects_path: str | Path | None = None,
+                 encoding: str = "utf-8",
+                 progress: Callable[[int, int], None] | None = None) -> ImportSummary:
+    """Upsert every valid row of a leads CSV by email and enroll the leads in `program`.
+
+    Streams the file in chunks of CHUNK_ROWS rows, one committed transaction per chunk (a crash
+    loses at most the chunk in flight; a re-run completes it, as importing twice changes nothing).
+    A blank cell never erases a stored value. Rejected rows go to `rejects_path` (default
+    `<stem>.rejects.csv` beside the file, only created when a row is rejected) and never stop the
+    others. `dry_run` runs the very same work in a single transaction that is rolled back, so its
+    counts are exact and nothing is stored; on SQLite it holds the write lock meanwhile.
+    `progress(bytes_read, total_bytes)` is called after each chunk.
+
+    Raises NotFound (file, program) or Invalid (no email column, ...) before anything is written.
+    """
+    path = Path(path)
+    rejects_path = Path(rejects_path) if rejects_path else default_rejects_path(path)
+    if path.exists() and rejects_path.resolve() == path.resolve():
+        raise Invalid("the rejects file must not be the file being imported", field="rejects")
+    if not rejects_path.parent.is_dir():
+        raise Invalid(f"no such directory for the rejects file: {rejects_path.parent}",
+                      field="rejects")
+    with db.session() as session:
+        record, spec = current_program(session=session, name=program)
+    summary = ImportSummary(dry_run=dry_run)
+    with LeadCsv(path, encoding) as source:
+        rejects = _Rejects(rejects_path, source.header, source.encoding)
+        try:
+            with (db.engine.connect() as conn, _long_lived_objects_frozen(),
+                  _background_checkpoints(conn)):
+                writer = _ChunkWriter(conn, record.id, spec, now, summary, rejects)
+                if dry_run:
+                    conn.begin()
+                for chunk in _chunks(source, CHUNK_ROWS):
+                    if dry_run:
+                        writer.apply(chunk)
+                    else:
+                        with conn.begin():
+                            writer.apply(chunk)
+                    if progress:
+                        progress(source.bytes_read, source.size)
+                if dry_run:
+                    conn.rollback()
+        finally:
+            rejects.close()
+    summary.rejected = rejects.count
+    summary.rejects_path = rejects_path if rejects.count else None
+    return summary
+
+
+@contextmanager
+def _long_lived_objects_frozen() -> Iterator[None]:
+    """Keep the cyclic garbage collector off the objects that exist before the import.
+
+    Each chunk allocates tens of thousands of short-lived dicts; they trigger full collections
+    that rescan every long-lived object (modules, SQLAlchemy's, the program) although none of
+    those can become garbage meanwhile: about a tenth of the import's time. Frozen, they are
+    skipped; the chunk's own objects are still collected. Left alone when something else (a
+    pre-forking server) froze objects already, as unfreezing would undo its freeze.
+    """
+    if gc.get_freeze_count():
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
+@contextmanager
+def _background_checkpoints(conn: Connection) -> Iterator[None]:
+    """On SQLite, copy the write-ahead log into the database file from a thread of its own.
+
+    Every chunk commit appends about a thousand pages to the WAL; SQLite's automatic checkpoint
+    then copies them into the database file and syncs it, inside a later commit, while the
+    import waits. A passive checkpoint on another connection does the same meanwhile (sqlite3
+    releases the GIL during it) and keeps the WAL short. The automatic checkpoint stays on, at a
+    higher threshold, in case this thread falls behind or stops on an error.
+    """
+    url = conn.engine.url
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        yield
+        return
+    driver = conn.connection.driver_connection
+    previous = driver.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+    driver.execute(f"PRAGMA wal_autocheckpoint={WAL_PAGES_BEFORE_CHECKPOINT}")
+    stop = threading.Event()
+
+    def checkpoint() -> None:
+        other = conn.engine.raw_connection()  # its own connection, in autocommit mode
+        try:
+            while not stop.wait(CHECKPOINT_INTERVAL):
+                other.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error:
+            pass  # the automatic checkpoint takes over
+        finally:
+            other.close()
+
+    thread = threading.Thread(target=checkpoint, name="leads-import-checkpoint", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        driver.execute(f"PRAGMA wal_autocheckpoint={previous}")
+
+
+def _chunks(rows: Iterable[LeadRow], size: int) -> Iterator[list[LeadRow]]:
+    iterator = iter(rows)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
+
+
+class _BulkInsert:
+    """An INSERT compiled once for the dialect and run with executemany straight on the driver.
+
+    `conn.execute(insert(table), rows)` sends every value of every row through its column type
+    (JSON encoding, datetime conversion), about as costly as everything else the import does.
+    Here rows hold values already in driver form, converted with the same column types by
+    `convert`, so that a value many rows share (now, the enrollment of one persona x stage x
+    time zone) is converted once. Every column must be given: Python-side defaults do not apply.
+    """
+
+    def __init__(self, conn: Connection, table: Table, keys: Iterable[str]):
+        dialect = conn.dialect
+        keys = list(keys)
+        compiled = insert(table).compile(dialect=dialect, column_keys=keys, for_executemany=True)
+        if set(compiled.params) != set(keys):
+            raise ValueError(f"{table.name}: give exactly {sorted(compiled.params)}")
+        self.sql = str(compiled)
+        self._order = itemgetter(*compiled.positiontup) if compiled.positional else None
+        self._bind = {key: table.c[key].type.dialect_impl(dialect).bind_processor(dialect)
+                      for key in keys}
+
+    def convert(self, key: str, value):
+        process = self._bind[key]
+        return value if process is None or value is None else process(value)
+
+    def convert_row(self, row: dict) -> dict:
+        return {key: self.convert(key, value) for key, value in row.items()}
+
+    def __call__(self, conn: Connection, rows: list[dict]) -> None:
+        if rows:
+            conn.exec_driver_sql(self.sql, list(map(self._order, rows)) if self._order else rows)
+
+
+_LEAD_KEYS = (*STANDARD_FIELDS, "custom", "created_at", "updated_at")
+_STAGE_KEYS = ("lead_id", "from_stage", "to_stage", "at", "reason", "actor")
+_ENROLLMENT_KEYS = ("lead_id", "program_id", "created_at", "status", "track", "due_at", "state",
+                    "program_version", "updated_at")
+_EVENT_KEYS = ("lead_id", "program_id", "at", "category", "kind", "detail", "actor")
+
+
+class _ChunkWriter:
+    """Applies chunks of rows. New and unchanged leads go through bulk statements; the few
+    existing leads whose fields or stage change go through the lead and journey services."""
+
+    def __init__(self, conn: Connection, program_id: int, program: Program, now: datetime,
+                 summary: ImportSummary, rejects: _Rejects):
+        self.conn, self.program_id, self.program, self.now = conn, program_id, program, now
+        self.summary, self.rejects = summary, rejects
+        self._leads = _BulkInsert(conn, _LEADS, _LEAD_KEYS)
+        self._stages = _BulkInsert(conn, StageChange.__table__, _STAGE_KEYS)
+        self._enrollments = _BulkInsert(conn, Enrollment.__table__, _ENROLLMENT_KEYS)
+        self._events = _BulkInsert(conn, LeadEvent.__table__, _EVENT_KEYS)
+        self._now = self._leads.convert("created_at", now)
+        self._enrolled = Event(EventKind.ENROLLED)
+        self._persona = PersonaResolver(program)
+        # (persona, stage, timezone) -> the enrollment row and event log rows, in driver form,
+        # without lead_id: decide() is pure, so every lead of one cell enrolls the same way.
+        self._enrollment_rows: dict[tuple, tuple[dict, list[dict]]] = {}
+
+    def reject(self, row: LeadRow, error: Invalid) -> None:
+        self.rejects.add(row, error)
+
+    def apply(self, chunk: list[LeadRow]) -> None:
+        groups: dict[str, list[LeadRow]] = {}  # email -> its rows, in file order
+        for row in chunk:
+            error = row.error or self._check(row.fields)
+            if error:
+                self.reject(row, error)
+                continue
+            email = row.fields["email"]
+            if email in groups:
+                groups[email].append(row)
+            else:
+                groups[email] = [row]
+        if not groups:
+            return
+        stored = {lead["email"]: dict(lead) for lead in self.conn.execute(
+            select(*_STORED).where(_LEADS.c.email.in_(list(groups)))).mappings()}
+        enrolled = self._enrolled_ids([lead["id"] for lead in stored.values()])
+        new, to_enroll, changed = [], [], []
+        for email, rows in groups.items():
+            lead = stored.get(email)
+            if lead is None:
+                new.append(self._merge(rows, None))
+                continue
+            merged = self._merge(rows, lead)
+            if merged is None:
+                continue
+            if merged != lead:
+                changed.append((lead, merged, lead["id"] in enrolled))
+            elif lead["id"] not in enrolled:
+                to_enroll.append(merged)
+        if new:
+            self._insert_new(new)
+            to_enroll += new
+        if to_enroll:
+            self._enroll(to_enroll)
+        if changed:
+            self._update(changed)
+
+    def _check(self, fields: dict) -> Invalid | None:
+        """What a row needs beyond clean_lead_fields: a persona the program knows."""
+        persona = fields.get("persona")
+        if persona is not None and persona not in self.program.personas:
+            return Invalid(f"unknown persona {persona!r} in program {self.program.slug} "
+                           f"(expected one of {', '.join(self.program.personas)})",
+                           field="persona")
+        return None
+
+    def _merge(self, rows: list[LeadRow], stored: dict | None) -> dict | None:
+        """Fold the rows of one email over the stored lead, later rows winning; count each row.
+
+        Returns the resulting lead (standard fields and custom), or None when every row was
+        rejected. For an existing lead, the last row whose stage is a legal change wins the
+        stage; later rows with an illegal stage change are rejected. A row counts as updated
+        when it changes the lead as left by the rows before it, but when the rows of a stored
+        lead leave it as it was, all count as unchanged (importing a file twice changes nothing).
+        """
+        if stored is None and len(rows) == 1:  # the usual case: a new lead, once in the file
+            self.summary.created += 1
+            return {**_NEW_LEAD, **rows[0].fields}
+        if stored is not None:
+            for row in reversed([r for r in rows if "stage" in r.fields]):
+                target = row.fields["stage"]
+                if target == stored["stage"]:
+                    break
+                try:
+                    check_transition(stored["stage"], target)
+                    break
+                except IllegalTransition as exc:
+                    self.reject(row, exc)
+                    rows.remove(row)
+            if not rows:
+                return None
+            merged = dict(stored)
+            merged["custom"] = dict(stored["custom"] or {})
+        else:
+            merged = {**_NEW_LEAD, "custom": {}}
+        labels = []
+        for index, row in enumerate(rows):
+            changed = False
+            for name, value in row.fields.items():
+                if name == "custom":
+                    current = merged["custom"]
+                    for key, item in value.items():
+                        if current.get(key) != item:
+                            current[key] = item
+                            changed = True
+                elif merged[name] != value:
+                    merged[name] = value
+                    changed = True
+            labels.append("created" if stored is None and index == 0
+                          else "updated" if changed else "unchanged")
+        if stored is not None and merged == stored:
+            labels = ["unchanged"] * len(rows)
+        for label in labels:
+            setattr(self.summary, label, getattr(self.summary, label) + 1)
+        return merged
+
+    def _enrolled_ids(self, lead_ids: list[int]) -> set[int]:
+        if not lead_ids:
+            return set()
+        query = select(Enrollment.lead_id).where(Enrollment.program_id == self.program_id,
+                                                 Enrollment.lead_id.in_(lead_ids))
+        return set(self.conn.scalars(query))
+
+    def _insert_new(self, leads: list[dict]) -> None:
+        """Insert new leads, fetch their ids, record their first stage."""
+        now, convert = self._now, self._leads.convert
+        self._leads(self.conn, [
+            {**lead, "consent": convert("consent", lead["consent"]),
+             "custom": convert("custom", lead["custom"]), "created_at": now, "updated_at": now}
+            for lead in leads
+        ])
+        query = select(_LEADS.c.email, _LEADS.c.id).where(
+            _LEADS.c.email.in_([lead["email"] for lead in leads]))
+        ids = dict(self.conn.execute(query).all())
+        first = {"from_stage": None, "at": now, "reason": REASON, "actor": ACTOR}
+        stage_rows = []
+        for lead in leads:
+            lead_id = lead["id"] = ids[lead["email"]]
+            stage_rows.append({**first, "lead_id": lead_id, "to_stage": lead["stage"]})
+        self._stages(self.conn, stage_rows)
+
+    def _enroll(self, leads: list[dict]) -> None:
+        """Enroll leads as journeys.service.enroll does, in two bulk statements."""
+        enrollments, events = [], []
+        for lead in leads:
+            fields = {**lead["custom"], **lead} if lead["custom"] else lead  # as Lead.fields()
+            key = (self._persona(fields), lead["stage"], lead["timezone"])
+            cached = self._enrollment_rows.get(key) or self._enrollment_template(key)
+            lead_id = lead["id"]
+            enrollments.append({**cached[0], "lead_id": lead_id})
+            events += [{**row, "lead_id": lead_id} for row in cached[1]]
+        self._enrollments(self.conn, enrollments)
+        self._events(self.conn, events)
+
+    def _enrollment_template(self, key: tuple) -> tuple[dict, list[dict]]:
+        program, program_id, now = self.program, self.program_id, self.now
+        state = new_state(program, persona=key[0], stage=key[1], timezone=key[2])
+        decision = decide(program, state, self._enrolled, now)
+        enrollment = self._enrollments.convert_row(
+            {"program_id": program_id, "created_at": now, **enrollment_columns(decision.state, now)})
+        events = [event_row(lead_id=0, program_id=program_id, event=self._enrolled, now=now,
+                            actor=ACTOR)]
+        events += action_rows(lead_id=0, program_id=program_id, decision=decision)
+        template = enrollment, [self._events.convert_row(row) for row in events]
+        self._enrollment_rows[key] = template
+        return template
+
+    def _update(self, changed: list[tuple[dict, dict, bool]]) -> None:
+        """Existing leads whose fields or stage change: the same steps as service.upsert_lead."""
+        session = Session(bind=self.conn)  # joins the chunk's transaction, never commits it
+        try:
+            leads = {lead.id: lead for lead in session.scalars(
+                select(Lead).where(Lead.id.in_([stored["id"] for stored, _, _ in changed])))}
+            for stored, merged, enrolled in changed:
+                lead = leads[stored["id"]]
+                fields_changed = False
+                for name in _UPDATED:
+                    if merged[name] != stored[name]:
+                        setattr(lead, name, merged[name])
+                        fields_changed = True
+                if fields_changed:
+                    lead.updated_at = self.now
+                if merged["stage"] != stored["stage"]:
+                    set_stage(session=session, lead=lead, stage=merged["stage"], reason=REASON,
+                              actor=ACTOR, now=self.now)
+                if fields_changed:
+                    sync_persona(session=session, lead=lead, now=self.now, actor=ACTOR)
+                if not enrolled:
+                    enroll(session=session, lead=lead, program_id=self.program_id,
+                           program=self.program, now=self.now, actor=ACTOR)
+            session.flush()
+        finally:
+            session.close()

@@ -1,0 +1,415 @@
+"""`nurture leads import` as a marketer uses it: a CRM export in, leads and enrollments out,
+bad rows in a rejects file, nothing changed by importing the same file twice."""
+
+from __future__ import annotations
+
+import csv
+import re
+from datetime import UTC, datetime, timedelta
+from itertools import count
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import func, select
+
+from engine.journeys.models import Enrollment
+from engine.leads import importer
+from engine.leads.importer import LeadRow, read_lead_rows
+from engine.leads.models import Lead, LeadEvent, StageChange
+
+HEADER = "email,first_name,last_name,company,title,timezone,stage,consent,industry\n"
+GOOD = (HEADER
+        + "ada@globex.example,Ada,Lovelace,Globex,IT Director,Europe/Paris,inquiry,yes,retail\n"
+        + "bob@initech.example,Bob,Porter,Initech,CFO,America/New_York,engaged,no,finance\n"
+        + "carla@umbrella.example,Carla,Diaz,Umbrella,Head of Marketing,,,,\n")
+TABLES = (Lead, StageChange, Enrollment, LeadEvent)
+SAMPLE = Path(__file__).resolve().parent.parent / "assets" / "acme-nurture"
+
+
+@pytest.fixture(autouse=True)
+def clock(monkeypatch):
+    """The CLI's clock: Monday 2026-03-02 06:00 UTC (before the send window opens), one minute
+    later at each reading, so that a rewritten timestamp would show."""
+    times = (datetime(2026, 3, 2, 6, 0, tzinfo=UTC) + timedelta(minutes=n)
+             for n in count())
+    import engine.cli  # noqa: F401 - first: it registers engine.leads.cli (import cycle)
+
+    monkeypatch.setattr("engine.leads.cli.utcnow", lambda: next(times))
+
+
+def write(tmp_path, text: str | bytes, name: str = "leads.csv"):
+    path = tmp_path / name
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+def run(cli, path, *extra, program="acme-nurture", code=0):
+    result = cli("leads", "import", path, "--program", program, *extra)
+    assert result.exit_code == code, result.output
+    return result
+
+
+def counts(result) -> dict:
+    match = re.search(r"created (\d+), updated (\d+), unchanged (\d+), rejected (\d+)",
+                      result.stdout)
+    assert match, result.stdout
+    return dict(zip(("created", "updated", "unchanged", "rejected"), map(int, match.groups())))
+
+
+def rejects(path) -> list[dict]:
+    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def table_counts(db) -> dict:
+    with db.session() as s:
+        return {t.__tablename__: s.scalar(select(func.count()).select_from(t)) for t in TABLES}
+
+
+def lead(db, email: str) -> Lead:
+    with db.session() as s:
+        return s.scalar(select(Lead).where(Lead.email == email))
+
+
+def test_good_file_creates_leads_with_history_and_enrollment(cli, db, loaded_program, tmp_path):
+    path = write(tmp_path, GOOD)
+    result = run(cli, path)
+    assert counts(result) == {"created": 3, "updated": 0, "unchanged": 0, "rejected": 0}
+    assert not (tmp_path / "leads.rejects.csv").exists()
+    ada = lead(db, "ada@globex.example")
+    assert (ada.first_name, ada.company, ada.title, ada.timezone, ada.stage, ada.consent) == (
+        "Ada", "Globex", "IT Director", "Europe/Paris", "inquiry", True)
+    assert ada.custom == {"industry": "retail"}
+    assert lead(db, "bob@initech.example").consent is False
+    carla = lead(db, "carla@umbrella.example")
+    assert (carla.stage, carla.timezone, carla.consent, carla.custom) == ("inquiry", None, None, {})
+    with db.session() as s:
+        history = s.execute(select(StageChange.from_stage, StageChange.to_stage,
+                                   StageChange.reason, StageChange.actor)
+                            .where(StageChange.lead_id == ada.id)).all()
+        assert history == [(None, "inquiry", "imported", "import")]
+        enrollments = {e.lead_id: e for e in s.scalars(select(Enrollment))}
+        assert len(enrollments) == 3
+        assert enrollments[ada.id].status == "active"
+        assert enrollments[ada.id].track == "it_manager/inquiry"
+        assert enrollments[ada.id].state["next_email"] == "welcome_it"
+        assert enrollments[ada.id].due_at == datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
+        assert enrollments[ada.id].state["timezone"] == "Europe/Paris"
+        bob = lead(db, "bob@initech.example")
+        assert enrollments[bob.id].track == "finance/engaged"
+        assert enrollments[carla.id].state["timezone"] == "Europe/Paris"  # the program's zone
+        kinds = s.scalars(select(LeadEvent.kind).where(LeadEvent.lead_id == ada.id)
+                          .order_by(LeadEvent.id)).all()
+        assert kinds[:2] == ["enrolled", "move"]
+
+
+def test_same_file_twice_changes_nothing(cli, db, loaded_program, tmp_path):
+    path = write(tmp_path, GOOD + "ADA@globex.example,,,Globex Corp,,,,,\n")
+    first = run(cli, path)
+    assert counts(first) == {"created": 3, "updated": 1, "unchanged": 0, "rejected": 0}
+    before = table_counts(db)
+    with db.session() as s:
+        stamps = dict(s.execute(select(Lead.email, Lead.updated_at)).all())
+    again = run(cli, path)
+    assert counts(again) == {"created": 0, "updated": 0, "unchanged": 4, "rejected": 0}
+    assert table_counts(db) == before
+    with db.session() as s:
+        assert dict(s.execute(select(Lead.email, Lead.updated_at)).all()) == stamps
+
+
+def test_upsert_by_email_ignores_case_and_blank_cells_keep_values(cli, db, loaded_program,
+                                                                  tmp_path):
+    run(cli, write(tmp_path, GOOD))
+    before = lead(db, "ada@globex.example")
+    update = write(tmp_path, "EMAIL,First_Name , company,score\n"
+                             "  ADA@Globex.Example ,,Globex Corporation,91\n", "update.csv")
+    result = run(cli, update)
+    assert counts(result) == {"created": 0, "updated": 1, "unchanged": 0, "rejected": 0}
+    after = lead(db, "ada@globex.example")
+    assert after.id == before.id
+    assert (after.first_name, after.company) == ("Ada", "Globex Corporation")
+    assert after.custom == {"industry": "retail", "score": "91"}
+    assert after.updated_at > before.updated_at
+    assert table_counts(db)["leads"] == 3
+
+
+def test_duplicate_email_in_one_file_later_row_updates_earlier(cli, db, loaded_program, tmp_path):
+    path = write(tmp_path, "email,company,title\n"
+                           "dup@globex.example,Globex,\n"
+                           "other@initech.example,Initech,\n"
+                           "DUP@globex.example,,CIO\n"
+                           "dup@globex.example,,CIO\n")
+    result = run(cli, path)
+    assert counts(result) == {"created": 2, "updated": 1, "unchanged": 1, "rejected": 0}
+    dup = lead(db, "dup@globex.example")
+    assert (dup.company, dup.title) == ("Globex", "CIO")
+    assert table_counts(db)["leads"] == 2
+    with db.session() as s:
+        assert s.scalar(select(func.count()).select_from(StageChange)
+                        .where(StageChange.lead_id == dup.id)) == 1
+        enrollment = s.scalar(select(Enrollment).where(Enrollment.lead_id == dup.id))
+        assert enrollment.track == "it_manager/inquiry"  # persona from the merged title
+
+
+def test_rows_are_committed_per_chunk_and_duplicates_span_chunks(cli, db, loaded_program,
+                                                                 tmp_path, monkeypatch):
+    monkeypatch.setattr(importer, "CHUNK_ROWS", 2)
+    rows = [f"lead{i}@globex.example,Company {i}," for i in range(5)]
+    rows.append("lead0@globex.example,,CFO")  # in the third chunk, created in the first
+    path = write(tmp_path, "email,company,title\n" + "\n".join(rows) + "\n")
+
+    original = importer._ChunkWriter.apply
+    calls = []
+
+    def crash_on_third_chunk(self, chunk):
+        calls.append(len(chunk))
+        if len(calls) == 3:
+            raise RuntimeError("power cut")
+        return original(self, chunk)
+
+    monkeypatch.setattr(importer._ChunkWriter, "apply", crash_on_third_chunk)
+    with pytest.raises(RuntimeError):
+        cli("leads", "import", path, "--program", "acme-nurture")
+    assert table_counts(db)["leads"] == 4  # two chunks committed, the third lost
+
+    monkeypatch.setattr(importer._ChunkWriter, "apply", original)
+    result = run(cli, path)
+    assert counts(result) == {"created": 1, "updated": 1, "unchanged": 4, "rejected": 0}
+    assert lead(db, "lead0@globex.example").title == "CFO"
+    assert table_counts(db)["enrollments"] == 5
+
+
+def test_bom_semicolons_crlf_and_quoted_newlines(cli, db, loaded_program, tmp_path):
+    text = ('Email;Company;Title;Notes\r\n'
+            'ada@globex.example;"Globex; Inc";IT Director;"line one\r\nline two"\r\n'
+            'not-an-email;X;;\r\n'
+            'bob@initech.example;Initech;CFO;"said ""hi"""\r\n')
+    path = write(tmp_path, b"\xef\xbb\xbf" + text.encode("utf-8"))
+    result = run(cli, path)
+    assert counts(result) == {"created": 2, "updated": 0, "unchanged": 0, "rejected": 1}
+    ada = lead(db, "ada@globex.example")
+    assert ada.company == "Globex; Inc"
+    assert ada.custom == {"notes": "line one\r\nline two"}
+    assert lead(db, "bob@initech.example").custom == {"notes": 'said "hi"'}
+    rejects_path = tmp_path / "leads.rejects.csv"
+    assert rejects_path.read_bytes().startswith(b"\xef\xbb\xbfrow,")  # a BOM, like the input
+    [reject] = rejects(rejects_path)
+    assert (reject["row"], reject["column"]) == ("2", "email")  # data rows, not physical lines
+    assert reject["Email"] == "not-an-email"
+
+
+def test_latin1_bytes_are_rejected_naming_the_column(cli, db, loaded_program, tmp_path):
+    path = write(tmp_path, b"email,first_name,company\n"
+                           b"rene@globex.example,Ren\xe9,Globex\n"
+                           b"ada@globex.example,Ada,Globex\n")
+    result = run(cli, path)
+    assert counts(result) == {"created": 1, "updated": 0, "unchanged": 0, "rejected": 1}
+    [reject] = rejects(tmp_path / "leads.rejects.csv")
+    assert (reject["row"], reject["column"]) == ("1", "first_name")
+    assert "--encoding latin-1" in reject["reason"]
+    assert b"Ren\xe9" in (tmp_path / "leads.rejects.csv").read_bytes()  # original bytes kept
+    assert lead(db, "rene@globex.example") is None
+
+
+def test_latin1_file_imports_with_encoding_option(cli, db, loaded_program, tmp_path):
+    path = write(tmp_path, b"email;first_name;company\n"
+                           b"rene@globex.example;Ren\xe9;Soci\xe9t\xe9 G\xe9n\xe9rale\n")
+    result = run(cli, path, "--encoding", "latin-1")
+    assert counts(result) == {"created": 1, "updated": 0, "unchanged": 0, "rejected": 0}
+    rene = lead(db, "rene@globex.example")
+    assert (rene.first_name, rene.company) == ("René", "Société Générale")
+
+
+def test_bad_rows_are_rejected_with_row_column_and_reason(cli, db, loaded_program, tmp_path):
+    path = write(tmp_path, "email,first_name,timezone,stage,persona\n"
+                           "good1@globex.example,A,Europe/Paris,inquiry,\n"
+                           "bad@@globex,B,,,\n"
+                           "c@globex.example,C,,shopping,\n"
+                           "d@globex.example,D,Mars/Olympus,,\n"
+                           "e@globex.example,E,,,astronaut\n"
+                           "f@globex.example,F,,\n"
+                           f"g@globex.example,{'G' * 300},,,\n"
+                           "good2@globex.example,H,,mql,finance\n")
+    result = run(cli, path)
+    assert counts(result) == {"created": 2, "updated": 0, "unchanged": 0, "rejected": 6}
+    assert "leads.rejects.csv" in result.stdout
+    got = {r["row"]: r for r in rejects(tmp_path / "leads.rejects.csv")}
+    expected = {"2": ("email", "invalid email address"), "3": ("stage", "unknown stage 'shopping'"),
+                "4": ("timezone", "unknown time zone 'Mars/Olympus'"),
+                "5": ("persona", "unknown persona 'astronaut'"),
+                "6": ("", "4 values for 5 columns"), "7": ("first_name", "longer than 200")}
+    assert set(got) == set(expected)
+    for row, (column, reason) in expected.items():
+        assert got[row]["column"] == column and reason in got[row]["reason"], got[row]
+    assert got["3"]["first_name"] == "C" and got["3"]["stage"] == "shopping"  # original cells
+    assert lead(db, "good2@globex.example").persona == "finance"
+    assert table_counts(db)["leads"] == 2
+
+
+def test_illegal_stage_change_of_existing_lead_is_rejected(cli, db, loaded_program, tmp_path):
+    run(cli, write(tmp_path, "email,stage\nada@globex.example,mql\nbob@initech.example,inquiry\n"))
+    path = write(tmp_path, "email,stage,company\n"
+                           "ada@globex.example,inquiry,Globex\n"
+                           "bob@initech.example,engaged,Initech\n", "second.csv")
+    result = run(cli, path)
+    assert counts(result) == {"created": 0, "updated": 1, "unchanged": 0, "rejected": 1}
+    [reject] = rejects(tmp_path / "second.rejects.csv")
+    assert (reject["row"], reject["column"]) == ("1", "stage")
+    assert "illegal stage change mql -> inquiry" in reject["reason"]
+    ada, bob = lead(db, "ada@globex.example"), lead(db, "bob@initech.example")
+    assert (ada.stage, ada.company) == ("mql", None)  # a rejected row changes nothing
+    assert (bob.stage, bob.company) == ("engaged", "Initech")
+    with db.session() as s:
+        history = s.execute(select(StageChange.from_stage, StageChange.to_stage,
+                                   StageChange.reason).where(StageChange.lead_id == bob.id)
+                            .order_by(StageChange.id)).all()
+        assert history == [(None, "inquiry", "imported"), ("inquiry", "engaged", "imported")]
+        enrollment = s.scalar(select(Enrollment).where(Enrollment.lead_id == bob.id))
+        assert enrollment.track == "finance/engaged"  # the STAGE event reached the enrollment
+        assert "stage" in s.scalars(select(LeadEvent.kind).where(LeadEvent.lead_id == bob.id)).all()
+
+
+def test_existing_lead_without_enrollment_gets_enrolled(cli, db, loaded_program, tmp_path):
+    from engine.db import utcnow
+    from engine.leads.service import upsert_lead
+
+    with db.session() as s:
+        upsert_lead(session=s, fields={"email": "ada@globex.example", "title": "CIO"},
+                    now=utcnow(), actor="api")
+    result = run(cli, write(tmp_path, "email,title\nada@globex.example,CIO\n"))
+    assert counts(result) == {"created": 0, "updated": 0, "unchanged": 1, "rejected": 0}
+    with db.session() as s:
+        enrollment = s.scalar(select(Enrollment))
+        assert enrollment.track == "it_manager/inquiry"
+
+
+def test_missing_email_column_is_fatal_and_writes_nothing(cli, db, loaded_program, tmp_path):
+    path = write(tmp_path, "e-mail,first_name\nada@globex.example,Ada\n")
+    result = run(cli, path, code=1)
+    assert "error:" in result.stderr and "no email column" in result.stderr
+    assert table_counts(db)["leads"] == 0
+    assert not (tmp_path / "leads.rejects.csv").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (("missing.csv", "--program", "acme-nurture"), "no such file"),
+    (("leads.csv", "--program", "nope"), "no program named 'nope'"),
+    (("leads.csv", "--program", "acme-nurture", "--encoding", "klingon"), "unknown encoding"),
+])
+def test_fatal_errors_exit_1(cli, loaded_program, tmp_path, args, message):
+    write(tmp_path, GOOD)
+    result = cli("leads", "import", *(tmp_path / a if a.endswith(".csv") else a for a in args))
+    assert result.exit_code == 1
+    assert message in result.stderr
+
+
+def test_giant_fields_are_rejected_and_other_rows_import(cli, db, loaded_program, tmp_path):
+    giant = "x" * (50 * 2**20)
+    multiline = "\n".join(["y" * 1000] * 200)  # 200 KB inside quotes, over the csv field limit
+    path = tmp_path / "hostile.csv"
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write("email,company,notes\n")
+        handle.write("ada@globex.example,Globex,\n")
+        handle.write(f'mallory@evil.example,"{giant}",x\n')
+        handle.write("bob@initech.example,Initech,\n")
+        handle.write(f'eve@evil.example,Evil,"{multiline}"\n')
+        handle.write(f'oscar@evil.example,Evil,"first line\n{"z" * 150_000}"\n')  # ends the quote
+        handle.write("carla@umbrella.example,Umbrella,\n")
+    result = run(cli, path)
+    assert counts(result) == {"created": 3, "updated": 0, "unchanged": 0, "rejected": 3}
+    rejects_path = tmp_path / "hostile.rejects.csv"
+    assert rejects_path.stat().st_size < 10_000  # the giant value is not copied
+    got = {r["row"]: r for r in rejects(rejects_path)}
+    assert got["2"]["column"] == "company" and "too large" in got["2"]["reason"]
+    assert got["2"]["email"] == "mallory@evil.example"
+    assert got["4"]["row"] == "4" and "larger than" in got["4"]["reason"]
+    assert "too large" in got["5"]["reason"] and got["5"]["email"] == "oscar@evil.example"
+    assert lead(db, "carla@umbrella.example").company == "Umbrella"
+    assert lead(db, "mallory@evil.example") is None
+
+
+def test_dry_run_stores_nothing_and_counts_like_the_real_run(cli, db, loaded_program, tmp_path):
+    run(cli, write(tmp_path, "email,title,stage\nada@globex.example,CIO,mql\n"
+                             "bob@initech.example,CFO,inquiry\n", "first.csv"))
+    path = write(tmp_path, "email,title,stage\n"
+                           "ada@globex.example,CIO,mql\n"  # unchanged
+                           "bob@initech.example,CFO,engaged\n"  # updated, stage change
+                           "carla@umbrella.example,CIO,\n"  # created
+                           "carla@umbrella.example,CTO,\n"  # updated by the later row
+                           "ada@globex.example,,inquiry\n"  # illegal stage change
+                           "nobody,,\n")
+    before = table_counts(db)
+    with db.session() as s:
+        stamps = dict(s.execute(select(Lead.email, Lead.updated_at)).all())
+    dry = run(cli, path, "--dry-run")
+    assert "nothing stored" in dry.stdout
+    assert counts(dry) == {"created": 1, "updated": 2, "unchanged": 1, "rejected": 2}
+    assert (tmp_path / "leads.rejects.csv").exists()  # the rejects file is still written
+    assert table_counts(db) == before
+    with db.session() as s:
+        assert dict(s.execute(select(Lead.email, Lead.updated_at)).all()) == stamps
+    real = run(cli, path)
+    assert counts(real) == counts(dry)
+    assert table_counts(db) != before
+
+
+def test_rejects_option_sets_the_path(cli, loaded_program, tmp_path):
+    target = tmp_path / "out" / "bad.csv"
+    target.parent.mkdir()
+    result = run(cli, write(tmp_path, "email\nnope\n"), "--rejects", target)
+    assert counts(result)["rejected"] == 1
+    assert str(target) in result.stdout
+    assert rejects(target)[0]["column"] == "email"
+
+
+def test_read_lead_rows_needs_no_database(tmp_path):
+    path = write(tmp_path, "Email;Stage;Lead Score\n\nada@globex.example;MQL;\nbad;;\n")
+    rows = list(read_lead_rows(path))
+    assert [type(r) for r in rows] == [LeadRow, LeadRow]
+    assert (rows[0].number, rows[0].error) == (2, None)  # the blank row 1 counts, then is skipped
+    assert rows[0].fields == {"email": "ada@globex.example", "stage": "mql", "custom": {}}
+    assert rows[1].number == 3 and rows[1].fields is None
+    assert rows[1].error.field == "email"
+
+
+TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+               max_size=40)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cells=st.lists(st.tuples(TEXT, TEXT), max_size=8), delimiter=st.sampled_from(",;\t"),
+       bom=st.booleans())
+def test_any_text_survives_the_csv_round_trip(tmp_path, cells, delimiter, bom):
+    path = tmp_path / "round.csv"
+    with open(path, "w", encoding="utf-8-sig" if bom else "utf-8", newline="") as handle:
+        writer = csv.writer(handle, delimiter=delimiter)
+        writer.writerow(["email", "company", "notes"])
+        for number, (company, notes) in enumerate(cells, start=1):
+            writer.writerow([f"lead{number}@globex.example", company, notes])
+    rows = list(read_lead_rows(path))
+    assert [row.number for row in rows] == list(range(1, len(cells) + 1))
+    for row, (company, notes) in zip(rows, cells):
+        assert row.error is None, row.error
+        assert row.fields.get("company") == (company.strip() or None)
+        assert row.fields["custom"].get("notes") == (notes.strip() or None)
+
+
+@settings(max_examples=200, deadline=None)
+@given(leads=st.lists(st.fixed_dictionaries({
+    "title": st.sampled_from([None, "", "CIO", "CFO", "IT Director", "Finance lead", "CEO",
+                              "Controller of IT", "devops"]),
+    "persona": st.sampled_from([None, "finance", "it_manager", "astronaut"]),
+    "company": st.sampled_from([None, "Globex"])}), max_size=30))
+def test_persona_resolver_agrees_with_resolve_persona(leads):
+    from engine.programs.loader import load_program_dir
+    from engine.programs.personas import PersonaResolver, resolve_persona
+
+    program = load_program_dir(SAMPLE).program
+    memo = PersonaResolver(program, limit=5)
+    for fields in leads:
+        assert memo(fields) == resolve_persona(program, fields)
