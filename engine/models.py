@@ -1,5 +1,6 @@
 """Every model, imported in one place so metadata (and Alembic) sees all tables."""
 
+from engine.assets.models import Asset, AssetVersion
 from engine.auth.models import ApiKey
 from engine.db import Base
 from engine.journeys.models import Enrollment
@@ -7,6 +8,6 @@ from engine.leads.models import Lead, LeadEvent, StageChange
 from engine.programs.models import ProgramRecord, ProgramVersion
 
 __all__ = [
-    "ApiKey", "Base", "Enrollment", "Lead", "LeadEvent", "ProgramRecord", "ProgramVersion",
+    "ApiKey", "Asset", "AssetVersion", "Base", "Enrollment", "Lead", "LeadEvent", "ProgramRecord", "ProgramVersion",
     "StageChange",
 ]
