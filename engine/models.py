@@ -6,8 +6,10 @@ from engine.db import Base
 from engine.journeys.models import Enrollment
 from engine.leads.models import Lead, LeadEvent, StageChange
 from engine.programs.models import ProgramRecord, ProgramVersion
+from engine.sending.models import OutboxMessage
 
 __all__ = [
-    "ApiKey", "Asset", "AssetVersion", "Base", "Enrollment", "Lead", "LeadEvent", "ProgramRecord", "ProgramVersion",
+    "ApiKey", "Asset", "AssetVersion", "Base", "Enrollment", "Lead", "LeadEvent", "OutboxMessage",
+    "ProgramRecord", "ProgramVersion",
     "StageChange",
 ]

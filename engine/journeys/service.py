@@ -21,6 +21,7 @@ from engine.leads.models import Lead, LeadEvent
 from engine.programs.personas import resolve_persona
 from engine.programs.service import program_at
 from engine.programs.spec import Program
+from engine.sending.outbox import insert_rows, outbox_rows
 
 
 def event_row(*, lead_id: int, program_id: int | None, event: Event, now: datetime,
@@ -44,8 +45,9 @@ def enrollment_columns(state: EnrollmentState, now: datetime) -> dict:
             "state": state.to_dict(), "program_version": state.version, "updated_at": now}
 
 
-def _record(session: Session, enrollment: Enrollment, decision: Decision, event: Event,
-            now: datetime, actor: str) -> None:
+def _record(session: Session, enrollment: Enrollment, program: Program, decision: Decision,
+            event: Event, now: datetime, actor: str) -> None:
+    """Store the decision: the enrollment's new state, the event log, and an outbox row per send."""
     for key, value in enrollment_columns(decision.state, now).items():
         setattr(enrollment, key, value)
     rows = [event_row(lead_id=enrollment.lead_id, program_id=enrollment.program_id, event=event,
@@ -53,6 +55,9 @@ def _record(session: Session, enrollment: Enrollment, decision: Decision, event:
     rows += action_rows(lead_id=enrollment.lead_id, program_id=enrollment.program_id,
                         decision=decision)
     session.add_all(LeadEvent(**row) for row in rows)
+    insert_rows(session, outbox_rows(enrollment_id=enrollment.id, lead_id=enrollment.lead_id,
+                                     program_id=enrollment.program_id, program=program,
+                                     decision=decision, now=now))
 
 
 def enroll(*, session: Session, lead: Lead, program_id: int, program: Program, now: datetime,
@@ -70,7 +75,7 @@ def enroll(*, session: Session, lead: Lead, program_id: int, program: Program, n
                             **enrollment_columns(decision.state, now))
     session.add(enrollment)
     session.flush()
-    _record(session, enrollment, decision, event, now, actor)
+    _record(session, enrollment, program, decision, event, now, actor)
     return enrollment
 
 
@@ -86,7 +91,7 @@ def apply_event(*, session: Session, lead: Lead, event: Event, now: datetime,
     for enrollment in enrollments:
         program = program_at(session, enrollment.program_id, enrollment.program_version)
         decision = decide(program, EnrollmentState.from_dict(enrollment.state), event, now)
-        _record(session, enrollment, decision, event, now, actor)
+        _record(session, enrollment, program, decision, event, now, actor)
         decisions.append(decision)
     return decisions
 
@@ -99,7 +104,7 @@ def sync_persona(*, session: Session, lead: Lead, now: datetime, actor: str) -> 
         persona = resolve_persona(program, lead.fields())
         if persona != state.persona:
             event = Event(EventKind.PERSONA, detail=persona)
-            _record(session, enrollment, decide(program, state, event, now), event, now, actor)
+            _record(session, enrollment, program, decide(program, state, event, now), event, now, actor)
 
 
 def run_due(*, session: Session, now: datetime, limit: int = 1000) -> int:
@@ -112,7 +117,7 @@ def run_due(*, session: Session, now: datetime, limit: int = 1000) -> int:
         program = program_at(session, enrollment.program_id, enrollment.program_version)
         event = Event(EventKind.DUE)
         decision = decide(program, EnrollmentState.from_dict(enrollment.state), event, now)
-        _record(session, enrollment, decision, event, now, "scheduler")
+        _record(session, enrollment, program, decision, event, now, "scheduler")
     return len(due)
 
 
@@ -126,7 +131,7 @@ def migrate_enrollments(*, session: Session, program_id: int, program: Program, 
     for enrollment in session.scalars(query.execution_options(yield_per=500)):
         event = Event(EventKind.PROGRAM_UPDATED, detail=f"version {program.version}")
         decision = decide(program, EnrollmentState.from_dict(enrollment.state), event, now)
-        _record(session, enrollment, decision, event, now, actor)
+        _record(session, enrollment, program, decision, event, now, actor)
         count += 1
     return count
 

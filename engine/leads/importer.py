@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session
 
 from engine.db import Database
 from engine.errors import IllegalTransition, Invalid, NotFound
-from engine.journeys.decide import Event, EventKind, decide, new_state
+from engine.journeys.decide import ActionKind, Decision, Event, EventKind, decide, new_state
 from engine.journeys.models import Enrollment
 from engine.journeys.service import action_rows, enroll, enrollment_columns, event_row, sync_persona
 from engine.leads.fields import clean_lead_fields
@@ -44,6 +44,8 @@ from engine.leads.stages import check_transition
 from engine.programs.personas import PersonaResolver
 from engine.programs.service import current_program
 from engine.programs.spec import Program
+from engine.sending.models import OutboxMessage
+from engine.sending.outbox import outbox_rows
 
 CHUNK_ROWS = 1000  # rows per transaction; also bounds the `email IN (...)` parameter count
 # A physical line longer than this is rejected without being held in memory. No valid row comes
@@ -456,6 +458,20 @@ _ENROLLMENT_KEYS = ("lead_id", "program_id", "created_at", "status", "track", "d
 _EVENT_KEYS = ("lead_id", "program_id", "at", "category", "kind", "detail", "actor")
 
 
+_OUTBOX_KEYS = ("enrollment_id", "lead_id", "program_id", "program_version", "step", "status",
+                "due_at", "attempts", "created_at", "updated_at", "message_id")
+
+
+@dataclass(frozen=True)
+class _EnrollmentTemplate:
+    """How every lead of one (persona, stage, time zone) enrolls, in driver form, without ids."""
+
+    enrollment: dict
+    events: list[dict]
+    decision: Decision
+    sends: bool
+
+
 class _ChunkWriter:
     """Applies chunks of rows. New and unchanged leads go through bulk statements; the few
     existing leads whose fields or stage change go through the lead and journey services."""
@@ -468,12 +484,13 @@ class _ChunkWriter:
         self._stages = _BulkInsert(conn, StageChange.__table__, _STAGE_KEYS)
         self._enrollments = _BulkInsert(conn, Enrollment.__table__, _ENROLLMENT_KEYS)
         self._events = _BulkInsert(conn, LeadEvent.__table__, _EVENT_KEYS)
+        self._outbox = _BulkInsert(conn, OutboxMessage.__table__, _OUTBOX_KEYS)
         self._now = self._leads.convert("created_at", now)
         self._enrolled = Event(EventKind.ENROLLED)
         self._persona = PersonaResolver(program)
         # (persona, stage, timezone) -> the enrollment row and event log rows, in driver form,
         # without lead_id: decide() is pure, so every lead of one cell enrolls the same way.
-        self._enrollment_rows: dict[tuple, tuple[dict, list[dict]]] = {}
+        self._enrollment_rows: dict[tuple, _EnrollmentTemplate] = {}
 
     def reject(self, row: LeadRow, error: Invalid) -> None:
         self.rejects.add(row, error)
@@ -601,19 +618,36 @@ class _ChunkWriter:
         self._stages(self.conn, stage_rows)
 
     def _enroll(self, leads: list[dict]) -> None:
-        """Enroll leads as journeys.service.enroll does, in two bulk statements."""
-        enrollments, events = [], []
+        """Enroll leads as journeys.service.enroll does, in bulk statements."""
+        enrollments, events, sending = [], [], []
         for lead in leads:
             fields = {**lead["custom"], **lead} if lead["custom"] else lead  # as Lead.fields()
             key = (self._persona(fields), lead["stage"], lead["timezone"])
-            cached = self._enrollment_rows.get(key) or self._enrollment_template(key)
+            template = self._enrollment_rows.get(key) or self._enrollment_template(key)
             lead_id = lead["id"]
-            enrollments.append({**cached[0], "lead_id": lead_id})
-            events += [{**row, "lead_id": lead_id} for row in cached[1]]
+            enrollments.append({**template.enrollment, "lead_id": lead_id})
+            events += [{**row, "lead_id": lead_id} for row in template.events]
+            if template.sends:
+                sending.append((lead_id, template))
         self._enrollments(self.conn, enrollments)
         self._events(self.conn, events)
+        if sending:
+            self._queue_sends(sending)
 
-    def _enrollment_template(self, key: tuple) -> tuple[dict, list[dict]]:
+    def _queue_sends(self, sending: list[tuple[int, _EnrollmentTemplate]]) -> None:
+        """Outbox rows for leads whose first step went out at enrolment (see journeys.service)."""
+        query = select(Enrollment.lead_id, Enrollment.id).where(
+            Enrollment.program_id == self.program_id,
+            Enrollment.lead_id.in_([lead_id for lead_id, _ in sending]))
+        enrollment_ids = dict(self.conn.execute(query).all())
+        rows = []
+        for lead_id, template in sending:
+            rows += outbox_rows(enrollment_id=enrollment_ids[lead_id], lead_id=lead_id,
+                                program_id=self.program_id, program=self.program,
+                                decision=template.decision, now=self.now)
+        self._outbox(self.conn, [self._outbox.convert_row(row) for row in rows])
+
+    def _enrollment_template(self, key: tuple) -> _EnrollmentTemplate:
         program, program_id, now = self.program, self.program_id, self.now
         state = new_state(program, persona=key[0], stage=key[1], timezone=key[2])
         decision = decide(program, state, self._enrolled, now)
@@ -622,7 +656,9 @@ class _ChunkWriter:
         events = [event_row(lead_id=0, program_id=program_id, event=self._enrolled, now=now,
                             actor=ACTOR)]
         events += action_rows(lead_id=0, program_id=program_id, decision=decision)
-        template = enrollment, [self._events.convert_row(row) for row in events]
+        template = _EnrollmentTemplate(
+            enrollment, [self._events.convert_row(row) for row in events], decision,
+            sends=any(a.kind is ActionKind.SEND for a in decision.actions))
         self._enrollment_rows[key] = template
         return template
 

@@ -1,0 +1,1 @@
+"""Sending: the Transport protocol, the SMTP transport and the local SMTP sink."""

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from engine.db import Base, UTCDateTime, utcnow
+
+
+class Delivery(StrEnum):
+    PENDING = "pending"
+    SENDING = "sending"  # claimed by a worker until lease_until
+    SENT = "sent"
+    FAILED_TEMP = "failed_temp"  # retried at due_at
+    FAILED_PERM = "failed_perm"
+    SKIPPED = "skipped"  # with skip_reason
+
+
+class OutboxMessage(Base):
+    """One email to send: one row per (enrollment, step), the source of truth for delivery.
+
+    Redis only carries the wake-up; a worker claims due rows with a lease, so a job that runs
+    twice, or a worker that dies, never sends twice nor loses a send.
+    """
+
+    __tablename__ = "outbox"
+    __table_args__ = (UniqueConstraint("enrollment_id", "step"),
+                      Index("ix_outbox_status_due", "status", "due_at"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    enrollment_id: Mapped[int] = mapped_column(ForeignKey("enrollments.id", ondelete="CASCADE"))
+    lead_id: Mapped[int] = mapped_column(ForeignKey("leads.id", ondelete="CASCADE"), index=True)
+    program_id: Mapped[int] = mapped_column(ForeignKey("programs.id", ondelete="CASCADE"))
+    program_version: Mapped[int] = mapped_column(Integer)
+    step: Mapped[str] = mapped_column(String(100))  # the email's key in the program
+    status: Mapped[str] = mapped_column(String(12), default=Delivery.PENDING)
+    due_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    claimed_by: Mapped[str | None] = mapped_column(String(200))
+    message_id: Mapped[str] = mapped_column(String(200), unique=True)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    skip_reason: Mapped[str | None] = mapped_column(String(200))
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -1,0 +1,110 @@
+"""The outbox: one row per (enrollment, step), claimed by workers with a lease.
+
+RQ only carries wake-ups; this table is the source of truth. A send is written here in the same
+transaction as the decision that made it, claimed atomically (FOR UPDATE SKIP LOCKED on
+PostgreSQL; on SQLite one UPDATE ... RETURNING, which holds the write lock for the whole claim),
+and marked right after the SMTP reply. A claim whose lease expired (its worker died) is claimed
+again: if that worker had already had the 250, the resend keeps the same Message-ID, and the row
+counts as ambiguous (attempts > 1 on a sent row).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from engine.journeys.decide import ActionKind, Decision
+from engine.programs.spec import Program
+from engine.sending.models import Delivery, OutboxMessage
+
+LEASE = timedelta(minutes=5)
+_OUTBOX = OutboxMessage.__table__
+
+
+def message_id(*, enrollment_id: int, step: str, program: Program) -> str:
+    """Stable for a (enrollment, step): a resend after a crash carries the same Message-ID."""
+    sender = (program.sender or {}).get("from") or ""
+    domain = sender.rpartition("@")[2].strip("> ") or "nurture.invalid"
+    return f"<{enrollment_id}.{step}.{program.slug}@{domain}>"
+
+
+def outbox_rows(*, enrollment_id: int, lead_id: int, program_id: int, program: Program,
+                decision: Decision, now: datetime) -> list[dict]:
+    """The outbox rows for the send actions of one decision."""
+    return [
+        {"enrollment_id": enrollment_id, "lead_id": lead_id, "program_id": program_id,
+         "program_version": program.version, "step": action.asset, "status": Delivery.PENDING,
+         "due_at": action.at, "attempts": 0, "created_at": now, "updated_at": now,
+         "message_id": message_id(enrollment_id=enrollment_id, step=action.asset, program=program)}
+        for action in decision.actions if action.kind is ActionKind.SEND
+    ]
+
+
+def insert_rows(session: Session, rows: list[dict]) -> None:
+    """Insert outbox rows; one that exists already for its (enrollment, step) is left as it is."""
+    if not rows:
+        return
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    session.execute(insert(_OUTBOX).on_conflict_do_nothing(), rows)
+
+
+def claim_due(*, session: Session, worker: str, now: datetime, limit: int = 100,
+              lease: timedelta = LEASE) -> list[OutboxMessage]:
+    """Claim up to `limit` due rows for `worker`; no row is ever held by two live claims.
+
+    Due: pending or temporarily failed rows whose due_at has come, and rows whose lease expired.
+    Costs in proportion to the due rows (index on status, due_at), not to all enrollments.
+    """
+    due = or_(
+        and_(_OUTBOX.c.status.in_([Delivery.PENDING, Delivery.FAILED_TEMP]), _OUTBOX.c.due_at <= now),
+        and_(_OUTBOX.c.status == Delivery.SENDING, _OUTBOX.c.lease_until < now),
+    )
+    candidates = select(_OUTBOX.c.id).where(due).order_by(_OUTBOX.c.due_at).limit(limit)
+    if session.get_bind().dialect.name == "postgresql":
+        candidates = candidates.with_for_update(skip_locked=True)
+    claimed = session.execute(
+        update(_OUTBOX).where(_OUTBOX.c.id.in_(candidates.scalar_subquery())).values(
+            status=Delivery.SENDING, claimed_by=worker, lease_until=now + lease,
+            attempts=_OUTBOX.c.attempts + 1, updated_at=now,
+        ).returning(_OUTBOX.c.id)
+    ).scalars().all()
+    if not claimed:
+        return []
+    rows = session.scalars(select(OutboxMessage).where(OutboxMessage.id.in_(claimed))
+                           .order_by(OutboxMessage.due_at, OutboxMessage.id)
+                           .execution_options(populate_existing=True))
+    return list(rows)
+
+
+def _finish(session: Session, row_id: int, worker: str, now: datetime, **values) -> bool:
+    """Record an outcome, only while `worker` still holds the claim (a stale worker is ignored)."""
+    result = session.execute(
+        update(_OUTBOX).where(_OUTBOX.c.id == row_id, _OUTBOX.c.status == Delivery.SENDING,
+                              _OUTBOX.c.claimed_by == worker)
+        .values(lease_until=None, updated_at=now, **values)
+    )
+    return result.rowcount == 1
+
+
+def mark_sent(*, session: Session, row_id: int, worker: str, now: datetime) -> bool:
+    return _finish(session, row_id, worker, now, status=Delivery.SENT, sent_at=now, last_error=None)
+
+
+def mark_temporary_failure(*, session: Session, row_id: int, worker: str, now: datetime,
+                           error: str, retry_at: datetime) -> bool:
+    return _finish(session, row_id, worker, now, status=Delivery.FAILED_TEMP, due_at=retry_at,
+                   last_error=error[:2000])
+
+
+def mark_permanent_failure(*, session: Session, row_id: int, worker: str, now: datetime,
+                           error: str) -> bool:
+    return _finish(session, row_id, worker, now, status=Delivery.FAILED_PERM,
+                   last_error=error[:2000])
+
+
+def mark_skipped(*, session: Session, row_id: int, worker: str, now: datetime, reason: str) -> bool:
+    return _finish(session, row_id, worker, now, status=Delivery.SKIPPED, skip_reason=reason[:200])

@@ -1,0 +1,107 @@
+"""The outbox: a row per (enrollment, step), written with the decision, claimed with a lease."""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timedelta, timezone
+
+from sqlalchemy import func, select
+
+from engine.journeys.service import run_due
+from engine.leads.importer import import_leads
+from engine.leads.service import upsert_lead
+from engine.programs.service import load_program
+from engine.sending.models import Delivery, OutboxMessage
+from engine.sending.outbox import claim_due, insert_rows, mark_sent
+
+MONDAY = datetime(2026, 11, 2, 8, 0, tzinfo=timezone.utc)  # 09:00 in Paris: inside the window
+
+
+def setup_leads(db, directory, count=3, now=MONDAY):
+    with db.session() as s:
+        load_program(session=s, directory=directory, now=now)
+        for i in range(count):
+            upsert_lead(session=s, fields={"email": f"lead{i}@globex.example", "title": "CIO",
+                                           "timezone": "Europe/Paris"},
+                        now=now, actor="test", program="acme-nurture")
+
+
+def outbox(db):
+    with db.session() as s:
+        return list(s.scalars(select(OutboxMessage).order_by(OutboxMessage.id)))
+
+
+def test_sends_are_written_to_the_outbox_with_a_stable_message_id(db, sample_program):
+    setup_leads(db, sample_program, count=2)
+    rows = outbox(db)
+    assert [(r.step, r.status, r.due_at) for r in rows] == [("welcome_it", "pending", MONDAY)] * 2
+    assert rows[0].message_id == f"<{rows[0].enrollment_id}.welcome_it.acme-nurture@acme.example>"
+    with db.session() as s:
+        run_due(session=s, now=MONDAY + timedelta(days=3))
+    assert [r.step for r in outbox(db)] == ["welcome_it"] * 2 + ["guide_it"] * 2
+
+
+def test_a_step_is_queued_once_per_enrollment(db, sample_program):
+    setup_leads(db, sample_program, count=1)
+    [row] = outbox(db)
+    duplicate = {c.key: getattr(row, c.key) for c in OutboxMessage.__table__.columns if c.key != "id"}
+    with db.session() as s:
+        insert_rows(s, [duplicate])
+    assert len(outbox(db)) == 1
+
+
+def test_import_queues_the_first_step_of_new_leads(db, sample_program, tmp_path):
+    with db.session() as s:
+        load_program(session=s, directory=sample_program, now=MONDAY)
+    path = tmp_path / "leads.csv"
+    path.write_text("email,title,timezone\nann@x.example,CIO,Europe/Paris\nbo@x.example,CFO,Asia/Tokyo\n")
+    import_leads(db=db, path=path, program="acme-nurture", now=MONDAY)
+    # 09:00 in Paris is 17:00 in Tokyo, after its window: only Paris sends now
+    assert [(r.step, r.due_at) for r in outbox(db)] == [("welcome_it", MONDAY)]
+    import_leads(db=db, path=path, program="acme-nurture", now=MONDAY + timedelta(hours=1))
+    assert len(outbox(db)) == 1
+
+
+def test_claims_hold_a_lease_and_expired_leases_are_claimed_again(db, sample_program):
+    setup_leads(db, sample_program, count=3)
+    with db.session() as s:
+        first = claim_due(session=s, worker="w1", now=MONDAY, limit=2)
+    assert len(first) == 2 and all(r.status == Delivery.SENDING and r.attempts == 1 for r in first)
+    with db.session() as s:
+        second = claim_due(session=s, worker="w2", now=MONDAY + timedelta(minutes=1))
+    assert [r.id for r in second] == [r.id for r in outbox(db) if r.id not in {f.id for f in first}]
+    with db.session() as s:
+        assert mark_sent(session=s, row_id=first[0].id, worker="w1", now=MONDAY)
+    later = MONDAY + timedelta(minutes=10)  # w1's lease on first[1] has expired
+    with db.session() as s:
+        again = claim_due(session=s, worker="w3", now=later)
+    assert {r.id for r in again} == {first[1].id, second[0].id}
+    assert {r.attempts for r in again} == {2}
+    with db.session() as s:  # the worker that lost its lease cannot record an outcome any more
+        assert not mark_sent(session=s, row_id=first[1].id, worker="w1", now=later)
+    statuses = {r.id: r.status for r in outbox(db)}
+    assert statuses[first[0].id] == "sent" and statuses[first[1].id] == "sending"
+
+
+def test_concurrent_workers_never_claim_a_row_twice(db, sample_program):
+    setup_leads(db, sample_program, count=60)
+    claimed: list[list[int]] = [[] for _ in range(4)]
+
+    def work(index: int) -> None:
+        while True:
+            with db.session() as s:
+                rows = claim_due(session=s, worker=f"w{index}", now=MONDAY, limit=5)
+            if not rows:
+                return
+            claimed[index] += [r.id for r in rows]
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    everything = [row_id for ids in claimed for row_id in ids]
+    assert len(everything) == len(set(everything)) == 60
+    with db.session() as s:
+        assert s.scalar(select(func.count()).select_from(OutboxMessage)
+                        .where(OutboxMessage.status == "sending")) == 60
