@@ -108,3 +108,32 @@ def test_move_to_must_name_a_track_or_a_side_track_some_persona_has(cli, sample_
     assert f"program.yaml:{line}: rules.non_responders.move_to: unknown track 'winback'" in result.stderr
     # the reengage side tracks are no longer the target of any rule
     assert "track it_manager/reengage: unknown stage 'reengage'" in result.stderr
+
+
+def test_hostile_program_files_get_errors_not_crashes(cli, tmp_path):
+    bomb = tmp_path / "bomb"
+    bomb.mkdir()
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [*a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}]"
+              for i in range(1, 10)]
+    lines += ["program: bomb", "personas: {p: {name: P}}", "emails: {}", "tracks: {p/inquiry: *a9}"]
+    (bomb / "program.yaml").write_text("\n".join(lines))
+    result = cli("program", "validate", bomb)
+    assert result.exit_code == 1
+    assert "unknown key 'a0'" in result.stderr
+    assert "track p/inquiry step 1: use {email: NAME} or {wait: DURATION}" in result.stderr
+
+    huge = tmp_path / "huge"
+    huge.mkdir()
+    (huge / "program.yaml").write_text("# padding\n" * 300_000)
+    result = cli("program", "validate", huge)
+    assert result.exit_code == 1
+    assert "program.yaml:1: larger than" in result.stderr
+
+    (huge / "program.yaml").write_bytes(b"program: caf\xe9\n")
+    result = cli("program", "validate", huge)
+    assert result.exit_code == 1 and "program.yaml:1: not UTF-8" in result.stderr
+
+    (huge / "program.yaml").write_text("- just\n- a list\n")
+    result = cli("program", "validate", huge)
+    assert result.exit_code == 1 and "program.yaml must be a mapping" in result.stderr

@@ -163,6 +163,9 @@ def load_program_dir(directory: str | Path) -> LoadedProgram:
     path = directory / PROGRAM_FILE
     if not path.is_file():
         raise ProgramInvalid([ProgramError(PROGRAM_FILE, 1, f"no {PROGRAM_FILE} in {directory}")])
+    if path.stat().st_size > MAX_FILE_BYTES:
+        raise ProgramInvalid([ProgramError(PROGRAM_FILE, 1,
+                                           f"larger than {MAX_FILE_BYTES} bytes: not a program file")])
     try:
         source = path.read_text(encoding="utf-8")
         data = yaml.load(source, Loader=_LineLoader)
