@@ -6,10 +6,19 @@ from engine.db import Base
 from engine.journeys.models import Enrollment
 from engine.leads.models import Lead, LeadEvent, StageChange
 from engine.programs.models import ProgramRecord, ProgramVersion
-from engine.sending.models import OutboxMessage
+from engine.sending.models import OutboxMessage, Suppression
 
 __all__ = [
-    "ApiKey", "Asset", "AssetVersion", "Base", "Enrollment", "Lead", "LeadEvent", "OutboxMessage",
-    "ProgramRecord", "ProgramVersion",
+    "ApiKey",
+    "Asset",
+    "AssetVersion",
+    "Base",
+    "Enrollment",
+    "Lead",
+    "LeadEvent",
+    "OutboxMessage",
+    "ProgramRecord",
+    "ProgramVersion",
     "StageChange",
+    "Suppression",
 ]
