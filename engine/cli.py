@@ -63,13 +63,15 @@ def _safe_url(url: str) -> str:
 
 
 def _register() -> None:
+    from engine.assets.cli import assets
     from engine.auth.cli import apikey
     from engine.demo import demo
     from engine.journeys.cli import simulate
     from engine.leads.cli import leads
     from engine.programs.cli import program
+    from engine.render.cli import render
 
-    for command in (program, leads, simulate, apikey, demo):
+    for command in (program, leads, simulate, apikey, demo, assets, render):
         main.add_command(command)
 
 

@@ -44,12 +44,14 @@ class Permission(StrEnum):
     LEADS_READ = "leads:read"
     LEADS_WRITE = "leads:write"
     LEADS_STAGE = "leads:stage"
+    ASSETS_WRITE = "assets:write"
 
 
 ROLE_PERMISSIONS: dict[str, frozenset[Permission]] = {
     Role.ADMIN: frozenset(Permission),
     Role.MARKETER: frozenset({Permission.PROGRAMS_READ, Permission.LEADS_READ,
-                              Permission.LEADS_WRITE, Permission.LEADS_STAGE}),
+                              Permission.LEADS_WRITE, Permission.LEADS_STAGE,
+                              Permission.ASSETS_WRITE}),
     Role.SALES: frozenset({Permission.LEADS_READ, Permission.LEADS_STAGE}),
     Role.REVIEWER: frozenset({Permission.PROGRAMS_READ, Permission.LEADS_READ}),
 }

@@ -19,8 +19,8 @@ from engine.journeys.decide import (
 from engine.journeys.models import Enrollment
 from engine.leads.models import Lead, LeadEvent
 from engine.programs.personas import resolve_persona
-from engine.programs.service import program_at
 from engine.programs.spec import Program
+from engine.programs.store import program_at
 from engine.sending.outbox import insert_rows, outbox_rows
 
 

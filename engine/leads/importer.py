@@ -42,8 +42,8 @@ from engine.leads.models import STANDARD_FIELDS, Lead, LeadEvent, StageChange
 from engine.leads.service import set_stage
 from engine.leads.stages import check_transition
 from engine.programs.personas import PersonaResolver
-from engine.programs.service import current_program
 from engine.programs.spec import Program
+from engine.programs.store import current_program
 from engine.sending.models import OutboxMessage
 from engine.sending.outbox import outbox_rows
 

@@ -13,7 +13,7 @@ from engine.journeys.service import apply_event, enroll, sync_persona
 from engine.leads.fields import clean_lead_fields, normalise_email
 from engine.leads.models import STANDARD_FIELDS, Lead, LeadEvent, StageChange
 from engine.leads.stages import check_transition, parse_stage
-from engine.programs.service import current_program
+from engine.programs.store import current_program
 
 
 def get_lead(*, session: Session, email: str) -> Lead:

@@ -8,7 +8,8 @@ from rich.table import Table
 from engine.cli_context import AppContext, console, err_console, pass_app
 from engine.db import utcnow
 from engine.programs.loader import validate_program_dir
-from engine.programs.service import current_program, load_program, matrix, side_tracks
+from engine.programs.service import load_program, matrix, side_tracks
+from engine.programs.store import current_program
 
 
 @click.group()

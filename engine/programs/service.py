@@ -1,4 +1,4 @@
-"""Store program versions and read them back."""
+"""Store program versions: validated, all or nothing, running enrollments migrated."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from engine.errors import NotFound
+from engine.assets.service import store_program_files
+from engine.journeys.service import migrate_enrollments
 from engine.leads.stages import STAGES
 from engine.programs.loader import load_program_dir
 from engine.programs.models import ProgramRecord, ProgramVersion
 from engine.programs.spec import Program
+from engine.programs.store import current_program, version_row
 
 
 @dataclass(frozen=True)
@@ -38,8 +40,9 @@ def load_program(*, session: Session, directory: str | Path, now: datetime,
         session.add(record)
         session.flush()
     elif record.current_version is not None:
-        current = _version_row(session, record.id, record.current_version)
+        current = version_row(session, record.id, record.current_version)
         if current.content_hash == loaded.content_hash:
+            _store_assets(session, record.id, loaded.files, now, actor)  # no-op when stored
             return LoadResult(record, record.current_version, created=False, migrated=0)
     version = (record.current_version or 0) + 1
     session.add(ProgramVersion(
@@ -49,50 +52,19 @@ def load_program(*, session: Session, directory: str | Path, now: datetime,
     ))
     record.current_version = version
     session.flush()
-    from engine.journeys.service import migrate_enrollments  # journeys depends on programs
-
+    _store_assets(session, record.id, loaded.files, now, actor)
     migrated = migrate_enrollments(session=session, program_id=record.id,
                                    program=current_program(session=session, name=slug)[1],
                                    now=now, actor=actor)
     return LoadResult(record, version, created=True, migrated=migrated)
 
 
-def _version_row(session: Session, program_id: int, version: int) -> ProgramVersion:
-    return session.scalar(select(ProgramVersion).where(
-        ProgramVersion.program_id == program_id, ProgramVersion.version == version))
-
-
-def program_at(session: Session, program_id: int, version: int) -> Program:
-    row = _version_row(session, program_id, version)
-    if row is None:
-        raise NotFound(f"program {program_id} has no version {version}", field="program")
-    return _cached_program(row)
-
-
-_cache: dict[int, Program] = {}
-
-
-def _cached_program(row: ProgramVersion) -> Program:
-    """Program versions are immutable, so the parsed form is cached by row id."""
-    program = _cache.get(row.id)
-    if program is None:
-        program = Program.from_dict(row.definition, version=row.version)
-        if len(_cache) > 256:
-            _cache.clear()
-        _cache[row.id] = program
-    return program
-
-
-def current_program(*, session: Session, name: str) -> tuple[ProgramRecord, Program]:
-    record = session.scalar(select(ProgramRecord).where(ProgramRecord.name == name))
-    if record is None or record.current_version is None:
-        raise NotFound(f"no program named {name!r} (load it with `nurture program load DIR`)",
-                       field="program")
-    return record, program_at(session, record.id, record.current_version)
-
-
-def list_programs(*, session: Session) -> list[ProgramRecord]:
-    return list(session.scalars(select(ProgramRecord).order_by(ProgramRecord.name)))
+def _store_assets(session: Session, program_id: int, files: dict[str, str], now: datetime,
+                  actor: str) -> None:
+    """Every email and page of the program as an asset version, compiled once, so a loaded
+    program is renderable. Content already stored is not compiled again."""
+    store_program_files(session=session, program_id=program_id, files=files, now=now,
+                        actor=actor)
 
 
 def matrix(program: Program) -> list[dict]:

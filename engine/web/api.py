@@ -23,6 +23,8 @@ from pydantic_core import PydanticCustomError
 from sqlalchemy.exc import IntegrityError
 from werkzeug.exceptions import BadRequest, UnsupportedMediaType
 
+from engine.assets.archive import UploadLimits
+from engine.assets.service import upload as upload_asset
 from engine.auth.service import Permission
 from engine.db import Database, utcnow
 from engine.errors import Invalid, NotFound
@@ -40,8 +42,10 @@ from engine.leads.service import (
 )
 from engine.leads.stages import STAGES
 from engine.programs.loader import SLUG
-from engine.programs.service import current_program, list_programs, matrix, side_tracks
+from engine.programs.service import matrix, side_tracks
+from engine.programs.store import current_program, list_programs
 from engine.web.auth import current_principal, require
+from engine.web.errors import problem
 
 api = Blueprint("api", __name__)
 
@@ -324,3 +328,46 @@ def get_program(name: str):
     return {"program": record.name, "name": program.name, "version": record.current_version,
             "timezone": program.timezone, "personas": list(program.personas),
             "stages": list(STAGES), "cells": matrix(program), "side_tracks": side_tracks(program)}
+
+
+# -- assets -------------------------------------------------------------------------------------
+
+@api.post("/assets")
+@require(Permission.ASSETS_WRITE)
+def post_asset():
+    """Upload one asset or a zip of a program directory (multipart: program, file).
+
+    201 with the stored versions; 200 when every file was unchanged; 422 when a file is refused
+    (nothing stored) or does not compile (stored as invalid, listed with its errors)."""
+    limits = UploadLimits.from_env()
+    request.max_content_length = limits.max_zip_bytes + 64 * 1024  # this route only
+    if request.mimetype != "multipart/form-data":
+        got = (request.mimetype or "none")[:100]
+        raise UnsupportedMediaType(f"send multipart/form-data with fields program and file "
+                                   f"(got {got})")
+    program = request.form.get("program", "").strip()
+    if not program:
+        raise Invalid("missing form field 'program'", field="program")
+    if not SLUG.fullmatch(program):
+        raise Invalid(f"no program named {program[:100]!r}", field="program")
+    uploaded = request.files.get("file")
+    if uploaded is None or not uploaded.filename:
+        raise Invalid("missing file field 'file' (with a file name)", field="file")
+    data = uploaded.read(limits.max_zip_bytes + 1)
+    try:
+        with _db().session() as session:
+            result = upload_asset(session=session, program=program, filename=uploaded.filename,
+                                  data=data, now=utcnow(), actor=current_principal().actor,
+                                  limits=limits)
+    except NotFound as exc:
+        if exc.field == "program":  # a bad reference in the form, not a missing resource
+            raise Invalid(exc.detail, field="program") from None
+        raise
+    body = {"program": result.program, "versions": [v.to_dict() for v in result.versions],
+            "skipped": result.skipped}
+    if result.invalid:
+        first = result.invalid[0]
+        error = first.errors[0] if first.errors else {"line": 1, "message": "invalid"}
+        return problem(422, "Invalid asset",
+                       f"{first.path}:{error['line']}: {error['message']}", "file", **body)
+    return body, 201 if result.changed else 200

@@ -1,0 +1,48 @@
+"""Reading stored programs: versions are immutable, so their parsed form is cached."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from engine.errors import NotFound
+from engine.programs.models import ProgramRecord, ProgramVersion
+from engine.programs.spec import Program
+
+
+def version_row(session: Session, program_id: int, version: int) -> ProgramVersion:
+    return session.scalar(select(ProgramVersion).where(
+        ProgramVersion.program_id == program_id, ProgramVersion.version == version))
+
+
+def program_at(session: Session, program_id: int, version: int) -> Program:
+    row = version_row(session, program_id, version)
+    if row is None:
+        raise NotFound(f"program {program_id} has no version {version}", field="program")
+    return _cached_program(row)
+
+
+_cache: dict[int, Program] = {}
+
+
+def _cached_program(row: ProgramVersion) -> Program:
+    """Program versions are immutable, so the parsed form is cached by row id."""
+    program = _cache.get(row.id)
+    if program is None:
+        program = Program.from_dict(row.definition, version=row.version)
+        if len(_cache) > 256:
+            _cache.clear()
+        _cache[row.id] = program
+    return program
+
+
+def current_program(*, session: Session, name: str) -> tuple[ProgramRecord, Program]:
+    record = session.scalar(select(ProgramRecord).where(ProgramRecord.name == name))
+    if record is None or record.current_version is None:
+        raise NotFound(f"no program named {name!r} (load it with `nurture program load DIR`)",
+                       field="program")
+    return record, program_at(session, record.id, record.current_version)
+
+
+def list_programs(*, session: Session) -> list[ProgramRecord]:
+    return list(session.scalars(select(ProgramRecord).order_by(ProgramRecord.name)))

@@ -1,0 +1,47 @@
+"""Build the RFC 5322 message a lead receives: multipart/alternative, text then HTML.
+
+The sending issue reuses this builder; the Message-ID is passed in so a retried send keeps it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid, parseaddr
+
+from engine.errors import Invalid
+from engine.render.personalise import Rendered
+
+
+def sender_domain(sender: dict) -> str:
+    address = parseaddr(str(sender.get("from") or ""))[1]
+    return address.rpartition("@")[2] or "localhost"
+
+
+def build_message(*, rendered: Rendered, sender: dict, to: str, date: datetime,
+                  message_id: str | None = None, unsubscribe_url: str | None = None,
+                  headers: dict[str, str] | None = None) -> EmailMessage:
+    """An EmailMessage with From/Reply-To from the program's sender, To, Subject, Date,
+    Message-ID, and RFC 8058 one-click unsubscribe headers when a URL is given."""
+    if not sender.get("from"):
+        raise Invalid("the program has no sender: add `sender: {from: ...}` to program.yaml",
+                      field="sender")
+    message = EmailMessage()
+    try:
+        message["From"] = sender["from"]
+        if sender.get("reply_to"):
+            message["Reply-To"] = sender["reply_to"]
+        message["To"] = to
+        message["Subject"] = rendered.subject
+    except ValueError as exc:  # a line break or malformed address in a header
+        raise Invalid(f"bad header: {exc}", field="sender") from None
+    message["Date"] = format_datetime(date)
+    message["Message-ID"] = message_id or make_msgid(domain=sender_domain(sender))
+    if unsubscribe_url:
+        message["List-Unsubscribe"] = f"<{unsubscribe_url}>"
+        message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    for name, value in (headers or {}).items():
+        message[name] = value
+    message.set_content(rendered.text)
+    message.add_alternative(rendered.html, subtype="html")
+    return message
