@@ -70,8 +70,9 @@ def _register() -> None:
     from engine.leads.cli import leads
     from engine.programs.cli import program
     from engine.render.cli import render
+    from engine.sending.cli import inbox, sink
 
-    for command in (program, leads, simulate, apikey, demo, assets, render):
+    for command in (program, leads, simulate, apikey, demo, assets, render, sink, inbox):
         main.add_command(command)
 
 

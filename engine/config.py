@@ -14,6 +14,10 @@ class Settings:
     database_url: str
     redis_url: str | None
     secret_key: str
+    smtp_url: str | None = None  # unset: send to the local sink (`nurture sink`)
+    sink_host: str = "127.0.0.1"
+    sink_port: int = 8025
+    sink_dir: Path | None = None  # None: instance_path / "sink"
 
     @classmethod
     def from_env(cls, environ: os._Environ | dict | None = None) -> Settings:
@@ -25,6 +29,10 @@ class Settings:
             database_url=normalise_database_url(database_url),
             redis_url=env.get("REDIS_URL") or None,
             secret_key=env.get("SECRET_KEY") or _instance_secret(instance),
+            smtp_url=env.get("SMTP_URL") or None,
+            sink_host=env.get("NURTURE_SINK_HOST") or "127.0.0.1",
+            sink_port=int(env.get("NURTURE_SINK_PORT") or 8025),
+            sink_dir=Path(env.get("NURTURE_SINK_DIR") or instance / "sink").resolve(),
         )
 
 

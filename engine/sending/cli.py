@@ -1,0 +1,123 @@
+"""`nurture sink` (a local SMTP server that stores everything) and `nurture inbox` (read it)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from pathlib import Path
+
+import click
+
+from engine.cli_context import AppContext, console, err_console, pass_app
+
+
+def _sink_dir(app: AppContext, directory: str | None) -> Path:
+    if directory:
+        return Path(directory).resolve()
+    return app.settings.sink_dir or app.settings.instance_path / "sink"
+
+
+@click.command()
+@click.option("--host", default=None, help="Address to listen on [default: 127.0.0.1, or "
+                                           "NURTURE_SINK_HOST].")
+@click.option("--port", type=int, default=None,
+              help="Port to listen on [default: 8025, or NURTURE_SINK_PORT].")
+@click.option("--dir", "directory", type=click.Path(file_okay=False), default=None,
+              help="Where messages are stored [default: instance/sink/, or NURTURE_SINK_DIR].")
+@click.option("--reply", "replies", multiple=True, metavar="PATTERN=REPLY",
+              help="Answer REPLY at RCPT for matching recipients instead of accepting them, "
+                   "e.g. 'bounce@=550 5.1.1 No such user', 'later@example.com=451 4.3.0 Try "
+                   "later', '@slow.example=421 4.7.28 Slow down'. Repeatable.")
+@pass_app
+def sink(app: AppContext, host: str | None, port: int | None, directory: str | None,
+         replies: tuple[str, ...]) -> None:
+    """Run a local SMTP server that accepts every message and stores it (until Ctrl-C).
+
+    When SMTP_URL is unset, the engine sends here. Read what arrived with `nurture inbox`.
+    """
+    from engine.sending.sink import Sink, parse_reply_rule
+
+    try:
+        rules = dict(parse_reply_rule(rule) for rule in replies)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--reply") from exc
+    server = Sink(_sink_dir(app, directory), host or app.settings.sink_host,
+                  port or app.settings.sink_port, replies=rules)
+    try:
+        server.start()
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {server.host}:{server.port}: "
+                                   f"{exc.strerror or exc}") from exc
+    stop = threading.Event()
+    # Explicit handlers: a shell starting `nurture sink &` makes it ignore SIGINT otherwise.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    console.print(f"nurture sink listening on {server.url}, storing in {server.directory}",
+                  markup=False)
+    for pattern, reply in rules.items():
+        console.print(f"  {pattern} -> {reply}", markup=False)
+    console.print("Ctrl-C to stop", markup=False)
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        server.stop()
+    err_console.print(f"stopped; {server.handler.received} message(s) received", markup=False)
+
+
+@click.group(invoke_without_command=True)
+@click.option("--to", "to", default=None, metavar="ADDRESS",
+              help="Only messages for this envelope recipient.")
+@click.option("--limit", type=click.IntRange(min=0), default=50, show_default=True,
+              help="Show the newest N messages.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of index entries.")
+@click.option("--dir", "directory", type=click.Path(file_okay=False), default=None,
+              help="The sink's directory [default: instance/sink/, or NURTURE_SINK_DIR].")
+@click.pass_context
+def inbox(ctx: click.Context, to: str | None, limit: int, as_json: bool,
+          directory: str | None) -> None:
+    """Messages received by the local sink (`nurture sink`), newest last.
+
+    \b
+    nurture inbox [--to ADDRESS] [--limit N] [--json]   list: number, time, recipient, subject
+    nurture inbox show N|MESSAGE-ID [--raw]             one message: headers and text part
+    """
+    directory_path = ctx.meta["nurture.sink_dir"] = _sink_dir(
+        ctx.ensure_object(AppContext), directory)
+    if ctx.invoked_subcommand is not None:
+        return
+    from engine.sending.inbox import list_messages
+
+    messages = list_messages(directory_path, to=to, limit=limit)
+    if as_json:
+        click.echo(json.dumps([json.loads(m.to_json()) for m in messages], ensure_ascii=False,
+                              indent=2))
+        return
+    if not messages:
+        err_console.print(f"no messages in {directory_path}", markup=False)
+        return
+    for m in messages:
+        received = m.received_at[:19].replace("T", " ")
+        console.print(f"{m.seq:>5}  {received}  {', '.join(m.rcpt_tos)}  {m.subject}",
+                      markup=False)
+
+
+@inbox.command("show")
+@click.argument("key", metavar="N|MESSAGE-ID")
+@click.option("--raw", is_flag=True, help="Print the stored file as it is.")
+@click.pass_context
+def inbox_show(ctx: click.Context, key: str, raw: bool) -> None:
+    """One stored message by its number in `nurture inbox` or its Message-ID."""
+    from engine.sending.inbox import find_message, read_bytes, read_message, text_part
+
+    directory = ctx.meta["nurture.sink_dir"]
+    stored = find_message(directory, key)
+    if raw:
+        click.echo(read_bytes(directory, stored).decode("utf-8", "replace"), nl=False)
+        return
+    message = read_message(directory, stored)
+    for name, value in message.items():
+        click.echo(f"{name}: {' '.join(str(value).split())}")
+    click.echo("")
+    click.echo(text_part(message))
