@@ -108,3 +108,10 @@ def mark_permanent_failure(*, session: Session, row_id: int, worker: str, now: d
 
 def mark_skipped(*, session: Session, row_id: int, worker: str, now: datetime, reason: str) -> bool:
     return _finish(session, row_id, worker, now, status=Delivery.SKIPPED, skip_reason=reason[:200])
+
+
+def mark_held(*, session: Session, row_id: int, worker: str, now: datetime, until: datetime,
+              reason: str) -> bool:
+    """Back to pending, due again at `until` (send window, frequency cap), with the reason."""
+    return _finish(session, row_id, worker, now, status=Delivery.PENDING, due_at=until,
+                   last_error=f"held: {reason}"[:2000])

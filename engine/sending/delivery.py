@@ -1,0 +1,137 @@
+"""Deliver claimed outbox rows: check, render, send, record. One row's failure never stops
+the others, and every outcome is recorded on its row (nothing is dropped silently)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from engine.assets.service import current_version
+from engine.db import Database
+from engine.errors import NurtureError
+from engine.journeys.decide import Event, EventKind, Status
+from engine.journeys.models import Enrollment
+from engine.journeys.service import apply_event
+from engine.leads.models import Lead
+from engine.programs.store import program_at
+from engine.render.message import build_message
+from engine.render.personalise import make_context, render_email
+from engine.sending import outbox
+from engine.sending.models import Delivery, OutboxMessage
+from engine.sending.policy import FrequencyCap, SendFacts, check_send
+from engine.sending.suppression import suppress, suppressed_reasons
+from engine.sending.transport import Transport
+
+RETRY_DELAYS = (timedelta(minutes=1), timedelta(minutes=5), timedelta(minutes=15),
+                timedelta(hours=1), timedelta(hours=4), timedelta(hours=12))
+GIVE_UP_AFTER = timedelta(hours=48)  # marketing mail: past this, a late send does more harm
+DEFAULT_CAP = FrequencyCap()
+
+
+@dataclass
+class DeliveryReport:
+    counts: Counter = field(default_factory=Counter)  # by outcome: sent, held, skipped, ...
+
+    def __str__(self) -> str:
+        return ", ".join(f"{n} {kind}" for kind, n in sorted(self.counts.items())) or "nothing due"
+
+
+def deliver_due(*, db: Database, transport: Transport, worker: str,
+                clock: Callable[[], datetime], limit: int = 100,
+                cap: FrequencyCap = DEFAULT_CAP, require_consent: bool = False) -> DeliveryReport:
+    """Claim up to `limit` due rows and deliver each; safe to run in many workers at once."""
+    report = DeliveryReport()
+    with db.session() as session:
+        claimed = [row.id for row in outbox.claim_due(session=session, worker=worker,
+                                                      now=clock(), limit=limit)]
+    for row_id in claimed:
+        outcome = _deliver(db=db, transport=transport, row_id=row_id, worker=worker, clock=clock,
+                           cap=cap, require_consent=require_consent)
+        report.counts[outcome] += 1
+    return report
+
+
+def _deliver(*, db: Database, transport: Transport, row_id: int, worker: str, clock,
+             cap: FrequencyCap, require_consent: bool) -> str:
+    now = clock()
+    with db.session() as session:
+        row = session.get(OutboxMessage, row_id)
+        lead = session.get(Lead, row.lead_id)
+        program = program_at(session, row.program_id, row.program_version)
+        verdict = check_send(_facts(session, row, lead, program, now), window=program.send_window,
+                             cap=cap, now=now, require_consent=require_consent)
+        if verdict.action == "skip":
+            outbox.mark_skipped(session=session, row_id=row_id, worker=worker, now=now,
+                                reason=verdict.reason)
+            return "skipped"
+        if verdict.action == "hold":
+            outbox.mark_held(session=session, row_id=row_id, worker=worker, now=now,
+                             until=verdict.until, reason=verdict.reason)
+            return "held"
+        try:
+            message = _message(session, row, lead, program, now)
+        except NurtureError as exc:  # content the sandbox refused: a marketer must fix it
+            outbox.mark_permanent_failure(session=session, row_id=row_id, worker=worker, now=now,
+                                          error=f"render: {exc}")
+            return "failed_perm"
+        recipient = lead.email
+    result = transport.send(message)  # outside any transaction: SMTP may take seconds
+    now = clock()
+    with db.session() as session:
+        if result.sent:
+            outbox.mark_sent(session=session, row_id=row_id, worker=worker, now=now)
+            return "sent"
+        error = f"{result.code or ''} {result.text}".strip()
+        row = session.get(OutboxMessage, row_id)
+        if result.permanent:
+            outbox.mark_permanent_failure(session=session, row_id=row_id, worker=worker, now=now,
+                                          error=error)
+            if result.hard_bounces:
+                _record_hard_bounce(session, recipient, error, now)
+            return "failed_perm"
+        if now - row.created_at >= GIVE_UP_AFTER:
+            outbox.mark_permanent_failure(session=session, row_id=row_id, worker=worker, now=now,
+                                          error=f"gave up after {row.attempts} attempts: {error}")
+            return "failed_perm"
+        delay = RETRY_DELAYS[min(row.attempts, len(RETRY_DELAYS)) - 1]
+        outbox.mark_temporary_failure(session=session, row_id=row_id, worker=worker, now=now,
+                                      error=error, retry_at=now + delay)
+        return "failed_temp"
+
+
+def _facts(session: Session, row: OutboxMessage, lead: Lead, program, now: datetime) -> SendFacts:
+    enrollment = session.get(Enrollment, row.enrollment_id)
+    recent = session.scalars(select(OutboxMessage.sent_at).where(
+        OutboxMessage.lead_id == lead.id, OutboxMessage.status == Delivery.SENT,
+        OutboxMessage.sent_at > now - timedelta(days=31)))
+    return SendFacts(
+        suppressed_reason=suppressed_reasons(session=session, emails=[lead.email]).get(lead.email),
+        consent=lead.consent,
+        enrollment_exited=enrollment.status == Status.EXITED,
+        timezone=lead.timezone or program.timezone,
+        recent_sends=tuple(recent),
+    )
+
+
+def _message(session: Session, row: OutboxMessage, lead: Lead, program, now: datetime):
+    email = program.emails[row.step]
+    version = current_version(session=session, program_id=row.program_id, path=email.file)
+    context = make_context(lead=lead, program=program)
+    rendered = render_email(version_id=version.id, html=version.compiled_html,
+                            text=version.compiled_text, subject=email.subject, context=context,
+                            where=email.file)
+    return build_message(rendered=rendered, sender=program.sender, to=lead.email, date=now,
+                         message_id=row.message_id, unsubscribe_url=context.links.unsubscribe)
+
+
+def _record_hard_bounce(session: Session, email: str, error: str, now: datetime) -> None:
+    """A permanent refusal of the address: never send to it again, and end its journeys."""
+    suppress(session=session, email=email, reason="bounced", source=f"smtp: {error}"[:200], now=now)
+    lead = session.scalar(select(Lead).where(Lead.email == email))
+    apply_event(session=session, lead=lead, event=Event(EventKind.BOUNCED, detail="hard"), now=now,
+                actor="delivery")

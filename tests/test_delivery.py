@@ -1,0 +1,122 @@
+"""Delivering the outbox through the real SMTP transport into the real local sink."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from smtp_sink import REPLIES
+from sqlalchemy import select
+
+from engine.journeys.models import Enrollment
+from engine.leads.service import upsert_lead
+from engine.programs.service import load_program
+from engine.sending.delivery import deliver_due
+from engine.sending.inbox import read_message
+from engine.sending.models import OutboxMessage, Suppression
+from engine.sending.sink import Sink
+from engine.sending.suppression import suppress
+
+MONDAY = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)  # 09:00 in Paris
+
+
+class Clock:
+    def __init__(self, now: datetime):
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def sink(tmp_path):
+    with Sink(tmp_path / "sink", replies=REPLIES) as server:
+        yield server
+
+
+@pytest.fixture
+def transport(sink):
+    transport = sink.transport()
+    yield transport
+    transport.close()
+
+
+def add(db, email, first_name="Ada", **fields):
+    with db.session() as s:
+        upsert_lead(session=s, fields={"email": email, "first_name": first_name, "title": "CIO",
+                                       "timezone": "Europe/Paris", **fields},
+                    now=MONDAY, actor="test", program="acme-nurture")
+
+
+@pytest.fixture
+def program(db, sample_program):
+    with db.session() as s:
+        load_program(session=s, directory=sample_program, now=MONDAY)
+
+
+def rows(db):
+    with db.session() as s:
+        return {r.lead_id: r for r in s.scalars(select(OutboxMessage))}
+
+
+def test_due_sends_arrive_personalised_once_with_the_outbox_message_id(db, program, sink, transport):
+    add(db, "ada@globex.example")
+    add(db, "bo@initech.example", first_name="Bo")
+    clock = Clock(MONDAY + timedelta(seconds=5))
+    report = deliver_due(db=db, transport=transport, worker="w1", clock=clock)
+    assert report.counts == {"sent": 2}
+    again = deliver_due(db=db, transport=transport, worker="w2", clock=clock)
+    assert not again.counts  # a job that runs twice sends once
+    [stored] = sink.messages(to="ada@globex.example")
+    assert stored.subject == "Welcome, Ada"
+    message = read_message(sink.directory, stored)
+    row = next(r for r in rows(db).values() if r.step == "welcome_it")
+    assert message["Message-ID"] == row.message_id
+    assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert {r.status for r in rows(db).values()} == {"sent"}
+
+
+def test_hard_bounce_suppresses_the_address_and_ends_its_journey(db, program, transport):
+    add(db, "bounce@globex.example")
+    report = deliver_due(db=db, transport=transport, worker="w1", clock=Clock(MONDAY))
+    assert report.counts == {"failed_perm": 1}
+    with db.session() as s:
+        assert s.scalar(select(Suppression.reason)) == "bounced"
+        assert s.scalar(select(Enrollment.status)) == "exited"
+        assert s.scalar(select(OutboxMessage.last_error)).startswith("550")
+
+
+def test_temporary_failures_are_retried_with_backoff(db, program, transport):
+    add(db, "later@globex.example")
+    clock = Clock(MONDAY)
+    assert deliver_due(db=db, transport=transport, worker="w1", clock=clock).counts == {"failed_temp": 1}
+    [row] = rows(db).values()
+    assert row.status == "failed_temp" and row.due_at == MONDAY + timedelta(minutes=1)
+    assert not deliver_due(db=db, transport=transport, worker="w1", clock=clock).counts
+    clock.now = MONDAY + timedelta(minutes=2)
+    deliver_due(db=db, transport=transport, worker="w1", clock=clock)
+    [row] = rows(db).values()
+    assert row.attempts == 2 and row.due_at == clock.now + timedelta(minutes=5)
+
+
+def test_suppressed_and_unconsented_leads_are_skipped_and_nothing_is_sent(db, program, sink, transport):
+    add(db, "gone@globex.example")
+    add(db, "nope@globex.example", consent="no")
+    with db.session() as s:
+        suppress(session=s, email="GONE@globex.example", reason="unsubscribed", source="test", now=MONDAY)
+    report = deliver_due(db=db, transport=transport, worker="w1", clock=Clock(MONDAY))
+    assert report.counts == {"skipped": 2}
+    assert sorted(r.skip_reason for r in rows(db).values()) == [
+        "consent withdrawn", "suppressed: unsubscribed"]
+    assert sink.messages() == []
+
+
+def test_a_send_claimed_after_hours_is_held_to_the_next_morning(db, program, sink, transport):
+    add(db, "ada@globex.example")
+    evening = datetime(2026, 11, 2, 18, 0, tzinfo=UTC)  # 19:00 in Paris
+    report = deliver_due(db=db, transport=transport, worker="w1", clock=Clock(evening))
+    assert report.counts == {"held": 1}
+    [row] = rows(db).values()
+    assert row.status == "pending" and row.due_at == datetime(2026, 11, 3, 8, 0, tzinfo=UTC)
+    assert row.last_error == "held: outside the send window"
+    assert sink.messages() == []
