@@ -318,6 +318,23 @@ def test_a_non_responder_without_a_move_to_track_pauses_until_it_responds():
     assert lead.sent()[3:] == [("case_study_it", monday), ("roi_it", paris(2024, 7, 2, 10))]
 
 
+PER_PERSONA = replace(
+    with_tracks(LONG, finance__inquiry=steps("welcome_finance", "1d", "cost_guide_finance", "1d",
+                                             "tco_finance", "1d", "case_study_finance")),
+    rules=Rules(exit_on_stages=PROGRAM.rules.exit_on_stages,
+                non_responders=NonResponders(after_sends=3, move_to="reengage")))
+
+
+def test_a_bare_move_to_names_each_personas_own_side_track_or_pauses_without_one():
+    it = Lead(PER_PERSONA, MONDAY)
+    it.wait_until(LATER)
+    assert [a.track for a in it.of_kind(ActionKind.MOVE)][-1] == "it_manager/reengage"
+    finance = Lead(PER_PERSONA, MONDAY, persona="finance")  # the pinned program has no finance/reengage
+    finance.wait_until(LATER)
+    assert finance.sent_assets() == ["welcome_finance", "cost_guide_finance", "tco_finance"]
+    assert finance.state.status is Status.PAUSED
+
+
 # -- perpetual program: a finished track waits for new steps ---------------------------------
 
 FINANCE_V2 = with_tracks(PROGRAM, version=2, finance__inquiry=steps(

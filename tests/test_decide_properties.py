@@ -310,7 +310,7 @@ class Run:
         if event.kind in (EventKind.STAGE, EventKind.PERSONA) and state.status is not Status.EXITED:
             cell = program.cell_track(state.persona, state.stage)
             rule = program.rules.non_responders
-            assert state.track in {cell, rule and rule.move_to} or (
+            assert state.track in {cell, rule and rule.target(state.persona)} or (
                 cell is None and state.status is Status.IDLE)
 
 
