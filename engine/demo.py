@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import random
 from collections import Counter
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import click
@@ -85,7 +86,8 @@ def write_sample_events(path: Path, emails: list[str], seed: int = 7) -> None:
               show_default=True)
 @pass_app
 def demo(app: AppContext, lead_count: int, days: int, program_dir: str) -> None:
-    """Load the sample program, import sample leads, simulate DAYS days and summarise."""
+    """Load the sample program, import sample leads, simulate DAYS days, then deliver the
+    stored journeys for DAYS days (on a simulated clock) through the local SMTP sink."""
     from engine.journeys.simulate import parse_start, read_events, simulate
     from engine.leads.importer import import_leads, read_lead_rows
     from engine.programs.loader import load_program_dir
@@ -119,6 +121,9 @@ def demo(app: AppContext, lead_count: int, days: int, program_dir: str) -> None:
     events = read_events(events_csv, start=start, program=program, emails={lead["email"] for lead in leads})
     sims = simulate(program, leads, events, start=start, days=days)
     _print_summary(sims, days)
+
+    console.rule(f"4. Deliver {days} days through the local SMTP sink")
+    _deliver_through_sink(app, start=now, days=days)
 
 
 def _print_enrollments(app: AppContext, slug: str) -> None:
@@ -176,3 +181,64 @@ def _zone(name: str):
     from zoneinfo import ZoneInfo
 
     return ZoneInfo(name)
+
+
+class _SimulatedClock:
+    def __init__(self, now: datetime):
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def _deliver_through_sink(app: AppContext, *, start: datetime, days: int) -> None:
+    """The stored journeys, advanced step by step on a simulated clock: each due step goes into
+    the outbox and is delivered over SMTP to the sink, as the scheduler and workers would."""
+    from engine.journeys.service import run_due
+    from engine.sending.delivery import deliver_due
+    from engine.sending.inbox import list_messages, read_message
+    from engine.sending.sink import Sink
+
+    clock, end = _SimulatedClock(start), start + timedelta(days=days)
+    totals: Counter = Counter()
+    sink_dir = app.settings.sink_dir
+    before = len(list_messages(sink_dir))
+    with Sink(sink_dir) as sink:
+        transport = sink.transport()
+        try:
+            while (due := _next_due(app)) is not None and due <= end:
+                clock.now = max(clock.now, due)
+                with app.db.session() as session:
+                    run_due(session=session, now=clock.now)
+                report = deliver_due(db=app.db, transport=transport, worker="demo", clock=clock,
+                                     limit=500)
+                totals.update(report.counts)
+        finally:
+            transport.close()
+    received = list_messages(sink_dir)[before:]
+    console.print(f"outbox: {', '.join(f'{n} {k}' for k, n in sorted(totals.items())) or 'nothing due'}"
+                  f" (held sends wait for the lead's send window or the frequency cap)")
+    console.print(f"sink: {len(received)} message(s) received in {sink_dir}")
+    if not received:
+        console.print("nothing was due: these journeys already ran ahead in an earlier demo "
+                      "(remove instance/ to start over)")
+        return
+    for stored in received[:5]:
+        console.print(f"  {stored.received_at[:19]}  {stored.rcpt_tos[0]:<40} {stored.subject}",
+                      markup=False)
+    message = read_message(sink_dir, received[0])
+    console.print("\nheaders of the first message:")
+    for name in ("From", "To", "Subject", "Message-ID", "List-Unsubscribe", "List-Unsubscribe-Post"):
+        console.print(f"  {name}: {message[name]}", markup=False)
+    console.print("\nsee them all with `nurture inbox` (and `nurture inbox show N`)")
+
+
+def _next_due(app: AppContext) -> datetime | None:
+    from engine.journeys.models import Enrollment
+    from engine.sending.models import Delivery, OutboxMessage
+
+    with app.db.session() as session:
+        steps = session.scalar(select(func.min(Enrollment.due_at)).where(Enrollment.status == "active"))
+        sends = session.scalar(select(func.min(OutboxMessage.due_at)).where(
+            OutboxMessage.status.in_([Delivery.PENDING, Delivery.FAILED_TEMP])))
+    return min((t for t in (steps, sends) if t is not None), default=None)

@@ -16,8 +16,14 @@ def test_demo_loads_imports_simulates_and_summarises(cli):
     assert re.search(r"\d+ sends to 40 leads; 3 sales notification\(s\)", out)
     assert "exits: 3 talk_to_sales, 2 unsubscribed, 1 hard_bounce" in out
     assert "non-responder: 3 sends without response" in out
+    delivered = re.search(r"sink: (\d+) message\(s\) received", out)
+    assert delivered and int(delivered.group(1)) >= 40  # every lead got at least its welcome
+    assert "List-Unsubscribe-Post: List-Unsubscribe=One-Click" in out
+    inbox = cli("inbox", "--json", "--limit", "100000")
+    assert inbox.exit_code == 0 and inbox.stdout.count('"rcpt_tos"') == int(delivered.group(1))
     again = cli("demo", "--leads", "40", "--days", "30")
     assert "created 0, updated 0, rejected 3" in again.stdout  # importing twice changes nothing
+    assert "sink: 0 message(s) received" in again.stdout  # nothing is sent twice
 
 
 def test_db_upgrade_creates_the_schema(cli, tmp_path, monkeypatch):
