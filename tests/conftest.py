@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from datetime import UTC, datetime, timedelta
+from itertools import count
 from pathlib import Path
 
 import pytest
@@ -117,3 +119,11 @@ def loaded_program(cli, sample_program) -> str:
     result = cli("program", "load", sample_program)
     assert result.exit_code == 0, result.output
     return "acme-nurture"
+
+
+@pytest.fixture
+def leads_cli_clock(monkeypatch):
+    """The leads CLI's clock: Monday 2026-03-02 06:00 UTC (before the send window opens), one
+    minute later at each reading, so that a rewritten timestamp would show."""
+    times = (datetime(2026, 3, 2, 6, 0, tzinfo=UTC) + timedelta(minutes=n) for n in count())
+    monkeypatch.setattr("engine.leads.cli.utcnow", lambda: next(times))

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, datetime, timedelta
-from itertools import count
 
 import pytest
 from sqlalchemy import select
@@ -25,15 +23,7 @@ def imported(cli, loaded_program, tmp_path) -> str:
     return "ada@globex.example"
 
 
-@pytest.fixture(autouse=True)
-def clock(monkeypatch):
-    """The CLI's clock: Monday 2026-03-02 06:00 UTC (before the send window opens), one minute
-    later at each reading, so that a rewritten timestamp would show."""
-    times = (datetime(2026, 3, 2, 6, 0, tzinfo=UTC) + timedelta(minutes=n)
-             for n in count())
-    import engine.cli  # noqa: F401 - first: it registers engine.leads.cli (import cycle)
-
-    monkeypatch.setattr("engine.leads.cli.utcnow", lambda: next(times))
+pytestmark = pytest.mark.usefixtures("leads_cli_clock")
 
 
 def test_set_stage_records_the_change_and_moves_the_enrollment(cli, db, imported):

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import csv
 import re
-from datetime import UTC, datetime, timedelta
-from itertools import count
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -28,15 +27,7 @@ TABLES = (Lead, StageChange, Enrollment, LeadEvent)
 SAMPLE = Path(__file__).resolve().parent.parent / "assets" / "acme-nurture"
 
 
-@pytest.fixture(autouse=True)
-def clock(monkeypatch):
-    """The CLI's clock: Monday 2026-03-02 06:00 UTC (before the send window opens), one minute
-    later at each reading, so that a rewritten timestamp would show."""
-    times = (datetime(2026, 3, 2, 6, 0, tzinfo=UTC) + timedelta(minutes=n)
-             for n in count())
-    import engine.cli  # noqa: F401 - first: it registers engine.leads.cli (import cycle)
-
-    monkeypatch.setattr("engine.leads.cli.utcnow", lambda: next(times))
+pytestmark = pytest.mark.usefixtures("leads_cli_clock")
 
 
 def write(tmp_path, text: str | bytes, name: str = "leads.csv"):
