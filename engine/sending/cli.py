@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import signal
 import threading
+from collections import Counter
+from datetime import timedelta
 from pathlib import Path
 
 import click
+from rich.table import Table
 
 from engine.cli_context import AppContext, console, err_console, pass_app
 
@@ -121,3 +124,68 @@ def inbox_show(ctx: click.Context, key: str, raw: bool) -> None:
         click.echo(f"{name}: {' '.join(str(value).split())}")
     click.echo("")
     click.echo(text_part(message))
+
+
+@click.command("send-runs")
+@click.option("--hours", default=24, show_default=True, type=click.IntRange(1, 24 * 366),
+              help="How far back to look.")
+@click.option("--json", "as_json", is_flag=True, help="Print the runs as JSON.")
+@pass_app
+def send_runs(app: AppContext, hours: int, as_json: bool) -> None:
+    """The send runs of the last HOURS hours, by the hour they were due: due, sent, held,
+    failed and skipped, with the reasons."""
+    from engine.db import utcnow
+    from engine.sending.reports import send_runs as runs_of
+
+    now = utcnow()
+    with app.db.session() as session:
+        runs = runs_of(session=session, since=now - timedelta(hours=hours), until=now)
+    if as_json:
+        click.echo(json.dumps([{"hour": r.hour.isoformat(), **r.counts,
+                                "reasons": dict(r.reasons)} for r in runs], indent=2))
+        return
+    if not runs:
+        console.print(f"no sends were due in the last {hours} hour(s)")
+        return
+    table = Table("hour (UTC)", "due", "sent", "held", "failed", "skipped", "pending",
+                  title=f"Send runs, last {hours} hour(s)")
+    for run in runs:
+        c = run.counts
+        table.add_row(run.hour.strftime("%Y-%m-%d %H:00"), *(str(c[k]) for k in (
+            "due", "sent", "held", "failed", "skipped", "pending")))
+    console.print(table)
+    reasons = Counter()
+    for run in runs:
+        reasons.update(run.reasons)
+    for reason, count in reasons.most_common(10):
+        console.print(f"  {count:>6}  {reason}", markup=False)
+
+
+@click.command()
+@click.option("--hours", default=24, show_default=True, type=click.IntRange(1, 24 * 31),
+              help="How far ahead to look.")
+@click.option("--json", "as_json", is_flag=True, help="Print the forecast as JSON.")
+@pass_app
+def forecast(app: AppContext, hours: int, as_json: bool) -> None:
+    """What would be sent in the next HOURS hours, by hour and email, without sending."""
+    from engine.db import utcnow
+    from engine.sending.reports import forecast as forecast_of
+
+    with app.db.session() as session:
+        lines = forecast_of(session=session, now=utcnow(), hours=hours)
+    if as_json:
+        click.echo(json.dumps([{"hour": line.hour.isoformat(), "email": line.email,
+                                "sends": line.sends, "suppressed": line.suppressed}
+                               for line in lines], indent=2))
+        return
+    if not lines:
+        console.print(f"nothing is due in the next {hours} hour(s)")
+        return
+    table = Table("hour (UTC)", "email", "sends", "suppressed", title=f"Next {hours} hour(s)")
+    for line in lines:
+        table.add_row(line.hour.strftime("%Y-%m-%d %H:00"), line.email, str(line.sends),
+                      str(line.suppressed))
+    console.print(table)
+    total = sum(line.sends - line.suppressed for line in lines)
+    console.print(f"{total} email(s) would go out (sends are still checked at send time: "
+                  "window, frequency cap, consent)")
