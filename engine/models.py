@@ -5,6 +5,7 @@ from engine.auth.models import ApiKey
 from engine.db import Base
 from engine.journeys.models import Enrollment
 from engine.leads.models import Lead, LeadEvent, StageChange
+from engine.pages.models import FormSubmission
 from engine.programs.models import ProgramRecord, ProgramVersion
 from engine.sending.models import OutboxMessage, Suppression
 
@@ -14,6 +15,7 @@ __all__ = [
     "AssetVersion",
     "Base",
     "Enrollment",
+    "FormSubmission",
     "Lead",
     "LeadEvent",
     "OutboxMessage",

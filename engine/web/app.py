@@ -23,8 +23,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["nurture.db"] = open_database(settings)
 
     from engine.web.api import api
+    from engine.web.pages import pages
 
     app.register_blueprint(api, url_prefix="/api/v1")
+    app.register_blueprint(pages)
     register_error_handlers(app)
     return app
 

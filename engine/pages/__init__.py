@@ -1,0 +1,1 @@
+"""Public landing pages and their form submissions."""

@@ -1,0 +1,149 @@
+"""Landing pages: find a program's page, render it in the email sandbox, store form posts.
+
+Plain functions with an explicit session; engine/web/pages.py is the thin HTTP shell.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+
+from itsdangerous import BadSignature, URLSafeSerializer
+from sqlalchemy.orm import Session
+
+from engine.assets.models import AssetVersion
+from engine.assets.service import current_version
+from engine.errors import Invalid, NotFound
+from engine.journeys.decide import Event, EventKind
+from engine.journeys.service import apply_event
+from engine.leads.fields import MAX_FIELD_LENGTH, normalise_email
+from engine.leads.models import Lead
+from engine.leads.service import get_lead, get_lead_by_id
+from engine.pages.models import FormSubmission
+from engine.programs.spec import Page, Program
+from engine.programs.store import current_program
+from engine.render.personalise import (
+    PLACEHOLDER_TOKEN,
+    Links,
+    RenderContext,
+    base_url,
+    lead_variables,
+    render_template,
+    sender_variables,
+    template,
+)
+
+MAX_FORM_FIELDS = 20
+MAX_FIELD_NAME = 100
+IGNORED_FIELDS = frozenset({"csrf_token"})
+TOKEN_SALT = "page"  # the tracking issue replaces this token with its own signed token
+_BAD_TEXT = re.compile("[\x00\ud800-\udfff]")  # NUL and unpaired surrogates: PostgreSQL refuses them
+
+@dataclass(frozen=True)
+class FoundPage:
+    program_id: int
+    program: Program
+    page: Page
+    version: AssetVersion
+
+
+def find_page(*, session: Session, program: str, slug: str) -> FoundPage:
+    """The current valid version of a program's page by slug. Raises NotFound (also when the
+    page has no valid version: a visitor cannot tell the difference, and need not)."""
+    record, spec = current_program(session=session, name=program)
+    page = next((p for p in spec.pages.values() if p.slug == slug), None)
+    if page is None:
+        raise NotFound(f"program {program!r} has no page {slug!r}", field="slug")
+    try:
+        version = current_version(session=session, program_id=record.id, path=page.file)
+    except Invalid:
+        raise NotFound(f"page {slug!r} has no valid version", field="slug") from None
+    return FoundPage(program_id=record.id, program=spec, page=page, version=version)
+
+
+# -- personalisation token --------------------------------------------------------------------
+
+def page_token(*, secret_key: str, lead_id: int) -> str:
+    return URLSafeSerializer(secret_key, salt=TOKEN_SALT).dumps(lead_id)
+
+
+def lead_from_token(*, session: Session, secret_key: str, token: str | None) -> Lead | None:
+    """The lead a page link was made for, or None for a missing, forged or stale token."""
+    if not token or len(token) > 200:
+        return None
+    try:
+        lead_id = URLSafeSerializer(secret_key, salt=TOKEN_SALT).loads(token)
+    except BadSignature:
+        return None
+    if not isinstance(lead_id, int) or isinstance(lead_id, bool) or not 0 < lead_id < 2**31:
+        return None
+    try:
+        return get_lead_by_id(session=session, lead_id=lead_id)
+    except NotFound:
+        return None
+
+
+# -- render -----------------------------------------------------------------------------------
+
+def render_page(*, found: FoundPage, lead: Lead | None, csrf_token: str,
+                token: str | None = None) -> str:
+    """The page for this lead (or an empty lead), autoescaped, in the bounded email sandbox."""
+    spec = found.program
+    context = RenderContext(
+        lead=lead_variables(lead) if lead is not None else {"custom": {}},
+        program={"name": spec.name, "slug": spec.slug},
+        sender=sender_variables(spec.sender or {}),
+        links=Links(base_url=base_url(), program=spec.slug, token=token or PLACEHOLDER_TOKEN),
+    )
+    tmpl = template(found.version.compiled_html or "", html=True,
+                    cache_key=("page", found.version.id))
+    return render_template(tmpl, {**context.variables(), "csrf_token": csrf_token},
+                           where=found.page.file)
+
+
+# -- forms ------------------------------------------------------------------------------------
+
+def clean_fields(form: dict[str, list[str]]) -> tuple[str, dict]:
+    """(email, other fields) from a posted form (name -> values). Raises Invalid."""
+    fields = {k: v for k, v in form.items() if k not in IGNORED_FIELDS}
+    if len(fields) > MAX_FORM_FIELDS:
+        raise Invalid(f"too many fields (at most {MAX_FORM_FIELDS})", field="form")
+    cleaned: dict[str, str | list[str]] = {}
+    for name, values in fields.items():
+        if not name or len(name) > MAX_FIELD_NAME or _BAD_TEXT.search(name):
+            raise Invalid("invalid field name", field="form")
+        if len(values) > MAX_FORM_FIELDS:
+            raise Invalid(f"{name[:50]}: too many values", field=name[:50])
+        for value in values:
+            if len(value) > MAX_FIELD_LENGTH:
+                raise Invalid(f"{name[:50]} is longer than {MAX_FIELD_LENGTH} characters",
+                              field=name[:50])
+            if _BAD_TEXT.search(value):
+                raise Invalid(f"{name[:50]} contains invalid characters", field=name[:50])
+        cleaned[name] = values[0] if len(values) == 1 else list(values)
+    raw_email = cleaned.pop("email", None)
+    if isinstance(raw_email, list):
+        raise Invalid("email given more than once", field="email")
+    return normalise_email(raw_email), cleaned
+
+
+def submit_form(*, session: Session, found: FoundPage, form: dict[str, list[str]],
+                remote_addr: str | None, now: datetime) -> FormSubmission:
+    """Validate and store a submission; a known lead's enrollments get a form_submitted event.
+    Raises Invalid (nothing stored). The caller checks CSRF before calling."""
+    email, fields = clean_fields(form)
+    try:
+        lead = get_lead(session=session, email=email)
+    except NotFound:
+        lead = None
+    submission = FormSubmission(program_id=found.program_id, page=found.page.slug,
+                                lead_id=lead.id if lead else None, email=email, fields=fields,
+                                remote_addr=(remote_addr or "")[:64] or None, created_at=now)
+    session.add(submission)
+    if lead is not None:
+        apply_event(session=session, lead=lead,
+                    event=Event(EventKind.FORM_SUBMITTED, detail=found.page.slug), now=now,
+                    actor=f"page:{found.page.slug}"[:200])
+    session.flush()
+    return submission

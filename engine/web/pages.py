@@ -1,0 +1,150 @@
+"""Public landing pages under /p/<program>/<slug>: no API key, strict CSP, CSRF-checked forms.
+
+A page is uploaded content, so it is served with a Content-Security-Policy that forbids scripts,
+frames and foreign form targets. Forms use a double-submit token: a random nonce in an HttpOnly
+SameSite=Lax cookie, and the same nonce signed with a timestamp in the form field.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+import secrets
+
+from flask import Blueprint, Response, current_app, redirect, render_template, request, url_for
+from itsdangerous import BadSignature, TimestampSigner
+from markupsafe import Markup
+from werkzeug.exceptions import BadRequest, InternalServerError
+
+from engine.db import Database, utcnow
+from engine.errors import Invalid, NotFound
+from engine.pages.service import (
+    FoundPage,
+    find_page,
+    lead_from_token,
+    render_page,
+    submit_form,
+)
+from engine.render.personalise import RenderFailed
+
+pages = Blueprint("pages", __name__)
+
+CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src https: data:; "
+       "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+CSRF_COOKIE = "nurture_page_csrf"
+CSRF_FIELD = "csrf_token"
+CSRF_SALT = "page-csrf"
+CSRF_MAX_AGE = 24 * 3600  # a form left open for a day must be reloaded
+_NONCE = re.compile(r"^[A-Za-z0-9_-]{32,64}$")
+_BAD_TEXT = re.compile("[\x00\ud800-\udfff]")
+
+
+def security_headers(response: Response) -> Response:
+    response.headers["Content-Security-Policy"] = CSP
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "no-referrer"  # the ?t= token must not leak onwards
+    response.headers["Cache-Control"] = "no-store"  # personalised, and carries a CSRF token
+    return response
+
+
+pages.after_request(security_headers)
+
+
+def _db() -> Database:
+    return current_app.extensions["nurture.db"]
+
+
+def _secret() -> str:
+    return current_app.config["SECRET_KEY"]
+
+
+def _check_names(program: str, slug: str) -> None:
+    for value in (program, slug):
+        if len(value) > 100 or _BAD_TEXT.search(value):
+            raise NotFound("no such page", field="slug")
+
+
+# -- CSRF -------------------------------------------------------------------------------------
+
+def _cookie_nonce() -> str | None:
+    value = request.cookies.get(CSRF_COOKIE)
+    return value if value and _NONCE.match(value) else None
+
+
+def _csrf_token(nonce: str) -> str:
+    return TimestampSigner(_secret(), salt=CSRF_SALT).sign(nonce).decode()
+
+
+def _check_csrf() -> None:
+    """400 unless the form's signed nonce matches the cookie's (compared in constant time)."""
+    nonce, sent = _cookie_nonce(), request.form.get(CSRF_FIELD, "")
+    if nonce is None or not sent or len(sent) > 200:
+        raise BadRequest("This form has expired. Go back, reload the page and try again.")
+    try:
+        signed = TimestampSigner(_secret(), salt=CSRF_SALT).unsign(sent, max_age=CSRF_MAX_AGE)
+    except BadSignature:
+        raise BadRequest("This form has expired. Go back, reload the page and try again.") from None
+    if not hmac.compare_digest(signed, nonce.encode()):
+        raise BadRequest("This form has expired. Go back, reload the page and try again.")
+
+
+def _with_cookie(response: Response, nonce: str) -> Response:
+    response.set_cookie(CSRF_COOKIE, nonce, max_age=CSRF_MAX_AGE, path="/p/", httponly=True,
+                        samesite="Lax", secure=request.is_secure)
+    return response
+
+
+# -- views ------------------------------------------------------------------------------------
+
+def _render(found: FoundPage, nonce: str, lead, token: str | None) -> str:
+    """The page for the lead; a page that fails for this lead falls back to an empty lead."""
+    try:
+        return render_page(found=found, lead=lead, csrf_token=_csrf_token(nonce),
+                           token=token if lead is not None else None)
+    except RenderFailed:
+        current_app.logger.warning("page %s failed to render", found.page.file, exc_info=True)
+        if lead is None:
+            raise InternalServerError() from None
+    return _render(found, nonce, None, None)
+
+
+def _with_message(html: str, message: str) -> str:
+    """The rendered page with an escaped message right after <body> (the page template
+    cannot name extra variables: QA checks it against a fixed list)."""
+    banner = Markup('<p role="alert" style="margin:0;padding:12px 24px;background:#fee2e2;'
+                    'color:#991b1b;font-family:sans-serif">{}</p>').format(message)
+    match = re.search(r"<body\b[^>]*>", html, re.IGNORECASE)
+    at = match.end() if match else 0
+    return html[:at] + str(banner) + html[at:]
+
+
+@pages.route("/p/<program>/<slug>", methods=["GET", "POST"])
+def page(program: str, slug: str):
+    _check_names(program, slug)
+    nonce = _cookie_nonce() or secrets.token_urlsafe(32)
+    token = request.args.get("t")
+    with _db().session() as session:
+        found = find_page(session=session, program=program, slug=slug)
+        lead = lead_from_token(session=session, secret_key=_secret(), token=token)
+        if request.method == "GET":
+            if request.args.get("submitted") == "1":
+                body = render_template("pages/thanks.html",
+                                       title=found.page.title or found.program.name,
+                                       back_url=url_for("pages.page", program=program, slug=slug))
+                return _with_cookie(Response(body, mimetype="text/html"), nonce)
+            body = _render(found, nonce, lead, token)
+            return _with_cookie(Response(body, mimetype="text/html"), nonce)
+
+    _check_csrf()
+    try:
+        with _db().session() as session:
+            submit_form(session=session, found=found, form=request.form.to_dict(flat=False),
+                        remote_addr=request.remote_addr, now=utcnow())
+    except Invalid as exc:
+        body = _with_message(_render(found, nonce, lead, token), exc.detail)
+        return _with_cookie(Response(body, status=422, mimetype="text/html"), nonce)
+    # Built from our own route and values only: never a URL taken from the request.
+    target = url_for("pages.page", program=program, slug=slug, submitted=1,
+                     **({"t": token} if lead is not None else {}))
+    return redirect(target, code=303)
+

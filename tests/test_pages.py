@@ -1,0 +1,222 @@
+"""Public landing pages under /p/<program>/<slug> as a visitor (and an attacker) sees them."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from sqlalchemy import func, select
+
+from engine.db import utcnow
+from engine.leads.models import LeadEvent
+from engine.leads.service import upsert_lead
+from engine.pages.models import FormSubmission
+from engine.pages.service import page_token
+from engine.web.app import create_app
+from engine.web.pages import CSP, CSRF_COOKIE
+
+DEMO = "/p/acme-nurture/demo"
+PRICING = "/p/acme-nurture/pricing"
+
+
+@pytest.fixture
+def app(env, loaded_program):
+    app = create_app()
+    yield app
+    app.extensions["nurture.db"].dispose()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def make_lead(db, **fields) -> int:
+    with db.session() as s:
+        lead, _ = upsert_lead(session=s, fields={"email": "ada@example.com", **fields},
+                              now=utcnow(), actor="test", program="acme-nurture")
+        return lead.id
+
+
+def token_for(lead_id: int) -> str:
+    return page_token(secret_key="test-secret", lead_id=lead_id)
+
+
+def csrf(client, url: str = DEMO) -> str:
+    """GET the page (which sets the cookie) and read the form's token."""
+    response = client.get(url)
+    assert response.status_code == 200
+    return re.search(r'name="csrf_token" value="([^"]+)"', response.text).group(1)
+
+
+def count(db, model) -> int:
+    with db.session() as s:
+        return s.scalar(select(func.count()).select_from(model))
+
+
+def form_events(db, lead_id: int) -> list[LeadEvent]:
+    with db.session() as s:
+        return list(s.scalars(select(LeadEvent).where(LeadEvent.lead_id == lead_id,
+                                                      LeadEvent.kind == "form_submitted")))
+
+
+# -- GET --------------------------------------------------------------------------------------
+
+def test_anonymous_page_renders_with_strict_headers(client):
+    response = client.get(DEMO)
+    assert response.status_code == 200
+    assert response.mimetype == "text/html"
+    assert "Hi there," in response.text
+    assert response.headers["Content-Security-Policy"] == CSP
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    cookie = response.headers["Set-Cookie"]
+    assert CSRF_COOKIE in cookie and "HttpOnly" in cookie and "SameSite=Lax" in cookie
+
+
+def test_page_personalised_with_a_valid_token(client, db):
+    lead_id = make_lead(db, first_name="Ada")
+    response = client.get(f"{DEMO}?t={token_for(lead_id)}")
+    assert response.status_code == 200
+    assert "Hi Ada," in response.text
+
+
+@pytest.mark.parametrize("token", ["forged", "", "x" * 5000, "MQ.forgedsig"])
+def test_bad_token_renders_anonymously(client, db, token):
+    make_lead(db, first_name="Ada")
+    response = client.get(f"{DEMO}?t={token}")
+    assert response.status_code == 200
+    assert "Hi there," in response.text
+
+
+def test_token_for_a_deleted_lead_renders_anonymously(client):
+    response = client.get(f"{DEMO}?t={token_for(999_999)}")
+    assert response.status_code == 200
+    assert "Hi there," in response.text
+
+
+def test_lead_fields_are_escaped(client, db):
+    lead_id = make_lead(db, first_name="<script>alert(1)</script>")
+    response = client.get(f"{DEMO}?t={token_for(lead_id)}")
+    assert "<script>alert(1)" not in response.text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in response.text
+
+
+@pytest.mark.parametrize("path", ["/p/acme-nurture/nope", "/p/no-such-program/demo",
+                                  "/p/acme-nurture/" + "x" * 300, "/p/acme%00/demo"])
+def test_unknown_page_is_a_plain_404(client, path):
+    response = client.get(path)
+    assert response.status_code == 404
+    assert response.mimetype == "text/html"
+    assert "Page not found" in response.text
+    assert "acme" not in response.text.lower()  # nothing internal named
+
+
+def test_api_errors_stay_json(client):
+    response = client.get("/api/v1/nothing-here")
+    assert response.status_code in (401, 404)
+    assert response.mimetype == "application/problem+json"
+
+
+# -- POST -------------------------------------------------------------------------------------
+
+def test_post_stores_submission_and_feeds_known_lead(client, db):
+    lead_id = make_lead(db, first_name="Ada")
+    token = csrf(client)
+    response = client.post(DEMO, data={"csrf_token": token, "email": "ADA@example.com",
+                                       "name": "Ada", "message": "<b>hi</b>"})
+    assert response.status_code == 303
+    assert response.headers["Location"].endswith("/p/acme-nurture/demo?submitted=1")
+    with db.session() as s:
+        (sub,) = s.scalars(select(FormSubmission)).all()
+        assert (sub.lead_id, sub.email, sub.page) == (lead_id, "ada@example.com", "demo")
+        assert sub.fields == {"name": "Ada", "message": "<b>hi</b>"}
+        assert sub.remote_addr == "127.0.0.1"
+    assert len(form_events(db, lead_id)) == 1
+    thanks = client.get(response.headers["Location"])
+    assert thanks.status_code == 200 and "Thank you" in thanks.text
+    assert thanks.headers["Content-Security-Policy"] == CSP
+
+
+def test_post_from_unknown_email_is_stored_without_event(client, db):
+    token = csrf(client)
+    response = client.post(DEMO, data={"csrf_token": token, "email": "new@example.com"})
+    assert response.status_code == 303
+    with db.session() as s:
+        (sub,) = s.scalars(select(FormSubmission)).all()
+        assert sub.lead_id is None and sub.email == "new@example.com"
+    assert count(db, LeadEvent) == 0
+
+
+def test_next_parameter_is_ignored(client):
+    token = csrf(client)
+    response = client.post(f"{DEMO}?next=https://evil.example",
+                           data={"csrf_token": token, "email": "a@example.com",
+                                 "next": "https://evil.example"})
+    assert response.status_code == 303
+    assert "evil" not in response.headers["Location"]
+    assert response.headers["Location"].endswith("/p/acme-nurture/demo?submitted=1")
+
+
+def test_missing_csrf_is_refused(client, db):
+    csrf(client)
+    response = client.post(DEMO, data={"email": "a@example.com"})
+    assert response.status_code == 400
+    assert response.mimetype == "text/html"
+    assert count(db, FormSubmission) == 0
+
+
+def test_forged_csrf_is_refused(client, db):
+    csrf(client)
+    response = client.post(DEMO, data={"csrf_token": "abc.def.ghi", "email": "a@example.com"})
+    assert response.status_code == 400
+    assert count(db, FormSubmission) == 0
+
+
+def test_csrf_token_without_its_cookie_is_refused(client, app, db):
+    token = csrf(client)
+    other = app.test_client()  # another browser: no cookie, or a cookie of its own
+    assert other.post(DEMO, data={"csrf_token": token, "email": "a@example.com"}).status_code == 400
+    csrf(other)
+    assert other.post(DEMO, data={"csrf_token": token, "email": "a@example.com"}).status_code == 400
+    assert count(db, FormSubmission) == 0
+
+
+@pytest.mark.parametrize("form", [
+    {},
+    {"email": ""},
+    {"email": "not-an-email"},
+    {"email": "a@example.com", "message": "x" * 1001},
+    {"email": "a@example.com", **{f"f{i}": "v" for i in range(20)}},
+    {"email": "a@example.com", "message": "nul\x00byte"},
+])
+def test_invalid_fields_rerender_with_422(client, db, form):
+    lead_id = make_lead(db)
+    token = csrf(client)
+    response = client.post(DEMO, data={"csrf_token": token, **form})
+    assert response.status_code == 422
+    assert response.mimetype == "text/html"
+    assert 'role="alert"' in response.text and 'name="csrf_token"' in response.text
+    assert response.headers["Content-Security-Policy"] == CSP
+    assert count(db, FormSubmission) == 0
+    assert form_events(db, lead_id) == []
+
+
+def test_invalid_message_is_escaped(client):
+    token = csrf(client)
+    response = client.post(DEMO, data={"csrf_token": token, "email": "<img src=x>"})
+    assert response.status_code == 422
+    assert "<img src=x>" not in response.text
+
+
+def test_oversized_body_is_refused(client, db):
+    token = csrf(client)
+    response = client.post(DEMO, data={"csrf_token": token, "email": "a@example.com",
+                                       "message": "x" * (2 * 1024 * 1024)})
+    assert response.status_code == 413
+    assert response.mimetype == "text/html"
+    assert count(db, FormSubmission) == 0
+
+
+def test_get_never_stores(client, db):
+    client.get(f"{DEMO}?email=a@example.com&csrf_token=x")
+    assert count(db, FormSubmission) == 0
