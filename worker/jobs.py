@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+from datetime import timedelta
 from functools import cache
 
 from engine.config import Settings
@@ -12,6 +13,7 @@ from engine.db import Database, utcnow
 from engine.journeys.service import run_due
 from engine.migrate import open_database
 from engine.sending.delivery import deliver_due
+from engine.sending.outbox import LEASE
 from engine.sending.transport import Transport, transport_from_settings
 
 SEND_BATCH = 200
@@ -32,12 +34,18 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def send_lease() -> timedelta:
+    """The claim lease: NURTURE_SEND_LEASE_SECONDS (the fault test shortens it), else LEASE."""
+    seconds = os.environ.get("NURTURE_SEND_LEASE_SECONDS")
+    return timedelta(seconds=float(seconds)) if seconds else LEASE
+
+
 def send_due(limit: int = SEND_BATCH) -> str:
     """Claim and deliver due outbox rows, batch after batch, until none is due."""
     total = {}
     while True:
         report = deliver_due(db=_database(), transport=_transport(), worker=worker_name(),
-                             clock=utcnow, limit=limit)
+                             clock=utcnow, limit=limit, lease=send_lease())
         for outcome, count in report.counts.items():
             total[outcome] = total.get(outcome, 0) + count
         if sum(report.counts.values()) < limit:

@@ -22,17 +22,19 @@ def program_at(session: Session, program_id: int, version: int) -> Program:
     return _cached_program(row)
 
 
-_cache: dict[int, Program] = {}
+_cache: dict[tuple[str, int], Program] = {}
 
 
 def _cached_program(row: ProgramVersion) -> Program:
-    """Program versions are immutable, so the parsed form is cached by row id."""
-    program = _cache.get(row.id)
+    """Program versions are immutable, so the parsed form is cached by what identifies its
+    content (not by row id: ids repeat across databases, and after a rolled-back insert)."""
+    key = (row.content_hash, row.version)
+    program = _cache.get(key)
     if program is None:
         program = Program.from_dict(row.definition, version=row.version)
         if len(_cache) > 256:
             _cache.clear()
-        _cache[row.id] = program
+        _cache[key] = program
     return program
 
 

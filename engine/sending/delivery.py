@@ -43,21 +43,25 @@ class DeliveryReport:
 
 def deliver_due(*, db: Database, transport: Transport, worker: str,
                 clock: Callable[[], datetime], limit: int = 100,
-                cap: FrequencyCap = DEFAULT_CAP, require_consent: bool = False) -> DeliveryReport:
-    """Claim up to `limit` due rows and deliver each; safe to run in many workers at once."""
+                cap: FrequencyCap = DEFAULT_CAP, require_consent: bool = False,
+                lease: timedelta = outbox.LEASE) -> DeliveryReport:
+    """Claim up to `limit` due rows and deliver each; safe to run in many workers at once.
+
+    Each row's lease is renewed just before its send, so `lease` must cover one send, not the
+    whole batch; a row whose claim was lost meanwhile is left to the worker that took it over."""
     report = DeliveryReport()
     with db.session() as session:
         claimed = [row.id for row in outbox.claim_due(session=session, worker=worker,
-                                                      now=clock(), limit=limit)]
+                                                      now=clock(), limit=limit, lease=lease)]
     for row_id in claimed:
         outcome = _deliver(db=db, transport=transport, row_id=row_id, worker=worker, clock=clock,
-                           cap=cap, require_consent=require_consent)
+                           cap=cap, require_consent=require_consent, lease=lease)
         report.counts[outcome] += 1
     return report
 
 
 def _deliver(*, db: Database, transport: Transport, row_id: int, worker: str, clock,
-             cap: FrequencyCap, require_consent: bool) -> str:
+             cap: FrequencyCap, require_consent: bool, lease: timedelta = outbox.LEASE) -> str:
     now = clock()
     with db.session() as session:
         row = session.get(OutboxMessage, row_id)
@@ -80,6 +84,10 @@ def _deliver(*, db: Database, transport: Transport, row_id: int, worker: str, cl
                                           error=f"render: {exc}")
             return "failed_perm"
         recipient = lead.email
+    with db.session() as session:  # its own short write transaction, right before the send
+        if not outbox.renew_lease(session=session, row_id=row_id, worker=worker, now=clock(),
+                                  lease=lease):
+            return "lost_claim"  # another worker took the row over after our lease expired
     result = transport.send(message)  # outside any transaction: SMTP may take seconds
     now = clock()
     with db.session() as session:

@@ -90,6 +90,18 @@ def _finish(session: Session, row_id: int, worker: str, now: datetime, **values)
     return result.rowcount == 1
 
 
+def renew_lease(*, session: Session, row_id: int, worker: str, now: datetime,
+                lease: timedelta = LEASE) -> bool:
+    """Extend `worker`'s claim on a row just before sending it. False when the claim was lost
+    (its lease expired and another worker took the row over): the row must not be sent."""
+    result = session.execute(
+        update(_OUTBOX).where(_OUTBOX.c.id == row_id, _OUTBOX.c.status == Delivery.SENDING,
+                              _OUTBOX.c.claimed_by == worker)
+        .values(lease_until=now + lease, updated_at=now)
+    )
+    return result.rowcount == 1
+
+
 def mark_sent(*, session: Session, row_id: int, worker: str, now: datetime) -> bool:
     return _finish(session, row_id, worker, now, status=Delivery.SENT, sent_at=now, last_error=None)
 
