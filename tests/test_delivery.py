@@ -120,3 +120,51 @@ def test_a_send_claimed_after_hours_is_held_to_the_next_morning(db, program, sin
     assert row.status == "pending" and row.due_at == datetime(2026, 11, 3, 8, 0, tzinfo=UTC)
     assert row.last_error == "held: outside the send window"
     assert sink.messages() == []
+
+
+@pytest.fixture
+def throttle(tmp_path):
+    from engine.config import Settings, redis_connection
+    from engine.sending.throttle import RedisThrottle
+
+    redis = redis_connection(Settings.from_env({"NURTURE_INSTANCE": str(tmp_path / "r"),
+                                                "SECRET_KEY": "x"}))
+    return RedisThrottle(redis, global_per_minute=3, per_domain_per_minute=2)
+
+
+def test_throttles_hold_sends_past_the_per_domain_and_global_rates(db, program, sink, transport,
+                                                                    throttle):
+    from engine.sending.delivery import DeliveryOptions
+
+    for name in ("a", "b", "c"):
+        add(db, f"{name}@globex.example")
+    add(db, "d@initech.example")
+    add(db, "e@initech.example")
+    clock = Clock(MONDAY + timedelta(seconds=5))
+    options = DeliveryOptions(throttle=throttle)
+    report = deliver_due(db=db, transport=transport, worker="w1", clock=clock, options=options)
+    assert report.counts == {"sent": 3, "held": 2}  # 2 for globex, 1 for initech, then global
+    held = [r for r in rows(db).values() if r.status == "pending"]
+    assert {r.due_at for r in held} == {MONDAY + timedelta(minutes=1)}
+    assert {r.last_error for r in held} >= {"held: throttled: globex.example"}
+    clock.now = MONDAY + timedelta(minutes=1, seconds=5)
+    report = deliver_due(db=db, transport=transport, worker="w1", clock=clock, options=options)
+    assert report.counts == {"sent": 2}
+    assert len(sink.messages()) == 5
+
+
+def test_a_throttling_reply_backs_off_the_domain(db, program, sink, transport, throttle):
+    from engine.sending.delivery import DeliveryOptions
+
+    add(db, "gmail-throttle@mail.example")
+    add(db, "second@mail.example")
+    options = DeliveryOptions(throttle=throttle)
+    clock = Clock(MONDAY)
+    report = deliver_due(db=db, transport=transport, worker="w1", clock=clock, options=options,
+                         limit=1)
+    assert report.counts == {"failed_temp": 1}
+    [row] = [r for r in rows(db).values() if r.status == "failed_temp"]
+    assert row.due_at == MONDAY + timedelta(minutes=5)  # the back-off, longer than the 1 min retry
+    report = deliver_due(db=db, transport=transport, worker="w1", clock=clock, options=options)
+    assert report.counts == {"held": 1}  # mail.example is backed off: the other lead waits too
+    assert sink.messages() == []

@@ -8,12 +8,14 @@ import socket
 from datetime import timedelta
 from functools import cache
 
-from engine.config import Settings
+from engine.config import Settings, redis_connection
 from engine.db import Database, utcnow
 from engine.journeys.service import run_due
 from engine.migrate import open_database
-from engine.sending.delivery import deliver_due
+from engine.sending.delivery import DeliveryOptions, deliver_due
 from engine.sending.outbox import LEASE
+from engine.sending.policy import FrequencyCap
+from engine.sending.throttle import RedisThrottle
 from engine.sending.transport import Transport, transport_from_settings
 
 SEND_BATCH = 200
@@ -34,10 +36,27 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def send_lease() -> timedelta:
-    """The claim lease: NURTURE_SEND_LEASE_SECONDS (the fault test shortens it), else LEASE."""
-    seconds = os.environ.get("NURTURE_SEND_LEASE_SECONDS")
-    return timedelta(seconds=float(seconds)) if seconds else LEASE
+@cache
+def _delivery_options() -> DeliveryOptions:
+    """From the environment: NURTURE_SEND_LEASE_SECONDS (the fault test shortens it),
+    NURTURE_THROTTLE_PER_MINUTE and NURTURE_THROTTLE_PER_DOMAIN_PER_MINUTE (unset: unlimited),
+    NURTURE_FREQUENCY_CAP (sends per lead per 7 days, default 3), NURTURE_REQUIRE_CONSENT."""
+    env = os.environ
+    settings = Settings.from_env()
+    lease = env.get("NURTURE_SEND_LEASE_SECONDS")
+    return DeliveryOptions(
+        cap=FrequencyCap(max_sends=int(env.get("NURTURE_FREQUENCY_CAP") or 3)),
+        require_consent=env.get("NURTURE_REQUIRE_CONSENT", "").lower() in ("1", "true", "yes"),
+        lease=timedelta(seconds=float(lease)) if lease else LEASE,
+        throttle=RedisThrottle(redis_connection(settings),
+                               global_per_minute=_int(env.get("NURTURE_THROTTLE_PER_MINUTE")),
+                               per_domain_per_minute=_int(
+                                   env.get("NURTURE_THROTTLE_PER_DOMAIN_PER_MINUTE"))),
+    )
+
+
+def _int(value: str | None) -> int | None:
+    return int(value) if value else None
 
 
 def send_due(limit: int = SEND_BATCH) -> str:
@@ -45,7 +64,7 @@ def send_due(limit: int = SEND_BATCH) -> str:
     total = {}
     while True:
         report = deliver_due(db=_database(), transport=_transport(), worker=worker_name(),
-                             clock=utcnow, limit=limit, lease=send_lease())
+                             clock=utcnow, limit=limit, options=_delivery_options())
         for outcome, count in report.counts.items():
             total[outcome] = total.get(outcome, 0) + count
         if sum(report.counts.values()) < limit:

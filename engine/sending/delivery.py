@@ -25,12 +25,12 @@ from engine.sending import outbox
 from engine.sending.models import Delivery, OutboxMessage
 from engine.sending.policy import FrequencyCap, SendFacts, check_send
 from engine.sending.suppression import suppress, suppressed_reasons
+from engine.sending.throttle import RedisThrottle
 from engine.sending.transport import Transport
 
 RETRY_DELAYS = (timedelta(minutes=1), timedelta(minutes=5), timedelta(minutes=15),
                 timedelta(hours=1), timedelta(hours=4), timedelta(hours=12))
 GIVE_UP_AFTER = timedelta(hours=48)  # marketing mail: past this, a late send does more harm
-DEFAULT_CAP = FrequencyCap()
 
 
 @dataclass
@@ -41,27 +41,37 @@ class DeliveryReport:
         return ", ".join(f"{n} {kind}" for kind, n in sorted(self.counts.items())) or "nothing due"
 
 
+@dataclass(frozen=True)
+class DeliveryOptions:
+    cap: FrequencyCap = field(default_factory=FrequencyCap)
+    require_consent: bool = False
+    lease: timedelta = outbox.LEASE  # renewed before each send: it covers one send, not a batch
+    throttle: RedisThrottle | None = None  # global and per-domain rates; None: unlimited
+
+
+DEFAULTS = DeliveryOptions()
+
+
 def deliver_due(*, db: Database, transport: Transport, worker: str,
                 clock: Callable[[], datetime], limit: int = 100,
-                cap: FrequencyCap = DEFAULT_CAP, require_consent: bool = False,
-                lease: timedelta = outbox.LEASE) -> DeliveryReport:
+                options: DeliveryOptions = DEFAULTS) -> DeliveryReport:
     """Claim up to `limit` due rows and deliver each; safe to run in many workers at once.
-
-    Each row's lease is renewed just before its send, so `lease` must cover one send, not the
-    whole batch; a row whose claim was lost meanwhile is left to the worker that took it over."""
+    A row whose claim was lost meanwhile is left to the worker that took it over."""
     report = DeliveryReport()
     with db.session() as session:
         claimed = [row.id for row in outbox.claim_due(session=session, worker=worker,
-                                                      now=clock(), limit=limit, lease=lease)]
+                                                      now=clock(), limit=limit,
+                                                      lease=options.lease)]
     for row_id in claimed:
         outcome = _deliver(db=db, transport=transport, row_id=row_id, worker=worker, clock=clock,
-                           cap=cap, require_consent=require_consent, lease=lease)
+                           options=options)
         report.counts[outcome] += 1
     return report
 
 
 def _deliver(*, db: Database, transport: Transport, row_id: int, worker: str, clock,
-             cap: FrequencyCap, require_consent: bool, lease: timedelta = outbox.LEASE) -> str:
+             options: DeliveryOptions) -> str:
+    cap, require_consent, lease = options.cap, options.require_consent, options.lease
     now = clock()
     with db.session() as session:
         row = session.get(OutboxMessage, row_id)
@@ -84,6 +94,13 @@ def _deliver(*, db: Database, transport: Transport, row_id: int, worker: str, cl
                                           error=f"render: {exc}")
             return "failed_perm"
         recipient = lead.email
+    domain = recipient.rpartition("@")[2]
+    wait = options.throttle.acquire(domain, now) if options.throttle else None
+    if wait is not None:
+        with db.session() as session:
+            outbox.mark_held(session=session, row_id=row_id, worker=worker, now=now, until=wait,
+                             reason=f"throttled: {domain}")
+        return "held"
     with db.session() as session:  # its own short write transaction, right before the send
         if not outbox.renew_lease(session=session, row_id=row_id, worker=worker, now=clock(),
                                   lease=lease):
@@ -106,9 +123,11 @@ def _deliver(*, db: Database, transport: Transport, row_id: int, worker: str, cl
             outbox.mark_permanent_failure(session=session, row_id=row_id, worker=worker, now=now,
                                           error=f"gave up after {row.attempts} attempts: {error}")
             return "failed_perm"
-        delay = RETRY_DELAYS[min(row.attempts, len(RETRY_DELAYS)) - 1]
+        retry_at = now + RETRY_DELAYS[min(row.attempts, len(RETRY_DELAYS)) - 1]
+        if result.throttled and options.throttle:  # the domain asked us to slow down
+            retry_at = max(retry_at, options.throttle.back_off(domain, now))
         outbox.mark_temporary_failure(session=session, row_id=row_id, worker=worker, now=now,
-                                      error=error, retry_at=now + delay)
+                                      error=error, retry_at=retry_at)
         return "failed_temp"
 
 
