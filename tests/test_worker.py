@@ -3,11 +3,13 @@ delivering into the real local sink."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from redis import exceptions as redis_errors
 from rq import Queue, SimpleWorker
 from sqlalchemy import select
 
@@ -30,20 +32,23 @@ def redis(tmp_path):
         yield client
         client.flushdb()
     else:
-        yield redis_connection(Settings.from_env({"NURTURE_INSTANCE": str(tmp_path),
-                                                  "SECRET_KEY": "x"}))
+        client = redis_connection(Settings.from_env({"NURTURE_INSTANCE": str(tmp_path),
+                                                     "SECRET_KEY": "x"}))
+        yield client
+        with contextlib.suppress(redis_errors.ConnectionError):  # no embedded server outlives the test
+            client.shutdown(nosave=True)
 
 
 @pytest.fixture
 def sink(tmp_path, env, monkeypatch):
     with Sink(tmp_path / "sink") as server:
         monkeypatch.setenv("NURTURE_SINK_PORT", str(server.port))
-        jobs._database.cache_clear()
-        jobs._transport.cache_clear()
+        for cached in (jobs._database, jobs._transport, jobs._delivery_options):
+            cached.cache_clear()
         yield server
         jobs._transport().close()
-        jobs._database.cache_clear()
-        jobs._transport.cache_clear()
+        for cached in (jobs._database, jobs._transport, jobs._delivery_options):
+            cached.cache_clear()
 
 
 MONDAY = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)  # 09:00 in Paris

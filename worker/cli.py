@@ -30,8 +30,11 @@ def worker(app: AppContext, names: str, burst: bool) -> None:
                                  f"{', '.join(queues.ALL)})", param_hint="--queues")
     # SimpleWorker runs jobs in this process: the SMTP connection and the database pool are
     # reused across jobs (a forking worker would reconnect for every job).
-    SimpleWorker([Queue(name, connection=redis) for name in wanted], connection=redis).work(
-        burst=burst)
+    try:
+        SimpleWorker([Queue(name, connection=redis) for name in wanted], connection=redis).work(
+            burst=burst)
+    finally:
+        redis.connection_pool.disconnect()  # so an embedded server sees its last client leave
 
 
 @click.command()
