@@ -195,7 +195,7 @@ def _deliver_through_sink(app: AppContext, *, start: datetime, days: int) -> Non
     """The stored journeys, advanced step by step on a simulated clock: each due step goes into
     the outbox and is delivered over SMTP to the sink, as the scheduler and workers would."""
     from engine.journeys.service import run_due
-    from engine.sending.delivery import deliver_due
+    from engine.sending.delivery import DeliveryOptions, deliver_due
     from engine.sending.inbox import list_messages, read_message
     from engine.sending.sink import Sink
 
@@ -203,6 +203,7 @@ def _deliver_through_sink(app: AppContext, *, start: datetime, days: int) -> Non
     totals: Counter = Counter()
     sink_dir = app.settings.sink_dir
     before = len(list_messages(sink_dir))
+    options = DeliveryOptions(secret_key=app.settings.secret_key)
     with Sink(sink_dir) as sink:
         transport = sink.transport()
         try:
@@ -211,7 +212,7 @@ def _deliver_through_sink(app: AppContext, *, start: datetime, days: int) -> Non
                 with app.db.session() as session:
                     run_due(session=session, now=clock.now)
                 report = deliver_due(db=app.db, transport=transport, worker="demo", clock=clock,
-                                     limit=500)
+                                     limit=500, options=options)
                 totals.update(report.counts)
         finally:
             transport.close()

@@ -168,3 +168,26 @@ def test_a_throttling_reply_backs_off_the_domain(db, program, sink, transport, t
     report = deliver_due(db=db, transport=transport, worker="w1", clock=clock, options=options)
     assert report.counts == {"held": 1}  # mail.example is backed off: the other lead waits too
     assert sink.messages() == []
+
+
+def test_list_unsubscribe_carries_a_signed_token_and_a_mailto(db, program, sink, transport):
+    from engine.sending.delivery import DeliveryOptions
+    from engine.tracking.tokens import verify
+
+    add(db, "ada@globex.example")
+    options = DeliveryOptions(secret_key="s3cret")
+    deliver_due(db=db, transport=transport, worker="w1", clock=Clock(MONDAY), options=options)
+    [stored] = sink.messages()
+    header = read_message(sink.directory, stored)["List-Unsubscribe"]
+    https, mailto = (part.strip(" <>") for part in header.split(","))
+    assert https.startswith("http://localhost:5000/u/")
+    assert mailto.startswith("mailto:unsubscribe@acme.example?subject=unsubscribe%20")
+    token = https.rsplit("/", 1)[1]
+    [row] = rows(db).values()
+    assert verify("s3cret", "unsubscribe", token) == {"l": row.lead_id, "o": row.id}
+    assert token in mailto
+    assert verify("other-secret", "unsubscribe", token) is None
+    assert verify("s3cret", "unsubscribe", token[:-2] + "xx") is None
+    assert verify("s3cret", "page", token) is None  # a token is good for its purpose only
+    body = read_message(sink.directory, stored).get_body(("plain",)).get_content()
+    assert f"/u/{token}" in body  # the link in the email is the same signed one

@@ -48,6 +48,7 @@ def _delivery_options() -> DeliveryOptions:
         cap=FrequencyCap(max_sends=int(env.get("NURTURE_FREQUENCY_CAP") or 3)),
         require_consent=env.get("NURTURE_REQUIRE_CONSENT", "").lower() in ("1", "true", "yes"),
         lease=timedelta(seconds=float(lease)) if lease else LEASE,
+        secret_key=settings.secret_key,
         throttle=RedisThrottle(redis_connection(settings),
                                global_per_minute=_int(env.get("NURTURE_THROTTLE_PER_MINUTE")),
                                per_domain_per_minute=_int(

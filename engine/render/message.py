@@ -20,6 +20,7 @@ def sender_domain(sender: dict) -> str:
 
 def build_message(*, rendered: Rendered, sender: dict, to: str, date: datetime,
                   message_id: str | None = None, unsubscribe_url: str | None = None,
+                  unsubscribe_mailto: str | None = None,
                   headers: dict[str, str] | None = None) -> EmailMessage:
     """An EmailMessage with From/Reply-To from the program's sender, To, Subject, Date,
     Message-ID, and RFC 8058 one-click unsubscribe headers when a URL is given."""
@@ -37,8 +38,9 @@ def build_message(*, rendered: Rendered, sender: dict, to: str, date: datetime,
         raise Invalid(f"bad header: {exc}", field="sender") from None
     message["Date"] = format_datetime(date)
     message["Message-ID"] = message_id or make_msgid(domain=sender_domain(sender))
-    if unsubscribe_url:
-        message["List-Unsubscribe"] = f"<{unsubscribe_url}>"
+    if unsubscribe_url:  # RFC 8058: the HTTPS one-click URL, and a mailto for older clients
+        targets = [unsubscribe_url] + ([unsubscribe_mailto] if unsubscribe_mailto else [])
+        message["List-Unsubscribe"] = ", ".join(f"<{target}>" for target in targets)
         message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
     for name, value in (headers or {}).items():
         message[name] = value

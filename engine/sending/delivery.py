@@ -19,14 +19,15 @@ from engine.journeys.models import Enrollment
 from engine.journeys.service import apply_event
 from engine.leads.models import Lead
 from engine.programs.store import program_at
-from engine.render.message import build_message
-from engine.render.personalise import make_context, render_email
+from engine.render.message import build_message, sender_domain
+from engine.render.personalise import PLACEHOLDER_TOKEN, make_context, render_email
 from engine.sending import outbox
 from engine.sending.models import Delivery, OutboxMessage
 from engine.sending.policy import FrequencyCap, SendFacts, check_send
 from engine.sending.suppression import suppress, suppressed_reasons
 from engine.sending.throttle import RedisThrottle
 from engine.sending.transport import Transport
+from engine.tracking.tokens import unsubscribe_token
 
 RETRY_DELAYS = (timedelta(minutes=1), timedelta(minutes=5), timedelta(minutes=15),
                 timedelta(hours=1), timedelta(hours=4), timedelta(hours=12))
@@ -47,6 +48,7 @@ class DeliveryOptions:
     require_consent: bool = False
     lease: timedelta = outbox.LEASE  # renewed before each send: it covers one send, not a batch
     throttle: RedisThrottle | None = None  # global and per-domain rates; None: unlimited
+    secret_key: str = ""  # signs the unsubscribe token; empty: an unsigned preview token
 
 
 DEFAULTS = DeliveryOptions()
@@ -88,7 +90,7 @@ def _deliver(*, db: Database, transport: Transport, row_id: int, worker: str, cl
                              until=verdict.until, reason=verdict.reason)
             return "held"
         try:
-            message = _message(session, row, lead, program, now)
+            message = _message(session, row, lead, program, now, options.secret_key)
         except NurtureError as exc:  # content the sandbox refused: a marketer must fix it
             outbox.mark_permanent_failure(session=session, row_id=row_id, worker=worker, now=now,
                                           error=f"render: {exc}")
@@ -145,15 +147,20 @@ def _facts(session: Session, row: OutboxMessage, lead: Lead, program, now: datet
     )
 
 
-def _message(session: Session, row: OutboxMessage, lead: Lead, program, now: datetime):
+def _message(session: Session, row: OutboxMessage, lead: Lead, program, now: datetime,
+             secret_key: str):
     email = program.emails[row.step]
     version = current_version(session=session, program_id=row.program_id, path=email.file)
-    context = make_context(lead=lead, program=program)
+    token = (unsubscribe_token(secret_key, lead_id=lead.id, outbox_id=row.id) if secret_key
+             else PLACEHOLDER_TOKEN)
+    context = make_context(lead=lead, program=program, token=token)
     rendered = render_email(version_id=version.id, html=version.compiled_html,
                             text=version.compiled_text, subject=email.subject, context=context,
                             where=email.file)
+    mailto = f"mailto:unsubscribe@{sender_domain(program.sender)}?subject=unsubscribe%20{token}"
     return build_message(rendered=rendered, sender=program.sender, to=lead.email, date=now,
-                         message_id=row.message_id, unsubscribe_url=context.links.unsubscribe)
+                         message_id=row.message_id, unsubscribe_url=context.links.unsubscribe,
+                         unsubscribe_mailto=mailto)
 
 
 def _record_hard_bounce(session: Session, email: str, error: str, now: datetime) -> None:

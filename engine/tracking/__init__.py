@@ -1,0 +1,1 @@
+"""Tracking: signed tokens for the links and headers leads receive."""
