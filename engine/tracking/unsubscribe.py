@@ -1,0 +1,29 @@
+"""Unsubscribe by signed token: suppress the address and end the lead's journeys. Idempotent."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy.orm import Session
+
+from engine.journeys.decide import Event, EventKind
+from engine.journeys.service import apply_event
+from engine.leads.models import Lead
+from engine.sending.suppression import suppress, suppressed_reasons
+from engine.tracking.tokens import verify
+
+
+def lead_for_token(*, session: Session, secret_key: str, token: str) -> Lead | None:
+    payload = verify(secret_key, "unsubscribe", token)
+    lead_id = payload.get("l") if payload else None
+    return session.get(Lead, lead_id) if isinstance(lead_id, int) else None
+
+
+def unsubscribe(*, session: Session, lead: Lead, source: str, now: datetime) -> bool:
+    """Returns False when the address was already unsubscribed (nothing recorded twice)."""
+    if suppressed_reasons(session=session, emails=[lead.email]).get(lead.email) == "unsubscribed":
+        return False
+    suppress(session=session, email=lead.email, reason="unsubscribed", source=source, now=now)
+    apply_event(session=session, lead=lead, event=Event(EventKind.UNSUBSCRIBED), now=now,
+                actor=source)
+    return True
