@@ -6,10 +6,10 @@ a send job is only queued when none is waiting already.
 
 from __future__ import annotations
 
-from sqlalchemy import exists, or_, select
+from sqlalchemy import exists, select
 
 from engine.db import Database, utcnow
-from engine.sending.models import Delivery, OutboxMessage
+from engine.sending.outbox import due_clause
 from worker import queues
 from worker.jobs import advance_journeys
 
@@ -17,11 +17,8 @@ SEND_JOB_TIMEOUT = 600  # seconds
 
 
 def has_due_sends(db: Database) -> bool:
-    now = utcnow()
-    due = or_(OutboxMessage.status.in_([Delivery.PENDING, Delivery.FAILED_TEMP]),
-              (OutboxMessage.status == Delivery.SENDING) & (OutboxMessage.lease_until < now))
     with db.session() as session:
-        return session.scalar(select(exists().where(due, OutboxMessage.due_at <= now)))
+        return session.scalar(select(exists().where(due_clause(utcnow()))))
 
 
 def tick(*, db: Database, redis, batch: int = 1000) -> dict:

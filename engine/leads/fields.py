@@ -17,7 +17,9 @@ _EMAIL = re.compile(
     r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z][A-Za-z0-9-]{0,62}$"
 )
 _CUSTOM_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,63}$")
-_BAD_TEXT = re.compile("[\x00\ud800-\udfff]")  # NUL, and undecodable bytes (surrogateescape)
+# NUL, and unpaired surrogates (undecodable bytes read with surrogateescape): PostgreSQL
+# refuses both, so no text holding them may reach a query.
+BAD_TEXT = re.compile("[\x00\ud800-\udfff]")
 _TRUE = {"yes", "y", "true", "1", "opt-in", "optin", "granted"}
 _FALSE = {"no", "n", "false", "0", "opt-out", "optout", "withdrawn"}
 _STANDARD = frozenset(STANDARD_FIELDS)
@@ -79,7 +81,7 @@ def _check_value(key: str, value):
     limit = _LIMITS.get(key, MAX_FIELD_LENGTH)
     if len(value) > limit:
         raise Invalid(f"value longer than {limit} characters", field=key)
-    if _BAD_TEXT.search(value):
+    if BAD_TEXT.search(value):
         if "\x00" in value:
             raise Invalid("NUL character", field=key)
         raise Invalid("bytes that are not valid UTF-8 (re-run with --encoding latin-1?)", field=key)
@@ -107,7 +109,7 @@ def clean_lead_fields(raw: dict) -> dict:
             value = value.strip()
             if not value:
                 continue
-            if len(value) > _LIMITS.get(key, MAX_FIELD_LENGTH) or _BAD_TEXT.search(value):
+            if len(value) > _LIMITS.get(key, MAX_FIELD_LENGTH) or BAD_TEXT.search(value):
                 _check_value(key, value)  # raises the error naming the field
         elif value is None:
             continue

@@ -5,11 +5,9 @@ Plain functions with an explicit session; engine/web/pages.py is the thin HTTP s
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import datetime
 
-from itsdangerous import BadSignature, URLSafeSerializer
 from sqlalchemy.orm import Session
 
 from engine.assets.models import AssetVersion
@@ -17,7 +15,7 @@ from engine.assets.service import current_version
 from engine.errors import Invalid, NotFound
 from engine.journeys.decide import Event, EventKind
 from engine.journeys.service import apply_event
-from engine.leads.fields import MAX_FIELD_LENGTH, normalise_email
+from engine.leads.fields import BAD_TEXT, MAX_FIELD_LENGTH, normalise_email
 from engine.leads.models import Lead
 from engine.leads.service import get_lead, get_lead_by_id
 from engine.pages.models import FormSubmission
@@ -33,12 +31,11 @@ from engine.render.personalise import (
     sender_variables,
     template,
 )
+from engine.tracking.tokens import sign, verify
 
 MAX_FORM_FIELDS = 20
 MAX_FIELD_NAME = 100
 IGNORED_FIELDS = frozenset({"csrf_token"})
-TOKEN_SALT = "page"  # the tracking issue replaces this token with its own signed token
-_BAD_TEXT = re.compile("[\x00\ud800-\udfff]")  # NUL and unpaired surrogates: PostgreSQL refuses them
 
 @dataclass(frozen=True)
 class FoundPage:
@@ -65,17 +62,15 @@ def find_page(*, session: Session, program: str, slug: str) -> FoundPage:
 # -- personalisation token --------------------------------------------------------------------
 
 def page_token(*, secret_key: str, lead_id: int) -> str:
-    return URLSafeSerializer(secret_key, salt=TOKEN_SALT).dumps(lead_id)
+    return sign(secret_key, "page", {"l": lead_id})
 
 
 def lead_from_token(*, session: Session, secret_key: str, token: str | None) -> Lead | None:
     """The lead a page link was made for, or None for a missing, forged or stale token."""
     if not token or len(token) > 200:
         return None
-    try:
-        lead_id = URLSafeSerializer(secret_key, salt=TOKEN_SALT).loads(token)
-    except BadSignature:
-        return None
+    payload = verify(secret_key, "page", token)
+    lead_id = payload.get("l") if payload else None
     if not isinstance(lead_id, int) or isinstance(lead_id, bool) or not 0 < lead_id < 2**31:
         return None
     try:
@@ -111,7 +106,7 @@ def clean_fields(form: dict[str, list[str]]) -> tuple[str, dict]:
         raise Invalid(f"too many fields (at most {MAX_FORM_FIELDS})", field="form")
     cleaned: dict[str, str | list[str]] = {}
     for name, values in fields.items():
-        if not name or len(name) > MAX_FIELD_NAME or _BAD_TEXT.search(name):
+        if not name or len(name) > MAX_FIELD_NAME or BAD_TEXT.search(name):
             raise Invalid("invalid field name", field="form")
         if len(values) > MAX_FORM_FIELDS:
             raise Invalid(f"{name[:50]}: too many values", field=name[:50])
@@ -119,7 +114,7 @@ def clean_fields(form: dict[str, list[str]]) -> tuple[str, dict]:
             if len(value) > MAX_FIELD_LENGTH:
                 raise Invalid(f"{name[:50]} is longer than {MAX_FIELD_LENGTH} characters",
                               field=name[:50])
-            if _BAD_TEXT.search(value):
+            if BAD_TEXT.search(value):
                 raise Invalid(f"{name[:50]} contains invalid characters", field=name[:50])
         cleaned[name] = values[0] if len(values) == 1 else list(values)
     raw_email = cleaned.pop("email", None)

@@ -52,6 +52,15 @@ def insert_rows(session: Session, rows: list[dict]) -> None:
     session.execute(insert(_OUTBOX).on_conflict_do_nothing(), rows)
 
 
+def due_clause(now: datetime):
+    """Rows a worker may claim: pending or temporarily failed rows whose time has come, and
+    rows whose claim's lease has expired (their worker died or stalled)."""
+    return or_(
+        and_(_OUTBOX.c.status.in_([Delivery.PENDING, Delivery.FAILED_TEMP]), _OUTBOX.c.due_at <= now),
+        and_(_OUTBOX.c.status == Delivery.SENDING, _OUTBOX.c.lease_until < now),
+    )
+
+
 def claim_due(*, session: Session, worker: str, now: datetime, limit: int = 100,
               lease: timedelta = LEASE) -> list[OutboxMessage]:
     """Claim up to `limit` due rows for `worker`; no row is ever held by two live claims.
@@ -59,11 +68,7 @@ def claim_due(*, session: Session, worker: str, now: datetime, limit: int = 100,
     Due: pending or temporarily failed rows whose due_at has come, and rows whose lease expired.
     Costs in proportion to the due rows (index on status, due_at), not to all enrollments.
     """
-    due = or_(
-        and_(_OUTBOX.c.status.in_([Delivery.PENDING, Delivery.FAILED_TEMP]), _OUTBOX.c.due_at <= now),
-        and_(_OUTBOX.c.status == Delivery.SENDING, _OUTBOX.c.lease_until < now),
-    )
-    candidates = select(_OUTBOX.c.id).where(due).order_by(_OUTBOX.c.due_at).limit(limit)
+    candidates = select(_OUTBOX.c.id).where(due_clause(now)).order_by(_OUTBOX.c.due_at).limit(limit)
     if session.get_bind().dialect.name == "postgresql":
         candidates = candidates.with_for_update(skip_locked=True)
     claimed = session.execute(

@@ -30,7 +30,7 @@ from engine.db import Database, utcnow
 from engine.errors import Invalid, NotFound
 from engine.journeys.models import Enrollment
 from engine.journeys.service import lead_enrollments
-from engine.leads.fields import MAX_CUSTOM_FIELDS, MAX_FIELD_LENGTH
+from engine.leads.fields import BAD_TEXT, MAX_CUSTOM_FIELDS, MAX_FIELD_LENGTH
 from engine.leads.models import Lead, StageChange
 from engine.leads.service import (
     get_lead_by_id,
@@ -55,14 +55,12 @@ MAX_OFFSET = 2**31 - 1
 MAX_INT = 2**63 - 1  # JSON integers beyond 64 bits are refused: no column or client keeps them
 READ_ONLY_FIELDS = frozenset({"id", "created_at", "updated_at", "stage_history"})
 _CUSTOM_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
-# NUL and unpaired surrogates: PostgreSQL refuses both, so they must not reach a query
-_BAD_TEXT = re.compile("[\x00\ud800-\udfff]")
 
 
 # -- input types ------------------------------------------------------------------------------
 
 def _clean_text(value: str) -> str:
-    if _BAD_TEXT.search(value):
+    if BAD_TEXT.search(value):
         raise PydanticCustomError("bad_text",
                                   "must not contain NUL characters or unpaired surrogates")
     return value

@@ -18,6 +18,7 @@ from werkzeug.exceptions import BadRequest, InternalServerError
 
 from engine.db import Database, utcnow
 from engine.errors import Invalid, NotFound
+from engine.leads.fields import BAD_TEXT
 from engine.pages.service import (
     FoundPage,
     find_page,
@@ -36,7 +37,6 @@ CSRF_FIELD = "csrf_token"
 CSRF_SALT = "page-csrf"
 CSRF_MAX_AGE = 24 * 3600  # a form left open for a day must be reloaded
 _NONCE = re.compile(r"^[A-Za-z0-9_-]{32,64}$")
-_BAD_TEXT = re.compile("[\x00\ud800-\udfff]")
 
 
 def security_headers(response: Response) -> Response:
@@ -60,7 +60,7 @@ def _secret() -> str:
 
 def _check_names(program: str, slug: str) -> None:
     for value in (program, slug):
-        if len(value) > 100 or _BAD_TEXT.search(value):
+        if len(value) > 100 or BAD_TEXT.search(value):
             raise NotFound("no such page", field="slug")
 
 
