@@ -12,7 +12,7 @@ from engine.config import Settings, redis_connection
 from engine.db import Database, utcnow
 from engine.journeys.service import run_due
 from engine.migrate import open_database
-from engine.sending.delivery import DeliveryOptions, deliver_due
+from engine.sending.delivery import DeliveryOptions, DeliveryReport, deliver_due
 from engine.sending.outbox import LEASE
 from engine.sending.policy import FrequencyCap
 from engine.sending.throttle import RedisThrottle
@@ -62,14 +62,13 @@ def _int(value: str | None) -> int | None:
 
 def send_due(limit: int = SEND_BATCH) -> str:
     """Claim and deliver due outbox rows, batch after batch, until none is due."""
-    total = {}
+    total = DeliveryReport()
     while True:
         report = deliver_due(db=_database(), transport=_transport(), worker=worker_name(),
                              clock=utcnow, limit=limit, options=_delivery_options())
-        for outcome, count in report.counts.items():
-            total[outcome] = total.get(outcome, 0) + count
-        if sum(report.counts.values()) < limit:
-            return ", ".join(f"{n} {k}" for k, n in sorted(total.items())) or "nothing due"
+        total.counts.update(report.counts)
+        if report.counts.total() < limit:
+            return str(total)
 
 
 def advance_journeys(db: Database | None = None, batch: int = 1000) -> int:
