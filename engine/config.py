@@ -19,6 +19,8 @@ class Settings:
     sink_host: str = "127.0.0.1"
     sink_port: int = 8025
     sink_dir: Path | None = None  # None: instance_path / "sink"
+    base_url: str = "http://localhost:5000"  # public URL of tracking links and landing pages
+    webhook_secret: str | None = None  # signs POST /api/v1/webhooks/bounces; unset: refused
 
     @classmethod
     def from_env(cls, environ: os._Environ | dict | None = None) -> Settings:
@@ -34,6 +36,8 @@ class Settings:
             sink_host=env.get("NURTURE_SINK_HOST") or "127.0.0.1",
             sink_port=int(env.get("NURTURE_SINK_PORT") or 8025),
             sink_dir=Path(env.get("NURTURE_SINK_DIR") or instance / "sink").resolve(),
+            base_url=(env.get("NURTURE_BASE_URL") or "http://localhost:5000").rstrip("/"),
+            webhook_secret=env.get("NURTURE_WEBHOOK_SECRET") or None,
         )
 
 

@@ -7,10 +7,14 @@ from engine.journeys.models import Enrollment
 from engine.leads.models import Lead, LeadEvent, StageChange
 from engine.pages.models import FormSubmission
 from engine.programs.models import ProgramRecord, ProgramVersion
+from engine.sales.models import CrmOutboxItem, SalesNotification, SlaBreach
+from engine.scoring.models import ScoreEvent
 from engine.sending.models import OutboxMessage, Suppression
+from engine.tracking.models import TrackingEvent
 
 __all__ = [
     "ApiKey",
+    "CrmOutboxItem",
     "Asset",
     "AssetVersion",
     "Base",
@@ -21,6 +25,10 @@ __all__ = [
     "OutboxMessage",
     "ProgramRecord",
     "ProgramVersion",
+    "SalesNotification",
+    "ScoreEvent",
+    "SlaBreach",
     "StageChange",
     "Suppression",
+    "TrackingEvent",
 ]

@@ -451,7 +451,7 @@ class _BulkInsert:
             conn.exec_driver_sql(self.sql, list(map(self._order, rows)) if self._order else rows)
 
 
-_LEAD_KEYS = (*STANDARD_FIELDS, "custom", "created_at", "updated_at")
+_LEAD_KEYS = (*STANDARD_FIELDS, "custom", "created_at", "updated_at", "fit_score", "behaviour_score")
 _STAGE_KEYS = ("lead_id", "from_stage", "to_stage", "at", "reason", "actor")
 _ENROLLMENT_KEYS = ("lead_id", "program_id", "created_at", "status", "track", "due_at", "state",
                     "program_version", "updated_at")
@@ -604,7 +604,8 @@ class _ChunkWriter:
         now, convert = self._now, self._leads.convert
         self._leads(self.conn, [
             {**lead, "consent": convert("consent", lead["consent"]),
-             "custom": convert("custom", lead["custom"]), "created_at": now, "updated_at": now}
+             "custom": convert("custom", lead["custom"]), "created_at": now, "updated_at": now,
+             "fit_score": 0.0, "behaviour_score": 0.0}
             for lead in leads
         ])
         query = select(_LEADS.c.email, _LEADS.c.id).where(

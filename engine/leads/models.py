@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Index, String, Text
+from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from engine.db import Base, UTCDateTime, utcnow
@@ -32,6 +32,12 @@ class Lead(Base):
     source_partner: Mapped[str | None] = mapped_column(String(200))
     consent: Mapped[bool | None] = mapped_column(Boolean)
     custom: Mapped[dict] = mapped_column(JSON, default=dict)
+    owner: Mapped[str | None] = mapped_column(String(200))  # the sales rep who holds the lead
+    # Score = fit + behaviour decayed from behaviour_at (engine/scoring): stored so a lead's
+    # score and the sales queue's order cost no replay of its history.
+    fit_score: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    behaviour_score: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    behaviour_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 

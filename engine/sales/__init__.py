@@ -1,0 +1,1 @@
+"""Sales handoff: MQL notifications, the CRM outbox, accept and reject, SLAs."""
