@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from dataclasses import dataclass
 from datetime import time
@@ -26,6 +27,18 @@ from engine.programs.spec import (
     Step,
     parse_duration,
 )
+from engine.scoring.rules import (
+    EMAIL_KINDS,
+    EVENT_KINDS,
+    MAX_PATTERN,
+    PAGE_KINDS,
+    ROUTES,
+    FitRule,
+    ScoringRules,
+    SlaRules,
+    Trigger,
+    nested_quantifier,
+)
 
 PROGRAM_FILE = "program.yaml"
 MAX_FILE_BYTES = 2 * 1024 * 1024
@@ -34,8 +47,13 @@ KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,99}$")
 MATCH_OPS = ("contains", "in", "equals")
 TOP_KEYS = {
     "program", "name", "timezone", "sender", "send_window", "personas", "emails", "pages",
-    "tracks", "rules",
+    "tracks", "rules", "scoring", "sla",
 }
+FIELD = re.compile(r"^[a-z_][a-z0-9_]{0,63}$")  # a standard or custom lead field
+SCORING_KEYS = ("behaviour", "pages", "daily_caps", "decay", "fit", "mql", "triggers")
+FIT_KEYS = ("field", "points", "matches", "in", "at_least", "at_most")
+TRIGGER_KEYS = ("on", "page", "email", "route", "enroll")
+SLA_KEYS = ("mql_response", "opportunity_stalled", "stalled_track", "escalate_to")
 _jinja = ImmutableSandboxedEnvironment()
 
 
@@ -209,19 +227,22 @@ def _validate(c: _Checker, data: _Map) -> Program | None:
     emails = _emails(c, data)
     pages = _pages(c, data)
     rules_map = c.mapping(data, "rules", required=False) or _Map()
-    move_targets = _move_targets(rules_map)
+    sla_map = c.mapping(data, "sla", required=False)
+    move_targets = _move_targets(rules_map, sla_map)
     tracks = _tracks(c, data, personas, emails, move_targets)
     rules = _rules(c, rules_map, tracks)
+    scoring = _scoring(c, data, pages, emails)
+    sla = _sla(c, sla_map, tracks)
     sender = data.get("sender") or {}
     if not isinstance(sender, dict):
         c.error(data, "sender", "'sender' must be a mapping with 'from' and optional 'reply_to'")
         sender = {}
-    if c.errors or None in (tz, window, personas, emails, pages, tracks, rules):
+    if c.errors or None in (tz, window, personas, emails, pages, tracks, rules, scoring, sla):
         return None
     return Program(
         slug=slug, name=str(data.get("name") or slug), timezone=tz, send_window=window,
         personas=personas, emails=emails, pages=pages, tracks=tracks, rules=rules,
-        sender=dict(sender),
+        sender=dict(sender), scoring=scoring, sla=sla,
     )
 
 
@@ -238,7 +259,7 @@ def _timezone(c: _Checker, data) -> str | None:
 def _send_window(c: _Checker, data) -> SendWindow | None:
     window = c.mapping(data, "send_window", required=False)
     if window is None:
-        return SendWindow() if "send_window" not in data else None
+        return SendWindow() if data.get("send_window") is None else None  # null: the default
     ok = True
     days = window.get("days", list(DAYS[:5]))
     if not isinstance(days, list) or not days:
@@ -337,7 +358,7 @@ def _emails(c: _Checker, data) -> dict[str, Email] | None:
 def _pages(c: _Checker, data) -> dict[str, Page] | None:
     section = c.mapping(data, "pages", required=False)
     if section is None:
-        return {} if "pages" not in data else None
+        return {} if data.get("pages") is None else None  # null: no pages
     pages, slugs = {}, {}
     for key, spec in section.items():
         label = f"page {key}"
@@ -357,10 +378,13 @@ def _pages(c: _Checker, data) -> dict[str, Page] | None:
     return pages
 
 
-def _move_targets(rules) -> set[str]:
+def _move_targets(rules, sla) -> set[str]:
+    """Tracks rules move leads to (rules.non_responders.move_to, sla.stalled_track): a side
+    track must be one of them."""
     nr = rules.get("non_responders") if isinstance(rules, dict) else None
-    target = nr.get("move_to") if isinstance(nr, dict) else None
-    return {target} if isinstance(target, str) else set()
+    targets = (nr.get("move_to") if isinstance(nr, dict) else None,
+               sla.get("stalled_track") if isinstance(sla, dict) else None)
+    return {target for target in targets if isinstance(target, str)}
 
 
 def _tracks(c: _Checker, data, personas, emails, move_targets) -> dict[str, tuple[Step, ...]] | None:
@@ -375,8 +399,8 @@ def _tracks(c: _Checker, data, personas, emails, move_targets) -> dict[str, tupl
         elif personas is not None and persona not in personas:
             c.error(section, key, f"track {key}: unknown persona {persona!r}")
         elif segment not in STAGES and key not in move_targets and segment not in move_targets:
-            c.error(section, key, f"track {key}: unknown stage {segment!r} "
-                                  "(a side track must be the target of a move_to rule)")
+            c.error(section, key, f"track {key}: unknown stage {segment!r} (a side track must "
+                                  "be the target of a move_to rule or of sla.stalled_track)")
         if not isinstance(steps, list):
             c.error(section, key, f"track {key}: must be a list of steps")
             continue
@@ -437,3 +461,280 @@ def _move_target_exists(move_to: str, tracks: dict) -> bool:
     if "/" in move_to:
         return move_to in tracks
     return any(key.partition("/")[2] == move_to for key in tracks)
+
+
+# -- scoring and SLAs ---------------------------------------------------------------------
+
+def _is_number(value) -> bool:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer too large for a float
+        return False
+
+
+def _known_keys(c: _Checker, mapping, allowed, label: str) -> None:
+    for key in mapping:
+        if key not in allowed:
+            c.error(mapping, key,
+                    f"{label}: unknown key {key!r} (expected one of {', '.join(allowed)})")
+
+
+def _section(c: _Checker, parent, key, label: str) -> _Map:
+    """A mapping inside a scoring or SLA section; empty when absent or null."""
+    value = parent.get(key)
+    if value is None:
+        return _Map()
+    if not isinstance(value, dict):
+        c.error(parent, key, f"{label} must be a mapping")
+        return _Map()
+    return value
+
+
+def _list(c: _Checker, parent, key, label: str) -> _Seq:
+    value = parent.get(key)
+    if value is None:
+        return _Seq()
+    if not isinstance(value, list):
+        c.error(parent, key, f"{label} must be a list")
+        return _Seq()
+    return value
+
+
+def _points(c: _Checker, container, key, label: str, *, positive: bool = False) -> float:
+    value = container.get(key)
+    if not _is_number(value) or value < 0 or (positive and value == 0):
+        c.error(container, key,
+                f"{label} must be a number {'>' if positive else '>='} 0, got {value!r}")
+        return 0.0
+    return float(value)
+
+
+def _duration(c: _Checker, container, key, label: str):
+    try:
+        value = parse_duration(container[key])
+    except ValueError as exc:
+        c.error(container, key, f"{label}: {exc}")
+        return None
+    if not value:
+        c.error(container, key, f"{label} must be longer than 0")
+        return None
+    return value
+
+
+def _page_slug(pages: dict[str, Page], name) -> str | None:
+    """A page named by its key or its slug, as its slug."""
+    if name in pages:
+        return pages[name].slug
+    return next((p.slug for p in pages.values() if p.slug == name), None)
+
+
+def _scoring(c: _Checker, data, pages, emails) -> ScoringRules:
+    """The `scoring:` section (none: nothing scores, no MQL threshold). Errors go to `c`; the
+    value returned then is incomplete and never used."""
+    section = c.mapping(data, "scoring", required=False)
+    if section is None:
+        return ScoringRules()
+    _known_keys(c, section, SCORING_KEYS, "scoring")
+    behaviour, caps, by_page = {}, {}, {}
+    for key, target in (("behaviour", behaviour), ("daily_caps", caps)):
+        points = _section(c, section, key, f"scoring.{key}")
+        for kind in points:
+            if kind not in EVENT_KINDS:
+                c.error(points, kind, f"scoring.{key}: unknown event kind {kind!r} "
+                                      f"(expected one of {', '.join(EVENT_KINDS)})")
+            else:
+                target[kind] = _points(c, points, kind, f"scoring.{key}.{kind}",
+                                       positive=key == "daily_caps")
+    page_points = _section(c, section, "pages", "scoring.pages")
+    for name in page_points:
+        slug = _page_slug(pages, name) if pages is not None else str(name)
+        if slug is None:
+            c.error(page_points, name, f"scoring.pages: unknown page {name!r} "
+                                       "(use a page key or slug from pages:)")
+        elif slug in by_page:
+            c.error(page_points, name, f"scoring.pages: page {name!r} is listed twice")
+        else:
+            by_page[slug] = _points(c, page_points, name, f"scoring.pages.{name}")
+    decay = _section(c, section, "decay", "scoring.decay")
+    _known_keys(c, decay, ("half_life",), "scoring.decay")
+    half_life = (_duration(c, decay, "half_life", "scoring.decay.half_life")
+                 if "half_life" in decay else None)
+    fit = _fit_rules(c, _list(c, section, "fit", "scoring.fit"))
+    if section.get("mql") is None and (behaviour or by_page or fit):
+        c.error(section if "mql" in section else data, "mql" if "mql" in section else "scoring",
+                "scoring: missing 'mql' with a 'threshold' (points alone never make an MQL)")
+    threshold, requires = _mql(c, section)
+    triggers = _triggers(c, _list(c, section, "triggers", "scoring.triggers"), pages, emails)
+    return ScoringRules(behaviour=behaviour, pages=by_page, daily_caps=caps, half_life=half_life,
+                        fit=fit, threshold=threshold, requires=requires, triggers=triggers)
+
+
+def _fit_rules(c: _Checker, rules: _Seq) -> tuple[FitRule, ...]:
+    parsed = []
+    for i, rule in enumerate(rules):
+        label = f"scoring.fit {i + 1}"
+        if not isinstance(rule, dict):
+            c.error(rules, i, f"{label}: must be a mapping with field, points and a condition")
+            continue
+        _known_keys(c, rule, FIT_KEYS, label)
+        name = rule.get("field")
+        if name is None:
+            c.error(rule, "field", f"{label}: missing 'field'")
+        elif not isinstance(name, str) or not FIELD.match(name):
+            c.error(rule, "field", f"{label}: field {name!r} is not a lead field name "
+                                   "(lower-case letters, digits and '_')")
+        if "points" in rule:
+            points = _points(c, rule, "points", f"{label}.points")
+        else:
+            c.error(rule, "points", f"{label}: missing 'points'")
+            points = 0.0
+        if not {"matches", "in", "at_least", "at_most"} & set(rule):
+            c.error(rule, "field", f"{label}: give a condition: matches, in, at_least or at_most")
+        matches = _pattern(c, rule, label) if "matches" in rule else None
+        any_of = _values(c, rule, label) if "in" in rule else None
+        bounds = {}
+        for key in ("at_least", "at_most"):
+            if key in rule:
+                if _is_number(rule[key]):
+                    bounds[key] = float(rule[key])
+                else:
+                    c.error(rule, key, f"{label}.{key} must be a number, got {rule[key]!r}")
+        if len(bounds) == 2 and bounds["at_least"] > bounds["at_most"]:
+            c.error(rule, "at_most", f"{label}: at_most is below at_least")
+        parsed.append(FitRule(field=str(name), points=points, matches=matches, any_of=any_of,
+                              **bounds))
+    return tuple(parsed)
+
+
+def _pattern(c: _Checker, rule, label: str) -> str | None:
+    pattern = rule["matches"]
+    if not isinstance(pattern, str) or not pattern:
+        c.error(rule, "matches", f"{label}.matches must be a regular expression (quoted text)")
+        return None
+    if len(pattern) > MAX_PATTERN:
+        c.error(rule, "matches", f"{label}.matches: regex longer than {MAX_PATTERN} characters")
+        return None
+    try:
+        re.compile(pattern)
+    except (re.error, OverflowError) as exc:
+        c.error(rule, "matches",
+                f"{label}.matches: bad regex {pattern!r}: {getattr(exc, 'msg', exc)}")
+        return None
+    if nested_quantifier(pattern):
+        c.error(rule, "matches", f"{label}.matches: regex {pattern!r} repeats a group that itself "
+                                 "repeats, as in (a+)+, which can take exponential time")
+        return None
+    return pattern
+
+
+def _values(c: _Checker, rule, label: str) -> tuple[str, ...] | None:
+    values = rule["in"]
+    if not isinstance(values, list) or not values:
+        c.error(rule, "in", f"{label}.in must be a non-empty list of values")
+        return None
+    for i, value in enumerate(values):
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            c.error(values, i, f"{label}.in: {value!r} is not a text value "
+                               "(quote yes, no, on, off, true and false)")
+    return tuple(str(v) for v in values)
+
+
+def _mql(c: _Checker, section) -> tuple[float | None, tuple[str, ...]]:
+    if section.get("mql") is None:
+        return None, ()
+    mql = _section(c, section, "mql", "scoring.mql")
+    _known_keys(c, mql, ("threshold", "requires"), "scoring.mql")
+    threshold = None
+    if "threshold" not in mql:
+        c.error(section, "mql", "scoring.mql: missing 'threshold'")
+    elif not _is_number(mql["threshold"]) or mql["threshold"] <= 0:
+        c.error(mql, "threshold",
+                f"scoring.mql.threshold must be a number > 0, got {mql['threshold']!r}")
+    else:
+        threshold = float(mql["threshold"])
+    requires = _list(c, mql, "requires", "scoring.mql.requires")
+    for i, name in enumerate(requires):
+        if not isinstance(name, str) or not FIELD.match(name):
+            c.error(requires, i, f"scoring.mql.requires: {name!r} is not a lead field name "
+                                 "(lower-case letters, digits and '_')")
+    return threshold, tuple(str(name) for name in requires)
+
+
+def _triggers(c: _Checker, triggers: _Seq, pages, emails) -> tuple[Trigger, ...]:
+    parsed = []
+    for i, trigger in enumerate(triggers):
+        label = f"scoring.triggers {i + 1}"
+        if not isinstance(trigger, dict):
+            c.error(triggers, i, f"{label}: must be a mapping like {{on: page_view, page: pricing, "
+                                 "route: sales}")
+            continue
+        # YAML 1.1 reads a bare `on` key as the boolean true.
+        keys = {("on" if key is True else key): key for key in trigger}
+        values = {name: trigger[key] for name, key in keys.items()}
+        for name, key in keys.items():
+            if name not in TRIGGER_KEYS:
+                c.error(trigger, key, f"{label}: unknown key {name!r} "
+                                      f"(expected one of {', '.join(TRIGGER_KEYS)})")
+        for name in ("on", "page", "email", "route", "enroll"):
+            if values.get(name) is not None and not isinstance(values[name], str):
+                c.error(trigger, keys[name],
+                        f"{label}: '{name}' must be a name, got {values[name]!r}")
+                values[name] = None
+        kind, page, email = values.get("on"), values.get("page"), values.get("email")
+        if "on" not in keys:
+            c.error(triggers, i, f"{label}: missing 'on' (the event kind)")
+        elif kind is not None and kind not in EVENT_KINDS:
+            c.error(trigger, keys["on"], f"{label}: unknown event kind {kind!r} "
+                                         f"(expected one of {', '.join(EVENT_KINDS)})")
+        if page is not None and kind in EVENT_KINDS:
+            if kind not in PAGE_KINDS:
+                c.error(trigger, "page", f"{label}: 'page' applies to page_view and form_submitted")
+            elif pages is not None:
+                slug = _page_slug(pages, page)
+                if slug is None:
+                    c.error(trigger, "page", f"{label}: unknown page {page!r}")
+                page = slug
+        if email is not None and kind in EVENT_KINDS:
+            if kind not in EMAIL_KINDS:
+                c.error(trigger, "email", f"{label}: 'email' applies to open, click and consumed")
+            elif emails is not None and email not in emails:
+                c.error(trigger, "email", f"{label}: unknown email {email!r}")
+        route, enroll = values.get("route"), values.get("enroll")
+        if "route" in keys and "enroll" in keys:
+            c.error(trigger, "enroll", f"{label}: give either 'route' or 'enroll', not both")
+        elif "route" not in keys and "enroll" not in keys:
+            c.error(triggers, i,
+                    f"{label}: missing what to do: 'route: sales' or 'enroll: PROGRAM'")
+        elif route is not None and route not in ROUTES:
+            c.error(trigger, "route", f"{label}: unknown route {route!r} "
+                                      f"(expected {', '.join(ROUTES)})")
+        elif enroll is not None and not SLUG.match(enroll):
+            c.error(trigger, "enroll", f"{label}: enroll: {enroll!r} is not a program name")
+        parsed.append(Trigger(on=str(kind), page=page, email=email, route=route, enroll=enroll))
+    return tuple(parsed)
+
+
+def _sla(c: _Checker, sla, tracks) -> SlaRules:
+    """The `sla:` section (none: the defaults, 14 days each, no stalled track)."""
+    if sla is None:
+        return SlaRules()
+    _known_keys(c, sla, SLA_KEYS, "sla")
+    default = SlaRules()
+    durations = {}
+    for key in ("mql_response", "opportunity_stalled"):
+        value = _duration(c, sla, key, f"sla.{key}") if key in sla else None
+        durations[key] = value or getattr(default, key)
+    stalled = sla.get("stalled_track")
+    if stalled is not None:
+        if not isinstance(stalled, str) or not stalled.strip():
+            c.error(sla, "stalled_track", "sla.stalled_track must be a track name")
+        elif tracks is not None and not _move_target_exists(stalled, tracks):
+            c.error(sla, "stalled_track", f"sla.stalled_track: unknown track {stalled!r}")
+    escalate_to = sla.get("escalate_to")
+    if escalate_to is not None and (not isinstance(escalate_to, str) or not escalate_to.strip()
+                                    or len(escalate_to) > 200):
+        c.error(sla, "escalate_to",
+                "sla.escalate_to must be a name or address of at most 200 characters")
+    return SlaRules(stalled_track=stalled, escalate_to=escalate_to, **durations)

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
+from engine.scoring.rules import FitRule, ScoringRules, SlaRules, Trigger
+
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _DURATION = re.compile(r"(\d+)([mhdw])")
 _UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -152,6 +154,8 @@ class Program:
     rules: Rules
     sender: dict = field(default_factory=dict)
     version: int = 0
+    scoring: ScoringRules = field(default_factory=ScoringRules)
+    sla: SlaRules = field(default_factory=SlaRules)
 
     @property
     def default_persona(self) -> str:
@@ -191,6 +195,8 @@ class Program:
                     else None
                 ),
             },
+            "scoring": _scoring_to_dict(self.scoring),
+            "sla": _sla_to_dict(self.sla),
         }
 
     @classmethod
@@ -223,4 +229,78 @@ class Program:
                 non_responders=NonResponders(**nr) if nr else None,
             ),
             version=version,
+            # versions stored before scoring existed have neither key: no scoring, default SLAs
+            scoring=_scoring_from_dict(data.get("scoring") or {}),
+            sla=_sla_from_dict(data.get("sla") or {}),
         )
+
+
+# The stored form of scoring and SLA rules is the program file's own, normalised (pages by slug).
+
+_FIT_CONDITIONS = {"matches": "matches", "in": "any_of", "at_least": "at_least",
+                   "at_most": "at_most"}  # file key -> FitRule attribute
+
+
+def _scoring_to_dict(rules: ScoringRules) -> dict:
+    fit = []
+    for rule in rules.fit:
+        item = {"field": rule.field, "points": rule.points}
+        for key, attr in _FIT_CONDITIONS.items():
+            value = getattr(rule, attr)
+            if value is not None:
+                item[key] = list(value) if key == "in" else value
+        fit.append(item)
+    triggers = [{k: v for k, v in (("on", t.on), ("page", t.page), ("email", t.email),
+                                   ("route", t.route), ("enroll", t.enroll)) if v is not None}
+                for t in rules.triggers]
+    return {
+        "behaviour": dict(rules.behaviour),
+        "pages": dict(rules.pages),
+        "daily_caps": dict(rules.daily_caps),
+        "decay": {"half_life": format_duration(rules.half_life)} if rules.half_life else None,
+        "fit": fit,
+        "mql": ({"threshold": rules.threshold, "requires": list(rules.requires)}
+                if rules.threshold is not None else None),
+        "triggers": triggers,
+    }
+
+
+def _scoring_from_dict(data: dict) -> ScoringRules:
+    decay, mql = data.get("decay") or {}, data.get("mql") or {}
+    fit = tuple(
+        FitRule(field=item["field"], points=item["points"],
+                **{attr: (tuple(item[key]) if key == "in" else item[key])
+                   for key, attr in _FIT_CONDITIONS.items() if key in item})
+        for item in data.get("fit") or ()
+    )
+    return ScoringRules(
+        behaviour=dict(data.get("behaviour") or {}),
+        pages=dict(data.get("pages") or {}),
+        daily_caps=dict(data.get("daily_caps") or {}),
+        half_life=parse_duration(decay["half_life"]) if decay.get("half_life") else None,
+        fit=fit,
+        threshold=mql.get("threshold"),
+        requires=tuple(mql.get("requires") or ()),
+        triggers=tuple(Trigger(**item) for item in data.get("triggers") or ()),
+    )
+
+
+def _sla_to_dict(sla: SlaRules) -> dict:
+    return {
+        "mql_response": format_duration(sla.mql_response),
+        "opportunity_stalled": format_duration(sla.opportunity_stalled),
+        "stalled_track": sla.stalled_track,
+        "escalate_to": sla.escalate_to,
+    }
+
+
+def _sla_from_dict(data: dict) -> SlaRules:
+    default = SlaRules()
+    return SlaRules(
+        mql_response=parse_duration(data["mql_response"]) if data.get("mql_response")
+        else default.mql_response,
+        opportunity_stalled=parse_duration(data["opportunity_stalled"])
+        if data.get("opportunity_stalled") else default.opportunity_stalled,
+        stalled_track=data.get("stalled_track"),
+        escalate_to=data.get("escalate_to"),
+    )
