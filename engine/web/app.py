@@ -25,10 +25,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     from engine.web.api import api
     from engine.web.pages import pages
     from engine.web.tracking import tracking
+    from engine.web.webhooks import webhooks
 
     app.register_blueprint(api, url_prefix="/api/v1")
     app.register_blueprint(pages)
     app.register_blueprint(tracking)
+    app.register_blueprint(webhooks, url_prefix="/api/v1/webhooks")
     register_error_handlers(app)
     return app
 
