@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from functools import cached_property
 
 import click
 from rich.console import Console
 
 from engine.config import Settings
-from engine.db import Database
+from engine.db import Database, utcnow
 
 console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -32,3 +33,14 @@ class AppContext:
 
 
 pass_app = click.make_pass_decorator(AppContext, ensure=True)
+
+
+def parse_at(at: str | None) -> datetime:
+    """An --at option: an ISO date or time (UTC unless it names an offset); unset is now."""
+    if not at:
+        return utcnow()
+    try:
+        value = datetime.fromisoformat(at)
+    except ValueError:
+        raise click.BadParameter(f"{at!r} is not an ISO date or time", param_hint="--at") from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)

@@ -28,7 +28,8 @@ TITLES = ["IT Director", "CIO", "Head of Infrastructure", "DevOps Lead", "Senior
 ZONES = ["Europe/Paris", "Europe/London", "America/New_York", "America/Los_Angeles", "Asia/Tokyo", ""]
 CHANNELS = ["webinar", "paid-search", "trade-show", "content-syndication", "organic"]
 COLUMNS = ["email", "first_name", "last_name", "company", "title", "country", "timezone", "stage",
-           "source_channel", "source_offer", "consent", "industry"]
+           "source_channel", "source_offer", "consent", "industry", "company_size"]
+SIZES = ["12", "50-200", "200-500", "1,200", "5000+", ""]
 
 
 def write_sample_leads(path: Path, count: int, seed: int = 42) -> list[str]:
@@ -48,11 +49,14 @@ def write_sample_leads(path: Path, count: int, seed: int = 42) -> list[str]:
             writer.writerow([email, first, last, company, rng.choice(TITLES),
                              rng.choice(["FR", "GB", "US", "JP", "DE"]), rng.choice(ZONES), stage,
                              rng.choice(CHANNELS), "cloud-cost-guide", "yes",
-                             rng.choice(["software", "retail", "manufacturing", "finance"])])
-        writer.writerow(["not-an-email", "Bad", "Row", "X", "CFO", "FR", "", "inquiry", "", "", "yes", ""])
-        writer.writerow(["stage@bad.example", "Bad", "Stage", "X", "CFO", "FR", "", "hot", "", "", "yes", ""])
+                             rng.choice(["software", "retail", "manufacturing", "finance"]),
+                             rng.choice(SIZES)])
+        writer.writerow(["not-an-email", "Bad", "Row", "X", "CFO", "FR", "", "inquiry", "", "", "yes",
+                         "", ""])
+        writer.writerow(["stage@bad.example", "Bad", "Stage", "X", "CFO", "FR", "", "hot", "", "", "yes",
+                         "", ""])
         writer.writerow(["zone@bad.example", "Bad", "Zone", "X", "CFO", "FR", "Mars/Olympus", "inquiry",
-                         "", "", "yes", ""])
+                         "", "", "yes", "", ""])
     return emails
 
 
@@ -122,8 +126,10 @@ def demo(app: AppContext, lead_count: int, days: int, program_dir: str) -> None:
     sims = simulate(program, leads, events, start=start, days=days)
     _print_summary(sims, days)
 
-    console.rule(f"4. Deliver {days} days through the local SMTP sink")
-    _deliver_through_sink(app, start=now, days=days)
+    console.rule(f"4. Deliver {days} days through the local SMTP sink; people open and click")
+    _deliver_through_sink(app, start=now, days=days, emails=emails)
+    console.rule("5. Scores, MQLs and the sales handoff")
+    _print_handoff(app, now=now + timedelta(days=days))
 
 
 def _print_enrollments(app: AppContext, slug: str) -> None:
@@ -190,21 +196,42 @@ class _SimulatedClock:
     def __call__(self) -> datetime:
         return self.now
 
+    def after(self, start: datetime):
+        """A setter: offset -> the clock reads start + offset."""
+        def at(offset: timedelta) -> None:
+            self.now = start + offset
 
-def _deliver_through_sink(app: AppContext, *, start: datetime, days: int) -> None:
+        return at
+
+
+def _deliver_through_sink(app: AppContext, *, start: datetime, days: int,
+                          emails: list[str]) -> None:
     """The stored journeys, advanced step by step on a simulated clock: each due step goes into
-    the outbox and is delivered over SMTP to the sink, as the scheduler and workers would."""
+    the outbox and is delivered over SMTP to the sink, as the scheduler and workers would. The
+    app serves the tracking links on a local port; the demo's audience opens and clicks what
+    lands in the sink, and the drainer stores their events after each delivery run."""
+    from dataclasses import replace
+
+    from engine.demo_tracking import Audience, TrackingServer
     from engine.journeys.service import run_due
+    from engine.sending.compose import Signing
     from engine.sending.delivery import DeliveryOptions, deliver_due
     from engine.sending.inbox import list_messages, read_message
-    from engine.sending.sink import Sink
+    from engine.sending.sink import Sink, free_port
+    from engine.tracking.service import drain_buffer
+    from engine.web.app import create_app
 
     clock, end = _SimulatedClock(start), start + timedelta(days=days)
     totals: Counter = Counter()
     sink_dir = app.settings.sink_dir
-    before = len(list_messages(sink_dir))
-    options = DeliveryOptions(secret_key=app.settings.secret_key)
-    with Sink(sink_dir) as sink:
+    before = seen = len(list_messages(sink_dir))
+    port = free_port()
+    settings = replace(app.settings, base_url=f"http://127.0.0.1:{port}")
+    options = DeliveryOptions(signing=Signing(secret_key=settings.secret_key,
+                                              base_url=settings.base_url))
+    web, audience = create_app(settings, clock=clock), Audience(emails)
+    buffer = web.extensions["nurture.recorder"].buffer
+    with Sink(sink_dir) as sink, TrackingServer(web, port):
         transport = sink.transport()
         try:
             while (due := _next_due(app)) is not None and due <= end:
@@ -214,8 +241,17 @@ def _deliver_through_sink(app: AppContext, *, start: datetime, days: int) -> Non
                 report = deliver_due(db=app.db, transport=transport, worker="demo", clock=clock,
                                      limit=500, options=options)
                 totals.update(report.counts)
+                sent_at, new = clock.now, list_messages(sink_dir)[seen:]
+                seen += len(new)
+                for stored in new:
+                    audience.react(stored, sink_dir, at=clock.after(sent_at))
+                clock.now = sent_at
+                drain_buffer(db=app.db, buffer=buffer)
         finally:
             transport.close()
+            web.extensions["nurture.db"].dispose()
+    console.print(f"tracking: {audience.requests} requests to {settings.base_url} (opens, clicks, "
+                  "landing pages), stored through the Redis buffer")
     received = list_messages(sink_dir)[before:]
     console.print(f"outbox: {', '.join(f'{n} {k}' for k, n in sorted(totals.items())) or 'nothing due'}"
                   f" (held sends wait for the lead's send window or the frequency cap)")
@@ -243,3 +279,46 @@ def _next_due(app: AppContext) -> datetime | None:
         sends = session.scalar(select(func.min(OutboxMessage.due_at)).where(
             OutboxMessage.status.in_([Delivery.PENDING, Delivery.FAILED_TEMP])))
     return min((t for t in (steps, sends) if t is not None), default=None)
+
+
+def _print_handoff(app: AppContext, *, now: datetime) -> None:
+    """Scores, the filtered bot hits, the MQLs with their notifications, and one MQL's timeline."""
+    from engine.leads.models import Lead
+    from engine.sales.models import SalesNotification
+    from engine.sales.service import mql_queue, queue_entry
+    from engine.scoring.service import current_score, scoring_program
+    from engine.tracking.models import TrackingEvent
+
+    with app.db.session() as session:
+        kinds = session.execute(select(TrackingEvent.kind, TrackingEvent.bot, func.count())
+                                .group_by(TrackingEvent.kind, TrackingEvent.bot)).all()
+        reasons = session.execute(select(TrackingEvent.bot_reason, func.count())
+                                  .where(TrackingEvent.bot.is_(True))
+                                  .group_by(TrackingEvent.bot_reason)).all()
+        people = ", ".join(f"{n} {kind}s" for kind, bot, n in sorted(kinds) if not bot)
+        console.print(f"tracked by people: {people or 'nothing'}")
+        console.print("filtered (stored, never scored): " + (", ".join(
+            f"{n} × {reason}" for reason, n in reasons) or "nothing"))
+        top = session.scalars(select(Lead).where(Lead.behaviour_score > 0)
+                              .order_by((Lead.fit_score + Lead.behaviour_score).desc()).limit(8))
+        table = Table("lead", "title", "fit", "behaviour", "score", "stage",
+                      title=f"Top scores on {now:%d %b} (behaviour halves every 30 days)")
+        for lead in top:
+            found = scoring_program(session=session, lead_id=lead.id)
+            score = current_score(lead, found[1] if found else None, now)
+            table.add_row(lead.email, lead.title or "", f"{lead.fit_score:g}",
+                          f"{score - lead.fit_score:.0f}", f"{score:.0f}", lead.stage)
+        console.print(table)
+        notes = session.scalars(select(SalesNotification).order_by(SalesNotification.at)).all()
+        console.print(f"{len(notes)} sales notification(s); CRM outbox has one item per MQL")
+        for note in notes[:5]:
+            console.print(f"  {note.at:%a %d %b %H:%M}  {note.kind}: {note.reason}", markup=False)
+        queue = mql_queue(session=session, now=now, limit=1)
+        if queue:
+            entry = queue_entry(session, queue[0])
+            console.print(f"\n[bold]{entry['email']}[/bold], score {entry['score']:g}: the "
+                          "timeline sales sees")
+            for event in entry["timeline"]:
+                console.print(f"  {event['at'][:16]}  {event['what']}", markup=False)
+            console.print(f"\nnext: `nurture sales queue`, `nurture leads explain "
+                          f"{entry['email']}`, `nurture sales accept {entry['email']} --by you`")

@@ -14,10 +14,10 @@ from engine.tracking.models import TrackingEvent
 
 __all__ = [
     "ApiKey",
-    "CrmOutboxItem",
     "Asset",
     "AssetVersion",
     "Base",
+    "CrmOutboxItem",
     "Enrollment",
     "FormSubmission",
     "Lead",

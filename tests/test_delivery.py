@@ -171,11 +171,12 @@ def test_a_throttling_reply_backs_off_the_domain(db, program, sink, transport, t
 
 
 def test_list_unsubscribe_carries_a_signed_token_and_a_mailto(db, program, sink, transport):
+    from engine.sending.compose import Signing
     from engine.sending.delivery import DeliveryOptions
     from engine.tracking.tokens import verify
 
     add(db, "ada@globex.example")
-    options = DeliveryOptions(secret_key="s3cret")
+    options = DeliveryOptions(signing=Signing(secret_key="s3cret"))
     deliver_due(db=db, transport=transport, worker="w1", clock=Clock(MONDAY), options=options)
     [stored] = sink.messages()
     header = read_message(sink.directory, stored)["List-Unsubscribe"]

@@ -7,7 +7,6 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import pytest
 from sqlalchemy import select
 
 from engine.journeys.models import Enrollment
@@ -205,9 +204,6 @@ def test_sla_report_groups_open_breaches_by_owner(db, sample_program):
     assert later not in {b.lead_id for b in breaches(db)}
 
 
-@pytest.mark.xfail(strict=True, reason="bug: check_slas() reads a lead's SLA rules through "
-                   "scoring_program(), which skips programs without scoring rules, so a program "
-                   "with an `sla:` section and no `scoring:` section gets the defaults instead")
 def test_the_sla_section_applies_to_a_program_without_scoring(db, sample_program):
     path = sample_program / "program.yaml"
     text = path.read_text()

@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 
 from engine.journeys.models import Enrollment
 from engine.leads.service import upsert_lead
+from engine.sending.compose import Signing
 from engine.sending.delivery import DeliveryOptions, deliver_due
 from engine.sending.inbox import read_message
 from engine.sending.models import Suppression
@@ -34,7 +35,7 @@ def unsubscribe_path(db, env, loaded_program, tmp_path):
                     now=MONDAY, actor="test", program="acme-nurture")
     with Sink(tmp_path / "sink") as sink, sink.transport() as transport:
         deliver_due(db=db, transport=transport, worker="w", clock=lambda: MONDAY,
-                    options=DeliveryOptions(secret_key=env["SECRET_KEY"]))
+                    options=DeliveryOptions(signing=Signing(secret_key=env["SECRET_KEY"])))
         [stored] = sink.messages()
         header = read_message(sink.directory, stored)["List-Unsubscribe"]
     url = header.split(",")[0].strip(" <>")

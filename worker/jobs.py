@@ -12,11 +12,14 @@ from engine.config import Settings, redis_connection
 from engine.db import Database, utcnow
 from engine.journeys.service import run_due
 from engine.migrate import open_database
+from engine.sending.compose import Signing
 from engine.sending.delivery import DeliveryOptions, DeliveryReport, deliver_due
 from engine.sending.outbox import LEASE
 from engine.sending.policy import FrequencyCap
 from engine.sending.throttle import RedisThrottle
 from engine.sending.transport import Transport, transport_from_settings
+from engine.tracking.buffer import EventBuffer
+from engine.tracking.service import drain_buffer
 
 SEND_BATCH = 200
 
@@ -48,7 +51,7 @@ def _delivery_options() -> DeliveryOptions:
         cap=FrequencyCap(max_sends=int(env.get("NURTURE_FREQUENCY_CAP") or 3)),
         require_consent=env.get("NURTURE_REQUIRE_CONSENT", "").lower() in ("1", "true", "yes"),
         lease=timedelta(seconds=float(lease)) if lease else LEASE,
-        secret_key=settings.secret_key,
+        signing=Signing(secret_key=settings.secret_key, base_url=settings.base_url),
         throttle=RedisThrottle(redis_connection(settings),
                                global_per_minute=_int(env.get("NURTURE_THROTTLE_PER_MINUTE")),
                                per_domain_per_minute=_int(
@@ -81,3 +84,17 @@ def advance_journeys(db: Database | None = None, batch: int = 1000) -> int:
         processed += count
         if count < batch:
             return processed
+
+
+def store_tracking_events(batch: int = 500) -> int:
+    """Move buffered tracking events into the database (one drainer at a time)."""
+    buffer = EventBuffer(redis_connection(Settings.from_env()))
+    return drain_buffer(db=_database(), buffer=buffer, batch=batch)
+
+
+def check_slas() -> str:
+    """The daily SLA check: record breaches, escalate, enroll stalled opportunities."""
+    from engine.sales.sla import check_slas as check
+
+    with _database().session() as session:
+        return str(check(session=session, now=utcnow()))

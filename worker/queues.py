@@ -2,5 +2,6 @@
 
 SEND = "send"
 RENDER = "render"
+TRACKING = "tracking"  # storing buffered opens, clicks and page visits
 DEFAULT = "default"
-ALL = (SEND, RENDER, DEFAULT)
+ALL = (SEND, TRACKING, RENDER, DEFAULT)

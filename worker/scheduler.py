@@ -1,7 +1,8 @@
-"""The scheduler tick: advance journeys, then wake the send workers when the outbox has due rows.
+"""The scheduler tick: advance journeys, then wake the send workers when the outbox has due rows,
+the tracking worker when events wait in the buffer, and the SLA check once a day.
 
-Ticks may overlap or be missed without harm: run_due and the outbox claim are idempotent, and
-a send job is only queued when none is waiting already.
+Ticks may overlap or be missed without harm: run_due, the outbox claim, the buffer drain and
+the SLA check are idempotent, and a job is only queued when none of its kind is waiting.
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ from sqlalchemy import exists, select
 
 from engine.db import Database, utcnow
 from engine.sending.outbox import due_clause
+from engine.tracking.buffer import EventBuffer
 from worker import queues
 from worker.jobs import advance_journeys
 
 SEND_JOB_TIMEOUT = 600  # seconds
+SLA_DAY_KEY = "nurture:sla:checked"  # + ":<UTC date>", set when that day's check is queued
 
 
 def has_due_sends(db: Database) -> bool:
@@ -32,4 +35,29 @@ def tick(*, db: Database, redis, batch: int = 1000) -> dict:
         send_queue.enqueue("worker.jobs.send_due", job_timeout=SEND_JOB_TIMEOUT,
                            result_ttl=3600, failure_ttl=7 * 86400)
         queued = True
-    return {"advanced": advanced, "send_job_queued": queued}
+    return {"advanced": advanced, "send_job_queued": queued,
+            "tracking_job_queued": _queue_tracking(redis), "sla_job_queued": _queue_sla(redis)}
+
+
+def _queue_tracking(redis) -> bool:
+    from rq import Queue
+
+    queue = Queue(queues.TRACKING, connection=redis)
+    if EventBuffer(redis).pending() == 0 or queue.count:
+        return False
+    queue.enqueue("worker.jobs.store_tracking_events", job_timeout=SEND_JOB_TIMEOUT,
+                  result_ttl=3600, failure_ttl=7 * 86400)
+    return True
+
+
+def _queue_sla(redis) -> bool:
+    """Once per UTC day (SET NX on the date: one scheduler of several wins)."""
+    from rq import Queue
+
+    today = utcnow().date().isoformat()
+    if not redis.set(f"{SLA_DAY_KEY}:{today}", 1, nx=True, ex=2 * 86400):
+        return False
+    Queue(queues.DEFAULT, connection=redis).enqueue(
+        "worker.jobs.check_slas", job_timeout=SEND_JOB_TIMEOUT, result_ttl=86400,
+        failure_ttl=7 * 86400)
+    return True

@@ -52,6 +52,7 @@ class EventKind(StrEnum):
     BOUNCED = "bounced"
     TALK_TO_SALES = "talk_to_sales"
     PROGRAM_UPDATED = "program_updated"
+    ASSIST = "assist"  # marketing supports a stalled deal: detail names the track
 
 
 RESPONSES = frozenset({EventKind.OPENED, EventKind.CLICKED, EventKind.PAGE_VIEWED,
@@ -337,6 +338,20 @@ def _on_bounced(run: _Run) -> Decision:
     return _exit_handler("hard_bounce")(run)
 
 
+def _on_assist(run: _Run) -> Decision:
+    """Enter the named track even from a sales stage's exit (a stalled opportunity gets
+    marketing support). A bare track name is the persona's own (`reengage` is
+    `<persona>/reengage`), as for non-responders. Final exits stay final."""
+    state, name = run.state, run.event.detail or ""
+    track = name if "/" in name else f"{state.persona}/{name}"
+    if state.exit_reason in FINAL_EXITS or track not in run.program.tracks or track == state.track:
+        return run.done()
+    run.update(exit_reason=None)
+    run.enter(track, "marketing support for a stalled opportunity")
+    run.send_due()
+    return run.done()
+
+
 def _on_program_updated(run: _Run) -> Decision:
     state = run.state
     run.update(version=run.program.version)
@@ -371,4 +386,5 @@ _HANDLERS = {
     EventKind.BOUNCED: _on_bounced,
     EventKind.TALK_TO_SALES: _exit_handler("talk_to_sales", notify=True),
     EventKind.PROGRAM_UPDATED: _on_program_updated,
+    EventKind.ASSIST: _on_assist,
 }

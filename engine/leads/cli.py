@@ -17,7 +17,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from engine.cli_context import AppContext, console, err_console, pass_app
+from engine.cli_context import AppContext, console, err_console, parse_at, pass_app
 from engine.db import utcnow
 from engine.journeys.service import lead_enrollments
 from engine.leads.importer import import_leads
@@ -28,7 +28,7 @@ from engine.programs.models import ProgramRecord
 
 @click.group()
 def leads() -> None:
-    """Leads: import, show, change stage."""
+    """Leads: import, show, change stage, explain."""
 
 
 @leads.command("import")
@@ -192,3 +192,62 @@ def _detail(detail: dict, actor: str) -> str:
     if detail.get("detail") is not None:
         parts.insert(0, str(detail["detail"]))
     return ", ".join(parts + [f"by {actor}"])
+
+
+@leads.command()
+@click.argument("email")
+@click.option("--at", "at", help="Explain as of this ISO time (default: now).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@pass_app
+def explain(app: AppContext, email: str, at: str | None, as_json: bool) -> None:
+    """Why a lead has its score, its stage and its next send (or why nothing is scheduled):
+    the fit rules that hold, every behaviour award and what it is worth now after decay, the
+    stage changes with their reasons, sales notifications and SLA breaches."""
+    from engine.leads.explain import explain as explain_lead
+
+    now = parse_at(at)
+    with app.db.session() as session:
+        data = explain_lead(session=session, lead=get_lead(session=session, email=email), now=now)
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    _print_explanation(data)
+
+
+def _print_explanation(data: dict) -> None:
+    out = console.print
+    lead, score = data["lead"], data["score"]
+    out(f"[bold]{escape(lead['email'])}[/bold]  stage {lead['stage']}"
+        + (f", owner {escape(lead['owner'])}" if lead["owner"] else ""))
+    if score["program"] is None:
+        out(f"[bold]Score[/bold] 0: {score['note']}")
+    else:
+        threshold = score["threshold"]
+        out(f"[bold]Score {score['total']:g}[/bold] (rules of {escape(score['program'])}"
+            + (f"; MQL at {threshold:g}" if threshold is not None else "; no MQL threshold")
+            + (f"; behaviour halves every {score['half_life_days']} days"
+               if score["half_life_days"] else "") + ")")
+        for fit in score["fit"]:
+            out(f"  fit        {fit['rule']}", markup=False)
+        if score["reset"]:
+            out(f"  {score['reset']}", markup=False)
+        for award in score["behaviour"]:
+            out(f"  {_when(award['at'])}  {award['rule']}, worth {award['now']:g} now",
+                markup=False)
+        if score["missing_requirements"]:
+            out(f"  cannot become an MQL without: {', '.join(score['missing_requirements'])}",
+                markup=False)
+    out("[bold]Stage[/bold]")
+    for change in data["stage_history"]:
+        out(f"  {_when(change['at'])}  {change['from'] or '(new)'} -> {change['to']}  "
+            f"{change['reason']}  by {change['actor']}", markup=False)
+    out("[bold]Next send[/bold]" + ("" if data["next_sends"] else ": not enrolled in any program"))
+    for send in data["next_sends"]:
+        out(f"  {send['program']}: {send['why']}", markup=False)
+    sales = data["sales"]
+    for note in sales["notifications"]:
+        out(f"  sales {note['kind']} {_when(note['at'])}: {note['reason']}", markup=False)
+    for breach in sales["sla_breaches"]:
+        state = f"resolved {_when(breach['resolved_at'])}" if breach["resolved_at"] else "open"
+        out(f"  SLA {breach['kind']} since {_when(breach['since'])} ({state}): {breach['action']}",
+            markup=False)

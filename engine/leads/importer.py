@@ -44,6 +44,7 @@ from engine.leads.stages import check_transition
 from engine.programs.personas import PersonaResolver
 from engine.programs.spec import Program
 from engine.programs.store import current_program
+from engine.scoring.rules import fit_awards
 from engine.sending.models import OutboxMessage
 from engine.sending.outbox import outbox_rows
 
@@ -605,7 +606,7 @@ class _ChunkWriter:
         self._leads(self.conn, [
             {**lead, "consent": convert("consent", lead["consent"]),
              "custom": convert("custom", lead["custom"]), "created_at": now, "updated_at": now,
-             "fit_score": 0.0, "behaviour_score": 0.0}
+             "fit_score": self._fit(lead), "behaviour_score": 0.0}
             for lead in leads
         ])
         query = select(_LEADS.c.email, _LEADS.c.id).where(
@@ -617,6 +618,14 @@ class _ChunkWriter:
             lead_id = lead["id"] = ids[lead["email"]]
             stage_rows.append({**first, "lead_id": lead_id, "to_stage": lead["stage"]})
         self._stages(self.conn, stage_rows)
+
+    def _fit(self, lead: dict) -> float:
+        """A new lead's fit points by the program's rules (an updated lead's are refreshed at
+        its next scored response)."""
+        if not self.program.scoring.fit:
+            return 0.0
+        fields = {**lead["custom"], **lead} if lead["custom"] else lead  # as Lead.fields()
+        return float(sum(a.points for a in fit_awards(self.program.scoring, fields)))
 
     def _enroll(self, leads: list[dict]) -> None:
         """Enroll leads as journeys.service.enroll does, in bulk statements."""

@@ -43,6 +43,7 @@ def upsert_lead(*, session: Session, fields: dict, now: datetime, actor: str,
     lead = session.scalar(select(Lead).where(Lead.email == clean["email"]))
     created = lead is None
     stage = clean.pop("stage", None)
+    changes: dict = {}
     if created:
         lead = Lead(**clean, stage=stage or "inquiry", created_at=now, updated_at=now)
         session.add(lead)
@@ -65,6 +66,10 @@ def upsert_lead(*, session: Session, fields: dict, now: datetime, actor: str,
     if record_program:
         enroll(session=session, lead=lead, program_id=record_program[0].id,
                program=record_program[1], now=now, actor=actor)
+    if created or changes or record_program:
+        from engine.scoring.service import rescore  # scoring routes through set_stage
+
+        rescore(session=session, lead=lead, now=now)
     return lead, created
 
 

@@ -22,10 +22,8 @@ from engine.pages.models import FormSubmission
 from engine.programs.spec import Page, Program
 from engine.programs.store import current_program
 from engine.render.personalise import (
-    PLACEHOLDER_TOKEN,
     Links,
     RenderContext,
-    base_url,
     lead_variables,
     render_template,
     sender_variables,
@@ -81,7 +79,7 @@ def lead_from_token(*, session: Session, secret_key: str, token: str | None) -> 
 
 # -- render -----------------------------------------------------------------------------------
 
-def render_page(*, found: FoundPage, lead: Lead | None, csrf_token: str,
+def render_page(*, found: FoundPage, lead: Lead | None, csrf_token: str, base_url: str,
                 token: str | None = None) -> str:
     """The page for this lead (or an empty lead), autoescaped, in the bounded email sandbox."""
     spec = found.program
@@ -89,7 +87,7 @@ def render_page(*, found: FoundPage, lead: Lead | None, csrf_token: str,
         lead=lead_variables(lead) if lead is not None else {"custom": {}},
         program={"name": spec.name, "slug": spec.slug},
         sender=sender_variables(spec.sender or {}),
-        links=Links(base_url=base_url(), program=spec.slug, token=token or PLACEHOLDER_TOKEN),
+        links=Links(base_url=base_url, program=spec.slug, page_token=token),
     )
     tmpl = template(found.version.compiled_html or "", html=True,
                     cache_key=("page", found.version.id))

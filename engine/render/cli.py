@@ -30,6 +30,7 @@ def render(app: AppContext, asset: str, lead_email: str, program_name: str | Non
         raise Invalid("--out must end in .html or .eml", field="out")
     with app.db.session() as session:
         preview = render_for_lead(session=session, email_key=asset, lead_email=lead_email,
+                                  base_url=app.settings.base_url,
                                   program=program_name, strict=strict)
     if out and Path(out).suffix.lower() == ".eml":
         message = preview_message(preview, now=utcnow())

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextvars
 import functools
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ MAX_RANGE = 10_000
 MAX_RENDER_SECONDS = 1.0
 MAX_SUBJECT_CHARS = 500
 DEFAULT_BASE_URL = "http://localhost:5000"
-PLACEHOLDER_TOKEN = "preview"  # the tracking issue replaces it with a signed token per send
+PLACEHOLDER_TOKEN = "preview"  # previews; a sent email carries signed tokens
 
 
 class RenderLimitExceeded(SecurityError):
@@ -133,12 +132,14 @@ def environment(*, html: bool, strict: bool) -> BoundedSandbox:
 
 @dataclass(frozen=True)
 class Links:
-    """URLs a template may use. For now built from a base URL with a placeholder token; the
-    tracking issue swaps in signed tokens (the template does not change)."""
+    """URLs a template may use. A sent email carries signed tokens per purpose (unsubscribe,
+    view in browser, landing pages); a preview uses the placeholder token for all of them."""
 
     base_url: str
     program: str
-    token: str = PLACEHOLDER_TOKEN
+    token: str = PLACEHOLDER_TOKEN  # the unsubscribe token
+    view_token: str | None = None
+    page_token: str | None = None
 
     @property
     def unsubscribe(self) -> str:
@@ -146,14 +147,11 @@ class Links:
 
     @property
     def view_in_browser(self) -> str:
-        return f"{self.base_url}/v/{quote(self.token)}"
+        return f"{self.base_url}/v/{quote(self.view_token or self.token)}"
 
     def page(self, slug: str) -> str:
-        return f"{self.base_url}/p/{quote(self.program)}/{quote(str(slug))}?t={quote(self.token)}"
-
-
-def base_url() -> str:
-    return (os.environ.get("NURTURE_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        token = quote(self.page_token or self.token)
+        return f"{self.base_url}/p/{quote(self.program)}/{quote(str(slug))}?t={token}"
 
 
 @dataclass(frozen=True)
@@ -171,7 +169,9 @@ class RenderContext:
 def lead_variables(lead) -> dict:
     """A lead's fields (standard and custom) as the plain dict templates read."""
     custom = dict(lead.custom or {})
-    return {**lead.fields(), "id": lead.id, "custom": custom}
+    # An empty field reads as "" (Jinja would print None); `{% if lead.title %}` still works.
+    fields = {name: "" if value is None else value for name, value in lead.fields().items()}
+    return {**fields, "id": lead.id, "custom": custom}
 
 
 def sender_variables(sender: dict) -> dict:
@@ -180,14 +180,15 @@ def sender_variables(sender: dict) -> dict:
             "email": address}
 
 
-def make_context(*, lead, program, token: str = PLACEHOLDER_TOKEN,
-                 base: str | None = None) -> RenderContext:
-    """The variables for one lead in one program (a spec.Program)."""
+def make_context(*, lead, program, base_url: str = DEFAULT_BASE_URL,
+                 links: Links | None = None) -> RenderContext:
+    """The variables for one lead in one program (a spec.Program); `links` carries a send's
+    signed tokens, else placeholder links under `base_url`."""
     return RenderContext(
         lead=lead_variables(lead),
         program={"name": program.name, "slug": program.slug},
         sender=sender_variables(program.sender or {}),
-        links=Links(base_url=base or base_url(), program=program.slug, token=token),
+        links=links or Links(base_url=base_url, program=program.slug),
     )
 
 

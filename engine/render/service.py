@@ -18,7 +18,7 @@ from engine.programs.models import ProgramRecord
 from engine.programs.spec import Program
 from engine.programs.store import current_program, list_programs
 from engine.render.message import build_message
-from engine.render.personalise import Rendered, make_context, render_email
+from engine.render.personalise import DEFAULT_BASE_URL, Rendered, make_context, render_email
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,8 @@ def resolve_program(*, session: Session, lead: Lead, name: str | None) -> tuple[
 
 
 def render_for_lead(*, session: Session, email_key: str, lead_email: str,
-                    program: str | None = None, strict: bool = False) -> Preview:
+                    program: str | None = None, strict: bool = False,
+                    base_url: str = DEFAULT_BASE_URL) -> Preview:
     lead = get_lead(session=session, email=lead_email)
     record, spec = resolve_program(session=session, lead=lead, name=program)
     email = spec.emails.get(email_key)
@@ -58,7 +59,7 @@ def render_for_lead(*, session: Session, email_key: str, lead_email: str,
         raise NotFound(f"program {record.name} has no email {email_key!r} (emails: {known})",
                        field="asset")
     version = current_version(session=session, program_id=record.id, path=email.file)
-    context = make_context(lead=lead, program=spec)
+    context = make_context(lead=lead, program=spec, base_url=base_url)
     rendered = render_email(version_id=version.id, html=version.compiled_html,
                             text=version.compiled_text, subject=email.subject, context=context,
                             strict=strict, where=email.file)

@@ -11,7 +11,6 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from engine.assets.service import current_version
 from engine.db import Database
 from engine.errors import NurtureError
 from engine.journeys.decide import Event, EventKind, Status
@@ -19,15 +18,13 @@ from engine.journeys.models import Enrollment
 from engine.journeys.service import apply_event
 from engine.leads.models import Lead
 from engine.programs.store import program_at
-from engine.render.message import build_message, sender_domain
-from engine.render.personalise import PLACEHOLDER_TOKEN, make_context, render_email
 from engine.sending import outbox
+from engine.sending.compose import Signing, compose
 from engine.sending.models import Delivery, OutboxMessage
 from engine.sending.policy import FrequencyCap, SendFacts, check_send
 from engine.sending.suppression import suppress, suppressed_reasons
 from engine.sending.throttle import RedisThrottle
 from engine.sending.transport import Transport
-from engine.tracking.tokens import unsubscribe_token
 
 RETRY_DELAYS = (timedelta(minutes=1), timedelta(minutes=5), timedelta(minutes=15),
                 timedelta(hours=1), timedelta(hours=4), timedelta(hours=12))
@@ -48,7 +45,7 @@ class DeliveryOptions:
     require_consent: bool = False
     lease: timedelta = outbox.LEASE  # renewed before each send: it covers one send, not a batch
     throttle: RedisThrottle | None = None  # global and per-domain rates; None: unlimited
-    secret_key: str = ""  # signs the unsubscribe token; empty: an unsigned preview token
+    signing: Signing = field(default_factory=Signing)  # tokens and tracked links
 
 
 DEFAULTS = DeliveryOptions()
@@ -90,7 +87,8 @@ def _deliver(*, db: Database, transport: Transport, row_id: int, worker: str, cl
                              until=verdict.until, reason=verdict.reason)
             return "held"
         try:
-            message = _message(session, row, lead, program, now, options.secret_key)
+            composed = compose(session=session, row=row, lead=lead, program=program, now=now,
+                               signing=options.signing)
         except NurtureError as exc:  # content the sandbox refused: a marketer must fix it
             outbox.mark_permanent_failure(session=session, row_id=row_id, worker=worker, now=now,
                                           error=f"render: {exc}")
@@ -105,9 +103,9 @@ def _deliver(*, db: Database, transport: Transport, row_id: int, worker: str, cl
         return "held"
     with db.session() as session:  # its own short write transaction, right before the send
         if not outbox.renew_lease(session=session, row_id=row_id, worker=worker, now=clock(),
-                                  lease=lease):
+                                  lease=lease, links=composed.links):
             return "lost_claim"  # another worker took the row over after our lease expired
-    result = transport.send(message)  # outside any transaction: SMTP may take seconds
+    result = transport.send(composed.message)  # outside any transaction: SMTP may take seconds
     now = clock()
     with db.session() as session:
         if result.sent:
@@ -145,22 +143,6 @@ def _facts(session: Session, row: OutboxMessage, lead: Lead, program, now: datet
         timezone=lead.timezone or program.timezone,
         recent_sends=tuple(recent),
     )
-
-
-def _message(session: Session, row: OutboxMessage, lead: Lead, program, now: datetime,
-             secret_key: str):
-    email = program.emails[row.step]
-    version = current_version(session=session, program_id=row.program_id, path=email.file)
-    token = (unsubscribe_token(secret_key, lead_id=lead.id, outbox_id=row.id) if secret_key
-             else PLACEHOLDER_TOKEN)
-    context = make_context(lead=lead, program=program, token=token)
-    rendered = render_email(version_id=version.id, html=version.compiled_html,
-                            text=version.compiled_text, subject=email.subject, context=context,
-                            where=email.file)
-    mailto = f"mailto:unsubscribe@{sender_domain(program.sender)}?subject=unsubscribe%20{token}"
-    return build_message(rendered=rendered, sender=program.sender, to=lead.email, date=now,
-                         message_id=row.message_id, unsubscribe_url=context.links.unsubscribe,
-                         unsubscribe_mailto=mailto)
 
 
 def _record_hard_bounce(session: Session, email: str, error: str, now: datetime) -> None:

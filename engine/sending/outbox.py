@@ -96,13 +96,15 @@ def _finish(session: Session, row_id: int, worker: str, now: datetime, **values)
 
 
 def renew_lease(*, session: Session, row_id: int, worker: str, now: datetime,
-                lease: timedelta = LEASE) -> bool:
-    """Extend `worker`'s claim on a row just before sending it. False when the claim was lost
+                lease: timedelta = LEASE, links: list[str] | None = None) -> bool:
+    """Extend `worker`'s claim on a row just before sending it, storing the tracked links'
+    destinations (a click can arrive before the send is marked). False when the claim was lost
     (its lease expired and another worker took the row over): the row must not be sent."""
+    extra = {"links": links} if links else {}
     result = session.execute(
         update(_OUTBOX).where(_OUTBOX.c.id == row_id, _OUTBOX.c.status == Delivery.SENDING,
                               _OUTBOX.c.claimed_by == worker)
-        .values(lease_until=now + lease, updated_at=now)
+        .values(lease_until=now + lease, updated_at=now, **extra)
     )
     return result.rowcount == 1
 

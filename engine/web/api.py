@@ -200,7 +200,7 @@ def _json_type(value: Any) -> str:
         type(value), "a number")
 
 
-def _lead_id(raw: str) -> int:
+def lead_id_param(raw: str) -> int:
     """Path ids are positive 32-bit integers; anything else names no lead (404, not a 500)."""
     if re.fullmatch(r"[0-9]{1,10}", raw) and 1 <= int(raw) <= MAX_ID:
         return int(raw)
@@ -275,7 +275,7 @@ def find_leads():
 @require(Permission.LEADS_READ)
 def get_lead(lead_id: str):
     with _db().session() as session:
-        lead = get_lead_by_id(session=session, lead_id=_lead_id(lead_id))
+        lead = get_lead_by_id(session=session, lead_id=lead_id_param(lead_id))
         return _lead_detail(lead, stage_history(session=session, lead_id=lead.id))
 
 
@@ -283,7 +283,7 @@ def get_lead(lead_id: str):
 @require(Permission.LEADS_STAGE)
 def change_stage(lead_id: str):
     """Move a lead to another lifecycle stage: 409 when the transition table forbids it."""
-    key = _lead_id(lead_id)
+    key = lead_id_param(lead_id)
     body = StageIn.model_validate(json_body())
     with _db().session() as session:
         lead = get_lead_by_id(session=session, lead_id=key)
@@ -297,7 +297,7 @@ def change_stage(lead_id: str):
 @require(Permission.LEADS_READ)
 def get_enrollments(lead_id: str):
     with _db().session() as session:
-        lead = get_lead_by_id(session=session, lead_id=_lead_id(lead_id))
+        lead = get_lead_by_id(session=session, lead_id=lead_id_param(lead_id))
         names = {record.id: record.name for record in list_programs(session=session)}
         items = [_enrollment_dict(e, names)
                  for e in lead_enrollments(session=session, lead_id=lead.id)]

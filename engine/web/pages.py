@@ -16,7 +16,7 @@ from itsdangerous import BadSignature, TimestampSigner
 from markupsafe import Markup
 from werkzeug.exceptions import BadRequest, InternalServerError
 
-from engine.db import Database, utcnow
+from engine.db import Database
 from engine.errors import Invalid, NotFound
 from engine.leads.fields import BAD_TEXT
 from engine.pages.service import (
@@ -27,6 +27,7 @@ from engine.pages.service import (
     submit_form,
 )
 from engine.render.personalise import RenderFailed
+from engine.web.recorder import record
 
 pages = Blueprint("pages", __name__)
 
@@ -100,6 +101,7 @@ def _render(found: FoundPage, nonce: str, lead, token: str | None) -> str:
     """The page for the lead; a page that fails for this lead falls back to an empty lead."""
     try:
         return render_page(found=found, lead=lead, csrf_token=_csrf_token(nonce),
+                           base_url=current_app.extensions["nurture.settings"].base_url,
                            token=token if lead is not None else None)
     except RenderFailed:
         current_app.logger.warning("page %s failed to render", found.page.file, exc_info=True)
@@ -133,13 +135,16 @@ def page(program: str, slug: str):
                                        back_url=url_for("pages.page", program=program, slug=slug))
                 return _with_cookie(Response(body, mimetype="text/html"), nonce)
             body = _render(found, nonce, lead, token)
+            if lead is not None:
+                record("page_view", lead_id=lead.id, page=found.page.slug, url=request.path)
             return _with_cookie(Response(body, mimetype="text/html"), nonce)
 
     _check_csrf()
     try:
         with _db().session() as session:
             submit_form(session=session, found=found, form=request.form.to_dict(flat=False),
-                        remote_addr=request.remote_addr, now=utcnow())
+                        remote_addr=request.remote_addr,
+                        now=current_app.extensions["nurture.clock"]())
     except Invalid as exc:
         body = _with_message(_render(found, nonce, lead, token), exc.detail)
         return _with_cookie(Response(body, status=422, mimetype="text/html"), nonce)

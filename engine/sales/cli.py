@@ -1,0 +1,182 @@
+"""`nurture sales queue|one-field-short|accept|reject|notifications` and `nurture sla check|report`."""
+
+from __future__ import annotations
+
+import json
+
+import click
+from rich.markup import escape
+from rich.table import Table
+
+from engine.cli_context import AppContext, console, parse_at, pass_app
+from engine.db import utcnow
+from engine.leads.service import get_lead
+
+_AT = click.option("--at", "at", help="As of this ISO time (default: now).")
+_JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+
+
+@click.group()
+def sales() -> None:
+    """What sales sees: MQLs by score with their timeline, leads one field short; accept or
+    reject an MQL."""
+
+
+@sales.command()
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 1000))
+@_AT
+@_JSON
+@pass_app
+def queue(app: AppContext, limit: int, at: str | None, as_json: bool) -> None:
+    """MQLs waiting for sales, highest score first, with what each opened, clicked and
+    visited, in order."""
+    from engine.sales.service import mql_queue, queue_entry
+
+    now = parse_at(at)
+    with app.db.session() as session:
+        entries = [queue_entry(session, entry) for entry in
+                   mql_queue(session=session, now=now, limit=limit)]
+    if as_json:
+        click.echo(json.dumps(entries, indent=2))
+        return
+    if not entries:
+        console.print("no MQL is waiting for sales")
+    for entry in entries:
+        console.print(f"[bold]{escape(entry['email'])}[/bold]  score {entry['score']:g}, MQL "
+                      f"since {entry['mql_at'][:16]}: {escape(entry['reason'] or '')}")
+        for event in entry["timeline"]:
+            console.print(f"    {event['at'][:16]}  {event['kind']:<9} {event['what']}",
+                          markup=False)
+
+
+@sales.command("one-field-short")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 1000))
+@_AT
+@_JSON
+@pass_app
+def one_field_short(app: AppContext, limit: int, at: str | None, as_json: bool) -> None:
+    """Leads one field short of qualifying (e.g. score high but no company size), naming it."""
+    from engine.sales.service import one_field_short_leads
+
+    with app.db.session() as session:
+        rows = [{"id": n.lead.id, "email": n.lead.email, "score": round(n.score, 1),
+                 "missing": n.fields}
+                for n in one_field_short_leads(session=session, now=parse_at(at), limit=limit)]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table("lead", "score", "fill in to qualify")
+    for row in rows:
+        table.add_row(escape(row["email"]), f"{row['score']:g}", ", ".join(row["missing"]))
+    console.print(table if rows else "no lead is one field short of qualifying")
+
+
+@sales.command()
+@click.argument("email")
+@click.option("--by", "actor", required=True, help="Who accepts (becomes the owner).")
+@click.option("--owner", help="Give the lead to someone else than the acceptor.")
+@pass_app
+def accept(app: AppContext, email: str, actor: str, owner: str | None) -> None:
+    """Accept an MQL (mql -> sal)."""
+    from engine.sales.service import accept as accept_lead
+
+    with app.db.session() as session:
+        lead = get_lead(session=session, email=email)
+        accept_lead(session=session, lead=lead, actor=actor, owner=owner, now=utcnow())
+        console.print(f"{escape(lead.email)}: accepted, stage sal, owner {escape(lead.owner)}")
+
+
+@sales.command()
+@click.argument("email")
+@click.option("--by", "actor", required=True, help="Who rejects.")
+@click.option("--reason", required=True, help="Why (kept in the stage history, sent to the CRM).")
+@pass_app
+def reject(app: AppContext, email: str, actor: str, reason: str) -> None:
+    """Reject an MQL: back to nurture as recycled, behaviour points reset."""
+    from engine.sales.service import reject as reject_lead
+
+    with app.db.session() as session:
+        lead = get_lead(session=session, email=email)
+        reject_lead(session=session, lead=lead, reason=reason, actor=actor, now=utcnow())
+        console.print(f"{escape(lead.email)}: rejected, stage recycled, back in nurture")
+
+
+@sales.command()
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 1000))
+@_JSON
+@pass_app
+def notifications(app: AppContext, limit: int, as_json: bool) -> None:
+    """The latest sales notifications: MQLs, trigger routes, SLA escalations."""
+    from sqlalchemy import select
+
+    from engine.leads.models import Lead
+    from engine.sales.models import SalesNotification
+
+    with app.db.session() as session:
+        rows = [{"at": n.at.isoformat(), "kind": n.kind, "email": email, "owner": n.owner,
+                 "reason": n.reason}
+                for n, email in session.execute(
+                    select(SalesNotification, Lead.email)
+                    .join(Lead, Lead.id == SalesNotification.lead_id)
+                    .order_by(SalesNotification.at.desc(), SalesNotification.id.desc())
+                    .limit(limit))]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table("at", "kind", "lead", "owner", "reason")
+    for row in rows:
+        table.add_row(row["at"][:16], row["kind"], escape(row["email"]),
+                      escape(row["owner"] or "-"), escape(row["reason"]))
+    console.print(table if rows else "no sales notification yet")
+
+
+@click.group()
+def sla() -> None:
+    """Service levels: MQLs answered within 14 days, opportunities updated within 14 days."""
+
+
+@sla.command()
+@_AT
+@pass_app
+def check(app: AppContext, at: str | None) -> None:
+    """Record new breaches (escalating MQLs, enrolling stalled opportunities in the
+    configured track) and resolve those whose lead moved on. Safe to run again."""
+    from engine.sales.sla import check_slas
+
+    with app.db.session() as session:
+        result = check_slas(session=session, now=parse_at(at))
+    console.print(f"SLA check: {result}")
+
+
+@sla.command()
+@click.option("--all", "include_resolved", is_flag=True, help="Include resolved breaches.")
+@_JSON
+@pass_app
+def report(app: AppContext, include_resolved: bool, as_json: bool) -> None:
+    """Breaches by owner, oldest first."""
+    from sqlalchemy import select
+
+    from engine.leads.models import Lead
+    from engine.sales.sla import sla_report
+
+    with app.db.session() as session:
+        grouped = sla_report(session=session, include_resolved=include_resolved)
+        emails = dict(session.execute(select(Lead.id, Lead.email).where(Lead.id.in_(
+            [b.lead_id for breaches in grouped.values() for b in breaches]))).all())
+        data = {owner: [{"lead": emails[b.lead_id], "kind": b.kind,
+                         "since": b.since.isoformat(), "due_at": b.due_at.isoformat(),
+                         "detected_at": b.detected_at.isoformat(), "action": b.action,
+                         "resolved_at": b.resolved_at.isoformat() if b.resolved_at else None}
+                        for b in breaches]
+                for owner, breaches in grouped.items()}
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    if not data:
+        console.print("no SLA breach")
+    for owner, breaches in data.items():
+        console.print(f"[bold]{escape(owner)}[/bold]: {len(breaches)}")
+        for b in breaches:
+            state = f"resolved {b['resolved_at'][:10]}" if b["resolved_at"] else "open"
+            console.print(f"  {b['lead']}  {b['kind']}  due {b['due_at'][:10]}  {state}  "
+                          f"{b['action']}", markup=False)

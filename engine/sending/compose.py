@@ -1,0 +1,86 @@
+"""Compose what one outbox row sends: the rendered email with signed per-purpose tokens,
+tracked links, the open pixel and the unsubscribe headers. The view-in-browser page renders
+through the same path, so it shows what the lead was sent."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from email.message import EmailMessage
+
+from sqlalchemy.orm import Session
+
+from engine.assets.service import current_version
+from engine.leads.models import Lead
+from engine.pages.service import page_token
+from engine.programs.spec import Program
+from engine.render.message import build_message, sender_domain
+from engine.render.personalise import (
+    DEFAULT_BASE_URL,
+    PLACEHOLDER_TOKEN,
+    Links,
+    Rendered,
+    make_context,
+    render_email,
+)
+from engine.sending.models import OutboxMessage
+from engine.tracking.links import instrument
+from engine.tracking.tokens import click_token, send_token, unsubscribe_token
+
+
+@dataclass(frozen=True)
+class Signing:
+    secret_key: str = ""  # empty: placeholder tokens and no link tracking (previews, tests)
+    base_url: str = DEFAULT_BASE_URL
+
+
+@dataclass(frozen=True)
+class Composed:
+    message: EmailMessage
+    links: list[str]  # tracked destinations by index, stored on the row before the send
+
+
+def render_for_row(*, session: Session, row: OutboxMessage, lead: Lead, program: Program,
+                   signing: Signing) -> tuple[Rendered, Links, list[str]]:
+    """The email as this lead gets it, instrumented for tracking when a secret key is set.
+    Raises RenderFailed (a NurtureError) for content the sandbox refuses."""
+    email = program.emails[row.step]
+    version = current_version(session=session, program_id=row.program_id, path=email.file)
+    links = _links(row, lead, program, signing)
+    context = make_context(lead=lead, program=program, links=links)
+    rendered = render_email(version_id=version.id, html=version.compiled_html,
+                            text=version.compiled_text, subject=email.subject, context=context,
+                            where=email.file)
+    if not signing.secret_key:
+        return rendered, links, []
+    key, base = signing.secret_key, signing.base_url
+    done = instrument(
+        html=rendered.html, text=rendered.text,
+        click_url=lambda n, url: f"{base}/c/" + click_token(key, lead_id=lead.id, outbox_id=row.id,
+                                                            index=n, url=url),
+        open_url=f"{base}/o/{send_token(key, 'open', lead_id=lead.id, outbox_id=row.id)}.gif",
+        untracked=(links.unsubscribe, links.view_in_browser))
+    return (Rendered(subject=rendered.subject, html=done.html, text=done.text), links,
+            done.links)
+
+
+def compose(*, session: Session, row: OutboxMessage, lead: Lead, program: Program,
+            now: datetime, signing: Signing) -> Composed:
+    rendered, links, destinations = render_for_row(session=session, row=row, lead=lead,
+                                                   program=program, signing=signing)
+    mailto = (f"mailto:unsubscribe@{sender_domain(program.sender)}"
+              f"?subject=unsubscribe%20{links.token}")
+    message = build_message(rendered=rendered, sender=program.sender, to=lead.email, date=now,
+                            message_id=row.message_id, unsubscribe_url=links.unsubscribe,
+                            unsubscribe_mailto=mailto)
+    return Composed(message=message, links=destinations)
+
+
+def _links(row: OutboxMessage, lead: Lead, program: Program, signing: Signing) -> Links:
+    key = signing.secret_key
+    if not key:
+        return Links(base_url=signing.base_url, program=program.slug, token=PLACEHOLDER_TOKEN)
+    return Links(base_url=signing.base_url, program=program.slug,
+                 token=unsubscribe_token(key, lead_id=lead.id, outbox_id=row.id),
+                 view_token=send_token(key, "view", lead_id=lead.id, outbox_id=row.id),
+                 page_token=page_token(secret_key=key, lead_id=lead.id))

@@ -1,0 +1,138 @@
+"""Tracking events: minted by the public endpoints, stored in batches by the drainer.
+
+Storing an event classifies it (engine/tracking/bots.py); a person's open, click or page visit
+then goes to the lead's journeys and to scoring, in the same transaction as the event row.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from engine.journeys.decide import Event, EventKind
+from engine.journeys.service import apply_event
+from engine.leads.models import Lead
+from engine.scoring.service import score_response
+from engine.sending.models import OutboxMessage
+from engine.tracking.bots import LINKS_AT_ONCE, Hit, bot_reason
+from engine.tracking.models import TrackingEvent
+
+KINDS = ("open", "click", "view", "page_view")
+# What a person's event means to a journey (a view in the browser is an open).
+_JOURNEY_EVENTS = {"open": EventKind.OPENED, "view": EventKind.OPENED,
+                   "click": EventKind.CLICKED, "page_view": EventKind.PAGE_VIEWED}
+
+
+def new_event(kind: str, *, lead_id: int, at: datetime, outbox_id: int | None = None,
+              link_index: int | None = None, url: str | None = None, page: str | None = None,
+              user_agent: str | None = None, ip: str | None = None) -> dict:
+    """An event as the endpoint saw it, with a key of its own (so storing it twice is a no-op)."""
+    return {"k": uuid.uuid4().hex, "kind": kind, "l": lead_id, "o": outbox_id, "n": link_index,
+            "url": url, "page": page, "at": at.isoformat(), "ua": (user_agent or "")[:500],
+            "ip": (ip or "")[:64]}
+
+
+def store_events(*, session: Session, events: Iterable[dict]) -> int:
+    """Store buffered events in order; returns how many were new. Bad ones are skipped."""
+    events = [e for e in events if _well_formed(e)]
+    seen = set(session.scalars(select(TrackingEvent.event_key).where(
+        TrackingEvent.event_key.in_([e["k"] for e in events]))))
+    batch_clicks = _clicks_by_email(events)
+    stored = 0
+    for event in events:
+        if event["k"] in seen:
+            continue
+        seen.add(event["k"])
+        if _store(session, event, batch_clicks.get(event.get("o"), ())):
+            stored += 1
+    return stored
+
+
+def _clicks_by_email(events: list[dict]) -> dict[int, tuple[tuple[datetime, int], ...]]:
+    """The clicks of this batch per outbox row, later ones included: a scanner's burst usually
+    lands in one batch, so its first click is judged with the rest of the burst in view."""
+    clicks: dict[int, list[tuple[datetime, int]]] = {}
+    for event in events:
+        if event["kind"] == "click" and event.get("o") and isinstance(event.get("n"), int):
+            clicks.setdefault(event["o"], []).append((datetime.fromisoformat(event["at"]),
+                                                     event["n"]))
+    return {row: tuple(found) for row, found in clicks.items()}
+
+
+def _store(session: Session, event: dict, batch_clicks: tuple[tuple[datetime, int], ...]) -> bool:
+    lead = session.get(Lead, event["l"])
+    if lead is None:
+        return False
+    row = session.get(OutboxMessage, event["o"]) if event.get("o") else None
+    if row is not None and row.lead_id != lead.id:
+        return False  # a token's lead and email disagree: a forgery the signature let through?
+    at = datetime.fromisoformat(event["at"])
+    reason = bot_reason(Hit(kind=event["kind"], at=at, user_agent=event.get("ua") or "",
+                            ip=event.get("ip") or "", link_index=event.get("n"),
+                            sent_at=row.sent_at if row else None,
+                            other_clicks=_other_clicks(session, row, at) + batch_clicks))
+    tracked = TrackingEvent(event_key=event["k"], kind=event["kind"], lead_id=lead.id,
+                            outbox_id=row.id if row else None, link_index=event.get("n"),
+                            url=event.get("url"), at=at, user_agent=event.get("ua") or None,
+                            ip=event.get("ip") or None, bot=reason is not None, bot_reason=reason)
+    session.add(tracked)
+    session.flush()
+    if reason is None:
+        detail = event.get("page") if event["kind"] == "page_view" else (row.step if row else None)
+        apply_event(session=session, lead=lead, now=at, actor=f"tracking:{event['kind']}",
+                    event=Event(_JOURNEY_EVENTS[event["kind"]], detail=detail))
+        score_response(session=session, lead=lead, kind=_score_kind(event["kind"]), detail=detail,
+                       now=at, tracking_event_id=tracked.id)
+    return True
+
+
+def _score_kind(kind: str) -> str:
+    return "open" if kind == "view" else kind
+
+
+def _other_clicks(session: Session, row: OutboxMessage | None,
+                  at: datetime) -> tuple[tuple[datetime, int], ...]:
+    if row is None:
+        return ()
+    recent = session.execute(select(TrackingEvent.at, TrackingEvent.link_index).where(
+        TrackingEvent.outbox_id == row.id, TrackingEvent.kind == "click",
+        TrackingEvent.at >= at - LINKS_AT_ONCE, TrackingEvent.at <= at + LINKS_AT_ONCE))
+    return tuple((when, index) for when, index in recent if index is not None)
+
+
+def _well_formed(event: dict) -> bool:
+    try:
+        datetime.fromisoformat(event["at"])
+    except (KeyError, TypeError, ValueError):
+        return False
+    return (event.get("kind") in KINDS and isinstance(event.get("k"), str)
+            and 0 < len(event["k"]) <= 40 and _is_id(event.get("l"))
+            and (event.get("o") is None or _is_id(event["o"])))
+
+
+def _is_id(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**31
+
+
+def timeline(*, session: Session, lead_id: int, limit: int = 200,
+             include_bots: bool = False) -> list[TrackingEvent]:
+    """What the lead did, in order (opens, clicks, views, page visits)."""
+    query = select(TrackingEvent).where(TrackingEvent.lead_id == lead_id)
+    if not include_bots:
+        query = query.where(TrackingEvent.bot.is_(False))
+    return list(session.scalars(query.order_by(TrackingEvent.at, TrackingEvent.id).limit(limit)))
+
+
+
+
+def drain_buffer(*, db, buffer, batch: int = 500) -> int:
+    """Store everything waiting in the event buffer, one transaction per batch."""
+    def store(events: list[dict]) -> None:
+        with db.session() as session:
+            store_events(session=session, events=events)
+
+    return buffer.drain(store, batch=batch)
