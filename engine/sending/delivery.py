@@ -13,16 +13,16 @@ from sqlalchemy.orm import Session
 
 from engine.db import Database
 from engine.errors import NurtureError
-from engine.journeys.decide import Event, EventKind, Status
+from engine.journeys.decide import Status
 from engine.journeys.models import Enrollment
-from engine.journeys.service import apply_event
 from engine.leads.models import Lead
 from engine.programs.store import program_at
 from engine.sending import outbox
+from engine.sending.bounces import record_bounce
 from engine.sending.compose import Signing, compose
 from engine.sending.models import Delivery, OutboxMessage
 from engine.sending.policy import FrequencyCap, SendFacts, check_send
-from engine.sending.suppression import suppress, suppressed_reasons
+from engine.sending.suppression import suppressed_reasons
 from engine.sending.throttle import RedisThrottle
 from engine.sending.transport import Transport
 
@@ -117,7 +117,8 @@ def _deliver(*, db: Database, transport: Transport, row_id: int, worker: str, cl
             outbox.mark_permanent_failure(session=session, row_id=row_id, worker=worker, now=now,
                                           error=error)
             if result.hard_bounces:
-                _record_hard_bounce(session, recipient, error, now)
+                record_bounce(session=session, email=recipient, kind="hard", now=now,
+                              source=f"smtp: {error}"[:200], reason=error)
             return "failed_perm"
         if now - row.created_at >= GIVE_UP_AFTER:
             outbox.mark_permanent_failure(session=session, row_id=row_id, worker=worker, now=now,
@@ -143,11 +144,3 @@ def _facts(session: Session, row: OutboxMessage, lead: Lead, program, now: datet
         timezone=lead.timezone or program.timezone,
         recent_sends=tuple(recent),
     )
-
-
-def _record_hard_bounce(session: Session, email: str, error: str, now: datetime) -> None:
-    """A permanent refusal of the address: never send to it again, and end its journeys."""
-    suppress(session=session, email=email, reason="bounced", source=f"smtp: {error}"[:200], now=now)
-    lead = session.scalar(select(Lead).where(Lead.email == email))
-    apply_event(session=session, lead=lead, event=Event(EventKind.BOUNCED, detail="hard"), now=now,
-                actor="delivery")
