@@ -4,6 +4,7 @@ from engine.assets.models import Asset, AssetVersion
 from engine.auth.models import ApiKey
 from engine.db import Base
 from engine.journeys.models import Enrollment
+from engine.launch.models import Approval, Launch, Proof, Waiver
 from engine.leads.models import Lead, LeadEvent, StageChange
 from engine.pages.models import FormSubmission
 from engine.programs.models import ProgramRecord, ProgramVersion
@@ -14,21 +15,25 @@ from engine.tracking.models import TrackingEvent
 
 __all__ = [
     "ApiKey",
+    "Approval",
     "Asset",
     "AssetVersion",
     "Base",
     "CrmOutboxItem",
     "Enrollment",
     "FormSubmission",
+    "Launch",
     "Lead",
     "LeadEvent",
     "OutboxMessage",
     "ProgramRecord",
     "ProgramVersion",
+    "Proof",
     "SalesNotification",
     "ScoreEvent",
     "SlaBreach",
     "StageChange",
     "Suppression",
     "TrackingEvent",
+    "Waiver",
 ]

@@ -14,6 +14,8 @@ class ProgramRecord(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(100), unique=True)
     current_version: Mapped[int | None] = mapped_column(Integer)
+    # Set by `nurture launch` once the QA gate passes; until then nothing of it is sent.
+    launched_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
