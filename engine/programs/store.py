@@ -16,10 +16,15 @@ def version_row(session: Session, program_id: int, version: int) -> ProgramVersi
 
 
 def program_at(session: Session, program_id: int, version: int) -> Program:
-    row = version_row(session, program_id, version)
-    if row is None:
-        raise NotFound(f"program {program_id} has no version {version}", field="program")
-    return _cached_program(row)
+    """A stored program version; remembered for the session (a batch asks for the same few)."""
+    remembered = session.info.setdefault("nurture.programs", {})
+    program = remembered.get((program_id, version))
+    if program is None:
+        row = version_row(session, program_id, version)
+        if row is None:
+            raise NotFound(f"program {program_id} has no version {version}", field="program")
+        program = remembered[(program_id, version)] = _cached_program(row)
+    return program
 
 
 _cache: dict[tuple[str, int], Program] = {}
