@@ -128,6 +128,9 @@ class LinkCheckOptions:
     cache_ttl: float = 3600.0
     user_agent: str = "NurtureLinkCheck/0.1 (+https://github.com/nurture)"
     network: bool = True  # False: static rules only
+    # Links served by this engine (tracking, unsubscribe, landing pages under the base URL):
+    # generated, not written by a marketer, so neither fetched nor judged.
+    own_prefixes: tuple[str, ...] = ()
 
 
 # Extraction
@@ -207,11 +210,19 @@ def _absolute(value: str, scheme: str) -> Inspection:
     reason = web_problem(value)
     if reason:
         return _problem("link.malformed", Severity.BLOCKER, reason)
+    host = (urlsplit(value).hostname or "").rstrip(".").lower()
+    if host.endswith(_PLACEHOLDER_DOMAINS):
+        return _problem("link.placeholder", Severity.WARNING,
+                        f"'{host}' is a reserved example domain (RFC 2606): not checked; "
+                        "replace it with the real address before sending to customers.")
     problems = ()
     if scheme == "http":
         problems = (Problem("link.insecure", Severity.WARNING,
                             "Plain http link: use https (browsers warn, some clients block)."),)
     return Inspection(problems=problems, fetch=normalize_url(value))
+
+
+_PLACEHOLDER_DOMAINS = (".example", ".test")  # RFC 2606 / 6761: never resolve, by design
 
 
 def web_problem(url: str) -> str | None:
@@ -586,7 +597,9 @@ def check_assets(assets: Mapping[str, str], options: LinkCheckOptions | None = N
     `base_urls` gives a page's public URL, against which its relative links resolve."""
     options = options or LinkCheckOptions()
     bases = base_urls or {}
-    extracted = {asset: extract_links(html) for asset, html in assets.items()}
+    extracted = {asset: [link for link in extract_links(html)
+                         if not link.url.strip().startswith(options.own_prefixes or ("\0",))]
+                 for asset, html in assets.items()}
     to_fetch = [inspection.fetch for asset, links in extracted.items() for link in links
                 if (inspection := inspect_link(link.url, bases.get(asset))).fetch]
     results: dict[str, LinkResult] = {}

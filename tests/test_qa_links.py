@@ -261,17 +261,17 @@ def test_valid_non_web_links_have_no_problem_and_are_not_fetched(url):
 
 
 def test_plain_http_is_a_warning_and_still_checked():
-    inspection = inspect_link("http://acme.example/pricing")
+    inspection = inspect_link("http://acme.com/pricing")
     assert [(p.code, p.severity) for p in inspection.problems] == [("link.insecure",
                                                                      Severity.WARNING)]
-    assert inspection.fetch == "http://acme.example/pricing"
+    assert inspection.fetch == "http://acme.com/pricing"
 
 
 def test_https_link_is_fetched_normalised():
-    inspection = inspect_link(" HTTPS://Acme.Example:443/caf%C3%A9?x=1&y=2#top ")
+    inspection = inspect_link(" HTTPS://Acme.Com:443/caf%C3%A9?x=1&y=2#top ")
     assert inspection.problems == ()
-    assert inspection.fetch == "https://acme.example/caf%C3%A9?x=1&y=2"
-    assert normalize_url("https://bücher.example") == "https://xn--bcher-kva.example/"
+    assert inspection.fetch == "https://acme.com/caf%C3%A9?x=1&y=2"
+    assert normalize_url("https://bücher.de") == "https://xn--bcher-kva.de/"
     assert normalize_url("http://[::1]:8080/a") == "http://[::1]:8080/a"
 
 
@@ -564,12 +564,31 @@ def test_without_network_only_static_rules_run(server, options):
 
 
 def test_link_findings_use_results_by_normalised_url():
-    links = extract_links('<a href="https://Acme.Example/gone#top">x</a>')
+    links = extract_links('<a href="https://Acme.Com/gone#top">x</a>')
     assert link_findings("emails/x.mjml", links, {}) == []  # not checked: nothing to say
-    gone = LinkResult(url="https://acme.example/gone", status=LinkStatus.BROKEN, http_status=410,
-                      detail="410 Gone", chain=("https://acme.example/gone",), elapsed=0.1,
+    gone = LinkResult(url="https://acme.com/gone", status=LinkStatus.BROKEN, http_status=410,
+                      detail="410 Gone", chain=("https://acme.com/gone",), elapsed=0.1,
                       checked_at=0.0)
     [finding] = link_findings("emails/x.mjml", links, {gone.url: gone})
     assert (finding.code, finding.severity) == ("link.broken", Severity.BLOCKER)
-    assert finding.location == "line 1: https://Acme.Example/gone#top"
+    assert finding.location == "line 1: https://Acme.Com/gone#top"
     assert finding.message == "Broken link: 410 Gone."
+
+
+def test_reserved_example_domains_are_placeholders_not_fetched():
+    inspection = inspect_link("https://www.acme.example/pricing")
+    assert inspection.fetch is None
+    [problem] = inspection.problems
+    assert (problem.code, problem.severity) == ("link.placeholder", Severity.WARNING)
+    assert "acme.example" in problem.message
+    assert inspect_link("https://shop.test/").problems[0].code == "link.placeholder"
+    assert inspect_link("https://example.com/").problems == ()  # a real, resolvable domain
+
+
+def test_links_under_the_engines_own_prefixes_are_neither_fetched_nor_judged(server, options):
+    html = (f'<a href="http://localhost:5000/u/TOKEN">unsubscribe</a>'
+            f'<a href="{server.base}/missing?t=own">gone</a>')
+    findings = check_assets({"emails/x.mjml": html},
+                            replace(options, own_prefixes=("http://localhost:5000/",)))
+    assert sorted(f.code for f in findings) == ["link.broken", "link.insecure"]  # the server's
+    assert all("localhost:5000" not in f.location for f in findings)
