@@ -535,9 +535,6 @@ tracks:
 """
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: render_for_row (engine/sending/compose.py) renders the email's *current* asset "
-    "version, so after an edit /v/ shows content the lead never got and its links 404"))
 def test_view_in_browser_still_shows_what_was_sent_after_the_email_is_edited(world, tmp_path):
     program = tmp_path / "acme-edited"
     for folder in ("emails", "pages"):
@@ -608,10 +605,6 @@ def test_malformed_buffered_items_are_skipped_without_losing_the_good_ones(world
         ("click", LATER), ("open", LATER + timedelta(minutes=5))]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: tracking.service._well_formed checks k, kind, l, o and at only: an event whose "
-    "user agent is not a string (or whose time has no zone) raises in _store, the drain fails "
-    "and every event behind it stays stuck in the buffer"))
 @pytest.mark.parametrize("changes", [{"ua": 123}, {"at": "2026-11-02T09:00:00"}],
                          ids=["ua-not-a-string", "naive-time"])
 def test_a_type_confused_buffered_item_does_not_block_the_buffer(world, changes):
@@ -747,10 +740,6 @@ def test_a_scanner_burst_split_across_two_drains_counts_for_nothing(world):
     assert sends_without_response(world, email.lead_id) == 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: a page visit is classified by user agent only (engine/web/pages.py records no "
-    "link to the click that led there): a scanner that follows the redirect of the pricing "
-    "link seconds after delivery scores the pricing page (+23) and responds for the lead"))
 def test_a_scanner_following_the_pricing_link_does_not_score_the_pricing_page(world):
     email = deliver(world)
     at = MONDAY + timedelta(seconds=2)

@@ -10,6 +10,7 @@ from email.message import EmailMessage
 
 from sqlalchemy.orm import Session
 
+from engine.assets.models import AssetVersion
 from engine.assets.service import current_version
 from engine.leads.models import Lead
 from engine.pages.service import page_token
@@ -38,21 +39,32 @@ class Signing:
 class Composed:
     message: EmailMessage
     links: list[str]  # tracked destinations by index, stored on the row before the send
+    asset_version_id: int  # what was rendered, stored with them (view in browser shows it)
+
+
+@dataclass(frozen=True)
+class RowRender:
+    rendered: Rendered
+    links: Links
+    destinations: list[str]
+    asset_version_id: int
 
 
 def render_for_row(*, session: Session, row: OutboxMessage, lead: Lead, program: Program,
-                   signing: Signing) -> tuple[Rendered, Links, list[str]]:
-    """The email as this lead gets it, instrumented for tracking when a secret key is set.
-    Raises RenderFailed (a NurtureError) for content the sandbox refuses."""
+                   signing: Signing) -> RowRender:
+    """The email as this lead gets it, instrumented for tracking when a secret key is set:
+    the asset version the row was sent with, else the current one. Raises RenderFailed (a
+    NurtureError) for content the sandbox refuses."""
     email = program.emails[row.step]
-    version = current_version(session=session, program_id=row.program_id, path=email.file)
+    version = (session.get(AssetVersion, row.asset_version_id) if row.asset_version_id
+               else current_version(session=session, program_id=row.program_id, path=email.file))
     links = _links(row, lead, program, signing)
     context = make_context(lead=lead, program=program, links=links)
     rendered = render_email(version_id=version.id, html=version.compiled_html,
                             text=version.compiled_text, subject=email.subject, context=context,
                             where=email.file)
     if not signing.secret_key:
-        return rendered, links, []
+        return RowRender(rendered, links, [], version.id)
     key, base = signing.secret_key, signing.base_url
     done = instrument(
         html=rendered.html, text=rendered.text,
@@ -60,20 +72,20 @@ def render_for_row(*, session: Session, row: OutboxMessage, lead: Lead, program:
                                                             index=n, url=url),
         open_url=f"{base}/o/{send_token(key, 'open', lead_id=lead.id, outbox_id=row.id)}.gif",
         untracked=(links.unsubscribe, links.view_in_browser))
-    return (Rendered(subject=rendered.subject, html=done.html, text=done.text), links,
-            done.links)
+    return RowRender(Rendered(subject=rendered.subject, html=done.html, text=done.text), links,
+                     done.links, version.id)
 
 
 def compose(*, session: Session, row: OutboxMessage, lead: Lead, program: Program,
             now: datetime, signing: Signing) -> Composed:
-    rendered, links, destinations = render_for_row(session=session, row=row, lead=lead,
-                                                   program=program, signing=signing)
+    done = render_for_row(session=session, row=row, lead=lead, program=program, signing=signing)
     mailto = (f"mailto:unsubscribe@{sender_domain(program.sender)}"
-              f"?subject=unsubscribe%20{links.token}")
-    message = build_message(rendered=rendered, sender=program.sender, to=lead.email, date=now,
-                            message_id=row.message_id, unsubscribe_url=links.unsubscribe,
-                            unsubscribe_mailto=mailto)
-    return Composed(message=message, links=destinations)
+              f"?subject=unsubscribe%20{done.links.token}")
+    message = build_message(rendered=done.rendered, sender=program.sender, to=lead.email,
+                            date=now, message_id=row.message_id,
+                            unsubscribe_url=done.links.unsubscribe, unsubscribe_mailto=mailto)
+    return Composed(message=message, links=done.destinations,
+                    asset_version_id=done.asset_version_id)
 
 
 def _links(row: OutboxMessage, lead: Lead, program: Program, signing: Signing) -> Links:

@@ -103,7 +103,8 @@ def _deliver(*, db: Database, transport: Transport, row_id: int, worker: str, cl
         return "held"
     with db.session() as session:  # its own short write transaction, right before the send
         if not outbox.renew_lease(session=session, row_id=row_id, worker=worker, now=clock(),
-                                  lease=lease, links=composed.links):
+                                  lease=lease, links=composed.links,
+                                  asset_version_id=composed.asset_version_id):
             return "lost_claim"  # another worker took the row over after our lease expired
     result = transport.send(composed.message)  # outside any transaction: SMTP may take seconds
     now = clock()

@@ -47,6 +47,7 @@ class OutboxMessage(Base):
     # The destinations of the tracked links, in order, written before the send: a click token
     # names an index here (and a hash of the URL), never a URL.
     links: Mapped[list | None] = mapped_column(JSON)
+    asset_version_id: Mapped[int | None] = mapped_column(Integer)  # what was sent (view in browser)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 

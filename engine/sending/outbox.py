@@ -96,11 +96,15 @@ def _finish(session: Session, row_id: int, worker: str, now: datetime, **values)
 
 
 def renew_lease(*, session: Session, row_id: int, worker: str, now: datetime,
-                lease: timedelta = LEASE, links: list[str] | None = None) -> bool:
+                lease: timedelta = LEASE, links: list[str] | None = None,
+                asset_version_id: int | None = None) -> bool:
     """Extend `worker`'s claim on a row just before sending it, storing the tracked links'
-    destinations (a click can arrive before the send is marked). False when the claim was lost
-    (its lease expired and another worker took the row over): the row must not be sent."""
+    destinations and the asset version sent (a click can arrive before the send is marked).
+    False when the claim was lost (its lease expired and another worker took the row over):
+    the row must not be sent."""
     extra = {"links": links} if links else {}
+    if asset_version_id is not None:
+        extra["asset_version_id"] = asset_version_id
     result = session.execute(
         update(_OUTBOX).where(_OUTBOX.c.id == row_id, _OUTBOX.c.status == Delivery.SENDING,
                               _OUTBOX.c.claimed_by == worker)

@@ -6,13 +6,16 @@ then goes to the lead's journeys and to scoring, in the same transaction as the 
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from engine.errors import NurtureError
 from engine.journeys.decide import Event, EventKind
 from engine.journeys.service import apply_event
 from engine.leads.models import Lead
@@ -22,6 +25,8 @@ from engine.tracking.bots import LINKS_AT_ONCE, Hit, bot_reason
 from engine.tracking.models import TrackingEvent
 
 KINDS = ("open", "click", "view", "page_view")
+FOLLOWED_CLICK = timedelta(seconds=30)  # a page visit this soon after a click came from it
+log = logging.getLogger(__name__)
 # What a person's event means to a journey (a view in the browser is an open).
 _JOURNEY_EVENTS = {"open": EventKind.OPENED, "view": EventKind.OPENED,
                    "click": EventKind.CLICKED, "page_view": EventKind.PAGE_VIEWED}
@@ -47,8 +52,11 @@ def store_events(*, session: Session, events: Iterable[dict]) -> int:
         if event["k"] in seen:
             continue
         seen.add(event["k"])
-        if _store(session, event, batch_clicks.get(event.get("o"), ())):
-            stored += 1
+        try:
+            with session.begin_nested():  # one bad event must not hold up those behind it
+                stored += _store(session, event, batch_clicks.get(event.get("o"), ()))
+        except (SQLAlchemyError, NurtureError, ValueError, TypeError):
+            log.exception("tracking event %s could not be stored; skipped", event["k"])
     return stored
 
 
@@ -75,6 +83,8 @@ def _store(session: Session, event: dict, batch_clicks: tuple[tuple[datetime, in
                             ip=event.get("ip") or "", link_index=event.get("n"),
                             sent_at=row.sent_at if row else None,
                             other_clicks=_other_clicks(session, row, at) + batch_clicks))
+    if reason is None and event["kind"] == "page_view":
+        reason = _after_bot_click(session, lead.id, event.get("url"), at)
     tracked = TrackingEvent(event_key=event["k"], kind=event["kind"], lead_id=lead.id,
                             outbox_id=row.id if row else None, link_index=event.get("n"),
                             url=event.get("url"), at=at, user_agent=event.get("ua") or None,
@@ -88,6 +98,18 @@ def _store(session: Session, event: dict, batch_clicks: tuple[tuple[datetime, in
         score_response(session=session, lead=lead, kind=_score_kind(event["kind"]), detail=detail,
                        now=at, tracking_event_id=tracked.id)
     return True
+
+
+def _after_bot_click(session: Session, lead_id: int, path: str | None,
+                     at: datetime) -> str | None:
+    """A visit that follows a filtered click on a link to this page is that machine's too."""
+    if not path:
+        return None
+    found = session.scalar(select(TrackingEvent.bot_reason).where(
+        TrackingEvent.lead_id == lead_id, TrackingEvent.kind == "click",
+        TrackingEvent.bot.is_(True), TrackingEvent.url.contains(path, autoescape=True),
+        TrackingEvent.at >= at - FOLLOWED_CLICK, TrackingEvent.at <= at).limit(1))
+    return f"followed a filtered click ({found})" if found else None
 
 
 def _score_kind(kind: str) -> str:
@@ -106,12 +128,18 @@ def _other_clicks(session: Session, row: OutboxMessage | None,
 
 def _well_formed(event: dict) -> bool:
     try:
-        datetime.fromisoformat(event["at"])
+        if datetime.fromisoformat(event["at"]).tzinfo is None:
+            return False
     except (KeyError, TypeError, ValueError):
         return False
-    return (event.get("kind") in KINDS and isinstance(event.get("k"), str)
+    texts = all(event.get(name) is None or isinstance(event[name], str)
+                for name in ("ua", "ip", "url", "page"))
+    index = event.get("n")
+    return (texts and event.get("kind") in KINDS and isinstance(event.get("k"), str)
             and 0 < len(event["k"]) <= 40 and _is_id(event.get("l"))
-            and (event.get("o") is None or _is_id(event["o"])))
+            and (event.get("o") is None or _is_id(event["o"]))
+            and (index is None or (isinstance(index, int) and not isinstance(index, bool)
+                                   and -1 <= index < 10_000)))
 
 
 def _is_id(value) -> bool:

@@ -95,14 +95,14 @@ def _sent_html(lead_id: int, outbox_id: int) -> str | None:
         lead = session.get(Lead, lead_id)
         program = program_at(session, row.program_id, row.program_version)
         try:
-            rendered, _, _ = render_for_row(
+            done = render_for_row(
                 session=session, row=row, lead=lead, program=program,
                 signing=Signing(secret_key=settings.secret_key, base_url=settings.base_url))
         except NurtureError:
             current_app.logger.warning("view of outbox row %s failed to render", outbox_id,
                                        exc_info=True)
             return None
-    return rendered.html
+    return done.rendered.html
 
 
 def _unsubscribe_page(state: str, email: str | None = None, status: int = 200):
