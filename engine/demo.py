@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import random
 from collections import Counter
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from sqlalchemy import func, select
 
 from engine.cli_context import AppContext, console, pass_app
 from engine.db import utcnow
+from engine.sending.sink import free_port
 
 SAMPLE_PROGRAM = Path(__file__).resolve().parent.parent / "assets" / "acme-nurture"
 FIRST = ["Ada", "Grace", "Linus", "Margaret", "Alan", "Katherine", "Dennis", "Barbara", "Ken",
@@ -126,10 +128,40 @@ def demo(app: AppContext, lead_count: int, days: int, program_dir: str) -> None:
     sims = simulate(program, leads, events, start=start, days=days)
     _print_summary(sims, days)
 
-    console.rule(f"4. Deliver {days} days through the local SMTP sink; people open and click")
-    _deliver_through_sink(app, start=now, days=days, emails=emails)
-    console.rule("5. Scores, MQLs and the sales handoff")
+    from engine.sending.sink import Sink
+
+    with Sink(app.settings.sink_dir) as sink:
+        # The public app serves the tracking links on a port of its own; launch notices and
+        # every email go to this sink.
+        app.settings = replace(app.settings, sink_port=sink.port,
+                               base_url=f"http://127.0.0.1:{free_port()}")
+        console.rule("4. QA and launch")
+        if not _qa_and_launch(program.slug):
+            return
+        console.rule(f"5. Deliver {days} days through the local SMTP sink; people open and click")
+        _deliver_through_sink(app, sink=sink, start=now, days=days, emails=emails)
+    console.rule("6. Scores, MQLs and the sales handoff")
     _print_handoff(app, now=now + timedelta(days=days))
+
+
+def _qa_and_launch(slug: str) -> bool:
+    """`nurture qa run` and `nurture launch`, as a user runs them (the engine does not import
+    qa/: its commands join `nurture` through the `nurture.commands` entry points)."""
+    from importlib.metadata import entry_points
+
+    commands = {entry.name: entry for entry in entry_points(group="nurture.commands")}
+    if "launch" not in commands:
+        console.print("the qa package is not installed: cannot launch")
+        return False
+    context = click.get_current_context()
+    try:
+        context.invoke(commands["launch"].load(), program=slug, by="demo", offline=True,
+                       no_screenshots=False, out=None)
+    except SystemExit as exc:
+        if exc.code:
+            console.print("the sample program did not pass QA: nothing is sent")
+            return False
+    return True
 
 
 def _print_enrollments(app: AppContext, slug: str) -> None:
@@ -204,20 +236,17 @@ class _SimulatedClock:
         return at
 
 
-def _deliver_through_sink(app: AppContext, *, start: datetime, days: int,
+def _deliver_through_sink(app: AppContext, *, sink, start: datetime, days: int,
                           emails: list[str]) -> None:
     """The stored journeys, advanced step by step on a simulated clock: each due step goes into
     the outbox and is delivered over SMTP to the sink, as the scheduler and workers would. The
     app serves the tracking links on a local port; the demo's audience opens and clicks what
     lands in the sink, and the drainer stores their events after each delivery run."""
-    from dataclasses import replace
-
     from engine.demo_tracking import Audience, TrackingServer
     from engine.journeys.service import run_due
     from engine.sending.compose import Signing
     from engine.sending.delivery import DeliveryOptions, deliver_due
     from engine.sending.inbox import list_messages, read_message
-    from engine.sending.sink import Sink, free_port
     from engine.tracking.service import drain_buffer
     from engine.web.app import create_app
 
@@ -225,13 +254,13 @@ def _deliver_through_sink(app: AppContext, *, start: datetime, days: int,
     totals: Counter = Counter()
     sink_dir = app.settings.sink_dir
     before = seen = len(list_messages(sink_dir))
-    port = free_port()
-    settings = replace(app.settings, base_url=f"http://127.0.0.1:{port}")
+    settings = app.settings
+    port = int(settings.base_url.rsplit(":", 1)[1])
     options = DeliveryOptions(signing=Signing(secret_key=settings.secret_key,
                                               base_url=settings.base_url))
     web, audience = create_app(settings, clock=clock), Audience(emails)
     buffer = web.extensions["nurture.recorder"].buffer
-    with Sink(sink_dir) as sink, TrackingServer(web, port):
+    with TrackingServer(web, port):
         transport = sink.transport()
         try:
             while (due := _next_due(app)) is not None and due <= end:

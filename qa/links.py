@@ -591,6 +591,11 @@ def link_findings(asset: str, links: Sequence[ExtractedLink],
     return list(findings.values())
 
 
+def _own(url: str, base_url: str | None, prefixes: tuple[str, ...]) -> bool:
+    """Whether a link (resolved against its page's address) is served by this engine."""
+    return bool(prefixes) and urljoin(base_url or "", url.strip()).startswith(prefixes)
+
+
 def check_assets(assets: Mapping[str, str], options: LinkCheckOptions | None = None, *,
                  base_urls: Mapping[str, str] | None = None) -> list[Finding]:
     """Link findings for every asset (path -> HTML), each distinct URL fetched once.
@@ -598,7 +603,7 @@ def check_assets(assets: Mapping[str, str], options: LinkCheckOptions | None = N
     options = options or LinkCheckOptions()
     bases = base_urls or {}
     extracted = {asset: [link for link in extract_links(html)
-                         if not link.url.strip().startswith(options.own_prefixes or ("\0",))]
+                         if not _own(link.url, bases.get(asset), options.own_prefixes)]
                  for asset, html in assets.items()}
     to_fetch = [inspection.fetch for asset, links in extracted.items() for link in links
                 if (inspection := inspect_link(link.url, bases.get(asset))).fetch]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from launching import mark_launched
 from sqlalchemy import create_engine, text
 
 from engine.db import Base, Database
@@ -115,9 +116,12 @@ def sample_program(tmp_path) -> Path:
 
 
 @pytest.fixture
-def loaded_program(cli, sample_program) -> str:
+def loaded_program(cli, sample_program, db) -> str:
+    """The sample program loaded, and launched (its sends go out): tests that are about the
+    launch gate load it themselves."""
     result = cli("program", "load", sample_program)
     assert result.exit_code == 0, result.output
+    mark_launched(db, "acme-nurture")
     return "acme-nurture"
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from launching import launch_all
 from smtp_sink import nurture_message
 from sqlalchemy import func, select
 
@@ -295,6 +296,7 @@ def test_mangled_reports_never_raise_anything_but_invalid(data):
 def program(db, sample_program):
     with db.session() as s:
         load_program(session=s, directory=sample_program, now=MONDAY)
+        launch_all(s)
 
 
 def add(db, email: str, first_name: str = "Ada") -> None:

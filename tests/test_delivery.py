@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from launching import launch_all
 from smtp_sink import REPLIES
 from sqlalchemy import select
 
@@ -52,6 +53,7 @@ def add(db, email, first_name="Ada", **fields):
 def program(db, sample_program):
     with db.session() as s:
         load_program(session=s, directory=sample_program, now=MONDAY)
+        launch_all(s)
 
 
 def rows(db):

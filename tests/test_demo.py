@@ -19,9 +19,21 @@ def test_demo_loads_imports_simulates_and_summarises(cli):
     delivered = re.search(r"sink: (\d+) message\(s\) received", out)
     assert delivered and int(delivered.group(1)) >= 40  # every lead got at least its welcome
     assert "List-Unsubscribe-Post: List-Unsubscribe=One-Click" in out
+    assert re.search(r"QA passed: 0 blockers, \d+ warning", out)
+    assert "launched Acme Cloud perpetual nurture v1" in out
+    assert "told sales@acme.example, support@acme.example what the program does" in out
     inbox = cli("inbox", "--json", "--limit", "100000")
-    assert inbox.exit_code == 0 and inbox.stdout.count('"rcpt_tos"') == int(delivered.group(1))
+    assert inbox.exit_code == 0
+    # every delivered email, and the launch notice that went before them
+    assert inbox.stdout.count('"rcpt_tos"') == int(delivered.group(1)) + 1
+    assert '"subject": "Launched: Acme Cloud perpetual nurture"' in inbox.stdout
+    # people clicked tracked links over HTTP; scoring handed the hottest to sales
+    assert re.search(r"tracking: \d+ requests to http://127\.0\.0\.1:\d+", out)
+    assert re.search(r"tracked by people: \d+ clicks, \d+ opens", out)
+    assert re.search(r"[1-9]\d* sales notification\(s\)", out.split("6. Scores")[1])
+    assert "the timeline sales sees" in out
     again = cli("demo", "--leads", "40", "--days", "30")
+    assert "already launched at its current version" in again.stdout
     # Importing twice changes nothing; a lead scoring made an MQL meanwhile is not sent back
     # to the file's stage (that row is rejected with the illegal transition named).
     assert re.search(r"created 0, updated 0, rejected [3-9]\b", again.stdout)

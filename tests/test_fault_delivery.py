@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import redis as redis_lib
+from launching import launch_all
 from sqlalchemy import func, select
 
 from engine.db import utcnow
@@ -136,6 +137,7 @@ def test_every_due_email_arrives_once_despite_sigkills_and_a_redis_restart(
         for i in range(EMAILS)), encoding="utf-8")
     with db.session() as s:
         load_program(session=s, directory=sample_program, now=now - timedelta(minutes=2))
+        launch_all(s)
     summary = import_leads(db=db, path=leads_csv, program="acme-nurture",
                            now=now - timedelta(minutes=1))
     assert summary.created == EMAILS

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from datetime import UTC, datetime, timedelta
 
+from launching import launch_all
 from sqlalchemy import func, select
 
 from engine.journeys.service import run_due
@@ -20,6 +21,7 @@ MONDAY = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)  # 09:00 in Paris: inside the w
 def setup_leads(db, directory, count=3, now=MONDAY):
     with db.session() as s:
         load_program(session=s, directory=directory, now=now)
+        launch_all(s)
         for i in range(count):
             upsert_lead(session=s, fields={"email": f"lead{i}@globex.example", "title": "CIO",
                                            "timezone": "Europe/Paris"},
@@ -53,6 +55,7 @@ def test_a_step_is_queued_once_per_enrollment(db, sample_program):
 def test_import_queues_the_first_step_of_new_leads(db, sample_program, tmp_path):
     with db.session() as s:
         load_program(session=s, directory=sample_program, now=MONDAY)
+        launch_all(s)
     path = tmp_path / "leads.csv"
     path.write_text("email,title,timezone\nann@x.example,CIO,Europe/Paris\nbo@x.example,CFO,Asia/Tokyo\n")
     import_leads(db=db, path=path, program="acme-nurture", now=MONDAY)

@@ -6,6 +6,7 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from launching import launch_all
 
 from engine.leads.service import upsert_lead
 from engine.programs.service import load_program
@@ -20,6 +21,7 @@ def queued(db, sample_program, monkeypatch):
     """Four leads whose welcome email is queued on Monday; one sent, one held, one skipped."""
     with db.session() as s:
         load_program(session=s, directory=sample_program, now=MONDAY)
+        launch_all(s)
         for name in ("ann", "bob", "cy", "dee"):
             upsert_lead(session=s, fields={"email": f"{name}@globex.example", "title": "CIO"},
                         now=MONDAY, actor="test", program="acme-nurture")

@@ -21,6 +21,7 @@ from urllib.parse import quote, urlsplit
 
 import pytest
 from conftest import SAMPLE_PROGRAM, _backends
+from launching import launch_all
 from sqlalchemy import create_engine, select, text
 
 from engine.config import Settings
@@ -112,6 +113,7 @@ def world(request, tmp_path_factory, sqlite_template) -> Iterator[World]:
     db = Database(url)
     with db.session() as s:
         load_program(session=s, directory=SAMPLE_PROGRAM, now=MONDAY - timedelta(days=1))
+        launch_all(s)
     settings = Settings(instance_path=tmp / "instance", database_url=url, redis_url=None,
                         secret_key=SECRET, base_url=BASE_URL)
     clock = Clock()
@@ -545,12 +547,14 @@ def test_view_in_browser_still_shows_what_was_sent_after_the_email_is_edited(wor
     (program / "program.yaml").write_text(EDITED_PROGRAM)
     with world.db.session() as s:
         load_program(session=s, directory=program, now=MONDAY - timedelta(days=1))
+        launch_all(s)
     email = deliver(world, program="acme-edited")
     mjml.write_text(mjml.read_text().replace("https://acme.example/docs/quick-start",
                                              "https://acme.example/docs/new-start")
                     .replace("Open the quick-start guide", "Read our new guide"))
     with world.db.session() as s:
         load_program(session=s, directory=program, now=MONDAY + timedelta(minutes=30))
+        launch_all(s)
     page = get(world, email.view).text
     assert "Open the quick-start guide" in page and "Read our new guide" not in page
     quick_start = [h for h in re.findall(r'href="([^"]+)"', page) if "/c/" in h][1]

@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import redis as redis_lib
+from launching import launch_all
 from sqlalchemy import func, select
 
 from engine.config import Settings
@@ -199,6 +200,7 @@ def sent_emails(db: Database, env: dict[str, str], tmp_path: Path) -> list[SentE
     sent_at = _past_monday_morning()
     with db.session() as s:
         load_program(session=s, directory=SAMPLE_PROGRAM, now=sent_at - timedelta(hours=1))
+        launch_all(s)
         for n, title in enumerate(TITLES):
             upsert_lead(session=s, fields={"email": f"lead{n}@globex.example", "title": title},
                         now=sent_at, actor="test", program="acme-nurture")

@@ -9,6 +9,7 @@ import time
 from datetime import UTC, datetime
 
 import pytest
+from launching import launch_all
 from sqlalchemy import func, select
 
 from engine.journeys.models import Enrollment
@@ -42,6 +43,7 @@ def leads(db, sample_program) -> list[str]:
     emails = ["ada@globex.example", "bo@initech.example"]
     with db.session() as s:
         load_program(session=s, directory=sample_program, now=MONDAY)
+        launch_all(s)
         for email in emails:
             upsert_lead(session=s, fields={"email": email, "title": "CIO"}, now=MONDAY,
                         actor="test", program="acme-nurture")

@@ -9,6 +9,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from launching import launch_all
 from redis import exceptions as redis_errors
 from rq import Queue, SimpleWorker
 from sqlalchemy import select
@@ -61,6 +62,7 @@ def test_scheduler_queues_one_send_job_and_a_worker_delivers_everything(
         monkeypatch.setattr(f"{module}.utcnow", lambda: clock)
     with db.session() as s:
         load_program(session=s, directory=sample_program, now=MONDAY)
+        launch_all(s)
         for i in range(5):
             upsert_lead(session=s, fields={"email": f"lead{i}@globex.example", "first_name": f"L{i}"},
                         now=MONDAY, actor="test", program="acme-nurture")

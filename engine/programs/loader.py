@@ -14,6 +14,8 @@ import yaml
 from jinja2 import TemplateSyntaxError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from engine.errors import Invalid
+from engine.leads.fields import normalise_email
 from engine.leads.stages import STAGES
 from engine.programs.spec import (
     DAYS,
@@ -47,8 +49,9 @@ KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,99}$")
 MATCH_OPS = ("contains", "in", "equals")
 TOP_KEYS = {
     "program", "name", "timezone", "sender", "send_window", "personas", "emails", "pages",
-    "tracks", "rules", "scoring", "sla",
+    "tracks", "rules", "scoring", "sla", "launch",
 }
+MAX_NOTIFY = 20
 FIELD = re.compile(r"^[a-z_][a-z0-9_]{0,63}$")  # a standard or custom lead field
 SCORING_KEYS = ("behaviour", "pages", "daily_caps", "decay", "fit", "mql", "triggers")
 FIT_KEYS = ("field", "points", "matches", "in", "at_least", "at_most")
@@ -233,6 +236,7 @@ def _validate(c: _Checker, data: _Map) -> Program | None:
     rules = _rules(c, rules_map, tracks)
     scoring = _scoring(c, data, pages, emails)
     sla = _sla(c, sla_map, tracks)
+    notify = _launch_notify(c, c.mapping(data, "launch", required=False))
     sender = data.get("sender") or {}
     if not isinstance(sender, dict):
         c.error(data, "sender", "'sender' must be a mapping with 'from' and optional 'reply_to'")
@@ -242,7 +246,7 @@ def _validate(c: _Checker, data: _Map) -> Program | None:
     return Program(
         slug=slug, name=str(data.get("name") or slug), timezone=tz, send_window=window,
         personas=personas, emails=emails, pages=pages, tracks=tracks, rules=rules,
-        sender=dict(sender), scoring=scoring, sla=sla,
+        sender=dict(sender), scoring=scoring, sla=sla, launch_notify=notify,
     )
 
 
@@ -714,6 +718,24 @@ def _triggers(c: _Checker, triggers: _Seq, pages, emails) -> tuple[Trigger, ...]
             c.error(trigger, "enroll", f"{label}: enroll: {enroll!r} is not a program name")
         parsed.append(Trigger(on=str(kind), page=page, email=email, route=route, enroll=enroll))
     return tuple(parsed)
+
+
+def _launch_notify(c: _Checker, launch) -> tuple[str, ...]:
+    """`launch: {notify: [sales@..., support@...]}`: who hears what the program does at launch."""
+    if launch is None:
+        return ()
+    _known_keys(c, launch, ("notify",), "launch")
+    notify = launch.get("notify") or []
+    if not isinstance(notify, list) or len(notify) > MAX_NOTIFY:
+        c.error(launch, "notify", f"launch.notify must be a list of at most {MAX_NOTIFY} addresses")
+        return ()
+    addresses = []
+    for value in notify:
+        try:
+            addresses.append(normalise_email(value if isinstance(value, str) else ""))
+        except Invalid:
+            c.error(launch, "notify", f"launch.notify: {str(value)[:80]!r} is not an email address")
+    return tuple(addresses)
 
 
 def _sla(c: _Checker, sla, tracks) -> SlaRules:

@@ -156,6 +156,7 @@ class Program:
     version: int = 0
     scoring: ScoringRules = field(default_factory=ScoringRules)
     sla: SlaRules = field(default_factory=SlaRules)
+    launch_notify: tuple[str, ...] = ()  # told what the program does when it launches
 
     @property
     def default_persona(self) -> str:
@@ -197,6 +198,7 @@ class Program:
             },
             "scoring": _scoring_to_dict(self.scoring),
             "sla": _sla_to_dict(self.sla),
+            "launch": {"notify": list(self.launch_notify)},
         }
 
     @classmethod
@@ -232,6 +234,7 @@ class Program:
             # versions stored before scoring existed have neither key: no scoring, default SLAs
             scoring=_scoring_from_dict(data.get("scoring") or {}),
             sla=_sla_from_dict(data.get("sla") or {}),
+            launch_notify=tuple((data.get("launch") or {}).get("notify") or ()),
         )
 
 

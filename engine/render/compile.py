@@ -174,8 +174,11 @@ def inline_css(html: str) -> str:
     """premailer without network access; rules it cannot inline (@media) stay in a style tag."""
     from premailer import Premailer
 
+    # disable_basic_attributes: premailer would turn MJML's `width: 100%` CSS into a width="100%"
+    # attribute over the image's own width="120", and Outlook then stretches the image.
     return Premailer(html, allow_network=False, disable_validation=True,
-                     cssutils_logging_level=50, strip_important=False).transform()
+                     cssutils_logging_level=50, strip_important=False,
+                     disable_basic_attributes=["width", "height"]).transform()
 
 
 # -- plain text -------------------------------------------------------------------------------

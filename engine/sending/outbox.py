@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from engine.journeys.decide import ActionKind, Decision
 from engine.programs.spec import Program
+from engine.programs.models import ProgramRecord
 from engine.sending.models import Delivery, OutboxMessage
 
 LEASE = timedelta(minutes=5)
@@ -54,11 +55,13 @@ def insert_rows(session: Session, rows: list[dict]) -> None:
 
 def due_clause(now: datetime):
     """Rows a worker may claim: pending or temporarily failed rows whose time has come, and
-    rows whose claim's lease has expired (their worker died or stalled)."""
-    return or_(
+    rows whose claim's lease has expired (their worker died or stalled) — of launched programs
+    only: a program's rows wait, unsent, until `nurture launch` lets it out."""
+    launched = select(ProgramRecord.id).where(ProgramRecord.launched_at.is_not(None))
+    return and_(_OUTBOX.c.program_id.in_(launched), or_(
         and_(_OUTBOX.c.status.in_([Delivery.PENDING, Delivery.FAILED_TEMP]), _OUTBOX.c.due_at <= now),
         and_(_OUTBOX.c.status == Delivery.SENDING, _OUTBOX.c.lease_until < now),
-    )
+    ))
 
 
 def claim_due(*, session: Session, worker: str, now: datetime, limit: int = 100,

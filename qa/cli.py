@@ -1,0 +1,174 @@
+"""`nurture qa run|waive` and `nurture launch`: the QA gate from the command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from rich.markup import escape
+from rich.table import Table
+
+from engine.cli_context import AppContext, console, err_console, pass_app
+from engine.db import utcnow
+from qa.findings import Severity
+
+_SEVERITY_STYLE = {Severity.BLOCKER: "bold red", Severity.WARNING: "yellow", Severity.INFO: "dim"}
+
+
+@click.group()
+def qa() -> None:
+    """Test a program before it launches: links, formatting, proofs, scenarios; the gate."""
+
+
+def run_gate_for(app: AppContext, program: str, *, offline: bool, out: str | None,
+                 screenshots: bool = True):
+    """Run the gate on a directory or a loaded program's current version; write the report
+    (screenshots beside it)."""
+    from qa.gate import GateOptions, load_target, run_gate
+    from qa.links import LinkCheckOptions
+    from qa.report import write_report
+
+    now = utcnow()
+    with app.db.session() as session:
+        target = load_target(session=session, program=program)
+        out_dir = Path(out) if out else (app.settings.instance_path / "qa"
+                                         / target.loaded.program.slug / now.strftime("%Y%m%dT%H%M%S"))
+        options = GateOptions(
+            base_url=app.settings.base_url, screenshots_dir=out_dir if screenshots else None,
+            links=LinkCheckOptions(network=not offline,
+                                   cache_path=app.settings.instance_path / "qa" / "link-cache.json"))
+        report = run_gate(target=target, session=session, options=options, now=now)
+    return target, report, write_report(report, out_dir)
+
+
+def print_report(report, paths) -> None:
+    table = Table("severity", "code", "asset", "where", "message", title="Findings")
+    for finding in report.findings:
+        waived = finding.key in report.waivers
+        style = "dim strike" if waived else _SEVERITY_STYLE[finding.severity]
+        table.add_row(f"[{style}]{finding.severity}[/{style}]" + (" (waived)" if waived else ""),
+                      finding.code, escape(finding.asset), escape(finding.location),
+                      escape(finding.message))
+    if report.findings:
+        console.print(table)
+    counts = report.counts()
+    verdict = "[green]passed[/green]" if report.passed else "[bold red]blocked[/bold red]"
+    console.print(f"QA {verdict}: {counts['blocker']} blocker(s), {counts['warning']} warning(s), "
+                  f"{counts['info']} info, {counts['waived']} waived")
+    console.print(f"report: {paths[1]} (JSON: {paths[0]})", markup=False)
+
+
+@qa.command("run")
+@click.argument("program")
+@click.option("--out", type=click.Path(file_okay=False), help="Report directory "
+              "(default instance/qa/<program>/<time>).")
+@click.option("--offline", is_flag=True, help="Check links statically only (no HTTP).")
+@click.option("--no-screenshots", is_flag=True, help="Skip the Chromium screenshots.")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON report instead.")
+@pass_app
+def run(app: AppContext, program: str, out: str | None, offline: bool, no_screenshots: bool,
+        as_json: bool) -> None:
+    """Run every check on PROGRAM (a loaded program's name: its current version, with its
+    approvals and waivers; or a directory) and write an HTML and a JSON report. Exit 1 while
+    blockers remain."""
+    _, report, paths = run_gate_for(app, program, offline=offline, out=out,
+                                    screenshots=not no_screenshots)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        print_report(report, paths)
+    if not report.passed:
+        raise SystemExit(1)
+
+
+@qa.command()
+@click.argument("program")
+@click.argument("finding_key")
+@click.option("--reason", required=True, help="Why this finding may ship.")
+@click.option("--by", "by", required=True, help="Who waives it.")
+@pass_app
+def waive(app: AppContext, program: str, finding_key: str, reason: str, by: str) -> None:
+    """Accept one finding of a loaded PROGRAM, named by its key (the report lists each
+    finding's key), with a reason; recorded, and shown as waived in every later report."""
+    from engine.launch.service import waive as record_waiver
+    from engine.programs.store import current_program
+
+    with app.db.session() as session:
+        record, _ = current_program(session=session, name=program)
+        record_waiver(session=session, program_id=record.id, finding_key=finding_key,
+                      reason=reason, by=by, now=utcnow())
+    console.print(f"waived {escape(finding_key)} for {escape(program)}: {escape(reason)}")
+
+
+@click.command()
+@click.argument("program")
+@click.option("--by", "by", required=True, help="Who launches it.")
+@click.option("--offline", is_flag=True, help="Check links statically only (no HTTP).")
+@click.option("--no-screenshots", is_flag=True, help="Skip the Chromium screenshots.")
+@click.option("--out", type=click.Path(file_okay=False), help="Report directory.")
+@pass_app
+def launch(app: AppContext, program: str, by: str, offline: bool, no_screenshots: bool,
+           out: str | None) -> None:
+    """Launch a loaded PROGRAM: run the QA gate on its current version and refuse, naming
+    each blocker, while any remains; on launch its sends start, and the addresses in
+    `launch.notify` are told what the program does."""
+    from engine.launch.service import record_launch
+    from engine.programs.store import current_program
+
+    if Path(program).is_dir():
+        raise click.BadParameter("launch a loaded program by name (`nurture program load DIR` "
+                                 "first)", param_hint="PROGRAM")
+    if _already_launched(app, program):
+        console.print(f"{escape(program)} is already launched at its current version")
+        return
+    target, report, paths = run_gate_for(app, program, offline=offline, out=out,
+                                         screenshots=not no_screenshots)
+    now = utcnow()
+    blockers = report.blockers
+    with app.db.session() as session:
+        record, spec = current_program(session=session, name=program)
+        summary = ("\n".join(f"{f.code} {f.asset} {f.location}: {f.message}" for f in blockers)
+                   or "passed")
+        record_launch(session=session, record=record, version=target.version or 0, by=by,
+                      now=now, launched=not blockers, summary=summary[:20_000])
+    if blockers:
+        print_report(report, paths)
+        err_console.print(f"not launched: {len(blockers)} blocker(s) remain; fix them, or waive "
+                          "one with `nurture qa waive PROGRAM KEY --reason ... --by ...`")
+        raise SystemExit(1)
+    counts = report.counts()
+    console.print(f"QA passed: 0 blockers, {counts['warning']} warning(s), {counts['waived']} "
+                  f"waived; report: {paths[1]}", markup=False)
+    console.print(f"[green]launched[/green] {escape(spec.name)} v{target.version}: its sends start now")
+    if spec.launch_notify:
+        _notify(app, spec, by, now)
+
+
+def _already_launched(app: AppContext, program: str) -> bool:
+    from sqlalchemy import select
+
+    from engine.launch.models import Launch
+    from engine.programs.store import current_program
+
+    with app.db.session() as session:
+        record, _ = current_program(session=session, name=program)
+        return session.scalar(select(Launch.id).where(
+            Launch.program_id == record.id, Launch.version == record.current_version,
+            Launch.launched.is_(True))) is not None
+
+
+def _notify(app: AppContext, spec, by: str, now) -> None:
+    from engine.launch.service import launch_notice
+    from engine.sending.transport import transport_from_settings
+
+    transport = transport_from_settings(app.settings)
+    try:
+        result = transport.send(launch_notice(spec, to=list(spec.launch_notify), by=by, now=now))
+    finally:
+        transport.close()
+    told = ", ".join(spec.launch_notify)
+    if result.sent:
+        console.print(f"told {told} what the program does")
+    else:
+        err_console.print(f"could not tell {told}: {result.code or ''} {result.text}")

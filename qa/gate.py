@@ -1,0 +1,187 @@
+"""The launch gate: run every QA check on a program, apply the recorded waivers, and say
+whether anything still blocks a launch. Checks return findings; the gate only reads them.
+
+A program is checked as it would be sent: the stored current version of a loaded program
+(or a directory, for a check before loading; approvals and waivers then do not apply).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from engine.launch.models import Waiver
+from engine.programs.loader import LoadedProgram, ProgramInvalid, load_program_dir
+from engine.programs.models import ProgramRecord
+from engine.programs.store import current_program, version_row
+from engine.render.compile import compile_asset
+from engine.render.personalise import RenderFailed, make_context, render_email
+from qa.findings import Finding, Severity
+from qa.formatting import check_formatting, sending_links
+from qa.links import LinkCheckOptions, check_assets
+from qa.merge_fields import sample_leads
+from qa.screenshots import screenshot_emails
+
+
+@dataclass(frozen=True)
+class GateOptions:
+    base_url: str
+    links: LinkCheckOptions = field(default_factory=LinkCheckOptions)
+    screenshots_dir: Path | None = None  # None: no screenshots
+
+
+@dataclass
+class QaReport:
+    program: str
+    version: int | None  # None: a directory not loaded
+    content_hash: str
+    checked_at: datetime
+    findings: list[Finding]
+    waivers: dict[str, dict] = field(default_factory=dict)  # finding key -> reason, by, at
+    sections: dict = field(default_factory=dict)  # scenario results, approvals, screenshots
+
+    @property
+    def blockers(self) -> list[Finding]:
+        return [f for f in self.findings
+                if f.severity is Severity.BLOCKER and f.key not in self.waivers]
+
+    @property
+    def passed(self) -> bool:
+        return not self.blockers
+
+    def counts(self) -> dict[str, int]:
+        counts = {severity.value: 0 for severity in Severity}
+        for finding in self.findings:
+            if finding.key not in self.waivers:
+                counts[finding.severity.value] += 1
+        counts["waived"] = sum(1 for f in self.findings if f.key in self.waivers)
+        return counts
+
+    def to_dict(self) -> dict:
+        return {
+            "program": self.program, "version": self.version, "content_hash": self.content_hash,
+            "checked_at": self.checked_at.isoformat(), "passed": self.passed,
+            "counts": self.counts(),
+            "findings": [{**f.to_dict(), "waiver": self.waivers.get(f.key)}
+                         for f in self.findings],
+            **self.sections,
+        }
+
+
+@dataclass(frozen=True)
+class Target:
+    """What the gate checks: a program's files, and its stored record when loaded."""
+
+    loaded: LoadedProgram
+    record: ProgramRecord | None = None
+    version: int | None = None
+
+
+def load_target(*, session: Session | None, program: str) -> Target:
+    """A directory path, else the name of a loaded program (its current version).
+    Raises ProgramInvalid or NotFound."""
+    path = Path(program)
+    if path.is_dir():
+        return Target(loaded=load_program_dir(path))
+    if session is None:
+        raise ProgramInvalid([])
+    record, spec = current_program(session=session, name=program)
+    row = version_row(session, record.id, record.current_version)
+    loaded = LoadedProgram(program=spec, files=dict(row.files), content_hash=row.content_hash,
+                           source=row.source)
+    return Target(loaded=loaded, record=record, version=record.current_version)
+
+
+# A check takes the target (and the session, None for a directory) and returns findings,
+# possibly adding a section to the report.
+Check = Callable[[Target, Session | None, GateOptions, dict], list[Finding]]
+
+
+def run_gate(*, target: Target, session: Session | None, options: GateOptions, now: datetime,
+             checks: list[Check] | None = None) -> QaReport:
+    sections: dict = {}
+    findings: list[Finding] = []
+    for check in checks if checks is not None else default_checks():
+        findings += check(target, session, options, sections)
+    report = QaReport(program=target.loaded.program.name, version=target.version,
+                      content_hash=target.loaded.content_hash, checked_at=now,
+                      findings=_ordered(findings), sections=sections)
+    if session is not None and target.record is not None:
+        report.waivers = waivers_for(session=session, program_id=target.record.id)
+    return report
+
+
+def default_checks() -> list[Check]:
+    return [formatting_check, links_check, screenshots_check]
+
+
+def formatting_check(target: Target, session, options: GateOptions, sections: dict) -> list[Finding]:
+    return check_formatting(target.loaded, base_url=options.base_url)
+
+
+def links_check(target: Target, session, options: GateOptions, sections: dict) -> list[Finding]:
+    """Every link of every email (as rendered for a sample lead) and landing page."""
+    own = (options.base_url.rstrip("/") + "/",)
+    links = LinkCheckOptions(**{**options.links.__dict__, "own_prefixes": own})
+    base = options.base_url.rstrip("/")
+    program = target.loaded.program
+    pages = {page.file: f"{base}/p/{program.slug}/{page.slug}" for page in program.pages.values()}
+    return check_assets(rendered_assets(target.loaded, options.base_url), links, base_urls=pages)
+
+
+def screenshots_check(target: Target, session, options: GateOptions,
+                      sections: dict) -> list[Finding]:
+    """Each email at desktop and mobile width in headless Chromium (skipped, saying so, when
+    no browser is installed), saved beside the report."""
+    if options.screenshots_dir is None:
+        return []
+    emails = {name: html for name, html in
+              rendered_assets(target.loaded, options.base_url).items()
+              if name in {e.file for e in target.loaded.program.emails.values()}}
+    shots = screenshot_emails(emails, options.screenshots_dir)
+    sections["screenshots"] = [shot.to_dict() for shot in shots.shots]
+    return [f for f in shots.findings if f.code != "render.screenshot"]  # one per shot: noise
+
+
+def rendered_assets(loaded: LoadedProgram, base_url: str) -> dict[str, str]:
+    """Each email rendered for the first persona's sample lead, and each page's HTML; an
+    asset that does not compile or render is left out (formatting reports why)."""
+    program = loaded.program
+    sample = sample_leads(program)[0].lead
+    context = make_context(lead=sample, program=program, links=sending_links(program, base_url))
+    rendered: dict[str, str] = {}
+    for email in program.emails.values():
+        compiled = compile_asset("email", loaded.files[email.file])
+        if not compiled.valid or compiled.html is None:
+            continue
+        try:
+            rendered[email.file] = render_email(
+                version_id=None, html=compiled.html, text=compiled.text or "",
+                subject=email.subject, context=context, where=email.file).html
+        except RenderFailed:
+            continue  # the formatting check reports why, with the persona and variable
+    for page in program.pages.values():
+        compiled = compile_asset("page", loaded.files[page.file])
+        if compiled.valid and compiled.html:
+            rendered[page.file] = compiled.html
+    return rendered
+
+
+def waivers_for(*, session: Session, program_id: int) -> dict[str, dict]:
+    rows = session.scalars(select(Waiver).where(Waiver.program_id == program_id))
+    return {w.finding_key: {"reason": w.reason, "by": w.by, "at": w.at.isoformat()}
+            for w in rows}
+
+
+_ORDER = {Severity.BLOCKER: 0, Severity.WARNING: 1, Severity.INFO: 2}
+
+
+def _ordered(findings: list[Finding]) -> list[Finding]:
+    unique = {f.key: f for f in findings}
+    return sorted(unique.values(), key=lambda f: (_ORDER[f.severity], f.asset, f.code,
+                                                  f.location))
