@@ -32,6 +32,7 @@ def create_app(settings: Settings | None = None,
 
     from engine.web.api import api
     from engine.web.pages import pages
+    from engine.web.review import review
     from engine.web.sales_api import sales_api
     from engine.web.tracking import tracking
     from engine.web.webhooks import webhooks
@@ -39,6 +40,7 @@ def create_app(settings: Settings | None = None,
     app.register_blueprint(api, url_prefix="/api/v1")
     app.register_blueprint(sales_api, url_prefix="/api/v1")
     app.register_blueprint(pages)
+    app.register_blueprint(review)
     app.register_blueprint(tracking)
     app.register_blueprint(webhooks, url_prefix="/api/v1/webhooks")
     register_error_handlers(app)
