@@ -7,7 +7,6 @@ from pathlib import Path
 
 import click
 from rich.markup import escape
-from rich.table import Table
 
 from engine.cli_context import AppContext, console, err_console, pass_app
 from engine.db import utcnow
@@ -43,15 +42,13 @@ def run_gate_for(app: AppContext, program: str, *, offline: bool, out: str | Non
 
 
 def print_report(report, paths) -> None:
-    table = Table("severity", "code", "asset", "where", "message", title="Findings")
+    """One line per finding (a table would cut codes and places short in a narrow terminal)."""
     for finding in report.findings:
         waived = finding.key in report.waivers
         style = "dim strike" if waived else _SEVERITY_STYLE[finding.severity]
-        table.add_row(f"[{style}]{finding.severity}[/{style}]" + (" (waived)" if waived else ""),
-                      finding.code, escape(finding.asset), escape(finding.location),
-                      escape(finding.message))
-    if report.findings:
-        console.print(table)
+        console.print(f"[{style}]{finding.severity:<7}[/{style}] {escape(finding.code)}  "
+                      f"{escape(finding.asset)}  {escape(finding.location)}: "
+                      f"{escape(finding.message)}" + ("  (waived)" if waived else ""))
     counts = report.counts()
     verdict = "[green]passed[/green]" if report.passed else "[bold red]blocked[/bold red]"
     console.print(f"QA {verdict}: {counts['blocker']} blocker(s), {counts['warning']} warning(s), "

@@ -1,0 +1,190 @@
+"""The launch gate as a marketer meets it: `nurture qa run` names every planted defect with
+its place and blocks; the clean sample passes; `nurture launch` refuses while blockers remain,
+a waiver lets one named finding through, and nothing is sent until the program is launched."""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from sqlalchemy import func, select
+
+from engine.launch.models import Launch, Waiver
+from engine.leads.service import upsert_lead
+from engine.programs.models import ProgramRecord
+from engine.programs.service import load_program
+from engine.sending.delivery import deliver_due
+from engine.sending.models import OutboxMessage
+from engine.sending.sink import Sink
+from qa.gate import GateOptions, load_target, run_gate
+from qa.links import LinkCheckOptions
+
+MONDAY = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)
+WELCOME = "emails/welcome_it.mjml"
+
+
+class _Missing(BaseHTTPRequestHandler):
+    def do_HEAD(self):
+        self.send_response(404)
+        self.end_headers()
+
+    do_GET = do_HEAD
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def gone_url():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Missing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/gone"
+    server.shutdown()
+    server.server_close()
+
+
+def _edit(path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text, old
+    path.write_text(text.replace(old, new, 1))
+
+
+def _gate(directory, **links):
+    target = load_target(session=None, program=str(directory))
+    options = GateOptions(base_url="https://go.acme.example",
+                          links=LinkCheckOptions(timeout=3.0, **links))
+    return run_gate(target=target, session=None, options=options, now=MONDAY)
+
+
+def _blocker(report, code: str, asset: str):
+    found = [f for f in report.blockers if f.code == code and f.asset == asset]
+    assert found, f"no {code} blocker on {asset}: {[(f.code, f.asset) for f in report.blockers]}"
+    return found[0]
+
+
+def test_the_clean_sample_passes(sample_program):
+    report = _gate(sample_program, network=False)
+    assert report.passed, [f.to_dict() for f in report.blockers]
+    assert report.counts()["blocker"] == 0
+
+
+def test_every_planted_defect_is_named_with_its_place_and_blocks(sample_program, gone_url):
+    welcome = sample_program / WELCOME
+    _edit(welcome, 'alt="Acme Cloud" ', "")  # a linked image without alt text
+    _edit(welcome, "https://acme.example/docs/quick-start", gone_url)  # a broken link
+    _edit(welcome, "Welcome, {{ lead.first_name }}", "Welcome, {{ lead.frist_name }}")
+    guide = sample_program / "emails" / "guide_it.mjml"
+    padding = "<mj-text>" + "Acme cloud costs, explained. " * 5300 + "</mj-text>"
+    _edit(guide, "</mj-column>", padding + "</mj-column>")  # over Gmail's 102 KB clip
+
+    report = _gate(sample_program, allow_hosts=("127.0.0.1",))
+
+    assert not report.passed
+    assert "img" in _blocker(report, "format.missing-alt", WELCOME).location
+    broken = _blocker(report, "link.broken", WELCOME)
+    assert gone_url in broken.location and broken.location.startswith("line ")
+    merge = _blocker(report, "format.merge-misspelled", WELCOME)
+    assert "frist_name" in merge.location and "first_name" in merge.message
+    size = _blocker(report, "format.html-size", "emails/guide_it.mjml")
+    assert "KB" in size.message
+
+
+def test_a_report_is_written_as_json_and_html(cli, sample_program, tmp_path):
+    _edit(sample_program / WELCOME, 'alt="Acme Cloud" ', "")
+    out = tmp_path / "report"
+    result = cli("qa", "run", str(sample_program), "--offline", "--no-screenshots",
+                 "--out", str(out))
+    assert result.exit_code == 1, result.output  # blocked
+    assert "QA blocked: 1 blocker(s)" in result.stdout
+    data = json.loads((out / "qa-report.json").read_text())
+    assert data["passed"] is False and data["counts"]["blocker"] == 1
+    [blocker] = [f for f in data["findings"] if f["severity"] == "blocker"]
+    assert (blocker["code"], blocker["asset"]) == ("format.missing-alt", WELCOME)
+    html = (out / "qa-report.html").read_text()
+    assert "Blocked: 1 blocker(s)" in html and "format.missing-alt" in html
+    assert "<script" not in html
+
+
+def _load(db, directory):
+    with db.session() as s:
+        load_program(session=s, directory=directory, now=MONDAY)
+        upsert_lead(session=s, fields={"email": "ada@globex.example", "title": "CIO",
+                                       "timezone": "Europe/Paris"},
+                    now=MONDAY, actor="test", program="acme-nurture")
+
+
+def _queued(db) -> int:
+    with db.session() as s:
+        return s.scalar(select(func.count()).select_from(OutboxMessage)
+                        .where(OutboxMessage.status == "pending"))
+
+
+def test_nothing_is_sent_before_launch_and_launch_refuses_naming_the_blocker(
+        cli, db, sample_program, tmp_path):
+    _edit(sample_program / WELCOME, 'alt="Acme Cloud" ', "")
+    _load(db, sample_program)
+    with Sink(tmp_path / "sink") as sink, sink.transport() as transport:
+        report = deliver_due(db=db, transport=transport, worker="w", clock=lambda: MONDAY)
+        assert report.counts.total() == 0 and sink.messages() == []  # not launched: waits
+    assert _queued(db) == 1
+
+    refused = cli("launch", "acme-nurture", "--by", "maria", "--offline", "--no-screenshots",
+                  "--out", str(tmp_path / "r1"))
+    assert refused.exit_code == 1
+    assert "format.missing-alt" in refused.stdout and "not launched: 1 blocker(s)" in refused.stderr
+    with db.session() as s:
+        record = s.scalar(select(ProgramRecord))
+        attempt = s.scalar(select(Launch))
+        assert record.launched_at is None
+        assert attempt.launched is False and "format.missing-alt" in attempt.summary
+
+
+def test_a_waiver_lets_the_named_finding_through_and_launch_tells_sales_and_support(
+        cli, db, sample_program, tmp_path, monkeypatch):
+    _edit(sample_program / WELCOME, 'alt="Acme Cloud" ', "")
+    _load(db, sample_program)
+    report = json.loads(cli("qa", "run", "acme-nurture", "--offline", "--no-screenshots",
+                            "--out", str(tmp_path / "r0"), "--json").stdout)
+    [key] = [f["key"] for f in report["findings"] if f["severity"] == "blocker"]
+
+    waived = cli("qa", "waive", "acme-nurture", key, "--reason", "logo is decorative here",
+                 "--by", "maria")
+    assert waived.exit_code == 0, waived.output
+    with Sink(tmp_path / "sink") as sink:
+        monkeypatch.setenv("NURTURE_SINK_PORT", str(sink.port))
+        launched = cli("launch", "acme-nurture", "--by", "maria", "--offline",
+                       "--no-screenshots", "--out", str(tmp_path / "r1"))
+        assert launched.exit_code == 0, launched.output
+        assert "1 waived" in launched.stdout and "launched Acme Cloud" in launched.stdout
+        [notice] = sink.messages()
+    assert set(notice.rcpt_tos) == {"sales@acme.example", "support@acme.example"}
+    assert notice.subject == "Launched: Acme Cloud perpetual nurture"
+    with db.session() as s:
+        assert s.scalar(select(ProgramRecord.launched_at)) is not None
+        waiver = s.scalar(select(Waiver))
+        assert (waiver.finding_key, waiver.by) == (key, "maria")
+
+    with Sink(tmp_path / "sink2") as sink, sink.transport() as transport:
+        sent = deliver_due(db=db, transport=transport, worker="w", clock=lambda: MONDAY)
+        assert sent.counts["sent"] == 1 and len(sink.messages()) == 1  # launched: it goes out
+    again = cli("launch", "acme-nurture", "--by", "maria", "--offline", "--no-screenshots")
+    assert again.exit_code == 0 and "already launched" in again.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["qa", "waive", "acme-nurture", "", "--reason", "r", "--by", "m"], "finding key"),
+    (["qa", "waive", "acme-nurture", "k", "--reason", "  ", "--by", "m"], "reason"),
+    (["qa", "waive", "acme-nurture", "k" * 1001, "--reason", "r", "--by", "m"], "finding key"),
+    (["qa", "waive", "no-such-program", "k", "--reason", "r", "--by", "m"], "no-such-program"),
+    (["launch", "no-such-program", "--by", "m"], "no-such-program"),
+])
+def test_bad_waivers_and_launches_are_refused_clearly(cli, db, sample_program, args, message):
+    _load(db, sample_program)
+    result = cli(*args)
+    assert result.exit_code != 0 and message in result.output
+    with db.session() as s:
+        assert s.scalar(select(func.count()).select_from(Waiver)) == 0
+        assert s.scalar(select(ProgramRecord.launched_at)) is None
