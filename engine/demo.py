@@ -128,34 +128,63 @@ def demo(app: AppContext, lead_count: int, days: int, program_dir: str) -> None:
     sims = simulate(program, leads, events, start=start, days=days)
     _print_summary(sims, days)
 
+    from engine.demo_tracking import TrackingServer
     from engine.sending.sink import Sink
+    from engine.web.app import create_app
 
     with Sink(app.settings.sink_dir) as sink:
-        # The public app serves the tracking links on a port of its own; launch notices and
-        # every email go to this sink.
+        # The public app (tracking links, review pages) listens on a port of its own, on the
+        # demo's clock; proofs, the launch notice and every email go to this sink.
+        port = free_port()
         app.settings = replace(app.settings, sink_port=sink.port,
-                               base_url=f"http://127.0.0.1:{free_port()}")
-        console.rule("4. QA and launch")
-        if not _qa_and_launch(program.slug):
-            return
-        console.rule(f"5. Deliver {days} days through the local SMTP sink; people open and click")
-        _deliver_through_sink(app, sink=sink, start=now, days=days, emails=emails)
+                               base_url=f"http://127.0.0.1:{port}")
+        clock = _SimulatedClock(now)
+        web = create_app(app.settings, clock=clock)
+        try:
+            with TrackingServer(web, port):
+                console.rule("4. Proofs, QA and launch")
+                if not _proofs_qa_and_launch(app, program.slug):
+                    return
+                console.rule(f"5. Deliver {days} days through the local SMTP sink; people "
+                             "open and click")
+                _deliver_through_sink(app, web=web, clock=clock, days=days, emails=emails)
+        finally:
+            web.extensions["nurture.db"].dispose()
     console.rule("6. Scores, MQLs and the sales handoff")
     _print_handoff(app, now=now + timedelta(days=days))
 
 
-def _qa_and_launch(slug: str) -> bool:
-    """`nurture qa run` and `nurture launch`, as a user runs them (the engine does not import
-    qa/: its commands join `nurture` through the `nurture.commands` entry points)."""
+REVIEWER = "review@acme.example"
+
+
+def _proofs_qa_and_launch(app: AppContext, slug: str) -> bool:
+    """`nurture qa proof`, a reviewer approving each proof from its email, then `nurture
+    launch`, as people run them (the engine does not import qa/: its commands join `nurture`
+    through the `nurture.commands` entry points)."""
     from importlib.metadata import entry_points
 
-    commands = {entry.name: entry for entry in entry_points(group="nurture.commands")}
+    from engine.demo_tracking import Reviewer
+    from engine.sending.inbox import list_messages
+
+    if _launched(app, slug):
+        console.print(f"{slug} is already launched at its current version")
+        return True
+    commands = {entry.name: entry.load() for entry in entry_points(group="nurture.commands")}
     if "launch" not in commands:
         console.print("the qa package is not installed: cannot launch")
         return False
     context = click.get_current_context()
     try:
-        context.invoke(commands["launch"].load(), program=slug, by="demo", offline=True,
+        before = len(list_messages(app.settings.sink_dir))
+        context.invoke(commands["qa"].get_command(context, "proof"), program=slug, to=REVIEWER,
+                       as_json=False)
+        reviewer = Reviewer()
+        proofs = list_messages(app.settings.sink_dir)[before:]
+        for stored in proofs:
+            reviewer.approve(stored, app.settings.sink_dir)
+        console.print(f"{REVIEWER} approved {reviewer.approved} of {len(proofs)} proofs from "
+                      "their emails (the review page, over HTTP)")
+        context.invoke(commands["launch"], program=slug, by="demo", offline=True,
                        no_screenshots=False, out=None)
     except SystemExit as exc:
         if exc.code:
@@ -236,49 +265,57 @@ class _SimulatedClock:
         return at
 
 
-def _deliver_through_sink(app: AppContext, *, sink, start: datetime, days: int,
+def _launched(app: AppContext, slug: str) -> bool:
+    from engine.launch.models import Launch
+    from engine.programs.store import current_program
+
+    with app.db.session() as session:
+        record, _ = current_program(session=session, name=slug)
+        return session.scalar(select(Launch.id).where(
+            Launch.program_id == record.id, Launch.version == record.current_version,
+            Launch.launched.is_(True))) is not None
+
+
+def _deliver_through_sink(app: AppContext, *, web, clock: _SimulatedClock, days: int,
                           emails: list[str]) -> None:
     """The stored journeys, advanced step by step on a simulated clock: each due step goes into
     the outbox and is delivered over SMTP to the sink, as the scheduler and workers would. The
     app serves the tracking links on a local port; the demo's audience opens and clicks what
     lands in the sink, and the drainer stores their events after each delivery run."""
-    from engine.demo_tracking import Audience, TrackingServer
+    from engine.demo_tracking import Audience
     from engine.journeys.service import run_due
     from engine.sending.compose import Signing
     from engine.sending.delivery import DeliveryOptions, deliver_due
     from engine.sending.inbox import list_messages, read_message
+    from engine.sending.transport import transport_from_settings
     from engine.tracking.service import drain_buffer
-    from engine.web.app import create_app
 
-    clock, end = _SimulatedClock(start), start + timedelta(days=days)
+    end = clock.now + timedelta(days=days)
     totals: Counter = Counter()
     sink_dir = app.settings.sink_dir
     before = seen = len(list_messages(sink_dir))
     settings = app.settings
-    port = int(settings.base_url.rsplit(":", 1)[1])
     options = DeliveryOptions(signing=Signing(secret_key=settings.secret_key,
                                               base_url=settings.base_url))
-    web, audience = create_app(settings, clock=clock), Audience(emails)
+    audience = Audience(emails)
     buffer = web.extensions["nurture.recorder"].buffer
-    with TrackingServer(web, port):
-        transport = sink.transport()
-        try:
-            while (due := _next_due(app)) is not None and due <= end:
-                clock.now = max(clock.now, due)
-                with app.db.session() as session:
-                    run_due(session=session, now=clock.now)
-                report = deliver_due(db=app.db, transport=transport, worker="demo", clock=clock,
-                                     limit=500, options=options)
-                totals.update(report.counts)
-                sent_at, new = clock.now, list_messages(sink_dir)[seen:]
-                seen += len(new)
-                for stored in new:
-                    audience.react(stored, sink_dir, at=clock.after(sent_at))
-                clock.now = sent_at
-                drain_buffer(db=app.db, buffer=buffer)
-        finally:
-            transport.close()
-            web.extensions["nurture.db"].dispose()
+    transport = transport_from_settings(settings)
+    try:
+        while (due := _next_due(app)) is not None and due <= end:
+            clock.now = max(clock.now, due)
+            with app.db.session() as session:
+                run_due(session=session, now=clock.now)
+            report = deliver_due(db=app.db, transport=transport, worker="demo", clock=clock,
+                                 limit=500, options=options)
+            totals.update(report.counts)
+            sent_at, new = clock.now, list_messages(sink_dir)[seen:]
+            seen += len(new)
+            for stored in new:
+                audience.react(stored, sink_dir, at=clock.after(sent_at))
+            clock.now = sent_at
+            drain_buffer(db=app.db, buffer=buffer)
+    finally:
+        transport.close()
     console.print(f"tracking: {audience.requests} requests to {settings.base_url} (opens, clicks, "
                   "landing pages), stored through the Redis buffer")
     received = list_messages(sink_dir)[before:]

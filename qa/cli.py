@@ -20,6 +20,13 @@ def qa() -> None:
     """Test a program before it launches: links, formatting, proofs, scenarios; the gate."""
 
 
+def _register() -> None:
+    from qa.proof_cli import approvals, proof
+
+    for command in (proof, approvals):
+        qa.add_command(command)
+
+
 def run_gate_for(app: AppContext, program: str, *, offline: bool, out: str | None,
                  screenshots: bool = True):
     """Run the gate on a directory or a loaded program's current version; write the report
@@ -169,3 +176,6 @@ def _notify(app: AppContext, spec, by: str, now) -> None:
         console.print(f"told {told} what the program does")
     else:
         err_console.print(f"could not tell {told}: {result.code or ''} {result.text}")
+
+
+_register()

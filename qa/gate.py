@@ -15,6 +15,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from engine.launch.approvals import approval_status
 from engine.launch.models import Waiver
 from engine.programs.loader import LoadedProgram, ProgramInvalid, load_program_dir
 from engine.programs.models import ProgramRecord
@@ -117,7 +118,7 @@ def run_gate(*, target: Target, session: Session | None, options: GateOptions, n
 
 
 def default_checks() -> list[Check]:
-    return [formatting_check, links_check, screenshots_check]
+    return [formatting_check, links_check, approvals_check, screenshots_check]
 
 
 def formatting_check(target: Target, session, options: GateOptions, sections: dict) -> list[Finding]:
@@ -132,6 +133,33 @@ def links_check(target: Target, session, options: GateOptions, sections: dict) -
     program = target.loaded.program
     pages = {page.file: f"{base}/p/{program.slug}/{page.slug}" for page in program.pages.values()}
     return check_assets(rendered_assets(target.loaded, options.base_url), links, base_urls=pages)
+
+
+def approvals_check(target: Target, session, options: GateOptions,
+                    sections: dict) -> list[Finding]:
+    """Each email's current asset version approved by a reviewer (`nurture qa proof`); a
+    directory that is not loaded has nothing to approve yet, which is said as info."""
+    if session is None or target.record is None:
+        return [Finding(Severity.INFO, "approval.not-loaded", "program.yaml", "program",
+                        "Approvals apply to a loaded program: load it, send proofs with "
+                        "`nurture qa proof`, and run QA on its name.")]
+    statuses = approval_status(session=session, program_name=target.record.name)
+    sections["approvals"] = [{**s.to_dict(), "status": s.state,
+                              "detail": ", ".join(s.approved_by) or ", ".join(s.awaiting)}
+                             for s in statuses]
+    return [_approval_finding(status) for status in statuses if not status.approved]
+
+
+def _approval_finding(status) -> Finding:
+    where = f"{status.email_key} v{status.version}" if status.version else status.email_key
+    if status.state == "rejected":
+        comments = "; ".join(f"{r.reviewer}: {r.comment}" for r in status.rejections)
+        return Finding(Severity.BLOCKER, "approval.rejected", status.asset, where,
+                       f"Rejected by a reviewer ({comments}). Fix it, upload, and send a proof.")
+    waiting = (f"awaiting {', '.join(status.awaiting)}" if status.awaiting
+               else "no proof sent yet: `nurture qa proof PROGRAM --to ...`")
+    return Finding(Severity.BLOCKER, "approval.missing", status.asset, where,
+                   f"This version is not approved ({status.problem or waiting}).")
 
 
 def screenshots_check(target: Target, session, options: GateOptions,

@@ -21,8 +21,7 @@ from dataclasses import dataclass
 from jinja2 import StrictUndefined
 from jinja2.utils import missing
 
-from engine.leads.models import STANDARD_FIELDS, Lead
-from engine.programs.personas import resolve_persona
+from engine.launch.samples import SAMPLE_LEAD_ID, Sample, sample_fields, sample_leads
 from engine.programs.spec import Persona, Program
 from engine.render.personalise import (
     BoundedSandbox,
@@ -36,50 +35,9 @@ from engine.render.personalise import (
 )
 from qa.findings import Finding, Severity
 
-SAMPLE_LEAD_ID = 1_000_000  # ids as long as real ones, so signed tokens have realistic lengths
-SAMPLE_VALUES: dict[str, object] = {
-    "email": "alex.sample@example.com",
-    "first_name": "Alex",
-    "last_name": "Sample",
-    "company": "Example Industries",
-    "title": "Manager",
-    "country": "FR",
-    "stage": "inquiry",
-    "source_channel": "webinar",
-    "source_offer": "buyer guide",
-    "source_partner": "Example Partner",
-    "consent": True,
-}
+__all__ = ["SAMPLE_LEAD_ID", "Sample", "render_personas", "sample_fields", "sample_leads"]
+
 MAX_RECORDED = 200
-
-
-@dataclass(frozen=True)
-class Sample:
-    persona: Persona
-    lead: Lead
-
-
-def sample_fields(program: Program, persona: Persona) -> dict:
-    """Lead fields that resolve to `persona` in `program`."""
-    fields: dict = {**SAMPLE_VALUES, "timezone": program.timezone, "persona": None}
-    for rule, expected in persona.match.items():
-        name, _, op = rule.rpartition("_")
-        values = expected if isinstance(expected, list) else [expected]
-        fields[name] = str(values[0]) if op != "equals" else str(expected)
-    if resolve_persona(program, fields) != persona.key:
-        fields["persona"] = persona.key
-    return fields
-
-
-def sample_leads(program: Program) -> list[Sample]:
-    """One unsaved lead per persona, in the program's persona order."""
-    samples = []
-    for persona in program.personas.values():
-        fields = sample_fields(program, persona)
-        standard = {k: v for k, v in fields.items() if k in STANDARD_FIELDS}
-        custom = {k: v for k, v in fields.items() if k not in STANDARD_FIELDS}
-        samples.append(Sample(persona, Lead(id=SAMPLE_LEAD_ID, custom=custom, **standard)))
-    return samples
 
 
 # -- rendering that names every undefined variable --------------------------------------------

@@ -134,7 +134,7 @@ def test_zip_of_a_program_directory(store, db, sample_program):
     outcomes = {v.path: v.outcome for v in result.versions}
     assert outcomes[WELCOME] == "created" and outcomes["images/logo.png"] == "created"
     assert sum(o == "unchanged" for o in outcomes.values()) == 16
-    assert result.skipped == ["program.yaml"]
+    assert result.skipped == ["program.yaml", "scenarios.yaml"]  # read by program load, qa
 
 
 # -- compile once -------------------------------------------------------------------------------

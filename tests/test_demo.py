@@ -24,8 +24,11 @@ def test_demo_loads_imports_simulates_and_summarises(cli):
     assert "told sales@acme.example, support@acme.example what the program does" in out
     inbox = cli("inbox", "--json", "--limit", "100000")
     assert inbox.exit_code == 0
-    # every delivered email, and the launch notice that went before them
-    assert inbox.stdout.count('"rcpt_tos"') == int(delivered.group(1)) + 1
+    # every delivered email, and before them 30 proofs (15 emails x 2 personas), approved
+    # from their links, and the launch notice
+    assert "review@acme.example approved 30 of 30 proofs" in out
+    assert inbox.stdout.count('"rcpt_tos"') == int(delivered.group(1)) + 30 + 1
+    assert inbox.stdout.count('"subject": "[PROOF] ') == 30
     assert '"subject": "Launched: Acme Cloud perpetual nurture"' in inbox.stdout
     # people clicked tracked links over HTTP; scoring handed the hottest to sales
     assert re.search(r"tracking: \d+ requests to http://127\.0\.0\.1:\d+", out)

@@ -12,7 +12,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from sqlalchemy import func, select
 
+from engine.launch.approvals import record_decision
 from engine.launch.models import Launch, Waiver
+from engine.launch.proofs import send_proofs
 from engine.leads.service import upsert_lead
 from engine.programs.models import ProgramRecord
 from engine.programs.service import load_program
@@ -116,6 +118,16 @@ def _load(db, directory):
                     now=MONDAY, actor="test", program="acme-nurture")
 
 
+def _approve_everything(db, tmp_path) -> None:
+    """A reviewer gets every proof and approves each (the review pages are tested elsewhere)."""
+    with Sink(tmp_path / "proofs") as sink, sink.transport() as transport, db.session() as s:
+        proofs = send_proofs(session=s, program_name="acme-nurture", reviewers=["qa@acme.example"],
+                             transport=transport, secret_key="test-secret",
+                             base_url="http://localhost:5000", now=MONDAY)
+        for proof in proofs:
+            record_decision(session=s, proof=proof, decision="approve", comment=None, now=MONDAY)
+
+
 def _queued(db) -> int:
     with db.session() as s:
         return s.scalar(select(func.count()).select_from(OutboxMessage)
@@ -126,6 +138,7 @@ def test_nothing_is_sent_before_launch_and_launch_refuses_naming_the_blocker(
         cli, db, sample_program, tmp_path):
     _edit(sample_program / WELCOME, 'alt="Acme Cloud" ', "")
     _load(db, sample_program)
+    _approve_everything(db, tmp_path)
     with Sink(tmp_path / "sink") as sink, sink.transport() as transport:
         report = deliver_due(db=db, transport=transport, worker="w", clock=lambda: MONDAY)
         assert report.counts.total() == 0 and sink.messages() == []  # not launched: waits
@@ -146,6 +159,7 @@ def test_a_waiver_lets_the_named_finding_through_and_launch_tells_sales_and_supp
         cli, db, sample_program, tmp_path, monkeypatch):
     _edit(sample_program / WELCOME, 'alt="Acme Cloud" ', "")
     _load(db, sample_program)
+    _approve_everything(db, tmp_path)
     report = json.loads(cli("qa", "run", "acme-nurture", "--offline", "--no-screenshots",
                             "--out", str(tmp_path / "r0"), "--json").stdout)
     [key] = [f["key"] for f in report["findings"] if f["severity"] == "blocker"]
@@ -172,6 +186,20 @@ def test_a_waiver_lets_the_named_finding_through_and_launch_tells_sales_and_supp
         assert sent.counts["sent"] == 1 and len(sink.messages()) == 1  # launched: it goes out
     again = cli("launch", "acme-nurture", "--by", "maria", "--offline", "--no-screenshots")
     assert again.exit_code == 0 and "already launched" in again.stdout
+
+
+def test_unapproved_emails_block_the_launch_until_a_reviewer_approves_them(
+        cli, db, sample_program, tmp_path):
+    _load(db, sample_program)
+    refused = cli("launch", "acme-nurture", "--by", "maria", "--offline", "--no-screenshots",
+                  "--out", str(tmp_path / "r1"))
+    assert refused.exit_code == 1
+    assert refused.stdout.count("approval.missing") == 15  # every email, named
+    assert "emails/welcome_it.mjml  welcome_it v1: This version is not approved" in refused.stdout
+    _approve_everything(db, tmp_path)
+    launched = cli("launch", "acme-nurture", "--by", "maria", "--offline", "--no-screenshots",
+                   "--out", str(tmp_path / "r2"))
+    assert launched.exit_code == 0, launched.output
 
 
 @pytest.mark.parametrize("args, message", [

@@ -59,7 +59,8 @@ EXTENSIONS = {
     ".gif": ("image", "image/gif"),
     ".webp": ("image", "image/webp"),
 }
-IGNORED_MEMBERS = frozenset({"program.yaml"})  # loaded with `nurture program load`, not here
+# Loaded with `nurture program load` (program.yaml) or read by `nurture qa` (scenarios), not here.
+IGNORED_MEMBERS = frozenset({"program.yaml", "scenarios.yaml", "scenarios.csv"})
 
 
 @dataclass(frozen=True)

@@ -207,9 +207,9 @@ _templates: dict[tuple, Template] = {}
 
 def template(source: str, *, html: bool, strict: bool = False,
              cache_key: tuple | None = None) -> Template:
-    """A compiled Jinja template, cached by (asset version id, part, ...) when a key is given:
-    versions are immutable, so their templates are too."""
-    key = (cache_key, html, strict) if cache_key is not None else None
+    """A compiled Jinja template, cached when a key is given. The source is part of the key:
+    a row id alone repeats across databases (and after a rolled-back insert)."""
+    key = (cache_key, html, strict, source) if cache_key is not None else None
     found = _templates.get(key) if key else None
     if found is None:
         found = environment(html=html, strict=strict).from_string(source)

@@ -17,8 +17,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from engine.journeys.decide import ActionKind, Decision
-from engine.programs.spec import Program
 from engine.programs.models import ProgramRecord
+from engine.programs.spec import Program
 from engine.sending.models import Delivery, OutboxMessage
 
 LEASE = timedelta(minutes=5)
