@@ -112,6 +112,7 @@ def deliver_emails(database_url: str, leads: int, work: Path) -> dict[str, str]:
     from sqlalchemy import select
 
     from engine.db import Database
+    from engine.launch.service import launch_unchecked
     from engine.leads.service import upsert_lead
     from engine.programs.service import load_program
     from engine.sending.compose import Signing
@@ -129,6 +130,8 @@ def deliver_emails(database_url: str, leads: int, work: Path) -> dict[str, str]:
     with db.session() as s:
         load_program(session=s, directory=ROOT / "assets" / "acme-nurture",
                      now=sent_at - timedelta(hours=1))
+        launch_unchecked(session=s, name="acme-nurture", by="bench", now=sent_at,
+                         why="benchmark of the click endpoint")
         for n in range(leads):
             upsert_lead(session=s, fields={"email": f"lead{n}@bench{n % 20}.example",
                                            "title": "CIO" if n % 2 else "CFO"},

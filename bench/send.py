@@ -99,6 +99,7 @@ def engine_rate(port: int, n: int, work: Path) -> float:
     from datetime import UTC, datetime
 
     from engine.db import Database
+    from engine.launch.service import launch_unchecked
     from engine.leads.importer import import_leads
     from engine.migrate import upgrade
     from engine.programs.service import load_program
@@ -117,6 +118,8 @@ def engine_rate(port: int, n: int, work: Path) -> float:
     now = datetime.now(UTC)
     with db.session() as session:
         load_program(session=session, directory=program, now=now)
+        launch_unchecked(session=session, name="acme-nurture", by="bench", now=now,
+                         why="benchmark of sending")
     leads = work / "leads.csv"
     leads.write_text("email,first_name,title,timezone\n" + "".join(
         f"lead{i}@bench{i % 50}.example,Lead{i},CIO,UTC\n" for i in range(n)))
