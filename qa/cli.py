@@ -22,8 +22,9 @@ def qa() -> None:
 
 def _register() -> None:
     from qa.proof_cli import approvals, proof
+    from qa.scenarios_cli import scenarios
 
-    for command in (proof, approvals):
+    for command in (proof, approvals, scenarios):
         qa.add_command(command)
 
 

@@ -7,6 +7,7 @@ A program is checked as it would be sent: the stored current version of a loaded
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -17,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from engine.launch.approvals import approval_status
 from engine.launch.models import Waiver
-from engine.programs.loader import LoadedProgram, ProgramInvalid, load_program_dir
+from engine.programs.loader import SCENARIO_FILES, LoadedProgram, ProgramInvalid, load_program_dir
 from engine.programs.models import ProgramRecord
 from engine.programs.store import current_program, version_row
 from engine.render.compile import compile_asset
@@ -26,6 +27,7 @@ from qa.findings import Finding, Severity
 from qa.formatting import check_formatting, sending_links
 from qa.links import LinkCheckOptions, check_assets
 from qa.merge_fields import sample_leads
+from qa.program_checks import review_program
 from qa.screenshots import screenshot_emails
 
 
@@ -118,7 +120,8 @@ def run_gate(*, target: Target, session: Session | None, options: GateOptions, n
 
 
 def default_checks() -> list[Check]:
-    return [formatting_check, links_check, approvals_check, screenshots_check]
+    return [program_logic_check, formatting_check, links_check, approvals_check,
+            screenshots_check]
 
 
 def formatting_check(target: Target, session, options: GateOptions, sections: dict) -> list[Finding]:
@@ -133,6 +136,24 @@ def links_check(target: Target, session, options: GateOptions, sections: dict) -
     program = target.loaded.program
     pages = {page.file: f"{base}/p/{program.slug}/{page.slug}" for page in program.pages.values()}
     return check_assets(rendered_assets(target.loaded, options.base_url), links, base_urls=pages)
+
+
+def program_logic_check(target: Target, session, options: GateOptions,
+                        sections: dict) -> list[Finding]:
+    """Static checks of the tracks and rules, then the program's scenario table walked through
+    the real decision logic, with the paths it covered."""
+    stored = {name: text for name, text in target.loaded.files.items() if name in SCENARIO_FILES}
+    with tempfile.TemporaryDirectory() as work:
+        table = None
+        for name, text in stored.items():
+            table = Path(work) / name
+            table.write_text(text, encoding="utf-8")
+        review = review_program(target.loaded.program, scenario_file=table)
+    sections["scenarios"] = [{"name": r.scenario.name, "passed": r.passed,
+                              "difference": r.first_difference} for r in review.results]
+    if review.coverage is not None:
+        sections["coverage"] = review.coverage.counts()
+    return review.findings
 
 
 def approvals_check(target: Target, session, options: GateOptions,

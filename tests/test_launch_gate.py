@@ -216,3 +216,19 @@ def test_bad_waivers_and_launches_are_refused_clearly(cli, db, sample_program, a
     with db.session() as s:
         assert s.scalar(select(func.count()).select_from(Waiver)) == 0
         assert s.scalar(select(ProgramRecord.launched_at)) is None
+
+
+def test_the_gate_walks_the_stored_scenario_table_of_a_loaded_program(cli, db, sample_program,
+                                                                     tmp_path):
+    table = sample_program / "scenarios.yaml"
+    text = table.read_text()
+    assert "welcome_it: 0" in text
+    table.write_text(text.replace("welcome_it: 0", "welcome_it: 5", 1))  # a wrong expectation
+    _load(db, sample_program)
+    result = cli("qa", "run", "acme-nurture", "--offline", "--no-screenshots",
+                 "--out", str(tmp_path / "r"), "--json")
+    data = json.loads(result.stdout)
+    [failed] = [f for f in data["findings"] if f["code"] == "scenario.failed"]
+    assert failed["severity"] == "blocker" and "welcome_it" in failed["message"]
+    assert sum(not s["passed"] for s in data["scenarios"]) == 1
+    assert data["coverage"]["tracks"]["covered"] > 0

@@ -57,9 +57,10 @@ def with_track(track: str, steps: list[Step]):
 
 # -- the sample ---------------------------------------------------------------------------------
 
-def test_the_program_loader_ignores_the_scenario_table():
+def test_the_program_loader_keeps_the_scenario_table_with_the_files():
     assert find_scenario_file(SAMPLE) == SAMPLE / "scenarios.yaml"
-    assert "scenarios.yaml" not in load_program_dir(SAMPLE).files
+    files = load_program_dir(SAMPLE).files  # stored with each version: the gate runs it
+    assert files["scenarios.yaml"] == (SAMPLE / "scenarios.yaml").read_text()
 
 
 def test_every_scenario_of_the_sample_passes():

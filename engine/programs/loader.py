@@ -201,12 +201,33 @@ def load_program_dir(directory: str | Path) -> LoadedProgram:
         raise ProgramInvalid([ProgramError(PROGRAM_FILE, 1, "program.yaml must be a mapping")])
     checker = _Checker(directory)
     program = _validate(checker, data)
+    _scenario_table(checker, Path(directory))
     if checker.errors or program is None:
         raise ProgramInvalid(sorted(checker.errors, key=lambda e: (e.file, e.line)))
     digest = hashlib.sha256(source.encode())
     for name in sorted(checker.files):
         digest.update(b"\0" + name.encode() + b"\0" + checker.files[name].encode())
     return LoadedProgram(program, checker.files, digest.hexdigest(), source)
+
+
+SCENARIO_FILES = ("scenarios.yaml", "scenarios.csv")
+
+
+def _scenario_table(checker: _Checker, directory: Path) -> None:
+    """The program's scenario table, kept with its files (`nurture qa` runs it; a stored
+    version carries it, so the gate tests the logic it launches). Checked there, not here."""
+    for name in SCENARIO_FILES:
+        path = directory / name
+        if not path.is_file() or path.is_symlink():
+            continue
+        if path.stat().st_size > MAX_FILE_BYTES:
+            checker.errors.append(ProgramError(name, 1, f"larger than {MAX_FILE_BYTES} bytes"))
+            return
+        try:
+            checker.files[name] = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            checker.errors.append(ProgramError(name, 1, f"not UTF-8: {exc.reason}"))
+        return
 
 
 def validate_program_dir(directory: str | Path) -> list[ProgramError]:
