@@ -1,5 +1,5 @@
 """Static checks of a program's logic and the path coverage of its scenarios, on the sample,
-on planted-defect copies of it (tests/programs/defect-*), and on a tiny program."""
+on planted-defect copies of it (tests/defects.py), and on a tiny program."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from defects import planted
 
 from engine.programs.loader import load_program_dir
 from engine.programs.spec import NonResponders, Rules, Step
@@ -18,7 +19,6 @@ from qa.scenarios import load_scenarios, run_scenarios
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "assets" / "acme-nurture"
-DEFECTS = ROOT / "tests" / "programs"
 PROGRAM = load_program_dir(SAMPLE).program
 
 
@@ -51,7 +51,7 @@ def test_the_sample_has_no_blocker_and_names_its_empty_mql_cells():
      "no track sends it"),
 ])
 def test_each_planted_defect_is_named_with_its_location(defect, severity, code, location, words):
-    findings = check_program(load_program_dir(DEFECTS / f"defect-{defect}").program)
+    findings = check_program(load_program_dir(planted(defect)).program)
     [finding] = [f for f in findings if (f.code, f.location) == (code, location)]
     assert finding.severity.value == severity
     assert finding.asset == "program.yaml"
@@ -60,7 +60,7 @@ def test_each_planted_defect_is_named_with_its_location(defect, severity, code, 
 
 
 def test_a_side_track_reached_only_through_sla_stalled_track_is_reachable():
-    findings = check_program(load_program_dir(DEFECTS / "defect-move-loop").program)
+    findings = check_program(load_program_dir(planted("move-loop")).program)
     assert not [f for f in findings if f.code == "program.unreachable-track"]
 
 
@@ -106,8 +106,8 @@ def test_a_full_track_name_in_move_to_sends_other_personas_across():
 
 
 def test_a_failing_scenario_is_a_blocker_of_the_review():
-    review = review_program(load_program_dir(DEFECTS / "defect-failing-scenario").program,
-                            DEFECTS / "defect-failing-scenario")
+    review = review_program(load_program_dir(planted("failing-scenario")).program,
+                            planted("failing-scenario"))
     assert [(f.code, f.asset, f.location) for f in review.blockers] == [
         ("scenario.failed", "scenarios.yaml", "IT lead handed to sales, rejected, recycled")]
     assert not review.passed

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from defects import planted
 
 from engine.programs.loader import load_program_dir
 from engine.programs.spec import Step
@@ -27,7 +28,6 @@ from qa.scenarios_cli import scenarios as scenarios_command
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "assets" / "acme-nurture"
-DEFECTS = ROOT / "tests" / "programs"
 PROGRAM = load_program_dir(SAMPLE).program
 
 
@@ -187,8 +187,8 @@ def test_failed_scenarios_are_blockers_located_by_name(tmp_path):
 
 
 def test_a_planted_defect_fails_its_scenario():
-    program = load_program_dir(DEFECTS / "defect-failing-scenario").program
-    loaded = load_scenarios(DEFECTS / "defect-failing-scenario" / "scenarios.yaml", program)
+    program = load_program_dir(planted("failing-scenario")).program
+    loaded = load_scenarios(planted("failing-scenario") / "scenarios.yaml", program)
     failed = [r for r in run_scenarios(program, loaded.scenarios) if not r.passed]
     assert [(r.scenario.name, r.scenario.line, r.first_difference) for r in failed] == [
         ("IT lead handed to sales, rejected, recycled", 49,
@@ -355,7 +355,7 @@ def test_command_passes_the_sample_and_prints_coverage():
 
 
 def test_command_fails_on_a_failing_scenario_and_says_why():
-    result = invoke(DEFECTS / "defect-failing-scenario", "--json")
+    result = invoke(planted("failing-scenario"), "--json")
     assert result.exit_code == 1
     review = json.loads(result.output)
     failed = [s for s in review["scenarios"] if not s["passed"]]
@@ -363,7 +363,7 @@ def test_command_fails_on_a_failing_scenario_and_says_why():
         ("IT lead handed to sales, rejected, recycled",
          "expected benchmark_it on day 21, it was never sent (in 30 days)")]
     assert review["passed"] is False
-    text = CliRunner().invoke(scenarios_command, [str(DEFECTS / "defect-failing-scenario")],
+    text = CliRunner().invoke(scenarios_command, [str(planted("failing-scenario"))],
                               env={"COLUMNS": "250"}).output
     assert "14 passed, 1 failed" in text
     assert "expected benchmark_it on day 21, it was never sent" in text
@@ -378,7 +378,7 @@ def test_command_reports_an_invalid_table_with_file_and_line(tmp_path):
 
 
 def test_command_exits_1_on_a_static_blocker():
-    result = invoke(DEFECTS / "defect-dead-end-track", "--json")
+    result = invoke(planted("dead-end-track"), "--json")
     assert result.exit_code == 1
     review = json.loads(result.output)
     assert all(s["passed"] for s in review["scenarios"])
