@@ -13,7 +13,7 @@ from engine.leads.service import upsert_lead
 from engine.pages.models import FormSubmission
 from engine.pages.service import page_token
 from engine.web.app import create_app
-from engine.web.pages import CSP, CSRF_COOKIE
+from engine.web.pages import CSP, CSRF
 
 DEMO = "/p/acme-nurture/demo"
 PRICING = "/p/acme-nurture/pricing"
@@ -70,7 +70,7 @@ def test_anonymous_page_renders_with_strict_headers(client):
     assert response.headers["Content-Security-Policy"] == CSP
     assert response.headers["X-Content-Type-Options"] == "nosniff"
     cookie = response.headers["Set-Cookie"]
-    assert CSRF_COOKIE in cookie and "HttpOnly" in cookie and "SameSite=Lax" in cookie
+    assert CSRF.cookie in cookie and "HttpOnly" in cookie and "SameSite=Lax" in cookie
 
 
 def test_page_personalised_with_a_valid_token(client, db):

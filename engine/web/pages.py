@@ -7,14 +7,11 @@ SameSite=Lax cookie, and the same nonce signed with a timestamp in the form fiel
 
 from __future__ import annotations
 
-import hmac
 import re
-import secrets
 
 from flask import Blueprint, Response, current_app, redirect, render_template, request, url_for
-from itsdangerous import BadSignature, TimestampSigner
 from markupsafe import Markup
-from werkzeug.exceptions import BadRequest, InternalServerError
+from werkzeug.exceptions import InternalServerError
 
 from engine.db import Database
 from engine.errors import Invalid, NotFound
@@ -27,17 +24,14 @@ from engine.pages.service import (
     submit_form,
 )
 from engine.render.personalise import RenderFailed
+from engine.web.csrf import Csrf
 from engine.web.recorder import record
 
 pages = Blueprint("pages", __name__)
 
 CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src https: data:; "
        "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
-CSRF_COOKIE = "nurture_page_csrf"
-CSRF_FIELD = "csrf_token"
-CSRF_SALT = "page-csrf"
-CSRF_MAX_AGE = 24 * 3600  # a form left open for a day must be reloaded
-_NONCE = re.compile(r"^[A-Za-z0-9_-]{32,64}$")
+CSRF = Csrf(cookie="nurture_page_csrf", path="/p/", salt="page-csrf")
 
 
 def security_headers(response: Response) -> Response:
@@ -65,42 +59,12 @@ def _check_names(program: str, slug: str) -> None:
             raise NotFound("no such page", field="slug")
 
 
-# -- CSRF -------------------------------------------------------------------------------------
-
-def _cookie_nonce() -> str | None:
-    value = request.cookies.get(CSRF_COOKIE)
-    return value if value and _NONCE.match(value) else None
-
-
-def _csrf_token(nonce: str) -> str:
-    return TimestampSigner(_secret(), salt=CSRF_SALT).sign(nonce).decode()
-
-
-def _check_csrf() -> None:
-    """400 unless the form's signed nonce matches the cookie's (compared in constant time)."""
-    nonce, sent = _cookie_nonce(), request.form.get(CSRF_FIELD, "")
-    if nonce is None or not sent or len(sent) > 200:
-        raise BadRequest("This form has expired. Go back, reload the page and try again.")
-    try:
-        signed = TimestampSigner(_secret(), salt=CSRF_SALT).unsign(sent, max_age=CSRF_MAX_AGE)
-    except BadSignature:
-        raise BadRequest("This form has expired. Go back, reload the page and try again.") from None
-    if not hmac.compare_digest(signed, nonce.encode()):
-        raise BadRequest("This form has expired. Go back, reload the page and try again.")
-
-
-def _with_cookie(response: Response, nonce: str) -> Response:
-    response.set_cookie(CSRF_COOKIE, nonce, max_age=CSRF_MAX_AGE, path="/p/", httponly=True,
-                        samesite="Lax", secure=request.is_secure)
-    return response
-
-
 # -- views ------------------------------------------------------------------------------------
 
 def _render(found: FoundPage, nonce: str, lead, token: str | None) -> str:
     """The page for the lead; a page that fails for this lead falls back to an empty lead."""
     try:
-        return render_page(found=found, lead=lead, csrf_token=_csrf_token(nonce),
+        return render_page(found=found, lead=lead, csrf_token=CSRF.token(nonce),
                            base_url=current_app.extensions["nurture.settings"].base_url,
                            token=token if lead is not None else None)
     except RenderFailed:
@@ -123,7 +87,7 @@ def _with_message(html: str, message: str) -> str:
 @pages.route("/p/<program>/<slug>", methods=["GET", "POST"])
 def page(program: str, slug: str):
     _check_names(program, slug)
-    nonce = _cookie_nonce() or secrets.token_urlsafe(32)
+    nonce = CSRF.nonce()
     token = request.args.get("t")
     with _db().session() as session:
         found = find_page(session=session, program=program, slug=slug)
@@ -133,13 +97,13 @@ def page(program: str, slug: str):
                 body = render_template("pages/thanks.html",
                                        title=found.page.title or found.program.name,
                                        back_url=url_for("pages.page", program=program, slug=slug))
-                return _with_cookie(Response(body, mimetype="text/html"), nonce)
+                return CSRF.with_cookie(Response(body, mimetype="text/html"), nonce)
             body = _render(found, nonce, lead, token)
             if lead is not None:
                 record("page_view", lead_id=lead.id, page=found.page.slug, url=request.path)
-            return _with_cookie(Response(body, mimetype="text/html"), nonce)
+            return CSRF.with_cookie(Response(body, mimetype="text/html"), nonce)
 
-    _check_csrf()
+    CSRF.check()
     try:
         with _db().session() as session:
             submit_form(session=session, found=found, form=request.form.to_dict(flat=False),
@@ -147,7 +111,7 @@ def page(program: str, slug: str):
                         now=current_app.extensions["nurture.clock"]())
     except Invalid as exc:
         body = _with_message(_render(found, nonce, lead, token), exc.detail)
-        return _with_cookie(Response(body, status=422, mimetype="text/html"), nonce)
+        return CSRF.with_cookie(Response(body, status=422, mimetype="text/html"), nonce)
     # Built from our own route and values only: never a URL taken from the request.
     target = url_for("pages.page", program=program, slug=slug, submitted=1,
                      **({"t": token} if lead is not None else {}))

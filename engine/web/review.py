@@ -15,17 +15,12 @@ API (mounted under /api/v1): POST /programs/<name>/proofs {"to": [...]} sends pr
 
 from __future__ import annotations
 
-import hmac
-import re
-import secrets
 from dataclasses import asdict
 from typing import Annotated
 
 from flask import Blueprint, Response, current_app, render_template, request
-from itsdangerous import BadSignature, TimestampSigner
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from sqlalchemy.orm import Session
-from werkzeug.exceptions import BadRequest
 
 from engine.auth.service import Permission
 from engine.db import Database
@@ -45,6 +40,7 @@ from engine.programs.store import current_program
 from engine.sending.transport import transport_from_settings
 from engine.web.api import json_body
 from engine.web.auth import require
+from engine.web.csrf import Csrf
 from engine.web.errors import problem
 from engine.web.pages import security_headers
 
@@ -52,12 +48,7 @@ review_pages = Blueprint("pages", __name__)
 review_api = Blueprint("api", __name__)
 review_pages.after_request(security_headers)  # CSP, nosniff, no-referrer (the token), no-store
 
-CSRF_COOKIE = "nurture_review_csrf"
-CSRF_FIELD = "csrf_token"
-CSRF_SALT = "review-csrf"  # not the landing pages' salt: their tokens do not work here
-CSRF_MAX_AGE = 24 * 3600
-_NONCE = re.compile(r"^[A-Za-z0-9_-]{32,64}$")
-_EXPIRED = "This form has expired. Go back, reload the page and try again."
+CSRF = Csrf(cookie="nurture_review_csrf", path="/review/", salt="review-csrf")
 
 
 def _db() -> Database:
@@ -72,36 +63,10 @@ def _now():
     return current_app.extensions["nurture.clock"]()
 
 
-# -- CSRF (double submit) -----------------------------------------------------------------------
-
-def _cookie_nonce() -> str | None:
-    value = request.cookies.get(CSRF_COOKIE)
-    return value if value and _NONCE.match(value) else None
-
-
-def _csrf_token(nonce: str) -> str:
-    return TimestampSigner(_secret(), salt=CSRF_SALT).sign(nonce).decode()
-
-
-def _check_csrf() -> None:
-    """400 unless the form's signed nonce matches the cookie's (compared in constant time)."""
-    nonce, sent = _cookie_nonce(), request.form.get(CSRF_FIELD, "")
-    if nonce is None or not sent or len(sent) > 200:
-        raise BadRequest(_EXPIRED)
-    try:
-        signed = TimestampSigner(_secret(), salt=CSRF_SALT).unsign(sent, max_age=CSRF_MAX_AGE)
-    except BadSignature:
-        raise BadRequest(_EXPIRED) from None
-    if not hmac.compare_digest(signed, nonce.encode()):
-        raise BadRequest(_EXPIRED)
-
-
 def _respond(body: str, nonce: str, status: int = 200) -> Response:
     response = Response(body, status=status, mimetype="text/html")
     response.headers["X-Robots-Tag"] = "noindex"
-    response.set_cookie(CSRF_COOKIE, nonce, max_age=CSRF_MAX_AGE, path="/review/",
-                        httponly=True, samesite="Lax", secure=request.is_secure)
-    return response
+    return CSRF.with_cookie(response, nonce)
 
 
 # -- reviewer pages -----------------------------------------------------------------------------
@@ -114,14 +79,14 @@ def _invalid() -> Response:
 
 def _page(session: Session, proof: Proof, nonce: str, **extra) -> str:
     summary = review_summary(session=session, proof=proof)
-    return render_template("review/proof.html", summary=summary, csrf_token=_csrf_token(nonce),
+    return render_template("review/proof.html", summary=summary, csrf_token=CSRF.token(nonce),
                            max_comment=MAX_COMMENT, **extra)
 
 
 @review_pages.get("/review/<token>")
 def show(token: str):
     """The proof and both forms; never records anything."""
-    nonce = _cookie_nonce() or secrets.token_urlsafe(32)
+    nonce = CSRF.nonce()
     focus = request.args.get("decision")
     with _db().session() as session:
         try:
@@ -142,8 +107,7 @@ def decide(token: str):
             proof_for_token(session=session, secret_key=_secret(), token=token, now=now)
         except NotFound:
             return _invalid()
-    _check_csrf()
-    nonce = _cookie_nonce()
+    nonce = CSRF.check()
     decision, comment = request.form.get("decision", ""), request.form.get("comment", "")
     try:
         with _db().session() as session:
