@@ -266,14 +266,11 @@ class _SimulatedClock:
 
 
 def _launched(app: AppContext, slug: str) -> bool:
-    from engine.launch.models import Launch
+    from engine.launch.service import is_launched
     from engine.programs.store import current_program
 
     with app.db.session() as session:
-        record, _ = current_program(session=session, name=slug)
-        return session.scalar(select(Launch.id).where(
-            Launch.program_id == record.id, Launch.version == record.current_version,
-            Launch.launched.is_(True))) is not None
+        return is_launched(session=session, record=current_program(session=session, name=slug)[0])
 
 
 def _deliver_through_sink(app: AppContext, *, web, clock: _SimulatedClock, days: int,

@@ -151,16 +151,12 @@ def launch(app: AppContext, program: str, by: str, offline: bool, no_screenshots
 
 
 def _already_launched(app: AppContext, program: str) -> bool:
-    from sqlalchemy import select
-
-    from engine.launch.models import Launch
+    from engine.launch.service import is_launched
     from engine.programs.store import current_program
 
     with app.db.session() as session:
-        record, _ = current_program(session=session, name=program)
-        return session.scalar(select(Launch.id).where(
-            Launch.program_id == record.id, Launch.version == record.current_version,
-            Launch.launched.is_(True))) is not None
+        return is_launched(session=session, record=current_program(session=session,
+                                                                    name=program)[0])
 
 
 def _notify(app: AppContext, spec, by: str, now) -> None:

@@ -52,6 +52,13 @@ def record_launch(*, session: Session, record: ProgramRecord, version: int, by: 
     return attempt
 
 
+def is_launched(*, session: Session, record: ProgramRecord) -> bool:
+    """Whether the program's current version went past the gate."""
+    return session.scalar(select(Launch.id).where(
+        Launch.program_id == record.id, Launch.version == record.current_version,
+        Launch.launched.is_(True))) is not None
+
+
 def launch_unchecked(*, session: Session, name: str, by: str, now: datetime, why: str) -> None:
     """Launch without the gate, recorded as such: for benchmarks and fixtures that measure
     sending, never for a program customers receive (`nurture launch` runs the gate)."""
