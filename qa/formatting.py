@@ -43,9 +43,9 @@ from engine.pages.service import page_token
 from engine.programs.loader import LoadedProgram, ProgramInvalid, load_program_dir
 from engine.programs.spec import Email, Program
 from engine.render.compile import compile_asset
-from engine.render.personalise import DEFAULT_BASE_URL, Links
-from engine.tracking.links import instrument
-from engine.tracking.tokens import click_token, send_token, unsubscribe_token
+from engine.render.personalise import DEFAULT_BASE_URL, Links, Rendered
+from engine.sending.compose import Signing, tracked
+from engine.tracking.tokens import send_token, unsubscribe_token
 from qa.compat import check_client_support
 from qa.findings import Finding, Severity
 from qa.html_scan import Scan, scan_html
@@ -360,13 +360,9 @@ def sending_links(program: Program, base_url: str) -> Links:
 
 def as_sent(html: str, text: str, links: Links) -> str:
     """The HTML with click tracking and the open pixel, as engine/sending/compose.py sends it."""
-    base = links.base_url
-    ids = {"lead_id": SAMPLE_LEAD_ID, "outbox_id": _SAMPLE_OUTBOX_ID}
-    return instrument(
-        html=html, text=text,
-        click_url=lambda n, url: f"{base}/c/" + click_token(_QA_SECRET, index=n, url=url, **ids),
-        open_url=f"{base}/o/{send_token(_QA_SECRET, 'open', **ids)}.gif",
-        untracked=(links.unsubscribe, links.view_in_browser)).html
+    signing = Signing(secret_key=_QA_SECRET, base_url=links.base_url)
+    return tracked(Rendered(subject="", html=html, text=text), links, signing=signing,
+                   lead_id=SAMPLE_LEAD_ID, outbox_id=_SAMPLE_OUTBOX_ID).html
 
 
 def check_email_asset(*, program: Program, email: Email, source: str,

@@ -25,7 +25,7 @@ from engine.render.personalise import (
     render_email,
 )
 from engine.sending.models import OutboxMessage
-from engine.tracking.links import instrument
+from engine.tracking.links import Instrumented, instrument
 from engine.tracking.tokens import click_token, send_token, unsubscribe_token
 
 
@@ -65,15 +65,22 @@ def render_for_row(*, session: Session, row: OutboxMessage, lead: Lead, program:
                             where=email.file)
     if not signing.secret_key:
         return RowRender(rendered, links, [], version.id)
-    key, base = signing.secret_key, signing.base_url
-    done = instrument(
-        html=rendered.html, text=rendered.text,
-        click_url=lambda n, url: f"{base}/c/" + click_token(key, lead_id=lead.id, outbox_id=row.id,
-                                                            index=n, url=url),
-        open_url=f"{base}/o/{send_token(key, 'open', lead_id=lead.id, outbox_id=row.id)}.gif",
-        untracked=(links.unsubscribe, links.view_in_browser))
+    done = tracked(rendered, links, signing=signing, lead_id=lead.id, outbox_id=row.id)
     return RowRender(Rendered(subject=rendered.subject, html=done.html, text=done.text), links,
                      done.links, version.id)
+
+
+def tracked(rendered: Rendered, links: Links, *, signing: Signing, lead_id: int,
+            outbox_id: int) -> Instrumented:
+    """The email's parts with signed click links, the open pixel and the honeypot (QA measures
+    the size of what is sent through this too)."""
+    key, base = signing.secret_key, signing.base_url
+    return instrument(
+        html=rendered.html, text=rendered.text,
+        click_url=lambda n, url: f"{base}/c/" + click_token(key, lead_id=lead_id,
+                                                            outbox_id=outbox_id, index=n, url=url),
+        open_url=f"{base}/o/{send_token(key, 'open', lead_id=lead_id, outbox_id=outbox_id)}.gif",
+        untracked=(links.unsubscribe, links.view_in_browser))
 
 
 def compose(*, session: Session, row: OutboxMessage, lead: Lead, program: Program,
