@@ -262,11 +262,6 @@ def test_who_answers_and_why_are_required_options(cli, db, args):
     assert lead(db, lead_id).stage == "mql"
 
 
-@pytest.mark.xfail(strict=True, reason="bug: engine/sales/service.py:78-80 accept() cuts the "
-                   "owner to 200 characters but stores the actor (--by) whole in the 200-char "
-                   "stage_changes.actor column: SQLite keeps it, PostgreSQL fails the command "
-                   "with a DataError traceback; refuse an actor over 200 characters with "
-                   "Invalid(field='by') (or cut it like the owner)")
 def test_an_overlong_name_is_refused_or_fits_its_column(cli, db):
     lead_id = make_mql(db, "ada@globex.example")
     result = cli("sales", "accept", "ada@globex.example", "--by", "s" * 300)
@@ -279,11 +274,6 @@ def test_an_overlong_name_is_refused_or_fits_its_column(cli, db):
     assert len(actor) <= 200 and len(lead(db, lead_id).owner) <= 200
 
 
-@pytest.mark.xfail(strict=True, reason="bug: engine/sales/service.py:78 accept() takes a blank "
-                   "--by as the actor and the owner ('ada@globex.example: accepted, stage sal, "
-                   "owner   '), and reject() a blank actor: nobody owns the lead or answered "
-                   "for it; strip actor and owner and raise Invalid(field='by') for a blank "
-                   "actor (the CLI could also refuse it as a click.BadParameter)")
 @pytest.mark.parametrize("verb, extra", [("accept", ()), ("reject", ("--reason", "no fit"))])
 def test_a_blank_name_is_refused(cli, db, verb, extra):
     lead_id = make_mql(db, "ada@globex.example")
@@ -311,11 +301,6 @@ def test_notifications_list_mqls_and_escalations_newest_first(cli, db):
     assert json.loads(ok(cli("sales", "notifications", "--json", "--limit", "1"))) == rows[:1]
 
 
-@pytest.mark.xfail(strict=True, reason="bug: engine/sales/cli.py:126 the notifications table "
-                   "gives every column the same share of an 80-column console (rich's width "
-                   "when piped or in CliRunner), so the lead's address, the owner and the time "
-                   "are cut with an ellipsis ('ada@globex.e…'); make at, lead and owner "
-                   "Column(no_wrap=True) with overflow='fold' and let the reason wrap")
 def test_the_notifications_table_shows_whole_addresses_and_times(cli, db):
     make_mql(db, "ada@globex.example")
     ok(cli("sla", "check", "--at", (MONDAY + 15 * DAY).isoformat()))

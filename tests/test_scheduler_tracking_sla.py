@@ -23,7 +23,7 @@ from engine.sending.models import OutboxMessage
 from engine.tracking.buffer import EventBuffer
 from engine.tracking.models import TrackingEvent
 from engine.tracking.service import new_event, store_events
-from worker import jobs, queues
+from worker import jobs, queues, scheduler
 from worker.scheduler import tick
 
 MONDAY = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)  # 09:00 in Paris: the first email goes at once
@@ -185,10 +185,19 @@ def test_the_sla_job_is_queued_once_per_utc_day_however_many_ticks(world, redis,
         clock["now"] = datetime(2026, 11, 17, tzinfo=UTC) + timedelta(hours=hours)
         assert tick(db=world, redis=redis)["sla_job_queued"] is False
     assert queued(redis, queues.DEFAULT) == ["worker.jobs.check_slas"]
+    jobs.check_slas()  # the worker runs it: the day is done
+    assert tick(db=world, redis=redis)["sla_job_queued"] is False
     clock["now"] = datetime(2026, 11, 18, 0, 0, 1, tzinfo=UTC)  # the next UTC day
     assert tick(db=world, redis=redis)["sla_job_queued"] is True
     assert tick(db=world, redis=redis)["sla_job_queued"] is False
     assert queued(redis, queues.DEFAULT) == ["worker.jobs.check_slas"] * 2
+
+
+def test_a_days_sla_check_that_never_ran_is_queued_again_later(world, redis, clock):
+    clock["now"] = datetime(2026, 11, 17, 9, 0, tzinfo=UTC)
+    assert tick(db=world, redis=redis)["sla_job_queued"] is True
+    redis.delete(scheduler.SLA_QUEUED_KEY)  # its hold expired: the job failed or was lost
+    assert tick(db=world, redis=redis)["sla_job_queued"] is True
 
 
 def test_of_two_schedulers_only_one_queues_the_days_sla_job(world, redis):

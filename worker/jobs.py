@@ -95,6 +95,12 @@ def store_tracking_events(batch: int = 500) -> int:
 def check_slas() -> str:
     """The daily SLA check: record breaches, escalate, enroll stalled opportunities."""
     from engine.sales.sla import check_slas as check
+    from worker.scheduler import SLA_DONE_KEY, SLA_QUEUED_KEY
 
+    now = utcnow()
     with _database().session() as session:
-        return str(check(session=session, now=utcnow()))
+        result = check(session=session, now=now)
+    redis = redis_connection(Settings.from_env())
+    redis.set(f"{SLA_DONE_KEY}:{now.date().isoformat()}", 1, ex=2 * 86400)
+    redis.delete(SLA_QUEUED_KEY)
+    return str(result)

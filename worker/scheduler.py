@@ -16,7 +16,9 @@ from worker import queues
 from worker.jobs import advance_journeys
 
 SEND_JOB_TIMEOUT = 600  # seconds
-SLA_DAY_KEY = "nurture:sla:checked"  # + ":<UTC date>", set when that day's check is queued
+SLA_DONE_KEY = "nurture:sla:done"  # + ":<UTC date>": set by the job once that day's check ran
+SLA_QUEUED_KEY = "nurture:sla:queued"  # held while a check is queued or running
+SLA_RETRY_SECONDS = 3600  # a check that failed or was lost is queued again after this
 
 
 def has_due_sends(db: Database) -> bool:
@@ -51,11 +53,13 @@ def _queue_tracking(redis) -> bool:
 
 
 def _queue_sla(redis) -> bool:
-    """Once per UTC day (SET NX on the date: one scheduler of several wins)."""
+    """Once per UTC day: until the day's check has run (the job marks it), one scheduler of
+    several (SET NX) queues it, again an hour later if it failed or was lost."""
     from rq import Queue
 
-    today = utcnow().date().isoformat()
-    if not redis.set(f"{SLA_DAY_KEY}:{today}", 1, nx=True, ex=2 * 86400):
+    if redis.exists(f"{SLA_DONE_KEY}:{utcnow().date().isoformat()}"):
+        return False
+    if not redis.set(SLA_QUEUED_KEY, 1, nx=True, ex=SLA_RETRY_SECONDS):
         return False
     Queue(queues.DEFAULT, connection=redis).enqueue(
         "worker.jobs.check_slas", job_timeout=SEND_JOB_TIMEOUT, result_ttl=86400,

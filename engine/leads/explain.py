@@ -26,16 +26,17 @@ from engine.sending.suppression import suppressed_reasons
 def explain(*, session: Session, lead: Lead, now: datetime) -> dict:
     found = scoring_program(session=session, lead_id=lead.id)
     suppressed = suppressed_reasons(session=session, emails=[lead.email]).get(lead.email)
+    enrollments = lead_enrollments(session=session, lead_id=lead.id)
+    followed = next((e.state.get("persona") for e in enrollments if e.state), None)
     return {
         "lead": {"id": lead.id, "email": lead.email, "stage": lead.stage,
-                 "persona": lead.persona, "owner": lead.owner},
+                 "persona": lead.persona or followed, "owner": lead.owner},
         "score": _score(session, lead, found[0].name if found else None,
                         found[1] if found else None, now),
         "stage_history": [
             {"at": c.at.isoformat(), "from": c.from_stage, "to": c.to_stage, "reason": c.reason,
              "actor": c.actor} for c in stage_history(session=session, lead_id=lead.id)],
-        "next_sends": [_next_send(session, e, suppressed)
-                       for e in lead_enrollments(session=session, lead_id=lead.id)],
+        "next_sends": [_next_send(session, e, suppressed) for e in enrollments],
         "suppressed": suppressed,
         "sales": _sales(session, lead),
     }

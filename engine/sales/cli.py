@@ -123,11 +123,11 @@ def notifications(app: AppContext, limit: int, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    table = Table("at", "kind", "lead", "owner", "reason")
-    for row in rows:
-        table.add_row(row["at"][:16], row["kind"], escape(row["email"]),
-                      escape(row["owner"] or "-"), escape(row["reason"]))
-    console.print(table if rows else "no sales notification yet")
+    for row in rows:  # lines, not a table: addresses and reasons stay whole in any width
+        console.print(f"{row['at'][:16]}  {row['kind']:<10} {row['email']}  owner "
+                      f"{row['owner'] or '-'}: {row['reason']}", markup=False)
+    if not rows:
+        console.print("no sales notification yet")
 
 
 @click.group()

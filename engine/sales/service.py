@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -31,6 +31,7 @@ from engine.sending.models import OutboxMessage
 from engine.tracking.service import timeline
 
 MAX_REASON = 1000
+MAX_NAME = 200  # the owner and actor columns
 SALES_STAGES = frozenset({"mql", "sal", "opportunity"})
 
 
@@ -74,8 +75,10 @@ def enroll_elsewhere(*, session: Session, lead: Lead, program_name: str, now: da
 def accept(*, session: Session, lead: Lead, actor: str, now: datetime,
            owner: str | None = None) -> StageChange:
     """Sales accepts an MQL (mql -> sal); the acceptor owns it unless `owner` names another."""
+    actor = _name(actor, "by")
+    owner = _name(owner, "owner") if owner and owner.strip() else actor
     _require_mql(lead, "accept")
-    lead.owner = (owner or actor)[:200]
+    lead.owner = owner
     change = set_stage(session=session, lead=lead, stage="sal", reason="accepted by sales",
                        actor=actor, now=now)
     _tell_crm(session, lead, "sal", now, owner=lead.owner)
@@ -84,6 +87,7 @@ def accept(*, session: Session, lead: Lead, actor: str, now: datetime,
 
 def reject(*, session: Session, lead: Lead, reason: str, actor: str, now: datetime) -> StageChange:
     """Sales rejects an MQL: back to nurture as recycled, its behaviour points reset."""
+    actor = _name(actor, "by")
     reason = (reason or "").strip()
     if not reason:
         raise Invalid("a reason is required to reject a lead", field="reason")
@@ -95,6 +99,15 @@ def reject(*, session: Session, lead: Lead, reason: str, actor: str, now: dateti
     reset_behaviour(session=session, lead=lead, now=now, reason="rejected by sales")
     _tell_crm(session, lead, "rejected", now, reason=reason)
     return change
+
+
+def _name(value: str | None, field: str) -> str:
+    """Who acts or owns: a name or address of 1 to MAX_NAME characters."""
+    name = (value or "").strip()
+    if not name or len(name) > MAX_NAME:
+        raise Invalid(f"{field} must be a name or address of 1 to {MAX_NAME} characters",
+                      field=field)
+    return name
 
 
 def _require_mql(lead: Lead, verb: str) -> None:
@@ -181,13 +194,17 @@ def timeline_entries(session, lead_id: int) -> list[dict]:
             steps[event.outbox_id] = row.step if row else "?"
         email = steps.get(event.outbox_id, "")
         what = {"open": f"opened {email}", "view": f"viewed {email} in the browser",
-                "click": f"clicked {_shown(event.url)} in {email}",
+                "click": f"clicked {shown_url(event.url)} in {email}",
                 "page_view": f"visited {event.url}"}[event.kind]
         entries.append({"at": event.at.isoformat(), "kind": event.kind, "what": what})
     return entries
 
 
-def _shown(url: str | None) -> str:
-    """A URL for people: our own landing-page links without their personal token."""
+def shown_url(url: str | None) -> str:
+    """A URL for people: a landing-page link (ours, under any base path) without the lead's
+    personal `t` token; other URLs as they are."""
     parts = urlsplit(url or "")
-    return parts._replace(query="").geturl() if parts.path.startswith("/p/") else url or ""
+    if "/p/" not in parts.path:
+        return url or ""
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "t"]
+    return parts._replace(query=urlencode(query)).geturl()

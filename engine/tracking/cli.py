@@ -35,11 +35,13 @@ def drain(app: AppContext) -> None:
 def show(app: AppContext, email: str, bots: bool, as_json: bool) -> None:
     """A lead's tracked events in order, with user agent, and why a hit was filtered."""
     from engine.leads.service import get_lead
+    from engine.sales.service import shown_url
     from engine.tracking.service import timeline
 
     with app.db.session() as session:
         lead = get_lead(session=session, email=email)
-        rows = [{"at": e.at.isoformat(), "kind": e.kind, "url": e.url, "link": e.link_index,
+        rows = [{"at": e.at.isoformat(), "kind": e.kind, "url": shown_url(e.url) or None,
+                 "link": e.link_index,
                  "bot": e.bot_reason, "user_agent": e.user_agent}
                 for e in timeline(session=session, lead_id=lead.id, include_bots=bots)]
     if as_json:

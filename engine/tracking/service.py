@@ -148,13 +148,13 @@ def _is_id(value) -> bool:
 
 def timeline(*, session: Session, lead_id: int, limit: int = 200,
              include_bots: bool = False) -> list[TrackingEvent]:
-    """What the lead did, in order (opens, clicks, views, page visits)."""
+    """What the lead did (opens, clicks, views, page visits): the latest `limit`, in order."""
     query = select(TrackingEvent).where(TrackingEvent.lead_id == lead_id)
     if not include_bots:
         query = query.where(TrackingEvent.bot.is_(False))
-    return list(session.scalars(query.order_by(TrackingEvent.at, TrackingEvent.id).limit(limit)))
-
-
+    latest = session.scalars(query.order_by(TrackingEvent.at.desc(), TrackingEvent.id.desc())
+                             .limit(limit))
+    return list(reversed(list(latest)))
 
 
 def drain_buffer(*, db, buffer, batch: int = 500) -> int:

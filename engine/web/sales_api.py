@@ -3,6 +3,8 @@ qualifying, accept and reject, and a lead's explanation. Mounted under /api/v1."
 
 from __future__ import annotations
 
+import re
+
 from flask import Blueprint, current_app, request
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -37,7 +39,7 @@ def _db():
 
 def _limit() -> int:
     raw = request.args.get("limit", "50")
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+    if not re.fullmatch(r"[0-9]{1,4}", raw) or not 1 <= int(raw) <= MAX_LIMIT:
         raise Invalid(f"limit must be a whole number from 1 to {MAX_LIMIT}", field="limit")
     return int(raw)
 
@@ -67,7 +69,8 @@ def one_field_short():
 def accept_lead(lead_id: str):
     """mql -> sal; the caller (or `owner`) owns the lead. 409 for a lead that is not an MQL."""
     key = lead_id_param(lead_id)
-    body = AcceptIn.model_validate(json_body() if request.content_length else {})
+    has_body = request.content_length or request.headers.get("Transfer-Encoding")
+    body = AcceptIn.model_validate(json_body() if has_body else {})
     with _db().session() as session:
         lead = get_lead_by_id(session=session, lead_id=key)
         accept(session=session, lead=lead, actor=current_principal().actor, owner=body.owner,
