@@ -89,8 +89,22 @@ def redis_connection(settings: Settings, *, timeout: float | None = None):
 _embedded: dict[str, list] = {}
 
 
+def release_redis(client) -> None:
+    """Done with a client: an embedded server this process started stops now if no one else
+    uses it (rather than at interpreter exit, which does not always get that far)."""
+    for clients in _embedded.values():
+        if client in clients:
+            clients.remove(client)
+            if client.pid and not clients:
+                client._cleanup()
+            return
+    client.close()
+
+
 def _stop_embedded() -> None:
     for clients in _embedded.values():
+        if not clients:
+            continue
         for client in clients[1:]:
             client.connection_pool.disconnect()
         starter = next((c for c in clients if c.pid), clients[0])

@@ -149,6 +149,7 @@ def demo(app: AppContext, lead_count: int, days: int, program_dir: str) -> None:
                              "open and click")
                 _deliver_through_sink(app, web=web, clock=clock, days=days, emails=emails)
         finally:
+            web.extensions["nurture.recorder"].close()
             web.extensions["nurture.db"].dispose()
     console.rule("6. Scores, MQLs and the sales handoff")
     _print_handoff(app, now=now + timedelta(days=days))

@@ -12,7 +12,7 @@ from flask import current_app, request
 from redis.exceptions import RedisError
 from sqlalchemy import select
 
-from engine.config import redis_connection
+from engine.config import redis_connection, release_redis
 from engine.db import Database
 from engine.sending.models import OutboxMessage
 from engine.tracking.buffer import EventBuffer
@@ -38,6 +38,11 @@ class Recorder:
         if self._buffer is None:  # lazily: the app starts even while Redis is down
             self._buffer = self._buffer_factory()
         return self._buffer
+
+    def close(self) -> None:
+        if self._buffer is not None:
+            release_redis(self._buffer.redis)
+            self._buffer = None
 
     def record(self, event: dict) -> None:
         """Push to the buffer; on a Redis failure (and for a few seconds after it, so a hung
