@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from itertools import count
 from pathlib import Path
 
 import click
@@ -32,7 +33,9 @@ def run_gate_for(app: AppContext, program: str, *, offline: bool, out: str | Non
                  screenshots: bool = True):
     """Run the gate on a directory or a loaded program's current version; write the report
     (screenshots beside it)."""
-    from qa.gate import GateOptions, load_target, run_gate
+    from rich.progress import BarColumn, Progress, TextColumn
+
+    from qa.gate import GateOptions, default_checks, load_target, run_gate
     from qa.links import LinkCheckOptions
     from qa.report import write_report
 
@@ -45,7 +48,17 @@ def run_gate_for(app: AppContext, program: str, *, offline: bool, out: str | Non
             base_url=app.settings.base_url, screenshots_dir=out_dir if screenshots else None,
             links=LinkCheckOptions(network=not offline,
                                    cache_path=app.settings.instance_path / "qa" / "link-cache.json"))
-        report = run_gate(target=target, session=session, options=options, now=now)
+        with Progress(TextColumn("QA: {task.description}"), BarColumn(),
+                      TextColumn("{task.completed}/{task.total}"), console=err_console,
+                      transient=True) as bar:
+            task = bar.add_task("starting", total=len(default_checks()))
+            started = count()
+
+            def step(name: str) -> None:  # the checks done so far, and the one running
+                bar.update(task, description=name, completed=next(started))
+
+            report = run_gate(target=target, session=session, options=options, now=now,
+                              progress=step)
     return target, report, write_report(report, out_dir)
 
 

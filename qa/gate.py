@@ -106,10 +106,14 @@ Check = Callable[[Target, Session | None, GateOptions, dict], list[Finding]]
 
 
 def run_gate(*, target: Target, session: Session | None, options: GateOptions, now: datetime,
-             checks: list[Check] | None = None) -> QaReport:
+             checks: list[Check] | None = None,
+             progress: Callable[[str], None] | None = None) -> QaReport:
+    """Run the checks in order; `progress` hears each one's name as it starts."""
     sections: dict = {}
     findings: list[Finding] = []
     for check in checks if checks is not None else default_checks():
+        if progress is not None:
+            progress(check.__name__.removesuffix("_check").replace("_", " "))
         findings += check(target, session, options, sections)
     report = QaReport(program=target.loaded.program.name, version=target.version,
                       content_hash=target.loaded.content_hash, checked_at=now,
