@@ -22,7 +22,14 @@ from engine.db import utcnow
 from engine.journeys.service import lead_enrollments
 from engine.leads.importer import import_leads
 from engine.leads.models import STANDARD_FIELDS
-from engine.leads.service import event_log, get_lead, lead_dict, set_stage, stage_history
+from engine.leads.service import (
+    change_dict,
+    event_log,
+    get_lead,
+    lead_dict,
+    set_stage,
+    stage_history,
+)
 from engine.programs.models import ProgramRecord
 
 
@@ -104,11 +111,8 @@ def show(app: AppContext, email: str, as_json: bool) -> None:
         lead = get_lead(session=session, email=email)
         data = {
             "lead": lead_dict(lead),
-            "stage_history": [
-                {"from": c.from_stage, "to": c.to_stage, "at": c.at.isoformat(),
-                 "reason": c.reason, "actor": c.actor}
-                for c in stage_history(session=session, lead_id=lead.id)
-            ],
+            "stage_history": [change_dict(c)
+                              for c in stage_history(session=session, lead_id=lead.id)],
             "enrollments": [_enrollment(session, e) for e in
                             lead_enrollments(session=session, lead_id=lead.id)],
             "events": [
@@ -150,6 +154,12 @@ def _when(value: str | None, zone: str = "UTC") -> str:
     return local.strftime("%a %Y-%m-%d %H:%M %Z")
 
 
+def _print_changes(changes: list[dict]) -> None:
+    for c in changes:
+        console.print(f"  {_when(c['at'])}  {c['from'] or '(new)'} -> {c['to']}  {c['reason']}"
+                      f"  by {c['actor']}", markup=False)
+
+
 def _print_lead(data: dict) -> None:
     lead = data["lead"]
     out = console.print
@@ -162,9 +172,7 @@ def _print_lead(data: dict) -> None:
         out(f"  {name:<{width}}  {value}", markup=False)
 
     out("[bold]Stage history[/bold]")
-    for c in data["stage_history"]:
-        out(f"  {_when(c['at'])}  {c['from'] or '(new)'} -> {c['to']}  {c['reason']}"
-            f"  by {c['actor']}", markup=False)
+    _print_changes(data["stage_history"])
 
     out("[bold]Enrollments[/bold]" + ("" if data["enrollments"] else ": none"))
     for e in data["enrollments"]:
@@ -238,9 +246,7 @@ def _print_explanation(data: dict) -> None:
             out(f"  cannot become an MQL without: {', '.join(score['missing_requirements'])}",
                 markup=False)
     out("[bold]Stage[/bold]")
-    for change in data["stage_history"]:
-        out(f"  {_when(change['at'])}  {change['from'] or '(new)'} -> {change['to']}  "
-            f"{change['reason']}  by {change['actor']}", markup=False)
+    _print_changes(data["stage_history"])
     out("[bold]Next send[/bold]" + ("" if data["next_sends"] else ": not enrolled in any program"))
     for send in data["next_sends"]:
         out(f"  {send['program']}: {send['why']}", markup=False)

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from engine.journeys.decide import Status
 from engine.journeys.service import lead_enrollments
 from engine.leads.models import Lead
-from engine.leads.service import stage_history
+from engine.leads.service import change_dict, stage_history
 from engine.programs.models import ProgramRecord
 from engine.programs.spec import Program
 from engine.programs.store import program_at
@@ -33,9 +33,8 @@ def explain(*, session: Session, lead: Lead, now: datetime) -> dict:
                  "persona": lead.persona or followed, "owner": lead.owner},
         "score": _score(session, lead, found[0].name if found else None,
                         found[1] if found else None, now),
-        "stage_history": [
-            {"at": c.at.isoformat(), "from": c.from_stage, "to": c.to_stage, "reason": c.reason,
-             "actor": c.actor} for c in stage_history(session=session, lead_id=lead.id)],
+        "stage_history": [change_dict(c) for c in stage_history(session=session,
+                                                                 lead_id=lead.id)],
         "next_sends": [_next_send(session, e, suppressed) for e in enrollments],
         "suppressed": suppressed,
         "sales": _sales(session, lead),

@@ -115,6 +115,11 @@ def event_log(*, session: Session, lead_id: int, limit: int = 200) -> list[LeadE
         select(LeadEvent).where(LeadEvent.lead_id == lead_id).order_by(LeadEvent.id).limit(limit)))
 
 
+def change_dict(change: StageChange) -> dict:
+    return {"from": change.from_stage, "to": change.to_stage, "at": change.at.isoformat(),
+            "reason": change.reason, "actor": change.actor}
+
+
 def lead_dict(lead: Lead) -> dict:
     data = {name: getattr(lead, name) for name in STANDARD_FIELDS}
     return {"id": lead.id, **data, "custom": lead.custom or {},

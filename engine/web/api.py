@@ -33,6 +33,7 @@ from engine.journeys.service import lead_enrollments
 from engine.leads.fields import BAD_TEXT, MAX_CUSTOM_FIELDS, MAX_FIELD_LENGTH
 from engine.leads.models import Lead, StageChange
 from engine.leads.service import (
+    change_dict,
     get_lead_by_id,
     lead_dict,
     list_leads,
@@ -209,13 +210,8 @@ def lead_id_param(raw: str) -> int:
 
 # -- serialisers ------------------------------------------------------------------------------
 
-def _change_dict(change: StageChange) -> dict:
-    return {"from": change.from_stage, "to": change.to_stage, "at": change.at.isoformat(),
-            "reason": change.reason, "actor": change.actor}
-
-
 def _lead_detail(lead: Lead, history: list[StageChange]) -> dict:
-    return {**lead_dict(lead), "stage_history": [_change_dict(c) for c in history]}
+    return {**lead_dict(lead), "stage_history": [change_dict(c) for c in history]}
 
 
 def _enrollment_dict(enrollment: Enrollment, program_names: dict[int, str]) -> dict:
