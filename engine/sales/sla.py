@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -73,12 +73,7 @@ def _entered_stage(session: Session, stage: str) -> list[tuple[Lead, datetime]]:
     rows = session.execute(select(Lead, entered.c.since)
                            .join(entered, entered.c.lead_id == Lead.id)
                            .where(Lead.stage == stage).order_by(Lead.id))
-    return [(lead, _aware(since)) for lead, since in rows]
-
-
-def _aware(value: datetime) -> datetime:
-    # func.max() loses the column type, so the UTC marker UTCDateTime adds is missing here.
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+    return [(lead, since) for lead, since in rows]
 
 
 def _already(session: Session, lead: Lead, kind: str, since: datetime) -> bool:
