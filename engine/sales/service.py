@@ -18,6 +18,7 @@ from engine.errors import IllegalTransition, Invalid, NotFound
 from engine.journeys.service import enroll
 from engine.leads.models import Lead, LeadEvent, StageChange
 from engine.leads.service import set_stage
+from engine.programs.spec import Program
 from engine.programs.store import current_program
 from engine.sales.models import CrmOutboxItem, SalesNotification
 from engine.scoring.rules import one_field_short
@@ -35,7 +36,7 @@ MAX_NAME = 200  # the owner and actor columns
 SALES_STAGES = frozenset({"mql", "sal", "opportunity"})
 
 
-def hand_to_sales(*, session: Session, lead: Lead, kind: str, reason: str,
+def hand_to_sales(*, session: Session, lead: Lead, program: Program, kind: str, reason: str,
                   now: datetime) -> SalesNotification | None:
     """Make a nurture lead an MQL and tell sales and the CRM. A lead already with sales is
     not moved; a trigger (a hand-raise such as a demo request) still notifies its owner.
@@ -48,8 +49,7 @@ def hand_to_sales(*, session: Session, lead: Lead, kind: str, reason: str,
         session.add(notification)
         return notification
     set_stage(session=session, lead=lead, stage="mql", reason=reason, actor="scoring", now=now)
-    found = scoring_program(session=session, lead_id=lead.id)
-    score = current_score(lead, found[1] if found else None, now)
+    score = current_score(lead, program, now)
     notification = SalesNotification(lead_id=lead.id, at=now, kind=kind, reason=reason,
                                      owner=lead.owner)
     session.add(notification)

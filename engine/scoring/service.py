@@ -135,12 +135,12 @@ def _route(session: Session, lead: Lead, program: Program, kind: str | None, det
     rules = program.scoring
     for trigger in matching_triggers(rules, kind, detail) if kind else ():
         if trigger.route == "sales":
-            hand_to_sales(session=session, lead=lead, kind="trigger", now=now,
+            hand_to_sales(session=session, lead=lead, program=program, kind="trigger", now=now,
                           reason=f"trigger {trigger.describe()}")
         elif trigger.enroll:
             enroll_elsewhere(session=session, lead=lead, program_name=trigger.enroll, now=now,
                              reason=f"trigger {trigger.describe()}")
     score = current_score(lead, program, now)
     if lead.stage in NURTURE_STAGES and is_mql(rules, score, lead.fields()):
-        hand_to_sales(session=session, lead=lead, kind="mql", now=now,
+        hand_to_sales(session=session, lead=lead, program=program, kind="mql", now=now,
                       reason=f"score {score:.0f} reached the MQL threshold {rules.threshold:g}")
