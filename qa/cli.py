@@ -128,48 +128,60 @@ def waive(app: AppContext, program: str, finding_key: str, reason: str, by: str)
 @pass_app
 def launch(app: AppContext, program: str, by: str, offline: bool, no_screenshots: bool,
            out: str | None) -> None:
-    """Launch a loaded PROGRAM: run the QA gate on its current version and refuse, naming
-    each blocker, while any remains; on launch its sends start, and the addresses in
-    `launch.notify` are told what the program does."""
+    """Launch a loaded PROGRAM: run the QA gate on its current version and the current
+    version of each email and page, and refuse, naming each blocker, while any remains. On
+    launch exactly what the gate checked goes live: sends, pages and new enrollments use it,
+    running enrollments move to it, and the addresses in `launch.notify` are told what the
+    program does. Loads and uploads after a launch wait for the next one."""
+    from engine.assets.models import AssetVersion
     from engine.launch.service import record_launch
-    from engine.programs.store import current_program
+    from engine.programs.models import ProgramRecord
 
     if Path(program).is_dir():
         raise click.BadParameter("launch a loaded program by name (`nurture program load DIR` "
                                  "first)", param_hint="PROGRAM")
-    if _already_launched(app, program):
-        console.print(f"{escape(program)} is already launched at its current version")
+    pending = _pending(app, program)
+    if not pending:
+        console.print(f"{escape(program)} is already launched at its current version: "
+                      "nothing pending")
         return
+    console.print("to launch:", markup=False)
+    for change in pending:
+        console.print(f"  {change}", markup=False)
     target, report, paths = run_gate_for(app, program, offline=offline, out=out,
                                          screenshots=not no_screenshots)
     now = utcnow()
     blockers = report.blockers
     with app.db.session() as session:
-        record, spec = current_program(session=session, name=program)
+        record = session.get(ProgramRecord, target.record.id)
         summary = ("\n".join(f"{f.code} {f.asset} {f.location}: {f.message}" for f in blockers)
                    or "passed")
-        record_launch(session=session, record=record, version=target.version or 0, by=by,
-                      now=now, launched=not blockers, summary=summary[:20_000])
+        record_launch(session=session, record=record, version=target.version, by=by, now=now,
+                      launched=not blockers, summary=summary[:20_000],
+                      assets={p: session.get(AssetVersion, v.id)
+                              for p, v in target.checked_versions.items()})
     if blockers:
         print_report(report, paths)
         err_console.print(f"not launched: {len(blockers)} blocker(s) remain; fix them, or waive "
                           "one with `nurture qa waive PROGRAM KEY --reason ... --by ...`")
         raise SystemExit(1)
     counts = report.counts()
+    spec = target.loaded.program
     console.print(f"QA passed: 0 blockers, {counts['warning']} warning(s), {counts['waived']} "
                   f"waived; report: {paths[1]}", markup=False)
-    console.print(f"[green]launched[/green] {escape(spec.name)} v{target.version}: its sends start now")
+    console.print(f"[green]launched[/green] {escape(spec.name)} v{target.version}: its sends start "
+                  "now, with the versions above")
     if spec.launch_notify:
         _notify(app, spec, by, now)
 
 
-def _already_launched(app: AppContext, program: str) -> bool:
-    from engine.launch.service import is_launched
+def _pending(app: AppContext, program: str):
+    from engine.launch.service import pending_changes
     from engine.programs.store import current_program
 
     with app.db.session() as session:
-        return is_launched(session=session, record=current_program(session=session,
-                                                                    name=program)[0])
+        return pending_changes(session=session,
+                               record=current_program(session=session, name=program)[0])
 
 
 def _notify(app: AppContext, spec, by: str, now) -> None:

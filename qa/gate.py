@@ -16,6 +16,8 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from engine.assets.models import AssetVersion
+from engine.assets.service import INVALID, current_versions
 from engine.launch.approvals import approval_status
 from engine.launch.models import Waiver
 from engine.programs.loader import SCENARIO_FILES, LoadedProgram, ProgramInvalid, load_program_dir
@@ -78,16 +80,24 @@ class QaReport:
 
 @dataclass(frozen=True)
 class Target:
-    """What the gate checks: a program's files, and its stored record when loaded."""
+    """What the gate checks: a program's files, and its stored record when loaded. A loaded
+    program's emails and pages are read from their current asset versions (what proofs show,
+    approvals name and a launch lets out), `assets` naming each: path -> version, or why the
+    file has no valid version."""
 
     loaded: LoadedProgram
     record: ProgramRecord | None = None
     version: int | None = None
+    assets: dict[str, AssetVersion | str] = field(default_factory=dict)
+
+    @property
+    def checked_versions(self) -> dict[str, AssetVersion]:
+        return {path: v for path, v in self.assets.items() if isinstance(v, AssetVersion)}
 
 
 def load_target(*, session: Session | None, program: str) -> Target:
-    """A directory path, else the name of a loaded program (its current version).
-    Raises ProgramInvalid or NotFound."""
+    """A directory path, else the name of a loaded program (its current version, with the
+    current version of each email and page). Raises ProgramInvalid or NotFound."""
     path = Path(program)
     if path.is_dir():
         return Target(loaded=load_program_dir(path))
@@ -95,9 +105,14 @@ def load_target(*, session: Session | None, program: str) -> Target:
         raise ProgramInvalid([])
     record, spec = current_program(session=session, name=program)
     row = version_row(session, record.id, record.current_version)
-    loaded = LoadedProgram(program=spec, files=dict(row.files), content_hash=row.content_hash,
+    assets = current_versions(session=session, program_id=record.id, paths=spec.asset_files)
+    files = dict(row.files)
+    for name, version in assets.items():
+        if isinstance(version, AssetVersion):
+            files[name] = version.content.decode("utf-8")
+    loaded = LoadedProgram(program=spec, files=files, content_hash=row.content_hash,
                            source=row.source)
-    return Target(loaded=loaded, record=record, version=record.current_version)
+    return Target(loaded=loaded, record=record, version=record.current_version, assets=assets)
 
 
 # A check takes the target (and the session, None for a directory) and returns findings,
@@ -115,6 +130,8 @@ def run_gate(*, target: Target, session: Session | None, options: GateOptions, n
         if progress is not None:
             progress(check.__name__.removesuffix("_check").replace("_", " "))
         findings += check(target, session, options, sections)
+    sections["assets"] = [{"asset": path, "version": v.version, "content_hash": v.content_hash}
+                          for path, v in target.checked_versions.items()]
     report = QaReport(program=target.loaded.program.name, version=target.version,
                       content_hash=target.loaded.content_hash, checked_at=now,
                       findings=_ordered(findings), sections=sections)
@@ -124,8 +141,26 @@ def run_gate(*, target: Target, session: Session | None, options: GateOptions, n
 
 
 def default_checks() -> list[Check]:
-    return [program_logic_check, formatting_check, links_check, approvals_check,
+    return [program_logic_check, uploads_check, formatting_check, links_check, approvals_check,
             screenshots_check]
+
+
+def uploads_check(target: Target, session, options: GateOptions, sections: dict) -> list[Finding]:
+    """A newer upload that did not compile is not what the gate checks (nor what is sent):
+    say so, or a marketer may believe the fix was checked."""
+    if session is None:
+        return []
+    findings = []
+    for path, version in target.checked_versions.items():
+        newest = session.scalar(select(AssetVersion).where(AssetVersion.asset_id == version.asset_id)
+                                .order_by(AssetVersion.version.desc()).limit(1))
+        if newest.version > version.version and newest.status == INVALID:
+            errors = "; ".join(f"line {e['line']}: {e['message']}" for e in newest.errors or [])
+            findings.append(Finding(
+                Severity.WARNING, "asset.upload-invalid", path, f"v{newest.version}",
+                f"Version {newest.version} was uploaded but is invalid ({errors}); the gate "
+                f"checked version {version.version}, which is what would be sent."))
+    return findings
 
 
 def formatting_check(target: Target, session, options: GateOptions, sections: dict) -> list[Finding]:
@@ -168,7 +203,8 @@ def approvals_check(target: Target, session, options: GateOptions,
         return [Finding(Severity.INFO, "approval.not-loaded", "program.yaml", "program",
                         "Approvals apply to a loaded program: load it, send proofs with "
                         "`nurture qa proof`, and run QA on its name.")]
-    statuses = approval_status(session=session, program_name=target.record.name)
+    statuses = approval_status(session=session, program_name=target.record.name,
+                               versions=target.assets)
     sections["approvals"] = [{**s.to_dict(), "status": s.state,
                               "detail": ", ".join(s.approved_by) or ", ".join(s.awaiting)}
                              for s in statuses]

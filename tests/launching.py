@@ -1,22 +1,44 @@
 """Tests that deliver mail need a launched program: they are not about the QA gate, so they
-mark it launched directly (users go through `nurture launch`, which runs the gate)."""
+launch it without the gate, recorded as such (users go through `nurture launch`)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import update
+from sqlalchemy import select
 
 from engine.db import Database
+from engine.launch.service import launch_unchecked
 from engine.programs.models import ProgramRecord
+
+LAUNCHED_AT = datetime(2020, 1, 1, tzinfo=UTC)
 
 
 def mark_launched(db: Database, name: str = "acme-nurture") -> None:
     with db.session() as session:
-        session.execute(update(ProgramRecord).where(ProgramRecord.name == name)
-                        .values(launched_at=datetime(2020, 1, 1, tzinfo=UTC)))
+        launch_unchecked(session=session, name=name, by="tests", now=LAUNCHED_AT,
+                         why="a test about sending, not about the gate")
 
 
 def launch_all(session) -> None:
-    """Mark every loaded program launched, inside the caller's transaction."""
-    session.execute(update(ProgramRecord).values(launched_at=datetime(2020, 1, 1, tzinfo=UTC)))
+    """Launch every loaded program at its current versions, inside the caller's transaction."""
+    for name in session.scalars(select(ProgramRecord.name)).all():
+        launch_unchecked(session=session, name=name, by="tests", now=LAUNCHED_AT,
+                         why="a test about sending, not about the gate")
+
+
+def approve_everything(db: Database, proofs_dir, now: datetime,
+                       program: str = "acme-nurture") -> int:
+    """A reviewer gets a proof of every email's current version and approves each (the review
+    pages are tested elsewhere). Returns how many proofs were approved."""
+    from engine.launch.approvals import record_decision
+    from engine.launch.proofs import send_proofs
+    from engine.sending.sink import Sink
+
+    with Sink(proofs_dir) as sink, sink.transport() as transport, db.session() as s:
+        proofs = send_proofs(session=s, program_name=program, reviewers=["qa@acme.example"],
+                             transport=transport, secret_key="test-secret",
+                             base_url="http://localhost:5000", now=now)
+        for proof in proofs:
+            record_decision(session=s, proof=proof, decision="approve", comment=None, now=now)
+        return len(proofs)

@@ -360,10 +360,11 @@ def test_lead_without_programs_has_no_enrollments(admin, db):
 def test_programs_list_and_matrix(loaded_program, as_role):
     reviewer = as_role("reviewer")
     assert reviewer.get("/api/v1/programs").get_json() == {
-        "items": [{"name": "acme-nurture", "version": 1}]}
+        "items": [{"name": "acme-nurture", "version": 1, "live_version": 1}]}
     body = reviewer.get(f"/api/v1/programs/{loaded_program}").get_json()
     assert (body["program"], body["version"], body["personas"]) == (
         "acme-nurture", 1, ["it_manager", "finance"])
+    assert (body["live_version"], body["pending"]) == (1, [])
     cells = {(c["persona"], c["stage"]): c for c in body["cells"]}
     assert len(cells) == 2 * 8
     assert cells["it_manager", "inquiry"]["emails"] == [

@@ -10,11 +10,10 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from launching import approve_everything
 from sqlalchemy import func, select
 
-from engine.launch.approvals import record_decision
 from engine.launch.models import Launch, Waiver
-from engine.launch.proofs import send_proofs
 from engine.leads.service import upsert_lead
 from engine.programs.models import ProgramRecord
 from engine.programs.service import load_program
@@ -119,13 +118,7 @@ def _load(db, directory):
 
 
 def _approve_everything(db, tmp_path) -> None:
-    """A reviewer gets every proof and approves each (the review pages are tested elsewhere)."""
-    with Sink(tmp_path / "proofs") as sink, sink.transport() as transport, db.session() as s:
-        proofs = send_proofs(session=s, program_name="acme-nurture", reviewers=["qa@acme.example"],
-                             transport=transport, secret_key="test-secret",
-                             base_url="http://localhost:5000", now=MONDAY)
-        for proof in proofs:
-            record_decision(session=s, proof=proof, decision="approve", comment=None, now=MONDAY)
+    approve_everything(db, tmp_path / "proofs", MONDAY)
 
 
 def _queued(db) -> int:

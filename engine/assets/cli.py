@@ -66,6 +66,10 @@ def _print_result(result: UploadResult) -> None:
     created = sum(v.outcome == "created" for v in result.versions)
     console.print(f"{result.program}: {created} new version(s), "
                   f"{len(result.versions) - created} unchanged, {len(result.invalid)} invalid")
+    if result.pending_launch:
+        console.print(f"pending launch: leads keep the launched versions until `nurture launch "
+                      f"{result.program}` passes the QA gate (proofs: `nurture qa proof`)",
+                      markup=False)
 
 
 @assets.command("list")

@@ -18,7 +18,8 @@ class Asset(Base):
     program_id: Mapped[int] = mapped_column(ForeignKey("programs.id", ondelete="CASCADE"))
     path: Mapped[str] = mapped_column(String(300))  # e.g. emails/welcome_it.mjml
     kind: Mapped[str] = mapped_column(String(10))  # email, page, image
-    current_version: Mapped[int | None] = mapped_column(Integer)
+    current_version: Mapped[int | None] = mapped_column(Integer)  # the newest valid upload
+    live_version: Mapped[int | None] = mapped_column(Integer)  # the launched one: what is sent
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

@@ -56,6 +56,7 @@ class UploadResult:
     program: str
     versions: list[StoredVersion]
     skipped: list[str] = field(default_factory=list)
+    launched: bool = False  # the program is live: new versions wait for the next launch
 
     @property
     def invalid(self) -> list[StoredVersion]:
@@ -64,6 +65,12 @@ class UploadResult:
     @property
     def changed(self) -> bool:
         return any(v.outcome != "unchanged" for v in self.versions)
+
+    @property
+    def pending_launch(self) -> bool:
+        """Leads keep the launched versions until `nurture launch` passes the gate for these."""
+        return self.launched and any(v.outcome != "unchanged" and v.status == VALID
+                                     for v in self.versions)
 
 
 def upload(*, session: Session, program: str, filename: str, data: bytes, now: datetime,
@@ -80,7 +87,8 @@ def upload(*, session: Session, program: str, filename: str, data: bytes, now: d
         raise UploadRefused(unknown)
     versions = [store_member(session=session, program_id=record.id, member=m, now=now, actor=actor)
                 for m in members]
-    return UploadResult(program=record.name, versions=versions, skipped=skipped)
+    return UploadResult(program=record.name, versions=versions, skipped=skipped,
+                        launched=record.live_version is not None)
 
 
 def store_program_files(*, session: Session, program_id: int, files: dict[str, str],
@@ -162,6 +170,33 @@ def current_version(*, session: Session, program_id: int, path: str) -> AssetVer
                       field="asset", location=path)
     return session.scalar(select(AssetVersion).where(
         AssetVersion.asset_id == asset.id, AssetVersion.version == asset.current_version))
+
+
+def current_versions(*, session: Session, program_id: int,
+                     paths: list[str]) -> dict[str, AssetVersion | str]:
+    """The current version of each path, or why it has none (the error's words)."""
+    found: dict[str, AssetVersion | str] = {}
+    for path in paths:
+        try:
+            found[path] = current_version(session=session, program_id=program_id, path=path)
+        except (NotFound, Invalid) as exc:
+            found[path] = exc.detail
+    return found
+
+
+def sendable_version(*, session: Session, program_id: int, path: str) -> AssetVersion:
+    """The version of an asset that leads get: the one the program's last launch checked;
+    before the program's first launch, the current one (previews; its sends wait for the
+    launch). Raises NotFound for an asset added since the last launch (pending the next)."""
+    if session.get(ProgramRecord, program_id).live_version is None:
+        return current_version(session=session, program_id=program_id, path=path)
+    asset = session.scalar(select(Asset).where(Asset.program_id == program_id,
+                                               Asset.path == path))
+    if asset is None or asset.live_version is None:
+        raise NotFound(f"{path} has not been launched (`nurture launch` sends it once it passes "
+                       "the QA gate)", field="asset")
+    return session.scalar(select(AssetVersion).where(
+        AssetVersion.asset_id == asset.id, AssetVersion.version == asset.live_version))
 
 
 def list_assets(*, session: Session, program: str) -> list[tuple[Asset, AssetVersion | None]]:

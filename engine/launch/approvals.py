@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from engine.assets.models import Asset, AssetVersion
-from engine.assets.service import current_version
+from engine.assets.service import current_versions
 from engine.errors import Conflict, Invalid, NotFound
 from engine.launch.models import Approval, Proof
 from engine.leads.fields import BAD_TEXT
@@ -192,26 +192,20 @@ class AssetApproval:
                 "awaiting": list(self.awaiting), "problem": self.problem}
 
 
-def approval_status(*, session: Session, program_name: str) -> list[AssetApproval]:
+def approval_status(*, session: Session, program_name: str,
+                    versions: dict[str, AssetVersion | str] | None = None) -> list[AssetApproval]:
     """Every email of the program's current version, in program order, with the approval state
-    of its current asset version. Raises NotFound for an unknown program."""
+    of its current asset version (or of `versions`, path -> version or why there is none: the
+    ones the QA gate checked). Raises NotFound for an unknown program."""
     record, spec = current_program(session=session, name=program_name)
-    versions: dict[str, AssetVersion | str] = {}
-    for email in spec.emails.values():
-        if email.file not in versions:
-            versions[email.file] = _version_or_problem(session, record.id, email.file)
+    if versions is None:
+        versions = current_versions(session=session, program_id=record.id,
+                                    paths=[e.file for e in spec.emails.values()])
     version_ids = [v.id for v in versions.values() if isinstance(v, AssetVersion)]
     decisions = _latest_decisions(session, version_ids)
     proofed = _proofed_reviewers(session, version_ids)
     return [_status(email.key, email.file, versions[email.file], decisions, proofed)
             for email in spec.emails.values()]
-
-
-def _version_or_problem(session: Session, program_id: int, path: str) -> AssetVersion | str:
-    try:
-        return current_version(session=session, program_id=program_id, path=path)
-    except (NotFound, Invalid) as exc:
-        return exc.detail
 
 
 def _latest_decisions(session: Session,

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from engine.db import Base, UTCDateTime
@@ -70,3 +70,4 @@ class Launch(Base):
     at: Mapped[datetime] = mapped_column(UTCDateTime)
     launched: Mapped[bool]
     summary: Mapped[str] = mapped_column(Text)  # what the program does, or the blockers named
+    assets: Mapped[dict | None] = mapped_column(JSON)  # path -> asset version number checked

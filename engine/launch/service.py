@@ -1,8 +1,13 @@
 """Waivers and launches. Nothing of a program is sent until it is launched (the outbox claim
-skips unlaunched programs); `nurture launch` launches only when the QA gate passes."""
+skips unlaunched programs); `nurture launch` launches only when the QA gate passes.
+
+A launch pins what the gate checked: the program version (`ProgramRecord.live_version`) and
+each email's and page's asset version (`Asset.live_version`). Leads get those; a program loaded
+or an asset uploaded later is pending until the next launch passes the gate for it."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
@@ -10,10 +15,15 @@ from email.utils import format_datetime, make_msgid
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from engine.assets.models import Asset, AssetVersion
+from engine.assets.service import current_versions
 from engine.errors import Invalid
+from engine.journeys.service import migrate_enrollments
+from engine.launch.approvals import approval_status
 from engine.launch.models import Launch, Waiver
 from engine.programs.models import ProgramRecord
 from engine.programs.spec import Program
+from engine.programs.store import current_program, program_at, version_row
 from engine.render.message import sender_domain
 
 MAX_KEY = 1000
@@ -42,29 +52,100 @@ def waive(*, session: Session, program_id: int, finding_key: str, reason: str, b
 
 
 def record_launch(*, session: Session, record: ProgramRecord, version: int, by: str, now: datetime,
-                  launched: bool, summary: str) -> Launch:
-    """A launch, or a refused one (with the blockers named in `summary`)."""
+                  launched: bool, summary: str,
+                  assets: dict[str, AssetVersion] | None = None) -> Launch:
+    """A launch of a program version with the asset versions the gate checked (or a refused
+    one, with the blockers named in `summary`). A launch makes them live: sends, pages and new
+    enrollments use them from now on, and running enrollments move to the version."""
+    assets = assets or {}
     attempt = Launch(program_id=record.id, version=version, by=by[:200], at=now, launched=launched,
-                     summary=summary)
+                     summary=summary, assets={path: v.version for path, v in assets.items()})
     session.add(attempt)
-    if launched and record.launched_at is None:
-        record.launched_at = now
+    if launched:
+        _make_live(session, record, version, assets, now, by)
     return attempt
 
 
+def _make_live(session: Session, record: ProgramRecord, version: int,
+               assets: dict[str, AssetVersion], now: datetime, by: str) -> None:
+    record.launched_at = record.launched_at or now
+    for asset_version in assets.values():
+        session.get(Asset, asset_version.asset_id).live_version = asset_version.version
+    if record.live_version != version:
+        record.live_version = version
+        session.flush()
+        migrate_enrollments(session=session, program_id=record.id,
+                            program=program_at(session, record.id, version), now=now,
+                            actor=f"launch:{by}"[:200])
+
+
+@dataclass(frozen=True)
+class PendingChange:
+    """Something loaded or uploaded that leads do not get until the next launch, and why."""
+
+    what: str  # "program", or an asset's path
+    live: int | None  # the version leads get now (None: nothing yet)
+    pending: int | None  # the version waiting (None: no valid version)
+    why: str
+
+    def __str__(self) -> str:
+        live = f"live v{self.live}" if self.live else "not live yet"
+        pending = f"v{self.pending}" if self.pending else "no valid version"
+        return f"{self.what}: {pending} ({live}): {self.why}"
+
+    def to_dict(self) -> dict:
+        return {"what": self.what, "live": self.live, "pending": self.pending, "why": self.why}
+
+
+def pending_changes(*, session: Session, record: ProgramRecord) -> list[PendingChange]:
+    """What the next launch would let out: a newer program version, and each email and page
+    of it whose current version is not the live one, with why it waits (its approval)."""
+    spec = program_at(session, record.id, record.current_version)
+    pending = []
+    if record.current_version != record.live_version:
+        loaded = version_row(session, record.id, record.current_version).created_at
+        pending.append(PendingChange("program", record.live_version, record.current_version,
+                                     f"loaded {loaded:%Y-%m-%d %H:%M} UTC, not launched"))
+    approvals = {a.asset: a for a in approval_status(session=session, program_name=record.name)}
+    assets = {a.path: a for a in session.scalars(select(Asset).where(
+        Asset.program_id == record.id, Asset.path.in_(spec.asset_files)))}
+    for path in spec.asset_files:
+        asset = assets.get(path)
+        live = asset.live_version if asset else None
+        current = asset.current_version if asset else None
+        if current is None or current != live:
+            pending.append(PendingChange(path, live, current, _why(approvals.get(path))))
+    return pending
+
+
+def _why(approval) -> str:
+    if approval is None:
+        return "a page: the QA gate checks it at launch"
+    if approval.problem:
+        return approval.problem
+    if approval.state == "approved":
+        return f"approved by {', '.join(approval.approved_by)}: launch to send it"
+    if approval.state == "rejected":
+        return "rejected by " + ", ".join(r.reviewer for r in approval.rejections)
+    if approval.awaiting:
+        return f"awaiting approval from {', '.join(approval.awaiting)}"
+    return "not approved: no proof sent yet (`nurture qa proof`)"
+
+
 def is_launched(*, session: Session, record: ProgramRecord) -> bool:
-    """Whether the program's current version went past the gate."""
-    return session.scalar(select(Launch.id).where(
-        Launch.program_id == record.id, Launch.version == record.current_version,
-        Launch.launched.is_(True))) is not None
+    """Whether leads get the program's newest version and every current asset version."""
+    return record.live_version is not None and not pending_changes(session=session,
+                                                                   record=record)
 
 
 def launch_unchecked(*, session: Session, name: str, by: str, now: datetime, why: str) -> None:
     """Launch without the gate, recorded as such: for benchmarks and fixtures that measure
     sending, never for a program customers receive (`nurture launch` runs the gate)."""
-    record = session.scalar(select(ProgramRecord).where(ProgramRecord.name == name))
+    record, spec = current_program(session=session, name=name)
+    found = current_versions(session=session, program_id=record.id, paths=spec.asset_files)
     record_launch(session=session, record=record, version=record.current_version, by=by, now=now,
-                  launched=True, summary=f"launched without the QA gate: {why}")
+                  launched=True, summary=f"launched without the QA gate: {why}",
+                  assets={p: v for p, v in found.items() if isinstance(v, AssetVersion)})
 
 
 def describe(program: Program) -> str:

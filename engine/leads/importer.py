@@ -43,7 +43,7 @@ from engine.leads.service import set_stage
 from engine.leads.stages import check_transition
 from engine.programs.personas import PersonaResolver
 from engine.programs.spec import Program
-from engine.programs.store import current_program
+from engine.programs.store import running_program
 from engine.scoring.rules import fit_awards
 from engine.sending.models import OutboxMessage
 from engine.sending.outbox import outbox_rows
@@ -327,7 +327,7 @@ def import_leads(*, db: Database, path: str | Path, program: str, now: datetime,
         raise Invalid(f"no such directory for the rejects file: {rejects_path.parent}",
                       field="rejects")
     with db.session() as session:
-        record, spec = current_program(session=session, name=program)
+        record, spec = running_program(session=session, name=program)
     summary = ImportSummary(dry_run=dry_run)
     with LeadCsv(path, encoding) as source:
         rejects = _Rejects(rejects_path, source.header, source.encoding)

@@ -13,7 +13,7 @@ from engine.journeys.service import apply_event, enroll, sync_persona
 from engine.leads.fields import clean_lead_fields, normalise_email
 from engine.leads.models import STANDARD_FIELDS, Lead, LeadEvent, StageChange
 from engine.leads.stages import check_transition, parse_stage
-from engine.programs.store import current_program
+from engine.programs.store import running_program
 
 
 def get_lead(*, session: Session, email: str) -> Lead:
@@ -37,7 +37,7 @@ def upsert_lead(*, session: Session, fields: dict, now: datetime, actor: str,
     A stage given for an existing lead goes through the transition table.
     """
     clean = clean_lead_fields(fields)
-    record_program = current_program(session=session, name=program) if program else None
+    record_program = running_program(session=session, name=program) if program else None
     if record_program and clean.get("persona") and clean["persona"] not in record_program[1].personas:
         raise Invalid(f"unknown persona {clean['persona']!r} in program {program}", field="persona")
     lead = session.scalar(select(Lead).where(Lead.email == clean["email"]))

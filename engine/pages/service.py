@@ -11,7 +11,7 @@ from datetime import datetime
 from sqlalchemy.orm import Session
 
 from engine.assets.models import AssetVersion
-from engine.assets.service import current_version
+from engine.assets.service import sendable_version
 from engine.errors import Invalid, NotFound
 from engine.journeys.decide import Event, EventKind
 from engine.journeys.service import apply_event
@@ -20,7 +20,7 @@ from engine.leads.models import Lead
 from engine.leads.service import get_lead, get_lead_by_id
 from engine.pages.models import FormSubmission
 from engine.programs.spec import Page, Program
-from engine.programs.store import current_program
+from engine.programs.store import running_program
 from engine.render.personalise import (
     Links,
     RenderContext,
@@ -44,14 +44,15 @@ class FoundPage:
 
 
 def find_page(*, session: Session, program: str, slug: str) -> FoundPage:
-    """The current valid version of a program's page by slug. Raises NotFound (also when the
-    page has no valid version: a visitor cannot tell the difference, and need not)."""
-    record, spec = current_program(session=session, name=program)
+    """The launched version of a program's page by slug (before the first launch, the current
+    one). Raises NotFound (also when the page has no valid or launched version: a visitor
+    cannot tell the difference, and need not)."""
+    record, spec = running_program(session=session, name=program)
     page = next((p for p in spec.pages.values() if p.slug == slug), None)
     if page is None:
         raise NotFound(f"program {program!r} has no page {slug!r}", field="slug")
     try:
-        version = current_version(session=session, program_id=record.id, path=page.file)
+        version = sendable_version(session=session, program_id=record.id, path=page.file)
     except Invalid:
         raise NotFound(f"page {slug!r} has no valid version", field="slug") from None
     return FoundPage(program_id=record.id, program=spec, page=page, version=version)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from engine.cli_context import AppContext, console, err_console, pass_app
 from engine.db import utcnow
+from engine.launch.service import pending_changes
 from engine.programs.loader import validate_program_dir
 from engine.programs.service import load_program, matrix, side_tracks
 from engine.programs.store import current_program
@@ -34,15 +36,21 @@ def validate(directory: str) -> None:
 @click.argument("directory", type=click.Path(file_okay=False))
 @pass_app
 def load(app: AppContext, directory: str) -> None:
-    """Validate DIRECTORY, then store it as a new version of its program (all or nothing)."""
+    """Validate DIRECTORY, then store it as a new version of its program (all or nothing).
+    Once the program is launched, the new version waits for `nurture launch`."""
     with app.db.session() as session:
         result = load_program(session=session, directory=directory, now=utcnow())
         name = result.record.name
-    if result.created:
-        console.print(f"loaded {name} version {result.version}"
-                      f" ({result.migrated} running enrollment(s) migrated)")
+    if not result.created:
+        console.print(f"{name} version {result.version} is unchanged: nothing stored",
+                      markup=False)
+    elif result.pending:
+        console.print(f"loaded {name} version {result.version}: pending launch (leads keep "
+                      f"version {result.live_version} until `nurture launch {name}` passes "
+                      "the QA gate)", markup=False)
     else:
-        console.print(f"{name} version {result.version} is unchanged: nothing stored")
+        console.print(f"loaded {name} version {result.version}"
+                      f" ({result.migrated} running enrollment(s) migrated)", markup=False)
 
 
 @program.command()
@@ -50,19 +58,23 @@ def load(app: AppContext, directory: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the matrix as JSON.")
 @pass_app
 def show(app: AppContext, name: str, as_json: bool) -> None:
-    """Print the persona x stage matrix of program NAME, flagging empty cells."""
+    """Print the persona x stage matrix of program NAME's newest version, flagging empty
+    cells, then what is live and what waits for the next launch, and why."""
     with app.db.session() as session:
         record, prog = current_program(session=session, name=name)
+        pending = pending_changes(session=session, record=record)
     rows = matrix(prog)
     side = side_tracks(prog)
     if as_json:
         import json
 
-        click.echo(json.dumps({"program": name, "version": record.current_version, "cells": rows,
-                               "side_tracks": side}, indent=2))
+        click.echo(json.dumps({"program": name, "version": record.current_version,
+                               "live_version": record.live_version, "cells": rows,
+                               "side_tracks": side,
+                               "pending": [p.to_dict() for p in pending]}, indent=2))
         return
-    console.print(f"[bold]{prog.name}[/bold] ({name}, version {record.current_version}, "
-                  f"time zone {prog.timezone})")
+    console.print(f"[bold]{escape(prog.name)}[/bold] ({escape(name)}, version "
+                  f"{record.current_version}, time zone {escape(prog.timezone)})")
     table = Table("stage \\ persona", *prog.personas)
     for stage in dict.fromkeys(r["stage"] for r in rows):
         cells = [_cell(r) for r in rows if r["stage"] == stage]
@@ -74,6 +86,23 @@ def show(app: AppContext, name: str, as_json: bool) -> None:
                       + ", ".join(empty))
     if side:
         console.print("side tracks: " + ", ".join(f"{t['track']} ({len(t['emails'])} emails)" for t in side))
+    _print_launch_state(record, pending)
+
+
+def _print_launch_state(record, pending) -> None:
+    if record.live_version is None:
+        console.print("[yellow]not launched[/yellow]: nothing is sent until `nurture launch "
+                      f"{escape(record.name)}` passes the QA gate")
+    else:
+        console.print(f"live: version {record.live_version}, launched "
+                      f"{record.launched_at:%Y-%m-%d %H:%M} UTC")
+    if record.live_version is not None and not pending:
+        console.print("nothing pending: leads get the newest version of everything")
+    elif pending:
+        console.print(f"[yellow]pending launch[/yellow] ({len(pending)}; leads get the live "
+                      "versions until `nurture launch` passes the QA gate):")
+        for change in pending:
+            console.print(f"  {change}", markup=False)
 
 
 def _cell(row: dict) -> str:

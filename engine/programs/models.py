@@ -13,8 +13,10 @@ class ProgramRecord(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(100), unique=True)
-    current_version: Mapped[int | None] = mapped_column(Integer)
-    # Set by `nurture launch` once the QA gate passes; until then nothing of it is sent.
+    current_version: Mapped[int | None] = mapped_column(Integer)  # the newest loaded
+    # The version `nurture launch` let out past the QA gate: enrollments run it and its sends go
+    # out. None until the first launch, when nothing of the program is sent.
+    live_version: Mapped[int | None] = mapped_column(Integer)
     launched_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 

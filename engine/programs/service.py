@@ -24,11 +24,19 @@ class LoadResult:
     version: int
     created: bool  # False when the content equals the current version
     migrated: int  # running enrollments moved to the new version
+    live_version: int | None = None  # the launched version, which leads keep until a launch
+
+    @property
+    def pending(self) -> bool:
+        """The loaded version waits for `nurture launch` (the program runs an earlier one)."""
+        return self.live_version is not None and self.live_version != self.version
 
 
 def load_program(*, session: Session, directory: str | Path, now: datetime,
                  actor: str = "cli") -> LoadResult:
     """Validate a program directory and store it as a new version, in the caller's transaction.
+    Before the first launch running enrollments move to it at once; once launched they keep
+    the live version until `nurture launch` lets the new one out.
 
     Raises ProgramInvalid (nothing stored) when the directory has errors.
     """
@@ -43,7 +51,8 @@ def load_program(*, session: Session, directory: str | Path, now: datetime,
         current = version_row(session, record.id, record.current_version)
         if current.content_hash == loaded.content_hash:
             _store_assets(session, record.id, loaded.files, now, actor)  # no-op when stored
-            return LoadResult(record, record.current_version, created=False, migrated=0)
+            return LoadResult(record, record.current_version, created=False, migrated=0,
+                              live_version=record.live_version)
     version = (record.current_version or 0) + 1
     session.add(ProgramVersion(
         program_id=record.id, version=version, content_hash=loaded.content_hash,
@@ -53,10 +62,13 @@ def load_program(*, session: Session, directory: str | Path, now: datetime,
     record.current_version = version
     session.flush()
     _store_assets(session, record.id, loaded.files, now, actor)
-    migrated = migrate_enrollments(session=session, program_id=record.id,
-                                   program=current_program(session=session, name=slug)[1],
-                                   now=now, actor=actor)
-    return LoadResult(record, version, created=True, migrated=migrated)
+    migrated = 0
+    if record.live_version is None:
+        migrated = migrate_enrollments(session=session, program_id=record.id,
+                                       program=current_program(session=session, name=slug)[1],
+                                       now=now, actor=actor)
+    return LoadResult(record, version, created=True, migrated=migrated,
+                      live_version=record.live_version)
 
 
 def _store_assets(session: Session, program_id: int, files: dict[str, str], now: datetime,

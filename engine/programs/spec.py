@@ -162,6 +162,12 @@ class Program:
     def default_persona(self) -> str:
         return next((p.key for p in self.personas.values() if p.default), next(iter(self.personas)))
 
+    @property
+    def asset_files(self) -> list[str]:
+        """The files of its emails and pages, each once, in program order."""
+        return list(dict.fromkeys([e.file for e in self.emails.values()]
+                                  + [p.file for p in self.pages.values()]))
+
     def cell_track(self, persona: str, stage: str) -> str | None:
         key = f"{persona}/{stage}"
         return key if key in self.tracks else None

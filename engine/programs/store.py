@@ -44,11 +44,29 @@ def _cached_program(row: ProgramVersion) -> Program:
 
 
 def current_program(*, session: Session, name: str) -> tuple[ProgramRecord, Program]:
+    """The newest loaded version: what QA, proofs and approvals look at before a launch."""
+    record = _record(session, name)
+    return record, program_at(session, record.id, record.current_version)
+
+
+def running_version(record: ProgramRecord) -> int:
+    """The version leads run: the launched one; before the first launch, the newest loaded
+    (its sends wait for the launch)."""
+    return record.live_version or record.current_version
+
+
+def running_program(*, session: Session, name: str) -> tuple[ProgramRecord, Program]:
+    """The version leads are enrolled in, scored by and sent: see running_version."""
+    record = _record(session, name)
+    return record, program_at(session, record.id, running_version(record))
+
+
+def _record(session: Session, name: str) -> ProgramRecord:
     record = session.scalar(select(ProgramRecord).where(ProgramRecord.name == name))
     if record is None or record.current_version is None:
         raise NotFound(f"no program named {name!r} (load it with `nurture program load DIR`)",
                        field="program")
-    return record, program_at(session, record.id, record.current_version)
+    return record
 
 
 def list_programs(*, session: Session) -> list[ProgramRecord]:

@@ -18,10 +18,13 @@ from engine.errors import Invalid
 @click.option("--out", "out", type=click.Path(dir_okay=False),
               help="Write FILE.html (the HTML part) or FILE.eml (the full message).")
 @click.option("--strict", is_flag=True, help="Fail on undefined variables (QA mode).")
+@click.option("--pending", is_flag=True, help="Render the newest loaded and uploaded versions, "
+              "which leads get only after the next `nurture launch`.")
 @pass_app
 def render(app: AppContext, asset: str, lead_email: str, program_name: str | None,
-           out: str | None, strict: bool) -> None:
-    """Render email ASSET (its key in program.yaml, e.g. welcome_it) for one lead.
+           out: str | None, strict: bool, pending: bool) -> None:
+    """Render email ASSET (its key in program.yaml, e.g. welcome_it) for one lead, as it
+    would be sent: the launched versions (before the first launch, the current ones).
 
     Prints the subject and text part; --out writes the HTML or an RFC 5322 .eml message."""
     from engine.render.service import preview_message, render_for_lead
@@ -31,7 +34,7 @@ def render(app: AppContext, asset: str, lead_email: str, program_name: str | Non
     with app.db.session() as session:
         preview = render_for_lead(session=session, email_key=asset, lead_email=lead_email,
                                   base_url=app.settings.base_url,
-                                  program=program_name, strict=strict)
+                                  program=program_name, strict=strict, pending=pending)
     if out and Path(out).suffix.lower() == ".eml":
         message = preview_message(preview, now=utcnow())
         Path(out).write_bytes(bytes(message))

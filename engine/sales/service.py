@@ -19,7 +19,7 @@ from engine.journeys.service import enroll
 from engine.leads.models import Lead, LeadEvent, StageChange
 from engine.leads.service import set_stage
 from engine.programs.spec import Program
-from engine.programs.store import current_program
+from engine.programs.store import running_program
 from engine.sales.models import CrmOutboxItem, SalesNotification
 from engine.scoring.rules import one_field_short
 from engine.scoring.service import (
@@ -62,7 +62,7 @@ def enroll_elsewhere(*, session: Session, lead: Lead, program_name: str, now: da
     """Enroll in another program; one not loaded is noted on the lead's log, not raised (the
     response that fired the trigger is still recorded and scored)."""
     try:
-        record, program = current_program(session=session, name=program_name)
+        record, program = running_program(session=session, name=program_name)
     except NotFound:
         session.add(LeadEvent(lead_id=lead.id, at=now, category="action", kind="trigger_failed",
                               detail={"reason": f"{reason}: program {program_name} is not loaded"},

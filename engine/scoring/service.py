@@ -18,7 +18,7 @@ from engine.journeys.models import Enrollment
 from engine.leads.models import Lead
 from engine.programs.models import ProgramRecord
 from engine.programs.spec import Program
-from engine.programs.store import program_at
+from engine.programs.store import program_at, running_version
 from engine.scoring.models import ScoreEvent
 from engine.scoring.rules import (
     apply_caps,
@@ -35,20 +35,20 @@ NURTURE_STAGES = frozenset({"inquiry", "engaged", "recycled"})  # not yet with s
 
 
 def scoring_program(*, session: Session, lead_id: int) -> tuple[ProgramRecord, Program] | None:
-    """The program whose rules score this lead, at its current version; None if it has none."""
+    """The program whose rules score this lead, at the version it runs; None if it has none."""
     return lead_program(session=session, lead_id=lead_id,
                         uses=lambda p: p.scoring.active or p.scoring.threshold is not None)
 
 
 def lead_program(*, session: Session, lead_id: int,
                  uses: Callable[[Program], bool]) -> tuple[ProgramRecord, Program] | None:
-    """The first program the lead was enrolled in (current version) for which `uses` holds."""
+    """The first program the lead was enrolled in (the version it runs) for which `uses` holds."""
     records = session.execute(
         select(ProgramRecord).join(Enrollment, Enrollment.program_id == ProgramRecord.id)
         .where(Enrollment.lead_id == lead_id, ProgramRecord.current_version.is_not(None))
         .order_by(Enrollment.id)).scalars()
     for record in records:
-        program = program_at(session, record.id, record.current_version)
+        program = program_at(session, record.id, running_version(record))
         if uses(program):
             return record, program
     return None

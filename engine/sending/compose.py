@@ -11,7 +11,7 @@ from email.message import EmailMessage
 from sqlalchemy.orm import Session
 
 from engine.assets.models import AssetVersion
-from engine.assets.service import current_version
+from engine.assets.service import sendable_version
 from engine.leads.models import Lead
 from engine.pages.service import page_token
 from engine.programs.spec import Program
@@ -53,11 +53,11 @@ class RowRender:
 def render_for_row(*, session: Session, row: OutboxMessage, lead: Lead, program: Program,
                    signing: Signing) -> RowRender:
     """The email as this lead gets it, instrumented for tracking when a secret key is set:
-    the asset version the row was sent with, else the current one. Raises RenderFailed (a
-    NurtureError) for content the sandbox refuses."""
+    the asset version the row was sent with, else the launched one. Raises RenderFailed (a
+    NurtureError) for content the sandbox refuses, NotFound for an email not launched."""
     email = program.emails[row.step]
     version = (session.get(AssetVersion, row.asset_version_id) if row.asset_version_id
-               else current_version(session=session, program_id=row.program_id, path=email.file))
+               else sendable_version(session=session, program_id=row.program_id, path=email.file))
     links = _links(row, lead, program, signing)
     context = make_context(lead=lead, program=program, links=links)
     rendered = render_email(version_id=version.id, html=version.compiled_html,

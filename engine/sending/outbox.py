@@ -57,7 +57,7 @@ def due_clause(now: datetime):
     """Rows a worker may claim: pending or temporarily failed rows whose time has come, and
     rows whose claim's lease has expired (their worker died or stalled) — of launched programs
     only: a program's rows wait, unsent, until `nurture launch` lets it out."""
-    launched = select(ProgramRecord.id).where(ProgramRecord.launched_at.is_not(None))
+    launched = select(ProgramRecord.id).where(ProgramRecord.live_version.is_not(None))
     return and_(_OUTBOX.c.program_id.in_(launched), or_(
         and_(_OUTBOX.c.status.in_([Delivery.PENDING, Delivery.FAILED_TEMP]), _OUTBOX.c.due_at <= now),
         and_(_OUTBOX.c.status == Delivery.SENDING, _OUTBOX.c.lease_until < now),

@@ -30,6 +30,7 @@ from engine.db import Database, utcnow
 from engine.errors import Invalid, NotFound
 from engine.journeys.models import Enrollment
 from engine.journeys.service import lead_enrollments
+from engine.launch.service import pending_changes
 from engine.leads.fields import BAD_TEXT, MAX_CUSTOM_FIELDS, MAX_FIELD_LENGTH
 from engine.leads.models import Lead, StageChange
 from engine.leads.service import (
@@ -306,7 +307,8 @@ def get_enrollments(lead_id: str):
 @require(Permission.PROGRAMS_READ)
 def get_programs():
     with _db().session() as session:
-        items = [{"name": record.name, "version": record.current_version}
+        items = [{"name": record.name, "version": record.current_version,
+                  "live_version": record.live_version}
                  for record in list_programs(session=session)]
     return {"items": items}
 
@@ -314,12 +316,15 @@ def get_programs():
 @api.get("/programs/<name>")
 @require(Permission.PROGRAMS_READ)
 def get_program(name: str):
-    """The persona x stage matrix of the current version, plus side tracks (not in any cell)."""
+    """The persona x stage matrix of the newest version, plus side tracks (not in any cell),
+    the live (launched) version and what waits for the next launch."""
     if not SLUG.fullmatch(name):  # never send what cannot be a program name to the database
         raise NotFound(f"no program named {name[:100]!r}", field="program")
     with _db().session() as session:
         record, program = current_program(session=session, name=name)
+        pending = [change.to_dict() for change in pending_changes(session=session, record=record)]
     return {"program": record.name, "name": program.name, "version": record.current_version,
+            "live_version": record.live_version, "pending": pending,
             "timezone": program.timezone, "personas": list(program.personas),
             "stages": list(STAGES), "cells": matrix(program), "side_tracks": side_tracks(program)}
 
@@ -358,7 +363,7 @@ def post_asset():
             raise Invalid(exc.detail, field="program") from None
         raise
     body = {"program": result.program, "versions": [v.to_dict() for v in result.versions],
-            "skipped": result.skipped}
+            "skipped": result.skipped, "pending_launch": result.pending_launch}
     if result.invalid:
         first = result.invalid[0]
         error = first.errors[0] if first.errors else {"line": 1, "message": "invalid"}
