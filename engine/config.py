@@ -21,6 +21,7 @@ class Settings:
     sink_dir: Path | None = None  # None: instance_path / "sink"
     base_url: str = "http://localhost:5000"  # public URL of tracking links and landing pages
     webhook_secret: str | None = None  # signs POST /api/v1/webhooks/bounces; unset: refused
+    qa_allow_hosts: tuple[str, ...] = ()  # internal hosts the link checker may fetch (qa.netguard)
 
     @classmethod
     def from_env(cls, environ: os._Environ | dict | None = None) -> Settings:
@@ -38,7 +39,12 @@ class Settings:
             sink_dir=Path(env.get("NURTURE_SINK_DIR") or instance / "sink").resolve(),
             base_url=(env.get("NURTURE_BASE_URL") or "http://localhost:5000").rstrip("/"),
             webhook_secret=env.get("NURTURE_WEBHOOK_SECRET") or None,
+            qa_allow_hosts=_comma_list(env.get("NURTURE_QA_ALLOW_HOSTS", "")),
         )
+
+
+def _comma_list(value: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in value.split(",") if item.strip())
 
 
 def normalise_database_url(url: str) -> str:

@@ -29,15 +29,41 @@ def _register() -> None:
         qa.add_command(command)
 
 
+def _allow_host_option(command):
+    return click.option(
+        "--allow-host", "allow_hosts", multiple=True, metavar="HOST", callback=_check_allow_hosts,
+        help="Let the link checker fetch this internal host (exact name, address or network, "
+             "optionally :PORT), which may resolve to private or loopback addresses; "
+             "repeatable, added to NURTURE_QA_ALLOW_HOSTS. Link-local and cloud metadata "
+             "addresses stay refused.")(command)
+
+
+def _check_allow_hosts(ctx, param, hosts: tuple[str, ...]) -> tuple[str, ...]:
+    from qa.netguard import parse_allowlist
+
+    try:
+        parse_allowlist(hosts)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return hosts
+
+
 def run_gate_for(app: AppContext, program: str, *, offline: bool, out: str | None,
-                 screenshots: bool = True):
+                 screenshots: bool = True, allow_hosts: tuple[str, ...] = ()):
     """Run the gate on a directory or a loaded program's current version; write the report
-    (screenshots beside it)."""
+    (screenshots beside it). The link checker may fetch `allow_hosts` and the hosts of
+    NURTURE_QA_ALLOW_HOSTS (see qa.netguard)."""
     from rich.progress import BarColumn, Progress, TextColumn
 
     from qa.gate import GateOptions, default_checks, load_target, run_gate
     from qa.links import LinkCheckOptions
+    from qa.netguard import parse_allowlist
     from qa.report import write_report
+
+    try:
+        parse_allowlist(app.settings.qa_allow_hosts)
+    except ValueError as exc:
+        raise click.ClickException(f"NURTURE_QA_ALLOW_HOSTS: {exc}") from None
 
     now = utcnow()
     with app.db.session() as session:
@@ -47,6 +73,7 @@ def run_gate_for(app: AppContext, program: str, *, offline: bool, out: str | Non
         options = GateOptions(
             base_url=app.settings.base_url, screenshots_dir=out_dir if screenshots else None,
             links=LinkCheckOptions(network=not offline,
+                                   allow_hosts=app.settings.qa_allow_hosts + allow_hosts,
                                    cache_path=app.settings.instance_path / "qa" / "link-cache.json"))
         with Progress(TextColumn("QA: {task.description}"), BarColumn(),
                       TextColumn("{task.completed}/{task.total}"), console=err_console,
@@ -84,14 +111,15 @@ def print_report(report, paths) -> None:
 @click.option("--offline", is_flag=True, help="Check links statically only (no HTTP).")
 @click.option("--no-screenshots", is_flag=True, help="Skip the Chromium screenshots.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report instead.")
+@_allow_host_option
 @pass_app
 def run(app: AppContext, program: str, out: str | None, offline: bool, no_screenshots: bool,
-        as_json: bool) -> None:
+        as_json: bool, allow_hosts: tuple[str, ...]) -> None:
     """Run every check on PROGRAM (a loaded program's name: its current version, with its
     approvals and waivers; or a directory) and write an HTML and a JSON report. Exit 1 while
     blockers remain."""
     _, report, paths = run_gate_for(app, program, offline=offline, out=out,
-                                    screenshots=not no_screenshots)
+                                    screenshots=not no_screenshots, allow_hosts=allow_hosts)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
@@ -125,9 +153,10 @@ def waive(app: AppContext, program: str, finding_key: str, reason: str, by: str)
 @click.option("--offline", is_flag=True, help="Check links statically only (no HTTP).")
 @click.option("--no-screenshots", is_flag=True, help="Skip the Chromium screenshots.")
 @click.option("--out", type=click.Path(file_okay=False), help="Report directory.")
+@_allow_host_option
 @pass_app
 def launch(app: AppContext, program: str, by: str, offline: bool, no_screenshots: bool,
-           out: str | None) -> None:
+           out: str | None, allow_hosts: tuple[str, ...]) -> None:
     """Launch a loaded PROGRAM: run the QA gate on its current version and the current
     version of each email and page, and refuse, naming each blocker, while any remains. On
     launch exactly what the gate checked goes live: sends, pages and new enrollments use it,
@@ -149,7 +178,7 @@ def launch(app: AppContext, program: str, by: str, offline: bool, no_screenshots
     for change in pending:
         console.print(f"  {change}", markup=False)
     target, report, paths = run_gate_for(app, program, offline=offline, out=out,
-                                         screenshots=not no_screenshots)
+                                         screenshots=not no_screenshots, allow_hosts=allow_hosts)
     now = utcnow()
     blockers = report.blockers
     with app.db.session() as session:

@@ -122,7 +122,7 @@ class LinkCheckOptions:
     max_redirects: int = 5
     retry_delay: float = 1.0  # before the one retry, when the answer gives no Retry-After
     max_retry_after: float = 5.0  # a longer Retry-After is not waited for: unverifiable
-    allow_hosts: tuple[str, ...] = ()  # see qa.netguard: "localhost:8123", "10.0.0.0/8"
+    allow_hosts: tuple[str, ...] = ()  # see qa.netguard: "staging.acme.internal", "10.0.0.0/8"
     ca_file: str | None = None  # trust this CA bundle instead of the system's
     cache_path: Path | None = None
     cache_ttl: float = 3600.0

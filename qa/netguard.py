@@ -12,14 +12,24 @@ no port, or that port). A public address on another port is no risk to our netwo
 a link knock on arbitrary services of other hosts, and a marketing link on :8080 is nearly always
 a staging URL left behind; the checker reports such links instead of fetching them.
 
-Allowlist entries: a host name ("localhost"), an address ("127.0.0.1", "::1") or a network
-("10.0.0.0/8"), each optionally with a port ("localhost:8123", "[::1]:8080").
+The allowlist (`nurture qa run --allow-host`, NURTURE_QA_ALLOW_HOSTS) lets staging and intranet
+hosts be checked. Each entry is one of:
+- a host name ("staging.acme.internal"): exactly that name (any case, a trailing dot ignored;
+  no wildcards, so `*.acme.internal` is refused: name each host, or allow their network), which
+  may then resolve to private, loopback or other non-public addresses;
+- an address or a network ("127.0.0.1", "::1", "10.20.0.0/16"): any host resolving there;
+each optionally with a port ("localhost:8123", "[::1]:8080") to allow that port only; without
+one, every port of the entry is allowed. Link-local and cloud metadata addresses (`_NEVER_FETCHED`)
+are refused even for an allowed host: no staging site lives there, and they hand out cloud
+credentials. Every redirect hop is checked on its own: a public page may redirect to an allowed
+host (linking it directly is allowed too), an allowed host may not redirect to another private one.
 """
 
 from __future__ import annotations
 
 import http.client
 import ipaddress
+import re
 import socket
 import ssl
 from collections.abc import Iterable, Mapping
@@ -33,6 +43,16 @@ SockAddr = tuple[socket.AddressFamily, tuple]
 STANDARD_PORTS = frozenset({80, 443})
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+# Never fetched, whatever the allowlist says.
+_NEVER_FETCHED: dict[IPNetwork, str] = {
+    ipaddress.ip_network(network): reason for network, reason in (
+        ("169.254.0.0/16", "link-local, home of cloud metadata"),  # AWS, GCP, Azure, OCI
+        ("fe80::/10", "link-local"),
+        ("fd00:ec2::/32", "AWS metadata, DNS and time services"),
+        ("100.100.100.200/32", "Alibaba Cloud metadata"),
+        ("168.63.129.16/32", "Azure host services"),  # a public address, reachable only inside
+    )}
+_HOST_NAME = re.compile(r"^[a-z0-9_-]+(?:\.[a-z0-9_-]+)*$")
 
 
 class Refused(Exception):
@@ -59,42 +79,83 @@ class AllowEntry:
 
 
 def parse_allow_entry(entry: str) -> AllowEntry:
+    """One allowlist entry (see the module doc); ValueError says what is wrong with it."""
     text = entry.strip().lower()
-    try:
-        return AllowEntry(host=None, network=ipaddress.ip_network(text, strict=False), port=None)
-    except ValueError:
-        pass
-    parts = urlsplit(f"//{text}")
-    if not parts.hostname:
-        raise ValueError(f"allowlist entry {entry!r} names no host")
-    port = parts.port  # raises ValueError on a bad port, which is what we want
-    try:
-        network = ipaddress.ip_network(parts.hostname)
-    except ValueError:
-        return AllowEntry(host=parts.hostname, network=None, port=port)
+    network, port = _network(text), None
+    if network is None:
+        parts = urlsplit(f"//{text}")
+        if parts.path or parts.query or parts.fragment or parts.username is not None:
+            raise ValueError(f"allowlist entry {entry!r} is not a host name, an address or a "
+                             "network (with an optional :port)")
+        if not parts.hostname:
+            raise ValueError(f"allowlist entry {entry!r} names no host")
+        try:
+            port = parts.port
+        except ValueError:
+            raise ValueError(f"allowlist entry {entry!r} has a bad port") from None
+        network = _network(parts.hostname)
+        if network is None:
+            return AllowEntry(host=_host_name(entry, parts.hostname), network=None, port=port)
+    for never, reason in _NEVER_FETCHED.items():
+        if network.version == never.version and network.subnet_of(never):
+            raise ValueError(f"allowlist entry {entry!r} is never fetched ({reason})")
     return AllowEntry(host=None, network=network, port=port)
+
+
+def _network(text: str) -> IPNetwork | None:
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return None
+
+
+def _host_name(entry: str, host: str) -> str:
+    """The entry's host as link URLs spell it (lower case, IDNA, no trailing dot)."""
+    if "*" in host:
+        raise ValueError(f"allowlist entry {entry!r}: wildcards are not supported; name each "
+                         "host, or allow the network their addresses are in (10.20.0.0/16)")
+    try:
+        name = host.rstrip(".").encode("idna").decode("ascii")
+    except UnicodeError:
+        name = ""
+    if not _HOST_NAME.match(name):
+        raise ValueError(f"allowlist entry {entry!r} is not a host name")
+    return name
 
 
 def parse_allowlist(entries: Iterable[str]) -> tuple[AllowEntry, ...]:
     return tuple(parse_allow_entry(entry) for entry in entries)
 
 
+def _inner_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address is routed to: IPv4-mapped, 6to4 or NAT64."""
+    if address.version == 4:
+        return None
+    if address.ipv4_mapped is not None or address.sixtofour is not None:
+        return address.ipv4_mapped or address.sixtofour
+    return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF) if address in _NAT64 else None
+
+
+def never_fetched(address: IPAddress) -> str | None:
+    """Why an address is refused even for an allowed host, or None."""
+    inner = _inner_ipv4(address)
+    reason = next((reason for network, reason in _NEVER_FETCHED.items() if address in network),
+                  None)
+    return reason or (inner and never_fetched(inner))
+
+
 def blocked_reason(address: IPAddress) -> str | None:
     """Why connecting to this address is refused, or None for a public unicast address."""
-    if address.version == 6 and address.ipv4_mapped is not None:
-        reason = blocked_reason(address.ipv4_mapped)
-        return reason and f"{reason}: IPv4-mapped {address.ipv4_mapped}"
-    if address.version == 6:
-        # 6to4 and NAT64 addresses are routed to the IPv4 address inside them.
-        embedded = address.sixtofour
-        if embedded is None and address in _NAT64:
-            embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-        reason = embedded and blocked_reason(embedded)
-        if reason:
-            return f"{reason}: IPv4 {embedded} inside"
+    inner = _inner_ipv4(address)
+    if inner is not None:
+        reason = blocked_reason(inner)
+        if reason or address.ipv4_mapped is not None:  # ::ffff:8.8.8.8 is 8.8.8.8
+            return reason and f"{reason}: IPv4 {inner} inside"
+    never = never_fetched(address)
+    if never:
+        return never
     checks = [
         (address.is_loopback, "loopback"),
-        (address.is_link_local, "link-local"),
         (address.version == 4 and address in _CGNAT, "carrier-grade NAT"),
         (address.is_unspecified, "unspecified"),
         (address.is_multicast, "multicast"),
@@ -124,10 +185,16 @@ def checked_addresses(host: str, port: int, allow: tuple[AllowEntry, ...]) -> li
     host = host.lower()
     resolved = resolve(host, port)
     addresses = [_address(sockaddr) for _family, sockaddr in resolved]
+    # Every address counts: a single one that is not public refuses the host.
+    for address in addresses:
+        if never_fetched(address):
+            raise Refused("private-address", f"{host} resolves to {address} "
+                          f"({blocked_reason(address)}), never fetched, even for an allowed host")
     for address in addresses:
         reason = blocked_reason(address)
         if reason and not any(entry.matches(host, address, port) for entry in allow):
-            raise Refused("private-address", f"{host} resolves to {address} ({reason})")
+            raise Refused("private-address", f"{host} resolves to {address} ({reason}) and "
+                                             "is not an allowed host (--allow-host)")
     if port not in STANDARD_PORTS and not any(
             entry.matches(host, address, port) for entry in allow for address in addresses):
         raise Refused("port", f"port {port} is not 80 or 443 and {host} is not allowlisted")

@@ -32,6 +32,20 @@ def test_environment_overrides_defaults(tmp_path):
     assert not (tmp_path / "secret_key").exists()
 
 
+@pytest.mark.parametrize(("value", "hosts"), [
+    (None, ()),
+    ("", ()),
+    ("staging.acme.internal", ("staging.acme.internal",)),
+    (" staging.acme.internal , 10.20.0.0/16,,[::1]:8080, ", ("staging.acme.internal",
+                                                            "10.20.0.0/16", "[::1]:8080")),
+])
+def test_qa_allow_hosts_is_a_comma_list(tmp_path, value, hosts):
+    env = {"NURTURE_INSTANCE": str(tmp_path), "SECRET_KEY": "s"}
+    if value is not None:
+        env["NURTURE_QA_ALLOW_HOSTS"] = value
+    assert Settings.from_env(env).qa_allow_hosts == hosts
+
+
 def test_embedded_redis_starts_without_a_server(tmp_path):
     client = redis_connection(Settings.from_env({"NURTURE_INSTANCE": str(tmp_path)}))
     try:

@@ -5,6 +5,7 @@ a waiver lets one named finding through, and nothing is sent until the program i
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -225,3 +226,126 @@ def test_the_gate_walks_the_stored_scenario_table_of_a_loaded_program(cli, db, s
     assert failed["severity"] == "blocker" and "welcome_it" in failed["message"]
     assert sum(not s["passed"] for s in data["scenarios"]) == 1
     assert data["coverage"]["tracks"]["covered"] > 0
+
+
+# Internal hosts: `--allow-host` and NURTURE_QA_ALLOW_HOSTS reach the link checker through
+# run_gate_for, for `qa run` and `launch` alike.
+
+STAGING = "staging.acme.internal"
+QUICK_START = "https://acme.example/docs/quick-start"
+
+
+class _Intranet(BaseHTTPRequestHandler):
+    def do_HEAD(self):
+        self.server.paths.append(self.path)
+        self.send_response(200 if self.path == "/docs/quick-start" else 404)
+        self.end_headers()
+
+    do_GET = do_HEAD
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def staging(monkeypatch):
+    """A web server on 127.0.0.1; staging.acme.internal resolves to it. Yields its base URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Intranet)
+    server.paths = []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host, *args, **kwargs):
+        return real("127.0.0.1" if host == STAGING else host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)  # what the SSRF guard resolves with
+    yield server, f"http://{STAGING}:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def _link_findings(result, url: str) -> list[tuple[str, str]]:
+    data = json.loads(result.stdout)
+    return sorted((f["code"], f["severity"]) for f in data["findings"] if url in f["location"])
+
+
+@pytest.mark.parametrize("allow", ["flag", "environment", "both"])
+def test_qa_run_checks_an_allowed_internal_host_and_refuses_it_otherwise(
+        cli, sample_program, staging, tmp_path, monkeypatch, allow):
+    server, base = staging
+    page = f"{base}/docs/quick-start"
+    _edit(sample_program / WELCOME, QUICK_START, page)
+    runs = (f"r{n}" for n in range(3))
+
+    def qa_run(*extra: str):
+        return cli("qa", "run", sample_program, "--no-screenshots", "--json",
+                   "--out", tmp_path / next(runs), *extra)
+
+    refused = qa_run()
+    assert refused.exit_code == 1
+    assert _link_findings(refused, page) == [("link.insecure", "warning"),
+                                            ("link.private-address", "blocker")]
+    assert server.paths == []  # refused before connecting
+
+    flags = ["--allow-host", STAGING] if allow != "environment" else []
+    if allow == "both":  # the lists add up: the flag does not replace the environment's
+        flags = ["--allow-host", "wiki.acme.internal"]
+        monkeypatch.setenv("NURTURE_QA_ALLOW_HOSTS", f"{STAGING}, 10.9.0.0/16")
+    elif allow == "environment":
+        monkeypatch.setenv("NURTURE_QA_ALLOW_HOSTS", f"wiki.acme.internal,{STAGING},")
+    passed = qa_run(*flags)
+    assert passed.exit_code == 0, passed.output
+    assert _link_findings(passed, page) == [("link.insecure", "warning")]
+    assert server.paths == ["/docs/quick-start"]
+
+    _edit(sample_program / WELCOME, page, f"{base}/docs/gone")
+    broken = qa_run(*flags)
+    assert broken.exit_code == 1
+    assert _link_findings(broken, f"{base}/docs/gone") == [("link.broken", "blocker"),
+                                                           ("link.insecure", "warning")]
+
+
+def test_launch_passes_allowed_hosts_to_the_gate(cli, db, sample_program, staging, tmp_path,
+                                                 monkeypatch):
+    _, base = staging
+    _edit(sample_program / WELCOME, QUICK_START, f"{base}/docs/quick-start")
+    _load(db, sample_program)
+    _approve_everything(db, tmp_path)
+    refused = cli("launch", "acme-nurture", "--by", "maria", "--no-screenshots",
+                  "--out", tmp_path / "r1")
+    assert refused.exit_code == 1 and "link.private-address" in refused.stdout
+    with Sink(tmp_path / "sink") as sink:
+        monkeypatch.setenv("NURTURE_SINK_PORT", str(sink.port))
+        launched = cli("launch", "acme-nurture", "--by", "maria", "--no-screenshots",
+                       "--out", tmp_path / "r2", "--allow-host", STAGING)
+    assert launched.exit_code == 0, launched.output
+    assert "launched Acme Cloud" in launched.stdout
+    with db.session() as s:
+        assert s.scalar(select(ProgramRecord.launched_at)) is not None
+
+
+@pytest.mark.parametrize(("flag", "environment", "message"), [
+    ("*.acme.internal", None,
+     "Invalid value for '--allow-host': allowlist entry '*.acme.internal': wildcards"),
+    ("169.254.169.254", None, "'169.254.169.254' is never fetched (link-local"),
+    ("http://staging.acme.internal/", None, "'http://staging.acme.internal/' is not a host"),
+    (None, "staging.acme.internal,*.acme.internal",
+     "NURTURE_QA_ALLOW_HOSTS: allowlist entry '*.acme.internal': wildcards are not supported"),
+    (None, "fd00:ec2::254",
+     "NURTURE_QA_ALLOW_HOSTS: allowlist entry 'fd00:ec2::254' is never fetched (AWS metadata"),
+], ids=["wildcard flag", "metadata flag", "URL flag", "wildcard setting", "metadata setting"])
+@pytest.mark.parametrize("command", ["qa", "launch"])
+def test_bad_allowed_hosts_are_refused_naming_where_they_came_from(
+        cli, db, sample_program, tmp_path, monkeypatch, command, flag, environment, message):
+    _load(db, sample_program)
+    if environment:
+        monkeypatch.setenv("NURTURE_QA_ALLOW_HOSTS", environment)
+    args = (["qa", "run", "acme-nurture"] if command == "qa"
+            else ["launch", "acme-nurture", "--by", "maria"])
+    args += ["--offline", "--no-screenshots", "--out", tmp_path / "r"]
+    result = cli(*args, *(["--allow-host", flag] if flag else []))
+    assert result.exit_code == (2 if flag else 1)  # a bad option is a usage error
+    assert message in " ".join(result.output.split()), result.output
+    assert not (tmp_path / "r").exists()  # nothing ran
+    with db.session() as s:
+        assert s.scalar(select(func.count()).select_from(Launch)) == 0

@@ -32,6 +32,8 @@ from qa.links import (
 from qa.netguard import blocked_reason, parse_allow_entry
 
 TIMEOUT = 0.5
+STAGING = "staging.acme.internal"  # resolves to the test server when a test says so (`dns`)
+PUBLIC = "93.184.216.34"  # a public address; `connections` can route it to the test server
 
 
 class _Server(ThreadingHTTPServer):
@@ -97,6 +99,8 @@ def _route(server: _Server, method: str, target: str) -> tuple[int, dict, bytes]
         return _redirect("http://169.254.169.254/latest/meta-data/")
     if path == "/to-ten":
         return _redirect("http://10.0.0.1/admin")
+    if path == "/to-staging":
+        return _redirect(f"http://{STAGING}:{server.server_address[1]}/ok?t=via-public")
     return 404, {}, b"unknown route"
 
 
@@ -470,7 +474,8 @@ def test_public_address_on_another_port_is_not_fetched():
     ("169.254.169.254", True), ("100.64.0.1", True), ("0.0.0.0", True), ("224.0.0.1", True),
     ("240.0.0.1", True), ("::1", True), ("::", True), ("fe80::1", True), ("fc00::1", True),
     ("ff02::1", True), ("::ffff:127.0.0.1", True), ("::ffff:10.0.0.1", True),
-    ("2002:7f00:1::", True), ("64:ff9b::a9fe:a9fe", True),
+    ("2002:7f00:1::", True), ("64:ff9b::a9fe:a9fe", True), ("fd00:ec2::254", True),
+    ("100.100.100.200", True), ("168.63.129.16", True), ("::ffff:169.254.169.254", True),
     ("93.184.216.34", False), ("8.8.8.8", False), ("2606:4700::1111", False),
     ("::ffff:8.8.8.8", False),
 ])
@@ -484,8 +489,145 @@ def test_allowlist_entries_parse():
     assert parse_allow_entry("127.0.0.1").network == ipaddress.ip_network("127.0.0.1/32")
     assert parse_allow_entry("[::1]:8080").port == 8080
     assert parse_allow_entry("10.0.0.0/8").network.num_addresses == 2 ** 24
-    with pytest.raises(ValueError):
-        parse_allow_entry("localhost:http")
+    assert parse_allow_entry(" Staging.ACME.internal. ").host == STAGING  # as URLs spell it
+    assert parse_allow_entry("bücher.acme.internal").host == "xn--bcher-kva.acme.internal"
+
+
+@pytest.mark.parametrize(("entry", "message"), [
+    ("localhost:http", "bad port"),
+    ("localhost:99999", "bad port"),
+    ("*.acme.internal", "wildcards are not supported"),
+    ("*", "wildcards are not supported"),
+    ("http://staging.acme.internal/", "not a host name, an address or a network"),
+    ("staging.acme.internal/path", "not a host name, an address or a network"),
+    ("user@staging.acme.internal", "not a host name, an address or a network"),
+    ("", "names no host"),
+    (":8080", "names no host"),
+    ("stag ing.acme.internal", "not a host name"),
+    (".acme.internal", "not a host name"),
+    ("169.254.169.254", "never fetched"),
+    ("169.254.0.0/16", "never fetched"),
+    ("[fd00:ec2::254]:80", "never fetched"),
+    ("fe80::1", "never fetched"),
+    ("168.63.129.16", "never fetched"),
+])
+def test_bad_allowlist_entries_are_refused_naming_the_entry(entry, message):
+    with pytest.raises(ValueError) as error:
+        parse_allow_entry(entry)
+    assert message in str(error.value) and repr(entry) in str(error.value)
+
+
+# Allowed internal hosts. `dns` answers for the names a test gives it through the guard's real
+# resolution path (socket.getaddrinfo); `connections` records every connect() made.
+
+@pytest.fixture
+def dns(monkeypatch) -> dict[str, list[str]]:
+    names: dict[str, list[str]] = {}
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host, port, *args, **kwargs):
+        if host not in names:
+            return real(host, port, *args, **kwargs)
+        return [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", (address, port, 0, 0))
+                if ":" in address else (socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port))
+                for address in names[host]]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return names
+
+
+@pytest.fixture
+def connections(monkeypatch, server) -> list[tuple]:
+    """Every address connected to; PUBLIC:80 is routed to the test server."""
+    made: list[tuple] = []
+    real = socket.socket.connect
+
+    def connect(sock, address):
+        made.append(address)
+        if address[:2] == (PUBLIC, 80):
+            address = server.server_address
+        return real(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    return made
+
+
+@pytest.mark.parametrize("addresses", [
+    [PUBLIC, "10.0.0.1"],
+    ["10.0.0.1", PUBLIC],
+    [PUBLIC, "127.0.0.1"],
+    [PUBLIC, "100.64.0.1"],
+    [PUBLIC, "169.254.169.254"],
+    ["2606:4700::1111", "fd12:3456::1"],
+    ["2606:4700::1111", "::ffff:192.168.1.1"],
+    ["2606:4700::1111", "::1", PUBLIC],
+])
+def test_a_host_resolving_to_public_and_private_addresses_is_refused_unconnected(
+        dns, connections, addresses):
+    dns["www.acme-cloud.com"] = addresses
+    result = _check("http://www.acme-cloud.com/pricing", LinkCheckOptions(timeout=TIMEOUT))
+    assert result.status is LinkStatus.PRIVATE_ADDRESS
+    [private] = [ip for a in addresses if blocked_reason(ip := ipaddress.ip_address(a))]
+    assert f"resolves to {private} " in result.detail
+    assert connections == []  # not even to the public address
+
+
+def test_an_allowed_internal_host_is_fetched_and_every_other_stays_refused(
+        server, dns, connections):
+    port = server.server_address[1]
+    dns[STAGING] = ["127.0.0.1"]
+    dns["wiki.acme.internal"] = ["10.0.0.7"]
+    ok, missing = f"http://{STAGING}:{port}/ok?t=staging", f"http://{STAGING}:{port}/missing"
+    refused = _check(ok, LinkCheckOptions(timeout=TIMEOUT))
+    assert refused.status is LinkStatus.PRIVATE_ADDRESS and "--allow-host" in refused.detail
+    assert connections == [] and server.count("/ok?t=staging") == 0
+
+    allowed = LinkCheckOptions(timeout=TIMEOUT, allow_hosts=("Staging.Acme.Internal.",))
+    assert _check(ok, allowed).status is LinkStatus.OK  # any port: the entry names none
+    assert server.count("/ok?t=staging") == 1
+    broken = _check(missing, allowed)
+    assert (broken.status, broken.http_status) == (LinkStatus.BROKEN, 404)
+    assert _check("http://wiki.acme.internal/", allowed).status is LinkStatus.PRIVATE_ADDRESS
+    assert _check(f"http://127.0.0.1:{port}/ok", allowed).status is LinkStatus.PRIVATE_ADDRESS
+    assert {address[0] for address in connections} == {"127.0.0.1"}
+
+
+@pytest.mark.parametrize(("path", "target"), [
+    ("/to-metadata", "http://169.254.169.254/latest/meta-data/"),
+    ("/to-ten", "http://10.0.0.1/admin"),
+])
+def test_an_allowed_host_may_not_redirect_to_another_private_one(server, dns, path, target):
+    dns[STAGING] = ["127.0.0.1"]
+    url = f"http://{STAGING}:{server.server_address[1]}{path}"
+    result = _check(url, LinkCheckOptions(timeout=TIMEOUT, allow_hosts=(STAGING,)))
+    assert result.status is LinkStatus.PRIVATE_ADDRESS and result.chain == (url, target)
+
+
+def test_a_public_page_may_redirect_to_an_allowed_host(server, dns, connections):
+    dns[STAGING] = ["127.0.0.1"]
+    dns["www.acme-cloud.com"] = [PUBLIC]
+    url = "http://www.acme-cloud.com/to-staging"
+    refused = _check(url, LinkCheckOptions(timeout=TIMEOUT))
+    assert refused.status is LinkStatus.PRIVATE_ADDRESS and STAGING in refused.detail
+    result = _check(url, LinkCheckOptions(timeout=TIMEOUT, allow_hosts=(STAGING,)))
+    assert result.status is LinkStatus.OK
+    assert result.chain == (url, f"http://{STAGING}:{server.server_address[1]}/ok?t=via-public")
+    assert server.count("/ok?t=via-public") == 1
+
+
+@pytest.mark.parametrize("addresses", [
+    ["169.254.169.254"], ["127.0.0.1", "169.254.169.254"], ["fd00:ec2::254"], ["fe80::1"],
+    ["::ffff:169.254.169.254"], ["100.100.100.200"], ["168.63.129.16"],
+])
+@pytest.mark.parametrize("entry", [STAGING, "0.0.0.0/0", "::/0", f"{STAGING}:80"])
+def test_link_local_and_metadata_addresses_stay_refused_for_an_allowed_host(
+        dns, connections, addresses, entry):
+    dns[STAGING] = addresses
+    options = LinkCheckOptions(timeout=TIMEOUT, allow_hosts=(entry,))
+    result = _check(f"http://{STAGING}/latest/meta-data/", options)
+    assert result.status is LinkStatus.PRIVATE_ADDRESS
+    assert "never fetched, even for an allowed host" in result.detail
+    assert connections == []
 
 
 # TLS: connecting to the checked address still verifies the URL's host name

@@ -10,13 +10,13 @@ from engine.journeys.decide import Event, EventKind
 from engine.journeys.service import apply_event
 from engine.leads.models import Lead
 from engine.sending.suppression import suppress, suppressed_reasons
-from engine.tracking.tokens import verify
+from engine.tracking.tokens import ids, verify
 
 
 def lead_for_token(*, session: Session, secret_key: str, token: str) -> Lead | None:
-    payload = verify(secret_key, "unsubscribe", token)
-    lead_id = payload.get("l") if payload else None
-    return session.get(Lead, lead_id) if isinstance(lead_id, int) else None
+    """The lead an unsubscribe token names, or None for a bad token or an unknown lead."""
+    found = ids(verify(secret_key, "unsubscribe", token), "l")
+    return session.get(Lead, found[0]) if found else None
 
 
 def unsubscribe(*, session: Session, lead: Lead, source: str, now: datetime) -> bool:

@@ -6,7 +6,9 @@ safe page, never an error and never a redirect to a URL the token did not sign.
 /v/<token>      the email in the browser
 /u/<token>      GET shows a confirm button and changes nothing (mail scanners fetch links);
                 POST unsubscribes, from that button or from a mail provider's RFC 8058
-                one-click request (body `List-Unsubscribe=One-Click`, no cookies), 200, no redirect
+                one-click request (body `List-Unsubscribe=One-Click`, no cookies), 200, no redirect;
+                a bad token or an unknown lead gets 404 for both (mail providers read any 2xx
+                answer to the one-click POST as "unsubscribed"), with the page saying so
 
 Opens, clicks and views are pushed to the event buffer (engine/tracking/buffer.py) and stored
 by a worker; the response goes out once Redis has the event.
@@ -105,7 +107,8 @@ def _sent_html(lead_id: int, outbox_id: int) -> str | None:
     return done.rendered.html
 
 
-def _unsubscribe_page(state: str, email: str | None = None, status: int = 200):
+def _unsubscribe_page(state: str, email: str | None = None):
+    status = 404 if state == "invalid" else 200
     return security_headers(Response(
         render_template("tracking/unsubscribe.html", state=state, email=email), status=status,
         mimetype="text/html"))
