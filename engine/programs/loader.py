@@ -17,6 +17,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from engine.errors import Invalid
 from engine.leads.fields import normalise_email
 from engine.leads.stages import STAGES
+from engine.patterns import PatternError, compile_pattern
 from engine.programs.spec import (
     DAYS,
     Email,
@@ -39,7 +40,6 @@ from engine.scoring.rules import (
     ScoringRules,
     SlaRules,
     Trigger,
-    nested_quantifier,
 )
 
 PROGRAM_FILE = "program.yaml"
@@ -642,14 +642,10 @@ def _pattern(c: _Checker, rule, label: str) -> str | None:
         c.error(rule, "matches", f"{label}.matches: regex longer than {MAX_PATTERN} characters")
         return None
     try:
-        re.compile(pattern)
-    except (re.error, OverflowError) as exc:
-        c.error(rule, "matches",
-                f"{label}.matches: bad regex {pattern!r}: {getattr(exc, 'msg', exc)}")
-        return None
-    if nested_quantifier(pattern):
-        c.error(rule, "matches", f"{label}.matches: regex {pattern!r} repeats a group that itself "
-                                 "repeats, as in (a+)+, which can take exponential time")
+        compile_pattern(pattern)
+    except PatternError as exc:
+        c.error(rule, "matches", f"{label}.matches: bad regex {pattern!r}: {exc} (fit regexes use "
+                                 "RE2 syntax, which runs in linear time)")
         return None
     return pattern
 
