@@ -47,6 +47,13 @@ def _comma_list(value: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in value.split(",") if item.strip())
 
 
+def default_sender(environ: os._Environ | dict | None = None) -> str | None:
+    """NURTURE_FROM: the From address a program takes at load when program.yaml sets no
+    `sender.from` (validation checks it like one written in the file)."""
+    env = os.environ if environ is None else environ
+    return env.get("NURTURE_FROM") or None
+
+
 def normalise_database_url(url: str) -> str:
     """Accept the common `postgres://` and `postgresql://` forms and use the psycopg 3 driver."""
     for prefix in ("postgres://", "postgresql://"):

@@ -43,7 +43,7 @@ from engine.pages.service import page_token
 from engine.programs.loader import LoadedProgram, ProgramInvalid, load_program_dir
 from engine.programs.spec import Email, Program
 from engine.render.compile import compile_asset
-from engine.render.personalise import DEFAULT_BASE_URL, Links, Rendered
+from engine.render.personalise import DEFAULT_BASE_URL, Links, RenderContext, RenderFailed
 from engine.sending.compose import Signing, tracked
 from engine.tracking.tokens import send_token, unsubscribe_token
 from qa.compat import check_client_support
@@ -358,11 +358,16 @@ def sending_links(program: Program, base_url: str) -> Links:
                  page_token=page_token(secret_key=_QA_SECRET, lead_id=SAMPLE_LEAD_ID))
 
 
-def as_sent(html: str, text: str, links: Links) -> str:
-    """The HTML with click tracking and the open pixel, as engine/sending/compose.py sends it."""
-    signing = Signing(secret_key=_QA_SECRET, base_url=links.base_url)
-    return tracked(Rendered(subject="", html=html, text=text), links, signing=signing,
-                   lead_id=SAMPLE_LEAD_ID, outbox_id=_SAMPLE_OUTBOX_ID).html
+def as_sent(*, html: str, text: str, subject: str, context: RenderContext) -> str | None:
+    """The compiled email's HTML as engine/sending/compose.py sends it to a sample lead (click
+    tracking and the open pixel); None when it does not render."""
+    signing = Signing(secret_key=_QA_SECRET, base_url=context.links.base_url)
+    try:
+        return tracked(version_id=None, html=html, text=text, subject=subject, context=context,
+                       where="qa", signing=signing, lead_id=SAMPLE_LEAD_ID,
+                       outbox_id=_SAMPLE_OUTBOX_ID).rendered.html
+    except RenderFailed:
+        return None
 
 
 def check_email_asset(*, program: Program, email: Email, source: str,
@@ -390,7 +395,8 @@ def check_email_asset(*, program: Program, email: Email, source: str,
         rendered = render.rendered
         findings += check_email(RenderedEmail(
             asset=email.file, subject=rendered.subject, html=rendered.html, text=rendered.text,
-            source=source, sent_html=as_sent(rendered.html, rendered.text, links),
+            source=source, sent_html=as_sent(html=compiled.html, text=compiled.text,
+                                             subject=email.subject, context=render.context),
             sender_address=str(address) if address else None,
             declared_preheader=email.preheader, unsubscribe_url=links.unsubscribe))
     return _unique(findings)

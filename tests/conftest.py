@@ -21,6 +21,7 @@ from engine.migrate import upgrade
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_PROGRAM = ROOT / "assets" / "acme-nurture"
 PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+TEST_SENDER = "Nurture Tests <tests@nurture.example>"
 
 
 def _postgres_admin_url() -> str | None:
@@ -32,6 +33,15 @@ def _postgres_admin_url() -> str | None:
 
 def _backends() -> list[str]:
     return ["sqlite", "postgresql"] if _postgres_admin_url() else ["sqlite"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def default_sender():
+    """Most programs written in tests set no sender: they take NURTURE_FROM, as a deployment
+    may. Tests about a missing sender remove it with monkeypatch."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("NURTURE_FROM", TEST_SENDER)
+        yield TEST_SENDER
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from datetime import datetime
 
 import pytest
@@ -10,6 +11,7 @@ from sqlalchemy.exc import IntegrityError
 
 from engine.auth.service import ROLES, create_key, revoke_key
 from engine.db import utcnow
+from engine.leads.models import Lead
 from engine.leads.service import upsert_lead
 from engine.web.app import MAX_REQUEST_BYTES, create_app
 
@@ -473,3 +475,36 @@ def test_stage_endpoint_checks_its_body_like_the_others(admin, db):
     assert_problem(admin.post(url, data="{", content_type="application/json"), 400)
     assert_problem(admin.post(url, json=["mql"]), 422)
     assert_problem(admin.post(url, json={"stage": "mql\u0000", "reason": "x"}), 422, "stage")
+
+
+# -- fit rules with hostile patterns ----------------------------------------------------------
+
+def test_fit_regexes_that_backtrack_in_python_answer_at_once(admin, cli, db, sample_program):
+    """One call with a 23-character title once took 7 s. Each value here is the 1,000
+    characters that make its pattern backtrack; RE2 matches in linear time, so the request
+    stays far under a second (a loose bound: a backtracking engine would not finish)."""
+    path = sample_program / "program.yaml"
+    fit = "\n".join(f"    - {{field: {name}, matches: '{pattern}', points: 5}}"
+                     for name, pattern in [("motto", r"(.|\s)*director"),
+                                           ("code", r"(a|a?)+$"), ("handle", r"\w*\w*x")])
+    text = path.read_text()
+    start = text.index("  fit:\n") + len("  fit:\n")
+    path.write_text(text[:start] + fit + "\n" + text[text.index("  mql:", start):])
+    assert cli("program", "load", sample_program).exit_code == 0
+    hostile = {"motto": " " * 1000, "code": "a" * 999 + "!", "handle": "a" * 1000}
+    started = time.perf_counter()
+    response = admin.post("/api/v1/leads", json={"email": "ada@example.com", "custom": hostile,
+                                                 "program": "acme-nurture"})
+    assert time.perf_counter() - started < 1
+    assert response.status_code == 201, response.get_json()
+    lead_id = response.get_json()["id"]
+    assert fit_score(db, lead_id) == 5  # (a|a?)+$ is found at the end of any value
+    fitting = {"motto": "IT director", "code": "aaa", "handle": "box"}
+    assert admin.post("/api/v1/leads", json={"email": "ada@example.com", "custom": fitting}
+                      ).status_code == 200
+    assert fit_score(db, lead_id) == 15
+
+
+def fit_score(db, lead_id: int) -> float:
+    with db.session() as s:
+        return s.get(Lead, lead_id).fit_score

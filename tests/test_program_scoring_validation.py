@@ -73,6 +73,9 @@ sla:
 """
 
 
+RE2_NOTE = " (fit regexes use RE2 syntax, which runs in linear time)"
+
+
 def write_program(directory: Path, sections: str, *, tracks: str = "") -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "emails").mkdir(exist_ok=True)
@@ -229,11 +232,22 @@ CASES = [
      "scoring.fit 1: must be a mapping with field, points and a condition"),
     (("scoring:\n  fit:\n    - field: title\n      matches: \"(director\"\n      points: 15\n"
      "  mql: {threshold: 5}\n"), "(director",
-     "scoring.fit 1.matches: bad regex '(director': missing ), unterminated subpattern"),
-    (("scoring:\n  fit:\n    - field: title\n      matches: \"(a+)+$\"\n      points: 15\n"
-     "  mql: {threshold: 5}\n"), "(a+)+",
-     ("scoring.fit 1.matches: regex '(a+)+$' repeats a group that itself repeats, as in (a+)+, "
-     "which can take exponential time")),
+     "scoring.fit 1.matches: bad regex '(director': missing ): (director" + RE2_NOTE),
+    *[(("scoring:\n  fit:\n    - field: title\n      matches: '" + pattern + "'\n"
+        "      points: 15\n  mql: {threshold: 5}\n"), pattern,
+       f"scoring.fit 1.matches: bad regex {pattern!r}: {reason}" + RE2_NOTE)
+      for pattern, reason in [
+          (r"(?i)\bdirector\b(?!ate)", "negative lookahead (?!...) is not supported"),
+          (r"(?<=VP )sales", "lookbehind (?<=...) is not supported"),
+          (r"^(\w+) \1$", r"backreference \1 is not supported"),
+          (r"(?P<w>\w+) (?P=w)",
+           "named backreference (?P=name) or recursion (?P>name) is not supported"),
+          (r"(?>director)", "atomic group (?>...) is not supported"),
+          (r"director\Z", r"\Z is not supported (use \z for the end of the text)"),
+          (r"vp++", "possessive quantifier ++ is not supported"),
+          (r"(?x) vp", "the flag x is not supported (RE2 knows the flags i, m, s and U)"),
+          (r"\d{1,1001}", "repetition {1,1001} is not supported (at most 1000)"),
+      ]],
     ("scoring:\n  fit:\n    - field: title\n      matches: \"" + "x" * 201 + "\"\n      points: 15\n"
      "  mql: {threshold: 5}\n", "xxxx",
      "scoring.fit 1.matches: regex longer than 200 characters"),

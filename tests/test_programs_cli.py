@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import email
+import email.policy
 import re
 
+import pytest
 from sqlalchemy import func, select
 
 from engine.programs.models import ProgramRecord, ProgramVersion
+from engine.programs.store import current_program
+from engine.sending.outbox import message_id
 
 
 def test_sample_program_is_valid(cli, sample_program):
@@ -137,3 +142,105 @@ def test_hostile_program_files_get_errors_not_crashes(cli, tmp_path):
     (huge / "program.yaml").write_text("- just\n- a list\n")
     result = cli("program", "validate", huge)
     assert result.exit_code == 1 and "program.yaml must be a mapping" in result.stderr
+
+
+# -- the sender -------------------------------------------------------------------------------
+
+SENDER_LINE = 'sender: {from: "Acme Cloud <hello@acme.example>", reply_to: "team@acme.example"}'
+NO_SENDER = ("missing sender.from (e.g. sender: {from: \"Acme <hello@acme.example>\"}), and "
+             "NURTURE_FROM is not set")
+
+
+def test_a_program_without_a_sender_or_nurture_from_is_refused_by_validate_and_load(
+        cli, sample_program, db, monkeypatch):
+    monkeypatch.delenv("NURTURE_FROM")
+    path = sample_program / "program.yaml"
+    replace_in(path, SENDER_LINE + "\n", "")
+    for command in ("validate", "load"):  # the error names the program's first line
+        result = cli("program", command, sample_program)
+        assert result.exit_code == 1, command
+        expected = f"program.yaml:{line_of(path, 'program: acme-nurture')}: {NO_SENDER}"
+        assert expected in result.stderr.splitlines(), result.stderr
+    replace_in(path, "program: acme-nurture\n",
+               "program: acme-nurture\nsender: {reply_to: team@acme.example}\n")
+    result = cli("program", "validate", sample_program)
+    expected = f"program.yaml:{line_of(path, 'sender: {reply_to')}: {NO_SENDER}"
+    assert expected in result.stderr.splitlines(), result.stderr
+    with db.session() as s:
+        assert s.scalar(select(func.count()).select_from(ProgramRecord)) == 0
+
+
+def test_nurture_from_sends_the_emails_of_a_program_without_a_sender(
+        cli, sample_program, db, monkeypatch, tmp_path):
+    monkeypatch.setenv("NURTURE_FROM", "Acme Ops <ops@mail.acme.example>")
+    replace_in(sample_program / "program.yaml", SENDER_LINE + "\n", "")
+    assert cli("program", "validate", sample_program).exit_code == 0
+    assert "version 1" in cli("program", "load", sample_program).output
+    leads = tmp_path / "leads.csv"
+    leads.write_text("email,first_name,title\nada@example.com,Ada,CIO\n")
+    assert cli("leads", "import", leads, "--program", "acme-nurture").exit_code == 0
+    out = tmp_path / "welcome.eml"
+    result = cli("render", "welcome_it", "--lead", "ada@example.com", "--out", out)
+    assert result.exit_code == 0, result.output
+    message = email.message_from_bytes(out.read_bytes(), policy=email.policy.default)
+    assert message["From"] == "Acme Ops <ops@mail.acme.example>"
+    assert message["Reply-To"] is None
+    assert message["Message-ID"].endswith("@mail.acme.example>")
+    with db.session() as s:  # the Message-ID each outbox row is given
+        _, program = current_program(session=s, name="acme-nurture")
+    assert message_id(enrollment_id=7, step="welcome_it", program=program) == (
+        "<7.welcome_it.acme-nurture@mail.acme.example>")
+    # another default is another version; a sender in program.yaml wins over the default
+    monkeypatch.setenv("NURTURE_FROM", "Acme News <news@mail.acme.example>")
+    assert "version 2" in cli("program", "load", sample_program).output
+    replace_in(sample_program / "program.yaml", "program: acme-nurture\n",
+               "program: acme-nurture\n" + SENDER_LINE + "\n")
+    assert "version 3" in cli("program", "load", sample_program).output
+    with db.session() as s:
+        senders = [v.definition["sender"] for v in
+                   s.scalars(select(ProgramVersion).order_by(ProgramVersion.version))]
+    assert senders == [{"from": "Acme Ops <ops@mail.acme.example>"},
+                       {"from": "Acme News <news@mail.acme.example>"},
+                       {"from": "Acme Cloud <hello@acme.example>",
+                        "reply_to": "team@acme.example"}]
+
+
+NOT_AN_ADDRESS = ("is not an email address (write hello@acme.example or \"Acme "
+                  "<hello@acme.example>\"; quote a name with a comma)")
+
+
+@pytest.mark.parametrize(("sender", "needle", "message"), [
+    ('{from: "Acme, Inc. <hello@acme.example>"}', "Acme, Inc.",
+     f"sender.from: 'Acme, Inc. <hello@acme.example>' {NOT_AN_ADDRESS}"),
+    ("{from: hello}", "from: hello", f"sender.from: 'hello' {NOT_AN_ADDRESS}"),
+    ('{from: "Acme <hello@acme.example"}', "Acme <hello",
+     f"sender.from: 'Acme <hello@acme.example' {NOT_AN_ADDRESS}"),
+    ('{from: "Acme <hello@acme.example>\\nBcc: all@evil.example"}', "Bcc",
+     f"sender.from: 'Acme <hello@acme.example>\\nBcc: all@evil.example' {NOT_AN_ADDRESS}"),
+    ('{from: hello@acme.example, reply_to: "a@acme.example, b@acme.example"}', "reply_to",
+     f"sender.reply_to: 'a@acme.example, b@acme.example' {NOT_AN_ADDRESS}"),
+    ("{from: hello@acme.example, reply_to: 42}", "reply_to",
+     f"sender.reply_to: '42' {NOT_AN_ADDRESS}"),
+    ("{from: hello@acme.example, colour: blue}", "colour",
+     "sender: unknown key 'colour' (expected one of from, reply_to, address)"),
+    ("hello@acme.example", "sender: hello", "'sender' must be a mapping"),
+])
+def test_sender_addresses_are_checked_with_their_line(cli, sample_program, sender, needle,
+                                                      message):
+    path = sample_program / "program.yaml"
+    replace_in(path, SENDER_LINE, f"sender: {sender}")
+    result = cli("program", "validate", sample_program)
+    assert result.exit_code == 1
+    assert result.stderr.splitlines()[:2] == [f"program.yaml:{line_of(path, needle)}: {message}",
+                                              "1 error(s)"]
+
+
+def test_a_bad_nurture_from_is_reported_like_a_bad_sender(cli, sample_program, monkeypatch):
+    monkeypatch.setenv("NURTURE_FROM", "ops at acme")
+    assert cli("program", "validate", sample_program).exit_code == 0  # the file's sender wins
+    replace_in(sample_program / "program.yaml", SENDER_LINE + "\n", "")
+    result = cli("program", "validate", sample_program)
+    assert result.exit_code == 1
+    line = line_of(sample_program / "program.yaml", "program: acme-nurture")
+    assert (f"program.yaml:{line}: no sender.from, and NURTURE_FROM 'ops at acme' is not an "
+            "email address") in result.stderr.splitlines()

@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 
 from engine.assets.service import upload
 from engine.cli import NurtureGroup
-from engine.errors import Conflict, Invalid
+from engine.errors import Conflict, Invalid, NotFound
 from engine.launch.approvals import (
     approval_status,
     proof_for_token,
@@ -207,12 +207,14 @@ def test_an_email_that_fails_to_render_sends_no_proof_at_all(db, cli, sample_pro
     assert sink.messages() == [] and proofs(db) == []
 
 
-def test_a_program_without_sender_is_refused_before_anything_is_sent(db, cli, sample_program,
-                                                                      sink):
+def test_a_program_without_sender_is_refused_at_load_not_when_proofs_are_sent(
+        db, cli, sample_program, sink, monkeypatch):
+    monkeypatch.delenv("NURTURE_FROM")
     path = sample_program / "program.yaml"
     path.write_text(re.sub(r"(?m)^sender:.*\n", "", path.read_text()))
-    assert cli("program", "load", sample_program).exit_code == 0
-    with pytest.raises(Invalid, match="no sender"):
+    result = cli("program", "load", sample_program)
+    assert result.exit_code == 1 and "missing sender.from" in result.stderr
+    with pytest.raises(NotFound):
         send(db, sink, "acme-nurture", ["ann@acme.example"])
     assert sink.messages() == []
 

@@ -561,6 +561,71 @@ def test_view_in_browser_still_shows_what_was_sent_after_the_email_is_edited(wor
     assert get(world, urlsplit(quick_start).path).headers.get("Location") == email.stored[1]
 
 
+LEAD_DATA_PROGRAM = """
+program: acme-lead-data
+timezone: Europe/Paris
+sender: {from: "Acme Cloud <hello@acme.example>"}
+send_window: {days: [mon, tue, wed, thu, fri], from: "09:00", to: "17:00"}
+personas:
+  it_manager: {name: IT manager, match: {title_contains: [CIO]}, default: true}
+pages:
+  pricing: {file: pages/pricing.html, slug: pricing}
+emails:
+  hello: {file: emails/hello.mjml, subject: "Hello {{ lead.first_name }}"}
+tracks:
+  it_manager/inquiry: [{email: hello}]
+"""
+LEAD_DATA_EMAIL = """<mjml><mj-body><mj-section><mj-column>
+  <mj-text>Hello {{ lead.first_name }} of {{ lead.company }}, site {{ lead.website }}.</mj-text>
+  <mj-text>Read <a href="https://acme.example/guide?for={{ lead.company }}">the guide</a>, or
+    see <a href="{{ links.page('pricing') }}">pricing</a>. Docs: https://acme.example/docs</mj-text>
+  <mj-button href="{{ lead.website }}">Your own site</mj-button>
+  <mj-text><a href="{{ links.unsubscribe }}">Unsubscribe</a></mj-text>
+</mj-column></mj-section></mj-body></mjml>
+"""
+
+
+def test_urls_in_a_leads_own_fields_never_become_tracked_redirects(world, tmp_path):
+    """Anyone may fill in a form: a URL in their fields must not come back as a redirect on
+    our tracking domain, in either part. The asset's own links are still tracked."""
+    program = tmp_path / "acme-lead-data"
+    for folder in ("emails", "pages"):
+        (program / folder).mkdir(parents=True)
+    shutil.copy(SAMPLE_PROGRAM / "pages" / "pricing.html", program / "pages" / "pricing.html")
+    (program / "emails" / "hello.mjml").write_text(LEAD_DATA_EMAIL)
+    (program / "program.yaml").write_text(LEAD_DATA_PROGRAM)
+    with world.db.session() as s:
+        load_program(session=s, directory=program, now=MONDAY - timedelta(days=1))
+        launch_all(s)
+    address = f"lead-{uuid.uuid4().hex[:10]}@globex.example"
+    with world.db.session() as s:
+        upsert_lead(session=s, now=MONDAY, actor="test", program="acme-lead-data", fields={
+            "email": address, "title": "CIO", "first_name": "https://evil.example/first",
+            "company": "https://evil.example/company", "website": "https://evil.example/site"})
+    deliver_due(db=world.db, transport=world.transport, worker="test", clock=lambda: MONDAY,
+                options=DeliveryOptions(signing=Signing(secret_key=SECRET, base_url=BASE_URL)))
+    [stored] = world.sink.messages(to=address)
+    message = read_message(world.sink.directory, stored)
+    html = message.get_body(("html",)).get_content()
+    plain = message.get_body(("plain",)).get_content()
+    with world.db.session() as s:
+        row = s.scalar(select(OutboxMessage).join(Lead, Lead.id == OutboxMessage.lead_id)
+                       .where(Lead.email == address))
+        destinations = list(row.links)
+    assert destinations[0] == "https://acme.example/guide?for=https://evil.example/company"
+    assert destinations[1].startswith(f"{BASE_URL}/p/acme-lead-data/pricing?t=")
+    assert destinations[2:] == ["https://acme.example/docs"]
+    for part in (plain, html):
+        for name in ("first", "company", "site"):
+            assert f"https://evil.example/{name}" in part
+        for token in re.findall(r"/c/([\w.-]+)", part):
+            assert verify(SECRET, "click", token)["n"] in (HONEYPOT, 0, 1, 2)
+    assert 'href="https://evil.example/site"' in html  # the lead's own site: direct, untracked
+    for n, url in enumerate(destinations):
+        token = click_token(SECRET, lead_id=row.lead_id, outbox_id=row.id, index=n, url=url)
+        assert f"{BASE_URL}/c/{token}" in plain
+
+
 # -- the event buffer -------------------------------------------------------------------------
 
 def test_events_wait_in_the_buffer_and_are_stored_exactly_once(world):

@@ -1,8 +1,10 @@
-"""Instrumenting a rendered email (engine/tracking/links.py) and the signed tokens its links
-carry (engine/tracking/tokens.py)."""
+"""Instrumenting an email (engine/tracking/links.py): which links the asset wrote, found once in
+its compiled templates, and their wrapping per send; and the signed tokens its links carry
+(engine/tracking/tokens.py)."""
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from html.parser import HTMLParser
@@ -11,7 +13,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.tracking.links import HONEYPOT, MAX_LINKS, Instrumented, instrument
+from engine.render.personalise import Links, RenderContext
+from engine.sending import compose
+from engine.tracking.links import (
+    HONEYPOT,
+    LINK_MARK,
+    MAX_LINKS,
+    Instrumented,
+    instrument,
+    mark_links,
+    new_mark,
+)
 from engine.tracking.tokens import (
     MAX_TOKEN_LENGTH,
     click_token,
@@ -34,9 +46,15 @@ def click_url(index: int, url: str) -> str:
     return f"{BASE}/c/{index}"
 
 
-def run(html: str, text: str = "") -> Instrumented:
-    return instrument(html=html, text=text, click_url=click_url, open_url=OPEN_URL,
-                      untracked=(UNSUBSCRIBE, VIEW))
+def run(html: str, text: str = "", click=click_url) -> Instrumented:
+    """What a send does to templates without placeholders: mark the asset's links, print this
+    send's mark where the marked templates say so, instrument."""
+    marked_html, marked_text = mark_links(html=html, text=text)
+    mark = new_mark()
+    placeholder = "{{ " + LINK_MARK + " }}"
+    return instrument(html=marked_html.replace(placeholder, mark),
+                      text=marked_text.replace(placeholder, mark), mark=mark, click_url=click,
+                      open_url=OPEN_URL, untracked=(UNSUBSCRIBE, VIEW))
 
 
 def page(body: str) -> str:
@@ -129,8 +147,7 @@ def test_the_wrapped_href_is_escaped_for_html():
     def with_query(index, url):
         return f"{BASE}/c/{index}?a=1&b=\"2\""
 
-    done = instrument(html=page('<a href="https://acme.example/">x</a>'), text="",
-                      click_url=with_query, open_url=OPEN_URL)
+    done = run(page('<a href="https://acme.example/">x</a>'), click=with_query)
     assert '&amp;b=&quot;2&quot;' in done.html
     assert hrefs(done.html)[0] == f'{BASE}/c/0?a=1&b="2"'
 
@@ -249,6 +266,115 @@ def test_html_without_links_or_with_broken_markup_never_raises():
                  '<a href="https://acme.example/\x00">', "é" * 10, "<a " + "x" * 100_000):
         done = run(html, html)
         assert OPEN_URL in done.html
+
+
+# -- lead data is never a link ----------------------------------------------------------------
+
+EVIL = "https://evil.example/phish"
+
+
+def send(html: str, text: str = "", **lead) -> compose.Tracked:
+    """The templates rendered for a lead with these fields and instrumented, as a send does."""
+    context = RenderContext(
+        lead={"first_name": "Ada", "company": "", "custom": {}, **lead},
+        program={"name": "P", "slug": "p"}, sender={},
+        links=Links(base_url=BASE, program="p", token="unsub-token", view_token="view-token",
+                    page_token="page-token"))
+    return compose.tracked(version_id=None, html=html, text=text, subject="Hi", context=context,
+                           where="test", signing=compose.Signing(secret_key=SECRET, base_url=BASE),
+                           lead_id=7, outbox_id=42)
+
+
+def clicks(part: str) -> list[str]:
+    """The destination of every /c/ link in a part, by the index its token names."""
+    return [verify(SECRET, "click", token)["n"] for token in re.findall(r"/c/([\w.-]+)", part)]
+
+
+def test_urls_in_lead_fields_stay_plain_text_in_both_parts_while_asset_links_are_tracked():
+    html = page("<p>Hi {{ lead.first_name }} of {{ lead.company }} ({{ lead.custom.site }})</p>"
+                '<a href="https://acme.example/guide">Guide</a>')
+    text = ("Hi {{ lead.first_name }} of {{ lead.company }} ({{ lead.custom.site }})\n"
+            "Guide (https://acme.example/guide)\n")
+    done = send(html, text, first_name=EVIL + "/1", company=EVIL + "/2",
+                custom={"site": EVIL + "/3"})
+    assert done.destinations == ["https://acme.example/guide"]
+    for n in (1, 2, 3):
+        assert f"{EVIL}/{n}" in done.rendered.text
+        assert f"{EVIL}/{n}" in done.rendered.html
+    assert clicks(done.rendered.text) == [0]
+    assert hrefs(done.rendered.html)[0].startswith(f"{BASE}/c/")
+    assert EVIL not in "".join(hrefs(done.rendered.html))
+    assert "\ue000" not in done.rendered.html + done.rendered.text  # no mark left behind
+
+
+def test_a_link_whose_host_comes_from_lead_data_is_sent_as_it_is_untracked():
+    html = page('<a href="{{ lead.custom.site }}">Your site</a>'
+                '<a href="https://{{ lead.company }}.example/x">x</a>'
+                '<a href="https://acme.example@{{ lead.company }}/x">y</a>'
+                '<a href="{{ lead.custom.site }}/more">z</a>')
+    text = "Your site ({{ lead.custom.site }})\nhttps://{{ lead.company }}.example/x\n"
+    done = send(html, text, company="evil", custom={"site": EVIL})
+    assert done.destinations == []
+    assert hrefs(done.rendered.html)[:4] == [EVIL, "https://evil.example/x",
+                                             "https://acme.example@evil/x", EVIL + "/more"]
+    assert done.rendered.text == f"Your site ({EVIL})\nhttps://evil.example/x\n"
+
+
+def test_lead_data_inside_an_asset_link_stays_on_the_assets_host():
+    html = page('<a href="https://acme.example/guide?c={{ lead.company }}">Guide</a>')
+    text = "Guide: https://acme.example/guide?c={{ lead.company }}.\n"
+    done = send(html, text, company="Acme " + EVIL)
+    # the HTML link is no clean URL (a space): left as it is; the text keeps the asset's part
+    assert done.destinations == ["https://acme.example/guide?c=Acme"]
+    [link] = re.findall(rf"{BASE}/c/[\w.-]+", done.rendered.text)
+    assert done.rendered.text == f"Guide: {link} {EVIL}.\n"
+    plain = send(html, text, company="Globex")
+    assert plain.destinations == ["https://acme.example/guide?c=Globex"]
+
+
+def test_the_engines_own_links_are_tracked_and_unsubscribe_stays_direct():
+    html = page('<a href="{{ links.page(\'pricing\') }}">Pricing</a>'
+                '<a href="{{ links.unsubscribe }}">Unsubscribe</a>')
+    text = "Pricing ({{ links.page('pricing') }})\nUnsubscribe ({{ links.unsubscribe }})\n"
+    done = send(html, text)
+    assert done.destinations == [f"{BASE}/p/p/pricing?t=page-token"]
+    assert hrefs(done.rendered.html)[1] == UNSUBSCRIBE
+    assert clicks(done.rendered.text) == [0] and f"({UNSUBSCRIBE})" in done.rendered.text
+
+
+def test_markup_a_lead_smuggles_in_through_safe_is_never_wrapped():
+    html = page("<p>{{ lead.company|safe }}</p><a href='https://acme.example/a'>a</a>")
+    done = send(html, "", company=f'<a href="{EVIL}">Claim your prize</a>')
+    assert done.destinations == ["https://acme.example/a"]
+    assert hrefs(done.rendered.html)[0] == EVIL
+
+
+def test_a_lead_cannot_forge_the_mark():
+    forged = "\ue000" + "1" * 20 + "\ue001"
+    text = "{{ lead.company }}\nhttps://acme.example/a\n"
+    done = send(page(""), text, company=f"{forged}{EVIL}{forged}")
+    assert done.destinations == ["https://acme.example/a"]
+    assert EVIL in done.rendered.text
+
+
+@pytest.mark.parametrize(("text", "destinations", "shown"), [
+    ("{% if lead.first_name %}https://acme.example/a{% endif %}\n", ["https://acme.example/a"],
+     None),
+    ("{% filter upper %}https://acme.example/a{% endfilter %}\n", ["HTTPS://ACME.EXAMPLE/A"],
+     None),
+    ("https://acme.example/{% if lead.first_name %}a{% endif %}\n", [],
+     "https://acme.example/a\n"),
+    ("{% raw %}https://acme.example/{{ x }}{% endraw %}\n", [],
+     "https://acme.example/{{ x }}\n"),
+    ("{% for n in [1, 2] %}https://acme.example/{{ n }} {% endfor %}\n",
+     ["https://acme.example/1", "https://acme.example/2"], None),
+])
+def test_links_inside_template_blocks_are_marked_whole_or_not_at_all(text, destinations, shown):
+    done = send(page(""), text)
+    assert done.destinations == destinations
+    if shown is not None:
+        assert done.rendered.text == shown
+    assert "\ue000" not in done.rendered.text and LINK_MARK not in done.rendered.text
 
 
 # -- tokens -----------------------------------------------------------------------------------

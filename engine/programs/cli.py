@@ -22,7 +22,9 @@ def program() -> None:
 @program.command()
 @click.argument("directory", type=click.Path(file_okay=False))
 def validate(directory: str) -> None:
-    """Check DIRECTORY and print every error as file:line: message (exit 1 on errors)."""
+    """Check DIRECTORY and print every error as file:line: message (exit 1 on errors).
+
+    A program.yaml without sender.from takes NURTURE_FROM; without either it is an error."""
     errors = validate_program_dir(directory)
     for error in errors:
         err_console.print(str(error), markup=False)

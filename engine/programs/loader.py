@@ -14,9 +14,11 @@ import yaml
 from jinja2 import TemplateSyntaxError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from engine.config import default_sender
 from engine.errors import Invalid
 from engine.leads.fields import normalise_email
 from engine.leads.stages import STAGES
+from engine.patterns import PatternError, compile_pattern
 from engine.programs.spec import (
     DAYS,
     Email,
@@ -29,6 +31,7 @@ from engine.programs.spec import (
     Step,
     parse_duration,
 )
+from engine.render.message import is_address
 from engine.scoring.rules import (
     EMAIL_KINDS,
     EVENT_KINDS,
@@ -39,7 +42,6 @@ from engine.scoring.rules import (
     ScoringRules,
     SlaRules,
     Trigger,
-    nested_quantifier,
 )
 
 PROGRAM_FILE = "program.yaml"
@@ -57,6 +59,7 @@ SCORING_KEYS = ("behaviour", "pages", "daily_caps", "decay", "fit", "mql", "trig
 FIT_KEYS = ("field", "points", "matches", "in", "at_least", "at_most")
 TRIGGER_KEYS = ("on", "page", "email", "route", "enroll")
 SLA_KEYS = ("mql_response", "opportunity_stalled", "stalled_track", "escalate_to")
+SENDER_KEYS = ("from", "reply_to", "address")
 _jinja = ImmutableSandboxedEnvironment()
 
 
@@ -200,11 +203,14 @@ def load_program_dir(directory: str | Path) -> LoadedProgram:
     if not isinstance(data, dict):
         raise ProgramInvalid([ProgramError(PROGRAM_FILE, 1, "program.yaml must be a mapping")])
     checker = _Checker(directory)
-    program = _validate(checker, data)
+    default_from = default_sender()
+    program = _validate(checker, data, default_from)
     _scenario_table(checker, Path(directory))
     if checker.errors or program is None:
         raise ProgramInvalid(sorted(checker.errors, key=lambda e: (e.file, e.line)))
     digest = hashlib.sha256(source.encode())
+    if program.sender["from"] == default_from:  # another NURTURE_FROM makes another version
+        digest.update(b"\0NURTURE_FROM\0" + default_from.encode())
     for name in sorted(checker.files):
         digest.update(b"\0" + name.encode() + b"\0" + checker.files[name].encode())
     return LoadedProgram(program, checker.files, digest.hexdigest(), source)
@@ -238,7 +244,7 @@ def validate_program_dir(directory: str | Path) -> list[ProgramError]:
     return []
 
 
-def _validate(c: _Checker, data: _Map) -> Program | None:
+def _validate(c: _Checker, data: _Map, default_from: str | None) -> Program | None:
     for key in data:
         if key not in TOP_KEYS:
             c.error(data, key, f"unknown key {key!r} (expected one of {', '.join(sorted(TOP_KEYS))})")
@@ -258,16 +264,13 @@ def _validate(c: _Checker, data: _Map) -> Program | None:
     scoring = _scoring(c, data, pages, emails)
     sla = _sla(c, sla_map, tracks)
     notify = _launch_notify(c, c.mapping(data, "launch", required=False))
-    sender = data.get("sender") or {}
-    if not isinstance(sender, dict):
-        c.error(data, "sender", "'sender' must be a mapping with 'from' and optional 'reply_to'")
-        sender = {}
+    sender = _sender(c, data, default_from)
     if c.errors or None in (tz, window, personas, emails, pages, tracks, rules, scoring, sla):
         return None
     return Program(
         slug=slug, name=str(data.get("name") or slug), timezone=tz, send_window=window,
         personas=personas, emails=emails, pages=pages, tracks=tracks, rules=rules,
-        sender=dict(sender), scoring=scoring, sla=sla, launch_notify=notify,
+        sender=sender, scoring=scoring, sla=sla, launch_notify=notify,
     )
 
 
@@ -642,14 +645,10 @@ def _pattern(c: _Checker, rule, label: str) -> str | None:
         c.error(rule, "matches", f"{label}.matches: regex longer than {MAX_PATTERN} characters")
         return None
     try:
-        re.compile(pattern)
-    except (re.error, OverflowError) as exc:
-        c.error(rule, "matches",
-                f"{label}.matches: bad regex {pattern!r}: {getattr(exc, 'msg', exc)}")
-        return None
-    if nested_quantifier(pattern):
-        c.error(rule, "matches", f"{label}.matches: regex {pattern!r} repeats a group that itself "
-                                 "repeats, as in (a+)+, which can take exponential time")
+        compile_pattern(pattern)
+    except PatternError as exc:
+        c.error(rule, "matches", f"{label}.matches: bad regex {pattern!r}: {exc} (fit regexes use "
+                                 "RE2 syntax, which runs in linear time)")
         return None
     return pattern
 
@@ -739,6 +738,36 @@ def _triggers(c: _Checker, triggers: _Seq, pages, emails) -> tuple[Trigger, ...]
             c.error(trigger, "enroll", f"{label}: enroll: {enroll!r} is not a program name")
         parsed.append(Trigger(on=str(kind), page=page, email=email, route=route, enroll=enroll))
     return tuple(parsed)
+
+
+def _sender(c: _Checker, data, default_from: str | None) -> dict:
+    """`sender: {from: "Acme <hello@acme.example>", reply_to: ..., address: ...}`; without
+    `from`, NURTURE_FROM. A program always has a sender, so nothing fails at send time."""
+    sender = c.mapping(data, "sender", required=False)
+    if sender is None:
+        if data.get("sender") is not None:  # not a mapping: said already
+            return {}
+        sender = {}
+    _known_keys(c, sender, SENDER_KEYS, "sender")
+    result = {key: sender[key] for key in SENDER_KEYS if sender.get(key) is not None}
+    if "from" not in result:
+        if default_from is None:
+            c.error(data, "sender", "missing sender.from (e.g. sender: {from: \"Acme "
+                                    "<hello@acme.example>\"}), and NURTURE_FROM is not set")
+            return result
+        if not is_address(default_from):
+            c.error(data, "sender", f"no sender.from, and NURTURE_FROM {default_from[:100]!r} is "
+                                    "not an email address")
+            return result
+        result["from"] = default_from
+    for key in ("from", "reply_to"):
+        if key in sender and not is_address(sender[key]):
+            c.error(sender, key, f"sender.{key}: {str(sender[key])[:100]!r} is not an email "
+                                 "address (write hello@acme.example or \"Acme <hello@acme.example>\"; "
+                                 "quote a name with a comma)")
+    if "address" in result and not isinstance(result["address"], str):
+        c.error(sender, "address", "sender.address must be text (the postal address)")
+    return result
 
 
 def _launch_notify(c: _Checker, launch) -> tuple[str, ...]:

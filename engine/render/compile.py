@@ -23,7 +23,7 @@ PAGE_VARIABLES = KNOWN_VARIABLES | {"csrf_token"}
 # {{ ... }}, {% ... %} and {# ... #}. Swapped for opaque tokens before MJML and premailer see the
 # document (premailer rewrites spaces in href to %20 and escapes quotes), restored after.
 _PLACEHOLDER = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.DOTALL)
-_TOKEN = re.compile(r"nurtureph(\d{6})x")
+TOKEN = re.compile(r"nurtureph(\d{6})x")  # what protect() puts in place of a placeholder
 _MJ_TAG = re.compile(r"^mj-[a-z-]+$")
 # Tags MJML accepts besides the registered components (children of mj-attributes).
 _MJ_EXTRA = frozenset({"mjml", "mj-all", "mj-class", "mj-include"})
@@ -88,7 +88,7 @@ def protect(source: str) -> tuple[str, list[str]]:
 
 
 def restore(text: str, saved: list[str]) -> str:
-    return _TOKEN.sub(lambda m: saved[int(m.group(1))], text)
+    return TOKEN.sub(lambda m: saved[int(m.group(1))], text)
 
 
 # -- MJML -------------------------------------------------------------------------------------

@@ -255,9 +255,12 @@ def render_subject(subject: str, context: RenderContext, *, strict: bool = False
 
 
 def render_email(*, version_id: int | None, html: str, text: str, subject: str,
-                 context: RenderContext, strict: bool = False, where: str = "email") -> Rendered:
-    """What one lead receives: subject, HTML (autoescaped) and text part."""
-    variables = context.variables()
+                 context: RenderContext, strict: bool = False, where: str = "email",
+                 engine_variables: dict | None = None) -> Rendered:
+    """What one lead receives: subject, HTML (autoescaped) and text part. `engine_variables`
+    are for templates the engine rewrote (tracking's link mark); an asset cannot name them, as
+    compiling refuses unknown variables."""
+    variables = {**context.variables(), **(engine_variables or {})}
     html_out = render_template(
         template(html, html=True, strict=strict, cache_key=("html", version_id) if version_id else None),
         variables, where=where)

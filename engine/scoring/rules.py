@@ -10,6 +10,7 @@ and adding a new award gives the same result as decaying every award separately.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -18,13 +19,16 @@ from datetime import datetime, time, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
+from engine.patterns import PatternError, compile_pattern
+
 EVENT_KINDS: tuple[str, ...] = ("open", "click", "page_view", "form_submitted", "consumed")
 PAGE_KINDS = frozenset({"page_view", "form_submitted"})  # detail: the page slug
 EMAIL_KINDS = frozenset({"open", "click", "consumed"})  # detail: the email key
 ROUTES = ("sales",)
-MAX_PATTERN = 200  # characters of a fit regex
+MAX_PATTERN = 200  # characters of a fit regex (RE2 syntax: engine/patterns.py)
 MAX_VALUE = 1000  # characters of a field value a regex reads (the longest a lead field holds)
 _UTC = ZoneInfo("UTC")
+log = logging.getLogger(__name__)
 _NUMBER = re.compile(r"\s*(-?)(\d{1,3}(?:,\d{3})+(?!\d)|\d+)(\.\d+)?")
 
 
@@ -51,8 +55,10 @@ class FitRule:
     def holds(self, value: object) -> bool:
         if _empty(value):
             return False
-        if self.matches is not None and not _regex(self.matches).search(str(value)[:MAX_VALUE]):
-            return False
+        if self.matches is not None:
+            regex = _regex(self.matches)
+            if regex is None or not regex.search(str(value)[:MAX_VALUE]):
+                return False
         if self.any_of is not None and _norm(value) not in {_norm(v) for v in self.any_of}:
             return False
         if self.at_least is not None or self.at_most is not None:
@@ -268,46 +274,15 @@ def leading_number(value: object) -> float | None:
     return float(sign + whole.replace(",", "") + (fraction or ""))
 
 
-def nested_quantifier(pattern: str) -> bool:
-    """Whether a repeated group itself holds a repetition, as in (a+)+ or (\\w*x)*: the shape
-    that backtracks catastrophically. A heuristic for validation, not a proof of safety."""
-    stack: list[bool] = []  # per open group: whether it holds a repetition
-    closed_repeating = False  # the group just closed held a repetition
-    i, in_class = 0, False
-    while i < len(pattern):
-        char = pattern[i]
-        if char == "\\":
-            i += 2
-            closed_repeating = False
-            continue
-        if in_class:
-            in_class = char != "]"
-        elif char == "[":
-            in_class = True
-            closed_repeating = False
-        elif char == "(":
-            stack.append(False)
-            closed_repeating = False
-        elif char == ")":
-            closed_repeating = stack.pop() if stack else False
-            if closed_repeating and stack:
-                stack[-1] = True
-            i += 1
-            continue
-        elif char in "*+{":
-            if closed_repeating:
-                return True
-            if stack:
-                stack[-1] = True
-        else:
-            closed_repeating = False
-        i += 1
-    return False
-
-
 @lru_cache(maxsize=256)
-def _regex(pattern: str) -> re.Pattern:
-    return re.compile(pattern)
+def _regex(pattern: str):
+    """The compiled fit pattern, or None for one RE2 refuses (said once): only a program stored
+    before patterns ran on RE2 can hold one, and loading it again reports the pattern."""
+    try:
+        return compile_pattern(pattern)
+    except PatternError:
+        log.warning("fit pattern %r is not supported by RE2: the rule never holds", pattern)
+        return None
 
 
 def _empty(value: object) -> bool:
@@ -328,7 +303,7 @@ def _num(value: float) -> str:
 def _readable(pattern: str) -> str:
     """A fit regex for people: without leading inline flags, word boundaries and one pair of
     parentheses around the whole, e.g. (?i)\\b(director|head)\\b -> director|head."""
-    text = re.sub(r"^\(\?[aiLmsux]+\)", "", pattern).replace(r"\b", "")
+    text = re.sub(r"^\(\?[imsU]+\)", "", pattern).replace(r"\b", "")
     if text.startswith("(") and text.endswith(")") and _balanced(text[1:-1]):
         text = text[1:-1]
     return text or pattern

@@ -20,12 +20,13 @@ from engine.render.personalise import (
     DEFAULT_BASE_URL,
     PLACEHOLDER_TOKEN,
     Links,
+    RenderContext,
     Rendered,
     make_context,
     render_email,
 )
 from engine.sending.models import OutboxMessage
-from engine.tracking.links import Instrumented, instrument
+from engine.tracking.links import LINK_MARK, instrument, mark_links, new_mark
 from engine.tracking.tokens import click_token, send_token, unsubscribe_token
 
 
@@ -60,27 +61,42 @@ def render_for_row(*, session: Session, row: OutboxMessage, lead: Lead, program:
                else sendable_version(session=session, program_id=row.program_id, path=email.file))
     links = _links(row, lead, program, signing)
     context = make_context(lead=lead, program=program, links=links)
-    rendered = render_email(version_id=version.id, html=version.compiled_html,
-                            text=version.compiled_text, subject=email.subject, context=context,
-                            where=email.file)
+    done = tracked(version_id=version.id, html=version.compiled_html,
+                   text=version.compiled_text, subject=email.subject, context=context,
+                   where=email.file, signing=signing, lead_id=lead.id, outbox_id=row.id)
+    return RowRender(done.rendered, links, done.destinations, version.id)
+
+
+@dataclass(frozen=True)
+class Tracked:
+    rendered: Rendered
+    destinations: list[str]  # tracked destinations by index; none without a secret key
+
+
+def tracked(*, version_id: int | None, html: str, text: str, subject: str,
+            context: RenderContext, where: str, signing: Signing, lead_id: int,
+            outbox_id: int) -> Tracked:
+    """The compiled email rendered for one lead as it is sent: with a secret key, the links
+    the asset wrote go through signed click redirects (lead data never does: see
+    engine/tracking/links.py), with the open pixel and the honeypot. QA measures the size of
+    what is sent through this too."""
     if not signing.secret_key:
-        return RowRender(rendered, links, [], version.id)
-    done = tracked(rendered, links, signing=signing, lead_id=lead.id, outbox_id=row.id)
-    return RowRender(Rendered(subject=rendered.subject, html=done.html, text=done.text), links,
-                     done.links, version.id)
-
-
-def tracked(rendered: Rendered, links: Links, *, signing: Signing, lead_id: int,
-            outbox_id: int) -> Instrumented:
-    """The email's parts with signed click links, the open pixel and the honeypot (QA measures
-    the size of what is sent through this too)."""
-    key, base = signing.secret_key, signing.base_url
-    return instrument(
-        html=rendered.html, text=rendered.text,
+        return Tracked(render_email(version_id=version_id, html=html, text=text,
+                                    subject=subject, context=context, where=where), [])
+    marked_html, marked_text = mark_links(html=html, text=text)
+    mark = new_mark()
+    rendered = render_email(version_id=version_id, html=marked_html, text=marked_text,
+                            subject=subject, context=context, where=where,
+                            engine_variables={LINK_MARK: mark})
+    key, base, links = signing.secret_key, signing.base_url, context.links
+    done = instrument(
+        html=rendered.html, text=rendered.text, mark=mark,
         click_url=lambda n, url: f"{base}/c/" + click_token(key, lead_id=lead_id,
                                                             outbox_id=outbox_id, index=n, url=url),
         open_url=f"{base}/o/{send_token(key, 'open', lead_id=lead_id, outbox_id=outbox_id)}.gif",
         untracked=(links.unsubscribe, links.view_in_browser))
+    return Tracked(Rendered(subject=rendered.subject, html=done.html, text=done.text),
+                   done.links)
 
 
 def compose(*, session: Session, row: OutboxMessage, lead: Lead, program: Program,

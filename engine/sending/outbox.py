@@ -16,9 +16,11 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from engine.errors import Invalid
 from engine.journeys.decide import ActionKind, Decision
 from engine.programs.models import ProgramRecord
 from engine.programs.spec import Program
+from engine.render.message import sender_domain
 from engine.sending.models import Delivery, OutboxMessage
 
 LEASE = timedelta(minutes=5)
@@ -26,9 +28,13 @@ _OUTBOX = OutboxMessage.__table__
 
 
 def message_id(*, enrollment_id: int, step: str, program: Program) -> str:
-    """Stable for a (enrollment, step): a resend after a crash carries the same Message-ID."""
-    sender = (program.sender or {}).get("from") or ""
-    domain = sender.rpartition("@")[2].strip("> ") or "nurture.invalid"
+    """Stable for a (enrollment, step): a resend after a crash carries the same Message-ID. Its
+    domain is the sender's; a program version stored before a sender was required has none,
+    and gets the reserved .invalid domain (compose refuses to send it, saying why)."""
+    try:
+        domain = sender_domain(program.sender)
+    except Invalid:
+        domain = "nurture.invalid"
     return f"<{enrollment_id}.{step}.{program.slug}@{domain}>"
 
 
