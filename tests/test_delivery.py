@@ -172,7 +172,7 @@ def test_a_throttling_reply_backs_off_the_domain(db, program, sink, transport, t
     assert sink.messages() == []
 
 
-def test_list_unsubscribe_carries_a_signed_token_and_a_mailto(db, program, sink, transport):
+def test_list_unsubscribe_carries_a_signed_one_click_url_only(db, program, sink, transport):
     from engine.sending.compose import Signing
     from engine.sending.delivery import DeliveryOptions
     from engine.tracking.tokens import verify
@@ -181,14 +181,15 @@ def test_list_unsubscribe_carries_a_signed_token_and_a_mailto(db, program, sink,
     options = DeliveryOptions(signing=Signing(secret_key="s3cret"))
     deliver_due(db=db, transport=transport, worker="w1", clock=Clock(MONDAY), options=options)
     [stored] = sink.messages()
-    header = read_message(sink.directory, stored)["List-Unsubscribe"]
-    https, mailto = (part.strip(" <>") for part in header.split(","))
+    message = read_message(sink.directory, stored)
+    header = message["List-Unsubscribe"].strip()
+    assert header.startswith("<") and header.endswith(">") and "," not in header  # no mailto
+    https = header.strip("<>")
     assert https.startswith("http://localhost:5000/u/")
-    assert mailto.startswith("mailto:unsubscribe@acme.example?subject=unsubscribe%20")
+    assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     token = https.rsplit("/", 1)[1]
     [row] = rows(db).values()
     assert verify("s3cret", "unsubscribe", token) == {"l": row.lead_id, "o": row.id}
-    assert token in mailto
     assert verify("other-secret", "unsubscribe", token) is None
     assert verify("s3cret", "unsubscribe", token[:-2] + "xx") is None
     assert verify("s3cret", "page", token) is None  # a token is good for its purpose only

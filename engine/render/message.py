@@ -32,7 +32,7 @@ def is_address(value: object) -> bool:
 
 
 def sender_domain(sender: dict) -> str:
-    """The domain of the program's From address (Message-ID, the unsubscribe mailto)."""
+    """The domain of the program's From address (Message-ID)."""
     return _sender_address(sender).rpartition("@")[2]
 
 
@@ -48,7 +48,6 @@ def _sender_address(sender: dict) -> str:
 
 def build_message(*, rendered: Rendered, sender: dict, to: str, date: datetime,
                   message_id: str | None = None, unsubscribe_url: str | None = None,
-                  unsubscribe_mailto: str | None = None,
                   headers: dict[str, str] | None = None) -> EmailMessage:
     """An EmailMessage with From/Reply-To from the program's sender, To, Subject, Date,
     Message-ID, and RFC 8058 one-click unsubscribe headers when a URL is given."""
@@ -64,9 +63,10 @@ def build_message(*, rendered: Rendered, sender: dict, to: str, date: datetime,
         raise Invalid(f"bad header: {exc}", field="sender") from None
     message["Date"] = format_datetime(date)
     message["Message-ID"] = message_id or make_msgid(domain=domain)
-    if unsubscribe_url:  # RFC 8058: the HTTPS one-click URL, and a mailto for older clients
-        targets = [unsubscribe_url] + ([unsubscribe_mailto] if unsubscribe_mailto else [])
-        message["List-Unsubscribe"] = ", ".join(f"<{target}>" for target in targets)
+    # RFC 8058: the HTTPS one-click URL only. A mailto would promise an opt-out that nothing
+    # here reads (mail to the sender's domain never reaches the engine).
+    if unsubscribe_url:
+        message["List-Unsubscribe"] = f"<{unsubscribe_url}>"
         message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
     for name, value in (headers or {}).items():
         message[name] = value

@@ -15,7 +15,7 @@ from engine.assets.service import sendable_version
 from engine.leads.models import Lead
 from engine.pages.service import page_token
 from engine.programs.spec import Program
-from engine.render.message import build_message, sender_domain
+from engine.render.message import build_message
 from engine.render.personalise import (
     DEFAULT_BASE_URL,
     PLACEHOLDER_TOKEN,
@@ -102,11 +102,9 @@ def tracked(*, version_id: int | None, html: str, text: str, subject: str,
 def compose(*, session: Session, row: OutboxMessage, lead: Lead, program: Program,
             now: datetime, signing: Signing) -> Composed:
     done = render_for_row(session=session, row=row, lead=lead, program=program, signing=signing)
-    mailto = (f"mailto:unsubscribe@{sender_domain(program.sender)}"
-              f"?subject=unsubscribe%20{done.links.token}")
     message = build_message(rendered=done.rendered, sender=program.sender, to=lead.email,
                             date=now, message_id=row.message_id,
-                            unsubscribe_url=done.links.unsubscribe, unsubscribe_mailto=mailto)
+                            unsubscribe_url=done.links.unsubscribe)
     return Composed(message=message, links=done.destinations,
                     asset_version_id=done.asset_version_id)
 
