@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from engine.cli_context import AppContext, console, err_console, pass_app
+from engine.cli_context import AppContext, console, echo_json, err_console, pass_app
 from engine.db import utcnow
 from engine.programs.loader import validate_program_dir
 from engine.programs.service import load_program, matrix, side_tracks
@@ -56,10 +56,8 @@ def show(app: AppContext, name: str, as_json: bool) -> None:
     rows = matrix(prog)
     side = side_tracks(prog)
     if as_json:
-        import json
-
-        click.echo(json.dumps({"program": name, "version": record.current_version, "cells": rows,
-                               "side_tracks": side}, indent=2))
+        echo_json({"program": name, "version": record.current_version, "cells": rows,
+                   "side_tracks": side})
         return
     console.print(f"[bold]{prog.name}[/bold] ({name}, version {record.current_version}, "
                   f"time zone {prog.timezone})")
