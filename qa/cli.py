@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from itertools import count
 from pathlib import Path
 
 import click
 from rich.markup import escape
 
-from engine.cli_context import AppContext, console, err_console, pass_app
+from engine.cli_context import AppContext, console, echo_json, err_console, pass_app
 from engine.db import utcnow
 from qa.findings import Severity
 
@@ -121,7 +120,7 @@ def run(app: AppContext, program: str, out: str | None, offline: bool, no_screen
     _, report, paths = run_gate_for(app, program, offline=offline, out=out,
                                     screenshots=not no_screenshots, allow_hosts=allow_hosts)
     if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2))
+        echo_json(report.to_dict())
     else:
         print_report(report, paths)
     if not report.passed:

@@ -6,14 +6,13 @@ Errors are domain exceptions: the `nurture` group maps them to a message and exi
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 
 import click
 from rich.markup import escape
 from rich.table import Table
 
-from engine.cli_context import AppContext, console, err_console, pass_app
+from engine.cli_context import AppContext, console, echo_json, err_console, pass_app
 from engine.db import utcnow
 from engine.launch.approvals import AssetApproval, approval_status
 from engine.launch.proofs import SentProofs, proof_dict, send_proofs
@@ -46,9 +45,9 @@ def proof(app: AppContext, program: str, to: str, as_json: bool) -> None:
     finally:
         transport.close()
     if as_json:
-        click.echo(json.dumps({"program": program, "sent": rows,
-                               "failed": [asdict(f) for f in sent.failures],
-                               "skipped": sent.skipped}, indent=2))
+        echo_json({"program": program, "sent": rows,
+                   "failed": [asdict(f) for f in sent.failures],
+                   "skipped": sent.skipped})
     else:
         _print_sent(program, rows, sent)
     if not sent.complete:
@@ -82,9 +81,9 @@ def approvals(app: AppContext, program: str, as_json: bool) -> None:
     with app.db.session() as session:
         items = approval_status(session=session, program_name=program)
     if as_json:
-        click.echo(json.dumps({"program": program,
-                               "approved": all(item.approved for item in items),
-                               "items": [item.to_dict() for item in items]}, indent=2))
+        echo_json({"program": program,
+                   "approved": all(item.approved for item in items),
+                   "items": [item.to_dict() for item in items]})
         return
     _print_status(program, items)
 

@@ -5,14 +5,13 @@ static check finds a blocker (a dead-end track)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 from rich.markup import escape
 from rich.table import Table
 
-from engine.cli_context import AppContext, console, err_console, parse_at
+from engine.cli_context import AppContext, console, echo_json, err_console, parse_at
 from engine.programs.loader import ProgramInvalid, load_program_dir
 from engine.programs.spec import Program
 from qa.findings import Severity
@@ -35,7 +34,7 @@ def scenarios(program: str, scenario_file: str | None, start: str | None, as_jso
     review = review_program(spec, directory, scenario_file=scenario_file,
                             start=parse_at(start) if start else None)
     if as_json:
-        click.echo(json.dumps(review.to_dict(), indent=2))
+        echo_json(review.to_dict())
     else:
         _print(review)
     if not review.passed:

@@ -196,6 +196,28 @@ def test_invalid_lead_fields_are_422_naming_the_field(admin, payload, field):
     assert admin.get("/api/v1/leads").get_json()["total"] == 0
 
 
+@pytest.mark.parametrize("payload, field, code", [
+    ({"company": "\x1b]0;pwned\x07"}, "company", "U+001B"),
+    ({"first_name": "Jo\x1b[2J"}, "first_name", "U+001B"),
+    ({"title": "CFO\rCEO"}, "title", "U+000D"),
+    ({"notes": "\x9b31m"}, "notes", "U+009B"),
+    ({"custom": {"notes": "a\x7f"}}, "custom.notes", "U+007F"),
+])
+def test_control_characters_in_lead_fields_are_422_naming_the_field(admin, payload, field, code):
+    body = assert_problem(admin.post("/api/v1/leads", json={"email": "a@example.com", **payload}),
+                          422, field)
+    assert f"control character {code}" in body["detail"]
+    assert admin.get("/api/v1/leads").get_json()["total"] == 0
+
+
+def test_tabs_and_line_breaks_in_lead_fields_are_kept(admin):
+    text = "line one\r\nline two\n\tindented"
+    created = admin.post("/api/v1/leads", json={"email": "a@example.com", "company": text,
+                                                "custom": {"notes": text}})
+    assert created.status_code == 201, created.get_json()
+    assert (created.get_json()["company"], created.get_json()["custom"]) == (text, {"notes": text})
+
+
 def test_a_concurrent_create_of_the_same_lead_is_retried_as_an_update(admin, monkeypatch):
     """Two requests for one new email race: the loser's insert fails; it retries and updates."""
     from engine.web import api

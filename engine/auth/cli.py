@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 from rich.markup import escape
 from rich.table import Table
 
 from engine.auth.service import ROLES, create_key, list_keys, revoke_key
-from engine.cli_context import AppContext, console, err_console, pass_app
+from engine.cli_context import AppContext, console, echo, echo_json, err_console, pass_app
 from engine.db import utcnow
 
 
@@ -42,7 +40,7 @@ def create(app: AppContext, role: str, name: str | None) -> None:
     with app.db.session() as session:
         row, key = create_key(session=session, role=role, name=name, now=utcnow())
         prefix, label = row.prefix, row.name
-    click.echo(key)
+    echo(key)
     err_console.print(f"created {role} key {label!r} (prefix {prefix}). "
                       "Store it now: it cannot be shown again.", markup=False)
 
@@ -60,7 +58,7 @@ def list_(app: AppContext, as_json: bool) -> None:
             "revoked_at": k.revoked_at.isoformat() if k.revoked_at else None,
         } for k in list_keys(session=session)]
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        echo_json(rows)
         return
     if not rows:
         console.print("no API keys (create one with `nurture apikey create --role ROLE`)")

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from zoneinfo import ZoneInfo
 
 import click
 from rich.table import Table
 
-from engine.cli_context import console, err_console
+from engine.cli_context import console, echo_json, err_console
 from engine.db import utcnow
 from engine.journeys.simulate import SimLead, parse_start, read_events
 from engine.journeys.simulate import simulate as run_simulation
@@ -49,7 +48,7 @@ def simulate(directory, leads_path, events_path, days, start, as_json) -> None:
     sims = run_simulation(program, leads, events, start=clock, days=days)
     if as_json:
         entries = sorted((e for s in sims for e in s.path), key=lambda e: e.at)
-        click.echo(json.dumps([e.to_dict() for e in entries], indent=2))
+        echo_json([e.to_dict() for e in entries])
         return
     for sim in sims:
         _print_path(sim)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -17,7 +16,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from engine.cli_context import AppContext, console, err_console, parse_at, pass_app
+from engine.cli_context import AppContext, console, echo_json, err_console, parse_at, pass_app
 from engine.db import utcnow
 from engine.journeys.service import lead_enrollments
 from engine.leads.importer import import_leads
@@ -59,8 +58,12 @@ def import_command(app: AppContext, file: str, program: str, dry_run: bool,
     stored value. Importing the same file again changes nothing.
 
     Rows that cannot be imported are written to the rejects file with row (1 = the first row
-    after the header), column, reason and the original cells; the other rows import. Exit code 0
-    even with rejected rows; 1 when the file cannot be imported at all.
+    after the header), column, reason and the original cells; the other rows import. Cells that
+    a spreadsheet would run as a formula (starting with = + - @ tab or CR, or ') get a leading '
+    there. A field may hold tab and line breaks, no other control character. A quote left open
+    rejects only the line it starts on ("line N: unterminated quote"); the lines after it are
+    read as rows. Every row counts once: created + updated + unchanged + rejected = data rows.
+    Exit code 0 even with rejected rows; 1 when the file cannot be imported at all.
     """
     with Progress(TextColumn("importing"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                   TimeRemainingColumn(), console=err_console, transient=True,
@@ -122,7 +125,7 @@ def show(app: AppContext, email: str, as_json: bool) -> None:
             ],
         }
     if as_json:
-        click.echo(json.dumps(data, indent=2))
+        echo_json(data)
         return
     _print_lead(data)
 
@@ -217,7 +220,7 @@ def explain(app: AppContext, email: str, at: str | None, as_json: bool) -> None:
     with app.db.session() as session:
         data = explain_lead(session=session, lead=get_lead(session=session, email=email), now=now)
     if as_json:
-        click.echo(json.dumps(data, indent=2))
+        echo_json(data)
         return
     _print_explanation(data)
 

@@ -20,6 +20,12 @@ _CUSTOM_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,63}$")
 # NUL, and unpaired surrogates (undecodable bytes read with surrogateescape): PostgreSQL
 # refuses both, so no text holding them may reach a query.
 BAD_TEXT = re.compile("[\x00\ud800-\udfff]")
+# What a lead field may not hold, BAD_TEXT included: control characters, which a terminal reads
+# as commands (ESC, and CSI as \x9b), except tab and line breaks (LF, or CR LF as a Windows
+# export writes a cell's lines). DEL has no use in a field; C1 controls mostly mean a cp1252 file
+# read as latin-1. One character class, so that the common case costs one scan.
+_SUSPECT_TEXT = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
+_CONTROL = re.compile("[\x01-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]|\r(?!\n)")
 _TRUE = {"yes", "y", "true", "1", "opt-in", "optin", "granted"}
 _FALSE = {"no", "n", "false", "0", "opt-out", "optout", "withdrawn"}
 _STANDARD = frozenset(STANDARD_FIELDS)
@@ -81,10 +87,18 @@ def _check_value(key: str, value):
     limit = _LIMITS.get(key, MAX_FIELD_LENGTH)
     if len(value) > limit:
         raise Invalid(f"value longer than {limit} characters", field=key)
-    if BAD_TEXT.search(value):
+    if _SUSPECT_TEXT.search(value):
         if "\x00" in value:
             raise Invalid("NUL character", field=key)
-        raise Invalid("bytes that are not valid UTF-8 (re-run with --encoding latin-1?)", field=key)
+        if BAD_TEXT.search(value):
+            raise Invalid("bytes that are not valid UTF-8 (re-run with --encoding latin-1?)",
+                          field=key)
+        control = _CONTROL.search(value)
+        if control:
+            code = ord(control.group())
+            hint = " (a cp1252 file needs --encoding cp1252)" if code >= 0x80 else ""
+            raise Invalid(f"control character U+{code:04X} at position {control.start() + 1}: "
+                          f"only tab and line breaks are allowed{hint}", field=key)
     return value
 
 
@@ -103,14 +117,14 @@ def clean_lead_fields(raw: dict) -> dict:
             for custom_name, custom_value in value.items():
                 custom_key = _custom_name(custom_name)
                 if custom_value is not None:
-                    custom[custom_key] = _check_value(custom_key, custom_value)
+                    custom[custom_key] = _check_value(f"custom.{custom_key}", custom_value)
             continue
         if type(value) is str:  # the CSV case: inline the common path of _check_value
             value = value.strip()
             if not value:
                 continue
-            if len(value) > _LIMITS.get(key, MAX_FIELD_LENGTH) or BAD_TEXT.search(value):
-                _check_value(key, value)  # raises the error naming the field
+            if len(value) > _LIMITS.get(key, MAX_FIELD_LENGTH) or _SUSPECT_TEXT.search(value):
+                _check_value(key, value)  # raises the error naming the field (CR LF passes)
         elif value is None:
             continue
         else:

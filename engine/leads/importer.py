@@ -8,7 +8,9 @@ Two entry points:
   the leads in a program and writes rejected rows to a rejects CSV.
 
 Rows are numbered from 1 = the first row after the header (blank rows count but are skipped);
-error messages, the rejects file and the simulator all use that number.
+error messages, the rejects file and the simulator all use that number. A row is one line, or
+several when a quoted value spans lines; every line ends up in exactly one row, even after a
+stray quote (see LeadCsv._runaway_quote), so created + updated + unchanged + rejected = rows.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from itertools import chain, islice
+from itertools import islice
 from operator import itemgetter
 from pathlib import Path
 from typing import Self, TextIO
@@ -37,7 +39,7 @@ from engine.errors import IllegalTransition, Invalid, NotFound
 from engine.journeys.decide import ActionKind, Decision, Event, EventKind, decide, new_state
 from engine.journeys.models import Enrollment
 from engine.journeys.service import action_rows, enroll, enrollment_columns, event_row, sync_persona
-from engine.leads.fields import clean_lead_fields
+from engine.leads.fields import clean_lead_fields, normalise_email
 from engine.leads.models import STANDARD_FIELDS, Lead, LeadEvent, StageChange
 from engine.leads.service import set_stage
 from engine.leads.stages import check_transition
@@ -53,6 +55,9 @@ CHUNK_ROWS = 1000  # rows per transaction; also bounds the `email IN (...)` para
 # near it (13 standard + 50 custom fields of at most 1,000 characters), and it stays below the
 # csv module's field limit, so a giant field on one line is caught here, naming its column.
 LINE_LIMIT = 100_000
+# A quoted value may span lines (notes, addresses); a record that runs on for more lines than
+# this, or more characters than LINE_LIMIT, is a quote left open, not a row.
+MAX_ROW_LINES = 1000
 WAL_PAGES_BEFORE_CHECKPOINT = 20_000  # SQLite, see _background_checkpoints (80 MB)
 CHECKPOINT_INTERVAL = 0.02  # seconds
 DELIMITERS = (",", ";", "\t")
@@ -132,19 +137,26 @@ class LeadCsv:
             raise
 
     def _open(self, text: TextIO) -> None:
-        self._lines = _Lines(text)
-        first = next(self._lines, None)
+        lines = self._lines = _Lines(text)
+        first = next(lines, None)
         if first is None or not first.strip():
             raise Invalid("no header row: the file is empty or its first line is blank "
                           "(expected column names, one of them email)", field="email")
-        if self._lines.overlong:
+        if lines.overlong:
             raise Invalid(f"the header line is longer than {LINE_LIMIT} characters", field="email")
         first = first.removeprefix("\ufeff")
         outside_quotes = first.split(QUOTE)[::2]
         self.delimiter = max(DELIMITERS, key=lambda d: sum(part.count(d) for part in outside_quotes))
-        self._lines.delimiter = self.delimiter
-        self._reader = csv.reader(chain([first], self._lines), delimiter=self.delimiter)
-        self.header = next(self._reader)
+        lines.delimiter = self.delimiter
+        lines.read_again([first], after=0)
+        self._reader = csv.reader(lines, delimiter=self.delimiter)
+        lines.start_record()
+        try:
+            self.header = next(self._reader)
+        except (csv.Error, _RecordTooLong):
+            self.header = []
+        if len(lines.record) > 1:
+            raise Invalid("the header line opens a quote that it does not close", field="email")
         self.columns = [name.strip().lower() for name in self.header]
         seen: dict[str, int] = {}
         for index, name in enumerate(self.columns, start=1):
@@ -155,6 +167,7 @@ class LeadCsv:
         if "email" not in seen:
             raise Invalid("no email column in the header (found: "
                           f"{', '.join(repr(n) for n in self.header) or 'nothing'})", field="email")
+        self._email_index = seen["email"] - 1
 
     @property
     def bytes_read(self) -> int:
@@ -170,29 +183,34 @@ class LeadCsv:
         self.close()
 
     def __iter__(self) -> Iterator[LeadRow]:
-        columns, lines, width = self.columns, self._lines, len(self.columns)
+        columns, lines, reader, width = self.columns, self._lines, self._reader, len(self.columns)
         number = 0
         while True:
+            lines.start_record()
+            failure = None
             try:
-                values = next(self._reader)
+                values = next(reader)
             except StopIteration:
                 return
+            except _RecordTooLong:
+                values, failure = [], (f"is still open after {MAX_ROW_LINES:,} lines or "
+                                       f"{LINE_LIMIT:,} characters")
             except csv.Error as exc:
-                number += 1
-                lines.skip_record()
-                yield LeadRow(number, [], error=Invalid(_csv_error(exc), field=""))
-                lines.overlong = None
-                continue
+                values, failure = [], _csv_error(exc)
             number += 1
-            if lines.overlong:
-                index = lines.overlong_column
-                name = columns[index] if index is not None and index < width else ""
-                detail = (f"value too large: the line is {lines.overlong:,} characters long "
-                          f"(limit {LINE_LIMIT:,})")
-                yield LeadRow(number, lines.overlong_values or values,
-                              error=Invalid(detail, field=name))
-                lines.overlong = None
+            if len(lines.record) > 1 or lines.hit_end:  # a quoted value spans lines, or is open
+                failure = failure or self._runaway_quote(values)
+                if failure:
+                    yield self._unterminated(number, failure)
+                    continue
+            elif failure:
+                yield LeadRow(number, [], error=Invalid(f"the row {failure}", field=""))
                 continue
+            if lines.overlong:
+                rejected = self._overlong(number, values)
+                if rejected:
+                    yield rejected
+                    continue
             try:
                 if len(values) != width:
                     raise Invalid(f"{len(values)} values for {width} columns", field="")
@@ -201,45 +219,141 @@ class LeadCsv:
                 if "".join(values).strip():  # a blank row carries nothing: skipped
                     yield LeadRow(number, values, error=exc)
 
+    def _runaway_quote(self, values: list[str]) -> str | None:
+        """Why a record read over several lines is not a row with a multi-line value but a quote
+        left open, which swallowed the lines after it; None when it is a good row."""
+        lines, width = self._lines, len(self.columns)
+        if lines.hit_end:
+            return "is still open at the end of the file"
+        try:
+            next(csv.reader(lines.record, delimiter=self.delimiter, strict=True))
+        except csv.Error:  # a closing quote must end its value
+            return f"is closed on line {lines.number} by a quote in the middle of a value"
+        if len(values) != width:
+            return f"runs to line {lines.number}, leaving {len(values)} values for {width} columns"
+        for number, line in enumerate(lines.record[1:], start=lines.first + 1):
+            if self._reads_as_row(line):
+                return f"runs over line {number}, which reads as a row of its own"
+        return None
+
+    def _reads_as_row(self, line: str) -> bool:
+        """A line with as many values as the header and an email address in its column."""
+        values = next(csv.reader([line], delimiter=self.delimiter), [])
+        if len(values) != len(self.columns):
+            return False
+        try:
+            normalise_email(values[self._email_index])
+        except Invalid:
+            return False
+        return True
+
+    def _unterminated(self, number: int, failure: str) -> LeadRow:
+        """The first line of a record an open quote ran away with, rejected as a row of its own;
+        the lines after it are read again, as rows."""
+        lines = self._lines
+        first = lines.first
+        values = next(csv.reader(lines.record[:1], delimiter=self.delimiter), [])
+        if values:  # the open value ran to the end of the line: not the line break
+            values[-1] = values[-1].removesuffix("\n").removesuffix("\r")
+        column = self.columns[len(values) - 1] if 0 < len(values) <= len(self.columns) else ""
+        detail = (f"line {first}: unterminated quote: the quoted value that starts on this line "
+                  f"{failure}; the lines after it are read as rows")
+        lines.read_again(lines.record[1:], after=first)
+        return LeadRow(number, values, error=Invalid(detail, field=column))
+
+    def _overlong(self, number: int, values: list[str]) -> LeadRow | None:
+        """The record just read rejected when one of its lines was overlong, else None."""
+        lines = self._lines
+        for line_number in range(lines.first, lines.number + 1):
+            overlong = lines.overlong.get(line_number)
+            if overlong:
+                break
+        else:
+            return None
+        column = ""
+        if line_number == lines.first:  # the values before the cut are known
+            before = overlong.before
+            column = self.columns[len(before)] if len(before) < len(self.columns) else ""
+            values = [*before, f"<{overlong.length - sum(map(len, before)):,} characters>"]
+        detail = (f"value too large: the line is {overlong.length:,} characters long "
+                  f"(limit {LINE_LIMIT:,})")
+        return LeadRow(number, values, error=Invalid(detail, field=column))
+
 
 def _csv_error(exc: csv.Error) -> str:
-    if "field limit" in str(exc):
-        return f"value larger than {csv.field_size_limit():,} characters"
-    return f"unreadable CSV row: {exc}"
+    return f"cannot be read as CSV ({exc})"  # not a value over the csv field limit: see _Lines
+
+
+class _RecordTooLong(Exception):
+    """Raised through csv.reader when a record runs on for more than MAX_ROW_LINES lines or
+    LINE_LIMIT characters (below the csv module's field limit)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Overlong:
+    """A line longer than LINE_LIMIT, replaced by a short one (see _Lines)."""
+
+    length: int
+    before: list[str]  # the complete values before the cut, read as if the line starts a record
 
 
 class _Lines:
-    """Physical lines for csv.reader, none longer than LINE_LIMIT characters.
+    """Physical lines for csv.reader, numbered (1 = the header), none longer than LINE_LIMIT.
 
-    The rest of a longer line is read in pieces and dropped (its record is then rejected), so a
-    hostile file never makes us hold a giant string. Quote parity is tracked so that a record the
-    csv module gave up on can be skipped to its end, and so that an overlong line is replaced by
-    one with the same parity (the record boundaries after it stay where they were).
+    The lines of the record being read are kept (`record`), so that a record found to be a
+    quote left open can be read again from its second line (`read_again`): no line is lost to a
+    stray quote. The rest of a longer line is read in pieces and dropped (its record is then
+    rejected, see `overlong`), so a hostile file never makes us hold a giant string; the line is
+    replaced by one with the same quote parity, so that record boundaries stay where they were.
     """
 
     def __init__(self, handle: TextIO):
         self.handle = handle
         self.delimiter = ","
-        self.in_quotes = False  # the text so far ends inside a quoted field
-        self.overlong: int | None = None  # length of an overlong line in the current record
-        self.overlong_column: int | None = None
-        self.overlong_values: list[str] | None = None
+        self.number = 0  # of the line last handed out
+        self.record: list[str] = []  # the lines handed out since start_record()
+        self.held = 0  # their length in characters, once they are more than one
+        self.hit_end = False  # the file ended inside the record: a quote left open
+        self.overlong: dict[int, _Overlong] = {}  # by line number
+        self._again: list[str] = []  # lines to hand out again, the next one last
+
+    @property
+    def first(self) -> int:
+        """The number of the record's first line."""
+        return self.number - len(self.record) + 1
+
+    def start_record(self) -> None:
+        self.record, self.held = [], 0
+
+    def read_again(self, lines: list[str], *, after: int) -> None:
+        """Hand out `lines` again, numbered from `after` + 1."""
+        self._again.extend(reversed(lines))
+        self.number = after
+        self.hit_end = False
 
     def __iter__(self) -> _Lines:
         return self
 
     def __next__(self) -> str:
-        line = self.handle.readline(LINE_LIMIT)
-        if not line:
-            raise StopIteration
-        if len(line) == LINE_LIMIT and line[-1] not in "\r\n":
-            line = self._drop_rest(line)
-        if QUOTE in line and line.count(QUOTE) % 2:
-            self.in_quotes = not self.in_quotes
+        if self._again:
+            line = self._again.pop()
+        else:
+            line = self.handle.readline(LINE_LIMIT)
+            if not line:
+                self.hit_end = bool(self.record)
+                raise StopIteration
+            if len(line) == LINE_LIMIT and line[-1] not in "\r\n":
+                line = self._drop_rest(line)
+        self.number += 1
+        record = self.record
+        record.append(line)
+        if len(record) > 1:  # a quoted value runs on: bound what is held
+            self.held += len(line) if len(record) > 2 else len(record[0]) + len(line)
+            if len(record) > MAX_ROW_LINES or self.held > LINE_LIMIT:
+                raise _RecordTooLong
         return line
 
     def _drop_rest(self, head: str) -> str:
-        starts_record = not self.in_quotes
         length, quotes = len(head), head.count(QUOTE)
         while True:
             piece = self.handle.readline(LINE_LIMIT)
@@ -247,20 +361,8 @@ class _Lines:
             quotes += piece.count(QUOTE)
             if not piece or piece[-1] in "\r\n":
                 break
-        if self.overlong is None:
-            self.overlong = length
-            self.overlong_column, self.overlong_values = None, None
-            if starts_record:
-                before = _fields_before_last(head, self.delimiter)
-                self.overlong_column = len(before)
-                self.overlong_values = [*before, f"<{length - sum(map(len, before)):,} characters>"]
+        self.overlong[self.number + 1] = _Overlong(length, _fields_before_last(head, self.delimiter))
         return QUOTE * (quotes % 2) + "\n"
-
-    def skip_record(self) -> None:
-        """After a csv error inside a quoted field, drop lines up to the end of that record."""
-        for _ in self:
-            if not self.in_quotes:
-                return
 
 
 def _fields_before_last(head: str, delimiter: str) -> list[str]:
@@ -275,8 +377,19 @@ def _fields_before_last(head: str, delimiter: str) -> list[str]:
     return next(csv.reader([head[:cut]], delimiter=delimiter), [])
 
 
+# A spreadsheet runs a cell starting with one of these as a formula (OWASP's CSV injection list);
+# ' itself is included so that the original is always the cell less one leading '.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def spreadsheet_safe(cell: str) -> str:
+    """`cell` with a leading ' when a spreadsheet would otherwise read it as a formula."""
+    return "'" + cell if cell.startswith(FORMULA_START) else cell
+
+
 class _Rejects:
-    """The rejects CSV, created on the first rejected row: row,column,reason + original cells."""
+    """The rejects CSV, created on the first rejected row: row,column,reason + original cells,
+    each made spreadsheet-safe."""
 
     def __init__(self, path: Path, header: list[str], encoding: str):
         self.path, self.header, self.encoding = path, header, encoding
@@ -289,8 +402,9 @@ class _Rejects:
             self._handle = open(self.path, "w", encoding=self.encoding,  # noqa: SIM115 - lazy
                                 errors="surrogateescape", newline="")
             self._writer = csv.writer(self._handle)
-            self._writer.writerow(["row", "column", "reason", *self.header])
-        self._writer.writerow([row.number, error.field or "", error.detail, *row.values])
+            self._writer.writerow(["row", "column", "reason", *map(spreadsheet_safe, self.header)])
+        cells = [error.field or "", error.detail, *row.values]
+        self._writer.writerow([row.number, *map(spreadsheet_safe, cells)])
         self.count += 1
 
     def close(self) -> None:

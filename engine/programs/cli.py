@@ -6,7 +6,7 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from engine.cli_context import AppContext, console, err_console, pass_app
+from engine.cli_context import AppContext, console, echo_json, err_console, pass_app
 from engine.db import utcnow
 from engine.launch.service import pending_changes
 from engine.programs.loader import validate_program_dir
@@ -68,12 +68,9 @@ def show(app: AppContext, name: str, as_json: bool) -> None:
     rows = matrix(prog)
     side = side_tracks(prog)
     if as_json:
-        import json
-
-        click.echo(json.dumps({"program": name, "version": record.current_version,
-                               "live_version": record.live_version, "cells": rows,
-                               "side_tracks": side,
-                               "pending": [p.to_dict() for p in pending]}, indent=2))
+        echo_json({"program": name, "version": record.current_version,
+                   "live_version": record.live_version, "cells": rows, "side_tracks": side,
+                   "pending": [p.to_dict() for p in pending]})
         return
     console.print(f"[bold]{escape(prog.name)}[/bold] ({escape(name)}, version "
                   f"{record.current_version}, time zone {escape(prog.timezone)})")

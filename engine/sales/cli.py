@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 from rich.markup import escape
 from rich.table import Table
 
-from engine.cli_context import AppContext, console, parse_at, pass_app
+from engine.cli_context import AppContext, console, echo_json, parse_at, pass_app
 from engine.db import utcnow
 from engine.leads.service import get_lead
 
@@ -37,7 +35,7 @@ def queue(app: AppContext, limit: int, at: str | None, as_json: bool) -> None:
         entries = [queue_entry(session, entry) for entry in
                    mql_queue(session=session, now=now, limit=limit)]
     if as_json:
-        click.echo(json.dumps(entries, indent=2))
+        echo_json(entries)
         return
     if not entries:
         console.print("no MQL is waiting for sales")
@@ -63,7 +61,7 @@ def one_field_short(app: AppContext, limit: int, at: str | None, as_json: bool) 
                  "missing": n.fields}
                 for n in one_field_short_leads(session=session, now=parse_at(at), limit=limit)]
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        echo_json(rows)
         return
     table = Table("lead", "score", "fill in to qualify")
     for row in rows:
@@ -121,7 +119,7 @@ def notifications(app: AppContext, limit: int, as_json: bool) -> None:
                     .order_by(SalesNotification.at.desc(), SalesNotification.id.desc())
                     .limit(limit))]
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        echo_json(rows)
         return
     for row in rows:  # lines, not a table: addresses and reasons stay whole in any width
         console.print(f"{row['at'][:16]}  {row['kind']:<10} {row['email']}  owner "
@@ -170,7 +168,7 @@ def report(app: AppContext, include_resolved: bool, as_json: bool) -> None:
                         for b in breaches]
                 for owner, breaches in grouped.items()}
     if as_json:
-        click.echo(json.dumps(data, indent=2))
+        echo_json(data)
         return
     if not data:
         console.print("no SLA breach")

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -13,7 +12,7 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from engine.cli_context import AppContext, console, pass_app
+from engine.cli_context import AppContext, console, echo_json, pass_app
 from engine.db import utcnow
 from engine.errors import Invalid
 from engine.programs.spec import parse_duration
@@ -47,8 +46,8 @@ def scan(app: AppContext, since: str | None, directory: str | None, as_json: boo
     counts = Counter({result: 0 for result in RESULTS}) + Counter(line.result for line in lines)
     counts = {result: counts[result] for result in RESULTS}
     if as_json:
-        click.echo(json.dumps({"scanned": scanned, **counts,
-                               "reports": [asdict(line) for line in lines]}, indent=2))
+        echo_json({"scanned": scanned, **counts,
+                   "reports": [asdict(line) for line in lines]})
         return
     _print_scan(scanned, counts, lines, sink_dir)
 

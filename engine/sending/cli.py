@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from engine.cli_context import AppContext, console, err_console, pass_app
+from engine.cli_context import AppContext, console, echo, echo_json, err_console, pass_app
 
 
 def _sink_dir(app: AppContext, directory: str | None) -> Path:
@@ -94,8 +94,7 @@ def inbox(ctx: click.Context, to: str | None, limit: int, as_json: bool,
 
     messages = list_messages(directory_path, to=to, limit=limit)
     if as_json:
-        click.echo(json.dumps([json.loads(m.to_json()) for m in messages], ensure_ascii=False,
-                              indent=2))
+        echo_json([json.loads(m.to_json()) for m in messages], ensure_ascii=False)
         return
     if not messages:
         err_console.print(f"no messages in {directory_path}", markup=False)
@@ -117,13 +116,13 @@ def inbox_show(ctx: click.Context, key: str, raw: bool) -> None:
     directory = ctx.meta["nurture.sink_dir"]
     stored = find_message(directory, key)
     if raw:
-        click.echo(read_bytes(directory, stored).decode("utf-8", "replace"), nl=False)
+        echo(read_bytes(directory, stored).decode("utf-8", "replace"), nl=False)
         return
     message = read_message(directory, stored)
     for name, value in message.items():
-        click.echo(f"{name}: {' '.join(str(value).split())}")
-    click.echo("")
-    click.echo(text_part(message))
+        echo(f"{name}: {' '.join(str(value).split())}")
+    echo("")
+    echo(text_part(message))
 
 
 @click.command("send-runs")
@@ -141,8 +140,8 @@ def send_runs(app: AppContext, hours: int, as_json: bool) -> None:
     with app.db.session() as session:
         runs = runs_of(session=session, since=now - timedelta(hours=hours), until=now)
     if as_json:
-        click.echo(json.dumps([{"hour": r.hour.isoformat(), **r.counts,
-                                "reasons": dict(r.reasons)} for r in runs], indent=2))
+        echo_json([{"hour": r.hour.isoformat(), **r.counts,
+                    "reasons": dict(r.reasons)} for r in runs])
         return
     if not runs:
         console.print(f"no sends were due in the last {hours} hour(s)")
@@ -174,9 +173,9 @@ def forecast(app: AppContext, hours: int, as_json: bool) -> None:
     with app.db.session() as session:
         lines = forecast_of(session=session, now=utcnow(), hours=hours)
     if as_json:
-        click.echo(json.dumps([{"hour": line.hour.isoformat(), "email": line.email,
-                                "sends": line.sends, "suppressed": line.suppressed}
-                               for line in lines], indent=2))
+        echo_json([{"hour": line.hour.isoformat(), "email": line.email,
+                    "sends": line.sends, "suppressed": line.suppressed}
+                   for line in lines])
         return
     if not lines:
         console.print(f"nothing is due in the next {hours} hour(s)")

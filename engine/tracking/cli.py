@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 
-from engine.cli_context import AppContext, console, pass_app
+from engine.cli_context import AppContext, console, echo_json, pass_app
 
 
 @click.group()
@@ -45,7 +43,7 @@ def show(app: AppContext, email: str, bots: bool, as_json: bool) -> None:
                  "bot": e.bot_reason, "user_agent": e.user_agent}
                 for e in timeline(session=session, lead_id=lead.id, include_bots=bots)]
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        echo_json(rows)
         return
     for row in rows:
         flag = f"  [filtered: {row['bot']}]" if row["bot"] else ""
