@@ -12,18 +12,20 @@ gigabytes inside one Python call, where no deadline can stop them. So:
   str.format, the str methods center/ljust/rjust/zfill/expandtabs/replace/join/translate and
   the filters center, indent, wordwrap, urlize, replace, join, format, batch, slice, tojson,
   pprint, sum and round. Everything else grows its input by a small constant factor at most
-  (escaping: 6x) and is checked right after.
+  (escaping, case mapping, URL quoting) and is checked right after.
 - Work that is not linear in a bounded input gets a lower cap: filters that loop over items in
-  Python take at most MAX_ITEMS items; wordwrap and urlize at most MAX_TEXT_CHARS characters.
-  So one operation ends within milliseconds (about 0.1 s for the slowest we measured).
+  Python take at most MAX_ITEMS items; title, wordwrap and urlize at most MAX_TEXT_CHARS
+  characters. So one operation ends within milliseconds; the slowest we found (striptags on a
+  million characters of tags) takes about 0.2 s on a loaded machine.
 - A deadline (`budget`) is checked before every operation, on every loop iteration and for
   every printed value, so a render stops at most one bounded operation after it.
 - What the operations of one render create is counted against MAX_WORK_CHARS, which bounds the
   memory a render can hold (a recursive macro keeping large strings alive on its stack).
 - `~`, list/tuple/dict literals and for-loops cannot be intercepted by Jinja's sandbox hooks;
   the code generator routes them through the environment. Nothing is evaluated at compile
-  time (no constant folding, a finalize that needs the context): it would run template
-  code outside the budget, when an asset is uploaded (`'%999999999s' % 'a'` folded to 1 GB).
+  time (no optimizer; filters and finalize take the context, which Jinja only has at run
+  time): it would run outside the budget, when an asset is checked (`'%999999999s' % 'a'`
+  folded to 1 GB).
 
 The sizes are worked out in engine/render/limits.py.
 """
@@ -42,7 +44,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
-from jinja2 import Undefined, nodes, pass_eval_context
+from jinja2 import Undefined, nodes, pass_context, pass_eval_context
 from jinja2.compiler import CodeGenerator, Frame
 from jinja2.nodes import EvalContext
 from jinja2.runtime import markup_join, str_join
@@ -134,15 +136,28 @@ def _items(value: Any, what: str) -> Any:
     return value
 
 
+# What a filter takes before its value, from the context every bounded filter is given.
+_PASSED = {None: lambda context: (), "context": lambda context: (context,),
+           "eval_context": lambda context: (context.eval_ctx,),
+           "environment": lambda context: (context.environment,)}
+
+
 def _bounded_filter(name: str, function: Callable) -> Callable:
-    skip = 1 if getattr(function, "jinja_pass_arg", None) else 0  # context, env or eval ctx
+    """`function` checked as the module docstring says. It takes the context, which keeps it
+    from running at compile time: Jinja folds constant filter calls while compiling, and
+    meta.find_undeclared_variables compiles with the optimizer on whatever the environment
+    says."""
+    passes = getattr(function, "jinja_pass_arg", None)
+    passed, skip = _PASSED[passes.name if passes else None], 1 if passes else 0
     signature = inspect.signature(function) if name in FILTER_CHECKS else None
     # Jinja's async-aware filters take an eval context their sync function does not.
     unbound = skip - (1 if getattr(inspect.unwrap(function), "jinja_pass_arg", None) else 0)
 
+    @pass_context
     @functools.wraps(function)
-    def bounded(*args, **kwargs):
+    def bounded(context, *args, **kwargs):
         check_deadline()
+        args = (*passed(context), *args)
         if name in ITEMWISE_FILTERS and len(args) > skip:
             args = (*args[:skip], _items(args[skip], f"|{name}"), *args[skip + 1:])
         if signature is not None:
