@@ -110,6 +110,8 @@ def test_templates_cannot_change_data(source):
      "limit of 1,000,000 characters"),
     ("{{ '{x:>999999999}'.format_map({'x': 'a'}) }}", "limit of 1,000,000 characters"),
     ("{{ ('x'*1000)|replace('x', 'x'*1000000) }}", "limit of 1,000,000 characters"),
+    ("{{ ('x'*1000)|safe|replace('x', 'x'*1000000) }}", "limit of 1,000,000 characters"),
+    ("{{ (('x'*1000)|safe).replace('x', 'x'*1000000) }}", "limit of 1,000,000 characters"),
     ("{{ ('x'*1000)|replace('', 'x'*1000) }}", "limit of 1,000,000 characters"),
     ("{{ 'a' * 50000000 }}", "limit of 1,000,000 characters"),
     ("{{ ['a'] * 50000000 }}", "limit of 10,000 items"),
@@ -238,6 +240,7 @@ def _operations(inner: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
         st.builds(lambda w, x: f"('{{0}}{{0}}{{0:{w}}}'.format({x}))", WIDTHS, inner),
         st.builds(lambda x, y: f"(({x})|string).replace('1', {y}|string)", inner, inner),
         st.builds(lambda x, y: f"({x}|replace('', {y}))", inner, inner),
+        st.builds(lambda x, y: f"({x}).replace('1', {y})", inner, inner),
         st.builds(lambda m, x, w: f"(({x})|string).{m}({w})",
                   st.sampled_from(["center", "ljust", "rjust", "zfill", "expandtabs"]),
                   inner, WIDTHS),
@@ -249,7 +252,8 @@ def _operations(inner: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
         st.builds(lambda xy: f"[{xy[0]}, {xy[1]}, {xy[0]}]", two),
         st.builds(lambda f, x: f"({x}|{f})", st.sampled_from(
             ["tojson", "pprint", "list", "sort", "unique", "string", "title", "urlize",
-             "urlencode", "escape", "striptags", "wordcount", "length", "int", "sum"]), inner),
+             "urlencode", "escape", "safe", "striptags", "wordcount", "length", "int", "sum"]),
+            inner),
         st.builds(lambda x, y: f"({x} == {y})", inner, inner),
     )
 

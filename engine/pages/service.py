@@ -84,7 +84,7 @@ def lead_from_token(*, session: Session, secret_key: str, token: str | None) -> 
 # token, so marketer code runs once per page version and program settings, not per request.
 _CSRF_PLACEHOLDER = "nurture-csrf-placeholder"
 _anonymous_pages: dict[tuple[str, str], str | RenderFailed] = {}
-MAX_CACHED_PAGES = 256
+MAX_CACHED_PAGES = 64  # pages of at most 1 MB each
 
 
 def render_page(*, found: FoundPage, lead: Lead | None, csrf_token: str, base_url: str,

@@ -32,14 +32,17 @@ class RenderLimitExceeded(SecurityError):
 
 def printed_size(value: Any, *, quoted: bool = False, indent: int = 0,
                  limit: int = MAX_VALUE_CHARS) -> int:
-    """An upper bound of len(str(value)) up to small constant factors (escapes), counting an
-    item as often as it prints; `indent` adds that many characters per item and nesting level
+    """An upper bound of len(str(value)) (of repr(value) when `quoted`; up to doubled quotes and
+    backslashes), counting an item as often as it prints; `indent` adds that many characters per item and nesting level
     (JSON or pprint layout). Stops counting past `limit`, so it costs O(limit) at most."""
     seen: dict[tuple[int, int], int] = {}
 
     def measure(item: Any, depth: int, quoted: bool) -> int:
-        if isinstance(item, (str, bytes)):
-            return len(item) + (3 if quoted else 0)
+        if isinstance(item, str):  # a quoted string escapes what it cannot print (\U0010ffff)
+            return (len(item) if item.isprintable() else 10 * len(item)) + 3 if quoted \
+                else len(item)
+        if isinstance(item, bytes):
+            return 4 * len(item) + 3 if quoted else len(item)
         if isinstance(item, bool) or item is None:
             return 5
         if isinstance(item, int):
@@ -212,7 +215,8 @@ def format_field_size(value: Any, spec: str) -> int:
 
 
 def replaced_size(text: str | bytes, old: Any, new: Any, count: Any) -> int:
-    if not isinstance(old, type(text)) or not isinstance(new, type(text)):
+    kind = str if isinstance(text, str) else bytes  # Markup takes (and escapes) any str
+    if not isinstance(old, kind) or not isinstance(new, kind):
         return len(text)  # Python refuses it
     found = text.count(old) if old else len(text) + 1
     if _is_int(count) and count >= 0:

@@ -15,7 +15,8 @@ from jinja2 import StrictUndefined, Template, Undefined
 from jinja2.exceptions import SecurityError, TemplateError, UndefinedError
 
 from engine.errors import Invalid
-from engine.render.sandbox import BoundedSandbox, RenderLimitExceeded, budget, check_deadline
+from engine.render.limits import RenderLimitExceeded
+from engine.render.sandbox import BoundedSandbox, budget, check_deadline
 
 MAX_OUTPUT_CHARS = 1024 * 1024  # a rendered part over 1 MB is an error (Gmail clips at ~102 KB)
 MAX_RENDER_SECONDS = 1.0

@@ -27,7 +27,8 @@ gigabytes inside one Python call, where no deadline can stop them. So:
   time): it would run outside the budget, when an asset is checked (`'%999999999s' % 'a'`
   folded to 1 GB).
 
-The sizes are worked out in engine/render/limits.py.
+The sizes are worked out in engine/render/limits.py. For sends, the worker's job timeout stays
+the last line of defence against a gap in these bounds.
 """
 
 from __future__ import annotations
