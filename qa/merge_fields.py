@@ -24,7 +24,6 @@ from jinja2.utils import missing
 from engine.launch.samples import SAMPLE_LEAD_ID, Sample, sample_fields, sample_leads
 from engine.programs.spec import Persona, Program
 from engine.render.personalise import (
-    BoundedSandbox,
     Links,
     RenderContext,
     Rendered,
@@ -33,6 +32,7 @@ from engine.render.personalise import (
     render_email,
     render_template,
 )
+from engine.render.sandbox import BoundedSandbox
 from qa.findings import Finding, Severity
 
 __all__ = ["SAMPLE_LEAD_ID", "Sample", "render_personas", "sample_fields", "sample_leads"]

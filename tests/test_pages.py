@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 from sqlalchemy import func, select
@@ -10,6 +11,7 @@ from sqlalchemy import func, select
 from engine.db import utcnow
 from engine.leads.models import LeadEvent
 from engine.leads.service import upsert_lead
+from engine.pages import service as pages_service
 from engine.pages.models import FormSubmission
 from engine.pages.service import page_token
 from engine.web.app import create_app
@@ -115,6 +117,59 @@ def test_api_errors_stay_json(client):
     response = client.get("/api/v1/nothing-here")
     assert response.status_code in (401, 404)
     assert response.mimetype == "application/problem+json"
+
+
+# -- marketer code runs once for anonymous visitors -------------------------------------------
+
+@pytest.fixture
+def renders(monkeypatch) -> list[str]:
+    """The page file of every render of a page template (with an empty page cache)."""
+    monkeypatch.setattr(pages_service, "_anonymous_pages", {})
+    seen: list[str] = []
+    real = pages_service.render_template
+
+    def counting(tmpl, variables, *, where):
+        seen.append(where)
+        return real(tmpl, variables, where=where)
+
+    monkeypatch.setattr(pages_service, "render_template", counting)
+    return seen
+
+
+@pytest.fixture
+def hostile_pricing(sample_program):
+    """The pricing page with an operation that once allocated about 1 GB per visit."""
+    page = sample_program / "pages" / "pricing.html"
+    page.write_text(page.read_text().replace("</body>", "{{ '%999999999s' % 'a' }}</body>"))
+
+
+def test_anonymous_visits_render_the_page_once(client, app, db, renders):
+    first, other = csrf(client), app.test_client()
+    second = csrf(other)
+    assert first != second  # each visitor gets a CSRF token of their own...
+    assert renders == ["pages/demo-request.html"]  # ...in a page rendered once
+    assert other.post(DEMO, data={"csrf_token": second, "email": "a@example.com"}).status_code \
+        == 303
+    assert client.get(PRICING).status_code == 200
+    assert renders == ["pages/demo-request.html", "pages/pricing.html"]
+    lead_id = make_lead(db, first_name="Ada")
+    for _ in range(2):
+        assert "Hi Ada," in client.get(f"{DEMO}?t={token_for(lead_id)}").text
+    assert len(renders) == 4  # a lead's page is rendered for the lead at each visit
+
+
+def test_a_page_over_a_limit_fails_quickly_and_once(hostile_pricing, client, db, renders):
+    for _ in range(3):
+        started = time.perf_counter()
+        response = client.get(PRICING)
+        assert response.status_code == 500
+        assert "%999999999s" not in response.text
+        assert time.perf_counter() - started < 0.5
+    assert renders == ["pages/pricing.html"]
+    lead_id = make_lead(db)
+    # a lead's render is bounded the same way, then falls back to the (failed) anonymous page
+    assert client.get(f"{PRICING}?t={token_for(lead_id)}").status_code == 500
+    assert len(renders) == 2
 
 
 # -- POST -------------------------------------------------------------------------------------

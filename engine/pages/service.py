@@ -24,6 +24,7 @@ from engine.programs.store import running_program
 from engine.render.personalise import (
     Links,
     RenderContext,
+    RenderFailed,
     lead_variables,
     render_template,
     sender_variables,
@@ -80,16 +81,43 @@ def lead_from_token(*, session: Session, secret_key: str, token: str | None) -> 
 
 # -- render -----------------------------------------------------------------------------------
 
+# A visitor without a token sees the same page as every other such visitor but for the CSRF
+# token, so marketer code runs once per page version and program settings, not per request.
+_CSRF_PLACEHOLDER = "nurture-csrf-placeholder"
+_anonymous_pages: dict[tuple[str, str], str | RenderFailed] = {}
+MAX_CACHED_PAGES = 64  # pages of at most 1 MB each
+
+
 def render_page(*, found: FoundPage, lead: Lead | None, csrf_token: str, base_url: str,
                 token: str | None = None) -> str:
-    """The page for this lead (or an empty lead), autoescaped, in the bounded email sandbox."""
+    """The page for this lead, or for an anonymous visitor (rendered once, then served with
+    this request's CSRF token), autoescaped, in the bounded sandbox. Raises RenderFailed."""
     spec = found.program
     context = RenderContext(
         lead=lead_variables(lead) if lead is not None else {"custom": {}},
         program={"name": spec.name, "slug": spec.slug},
         sender=sender_variables(spec.sender or {}),
-        links=Links(base_url=base_url, program=spec.slug, page_token=token),
+        links=Links(base_url=base_url, program=spec.slug,
+                    page_token=token if lead is not None else None),
     )
+    if lead is not None:
+        return _render(found, context, csrf_token)
+    key = (found.version.compiled_html or "", repr(context))
+    page = _anonymous_pages.get(key)
+    if page is None:
+        try:
+            page = _render(found, context, _CSRF_PLACEHOLDER)
+        except RenderFailed as exc:
+            page = exc  # a failing page fails once, not once per visitor
+        if len(_anonymous_pages) >= MAX_CACHED_PAGES:
+            _anonymous_pages.clear()
+        _anonymous_pages[key] = page
+    if isinstance(page, RenderFailed):
+        raise RenderFailed(page.detail, location=page.location)
+    return page.replace(_CSRF_PLACEHOLDER, csrf_token)
+
+
+def _render(found: FoundPage, context: RenderContext, csrf_token: str) -> str:
     tmpl = template(found.version.compiled_html or "", html=True,
                     cache_key=("page", found.version.id))
     return render_template(tmpl, {**context.variables(), "csrf_token": csrf_token},

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from html.parser import HTMLParser
 
 from jinja2 import TemplateSyntaxError, meta, nodes
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from engine.render.sandbox import BoundedSandbox
 
 # The names a template may use; anything else is a typo that would render empty for every lead.
 KNOWN_VARIABLES = frozenset({"lead", "program", "links", "sender"})
@@ -30,7 +31,7 @@ _MJ_EXTRA = frozenset({"mjml", "mj-all", "mj-class", "mj-include"})
 _BLOCK_TAGS = ("p", "div", "tr", "table", "h1", "h2", "h3", "h4", "h5", "h6", "li", "ul", "ol",
                "section", "article", "header", "footer", "blockquote")
 
-_syntax_env = ImmutableSandboxedEnvironment()
+_syntax_env = BoundedSandbox()  # finding variables compiles: nothing may run at compile time
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,12 @@ def check_template(source: str, known: frozenset[str] = KNOWN_VARIABLES) -> list
         tree = _syntax_env.parse(source)
     except TemplateSyntaxError as exc:
         return [CompileError(exc.lineno or 1, f"template syntax error: {exc.message}")]
+    except ValueError as exc:  # Jinja's lexer reads a number with int(): at most 4300 digits
+        digits = re.search(r"\d{4301}", source)
+        if digits is None:
+            return [CompileError(1, f"template syntax error: {exc}")]
+        line = source.count("\n", 0, digits.start()) + 1
+        return [CompileError(line, "template syntax error: a number of more than 4300 digits")]
     unknown = meta.find_undeclared_variables(tree) - known
     if not unknown:
         return []

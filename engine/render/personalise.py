@@ -1,125 +1,32 @@
 """Per-recipient render: only a sandboxed Jinja render runs per lead, over HTML compiled once.
 
-The sandbox (ImmutableSandboxedEnvironment) blocks dunder access and mutation but does not bound
-work, so this module adds the bounds: `*` and `**` refuse results past MAX_VALUE_CHARS, every
-filter and call refuses huge integer arguments and huge results, `range` is capped and checks a
-deadline as it iterates, and the output is counted as it is produced (MAX_OUTPUT_BYTES) against
-a wall-clock deadline (MAX_RENDER_SECONDS). A pure CPU loop inside one Python call cannot be
-pre-empted in-process; the worker's job timeout is the last line of defence for that.
+The sandbox (engine/render/sandbox.py) bounds every operation before it runs; a render is also
+held to a deadline (MAX_RENDER_SECONDS) and its output to MAX_OUTPUT_CHARS.
 """
 
 from __future__ import annotations
 
-import contextvars
 import functools
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import parseaddr
-from typing import Any
 from urllib.parse import quote
 
 from jinja2 import StrictUndefined, Template, Undefined
 from jinja2.exceptions import SecurityError, TemplateError, UndefinedError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from engine.errors import Invalid
+from engine.render.limits import RenderLimitExceeded
+from engine.render.sandbox import BoundedSandbox, budget, check_deadline
 
-MAX_OUTPUT_BYTES = 1024 * 1024  # a rendered part over 1 MB is an error (Gmail clips at ~102 KB)
-MAX_VALUE_CHARS = 1024 * 1024  # any single string or list built while rendering
-MAX_INT_ARGUMENT = 100_000  # widths, counts, ranges passed to filters and methods
-MAX_RANGE = 10_000
+MAX_OUTPUT_CHARS = 1024 * 1024  # a rendered part over 1 MB is an error (Gmail clips at ~102 KB)
 MAX_RENDER_SECONDS = 1.0
 MAX_SUBJECT_CHARS = 500
 DEFAULT_BASE_URL = "http://localhost:5000"
 PLACEHOLDER_TOKEN = "preview"  # previews; a sent email carries signed tokens
 
 
-class RenderLimitExceeded(SecurityError):
-    """A template tried to do more work or produce more output than a message may."""
-
-
 class RenderFailed(Invalid):
     """A template failed for this recipient (limit, sandbox violation, strict undefined)."""
-
-
-_deadline: contextvars.ContextVar[float] = contextvars.ContextVar("render_deadline",
-                                                                  default=float("inf"))
-
-
-def _check_deadline() -> None:
-    if time.monotonic() > _deadline.get():
-        raise RenderLimitExceeded(f"render took longer than {MAX_RENDER_SECONDS} s")
-
-
-def _check_value(value: Any) -> Any:
-    if isinstance(value, (str, bytes, list, tuple)) and len(value) > MAX_VALUE_CHARS:
-        raise RenderLimitExceeded(f"a value of {len(value)} items exceeds {MAX_VALUE_CHARS}")
-    return value
-
-
-def _check_args(args: tuple, kwargs: dict) -> None:
-    for value in (*args, *kwargs.values()):
-        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT_ARGUMENT:
-            raise RenderLimitExceeded(f"argument {value} exceeds {MAX_INT_ARGUMENT}")
-
-
-# Filters and str methods whose integer arguments size their result (a width, a count).
-_SIZING_FILTERS = frozenset({"center", "indent", "wordwrap", "truncate", "batch", "slice"})
-_SIZING_METHODS = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs"})
-
-
-def _bounded(name: str, function: Callable) -> Callable:
-    skip = 2 if getattr(function, "jinja_pass_arg", None) else 1  # context/env, then the value
-
-    @functools.wraps(function)
-    def wrapper(*args, **kwargs):
-        _check_deadline()
-        if name in _SIZING_FILTERS:
-            _check_args(args[skip:], kwargs)
-        return _check_value(function(*args, **kwargs))
-
-    return wrapper
-
-
-def _bounded_range(*args: int):
-    _check_args(args, {})
-    values = range(*args)
-    if len(values) > MAX_RANGE:
-        raise RenderLimitExceeded(f"range of {len(values)} items exceeds {MAX_RANGE}")
-    for i, value in enumerate(values):
-        if i % 64 == 0:
-            _check_deadline()
-        yield value
-
-
-class BoundedSandbox(ImmutableSandboxedEnvironment):
-    intercepted_binops = frozenset({"*", "**", "+"})
-
-    def __init__(self, **options):
-        super().__init__(**options)
-        self.globals = {"range": _bounded_range, "dict": dict}  # no lipsum, cycler, namespace
-        self.filters = {name: _bounded(name, f) for name, f in self.filters.items()}
-
-    def call_binop(self, context, operator: str, left: Any, right: Any) -> Any:
-        _check_deadline()
-        numbers = isinstance(left, (int, float)) and isinstance(right, (int, float))
-        if operator == "**" and numbers and abs(right) > 64 and abs(left) > 1:
-            raise RenderLimitExceeded(f"exponent {right} is too large")
-        if operator == "*":
-            for seq, n in ((left, right), (right, left)):
-                if (isinstance(seq, (str, list, tuple)) and isinstance(n, int)
-                        and len(seq) * n > MAX_VALUE_CHARS):
-                    raise RenderLimitExceeded(
-                        f"repeating {len(seq)} items {n} times exceeds {MAX_VALUE_CHARS}")
-        return _check_value(super().call_binop(context, operator, left, right))
-
-    def call(self, context, obj, /, *args, **kwargs):
-        _check_deadline()
-        if isinstance(getattr(obj, "__self__", None), str) and \
-                getattr(obj, "__name__", "") in _SIZING_METHODS:
-            _check_args(args, kwargs)
-        return _check_value(super().call(context, obj, *args, **kwargs))
 
 
 @functools.cache
@@ -222,26 +129,27 @@ def template(source: str, *, html: bool, strict: bool = False,
 
 def render_template(tmpl: Template, variables: dict, *, where: str = "template") -> str:
     """Render with the output cap and deadline. Raises RenderFailed naming `where`."""
-    token = _deadline.set(time.monotonic() + MAX_RENDER_SECONDS)
     try:
-        parts, size = [], 0
-        for chunk in tmpl.generate(variables):
-            size += len(chunk)
-            if size > MAX_OUTPUT_BYTES:
-                raise RenderLimitExceeded(f"output exceeds {MAX_OUTPUT_BYTES} bytes")
-            _check_deadline()
-            parts.append(chunk)
-        return "".join(parts)
+        with budget(MAX_RENDER_SECONDS):
+            parts, size = [], 0
+            for chunk in tmpl.generate(variables):
+                size += len(chunk)
+                if size > MAX_OUTPUT_CHARS:
+                    raise RenderLimitExceeded(
+                        f"output exceeds the output limit of {MAX_OUTPUT_CHARS:,} characters")
+                check_deadline()
+                parts.append(chunk)
+            return "".join(parts)
     except UndefinedError as exc:
         raise RenderFailed(f"undefined variable: {exc.message}", location=where) from None
     except SecurityError as exc:
         raise RenderFailed(f"refused: {exc}", location=where) from None
     except TemplateError as exc:
         raise RenderFailed(f"template error: {exc}", location=where) from None
-    except (TypeError, ValueError, ArithmeticError, MemoryError, RecursionError) as exc:
+    except (TypeError, ValueError, LookupError, AttributeError, AssertionError, ArithmeticError,
+            MemoryError, RecursionError) as exc:  # from the template's operations (a filter
+        # given the wrong type raises AttributeError, truncate asserts its arguments)
         raise RenderFailed(f"{type(exc).__name__}: {exc}", location=where) from None
-    finally:
-        _deadline.reset(token)
 
 
 def render_subject(subject: str, context: RenderContext, *, strict: bool = False,
