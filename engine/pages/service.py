@@ -102,7 +102,7 @@ def render_page(*, found: FoundPage, lead: Lead | None, csrf_token: str, base_ur
     )
     if lead is not None:
         return _render(found, context, csrf_token)
-    key = (found.version.compiled_html or "", repr(context))
+    key = (found.version.content_hash, repr(context))  # by content: ids repeat across databases
     page = _anonymous_pages.get(key)
     if page is None:
         try:
