@@ -520,6 +520,21 @@ def test_bad_view_tokens_get_a_safe_page(world):
     assert world.buffer.pending() == 0
 
 
+def _launched_program(world, program, program_yaml: str, emails: dict[str, str]):
+    """A program directory with these emails and the sample's pricing page, loaded and
+    launched a day before MONDAY."""
+    for folder in ("emails", "pages"):
+        (program / folder).mkdir(parents=True)
+    shutil.copy(SAMPLE_PROGRAM / "pages" / "pricing.html", program / "pages" / "pricing.html")
+    for name, source in emails.items():
+        (program / "emails" / name).write_text(source)
+    (program / "program.yaml").write_text(program_yaml)
+    with world.db.session() as s:
+        load_program(session=s, directory=program, now=MONDAY - timedelta(days=1))
+        launch_all(s)
+    return program
+
+
 EDITED_PROGRAM = """
 program: acme-edited
 name: One email, edited after it was sent
@@ -538,16 +553,10 @@ tracks:
 
 
 def test_view_in_browser_still_shows_what_was_sent_after_the_email_is_edited(world, tmp_path):
-    program = tmp_path / "acme-edited"
-    for folder in ("emails", "pages"):
-        (program / folder).mkdir(parents=True)
-    shutil.copy(SAMPLE_PROGRAM / "pages" / "pricing.html", program / "pages" / "pricing.html")
+    welcome = (SAMPLE_PROGRAM / "emails" / "welcome_it.mjml").read_text()
+    program = _launched_program(world, tmp_path / "acme-edited", EDITED_PROGRAM,
+                                {"welcome_it.mjml": welcome})
     mjml = program / "emails" / "welcome_it.mjml"
-    shutil.copy(SAMPLE_PROGRAM / "emails" / "welcome_it.mjml", mjml)
-    (program / "program.yaml").write_text(EDITED_PROGRAM)
-    with world.db.session() as s:
-        load_program(session=s, directory=program, now=MONDAY - timedelta(days=1))
-        launch_all(s)
     email = deliver(world, program="acme-edited")
     mjml.write_text(mjml.read_text().replace("https://acme.example/docs/quick-start",
                                              "https://acme.example/docs/new-start")
@@ -588,15 +597,8 @@ LEAD_DATA_EMAIL = """<mjml><mj-body><mj-section><mj-column>
 def test_urls_in_a_leads_own_fields_never_become_tracked_redirects(world, tmp_path):
     """Anyone may fill in a form: a URL in their fields must not come back as a redirect on
     our tracking domain, in either part. The asset's own links are still tracked."""
-    program = tmp_path / "acme-lead-data"
-    for folder in ("emails", "pages"):
-        (program / folder).mkdir(parents=True)
-    shutil.copy(SAMPLE_PROGRAM / "pages" / "pricing.html", program / "pages" / "pricing.html")
-    (program / "emails" / "hello.mjml").write_text(LEAD_DATA_EMAIL)
-    (program / "program.yaml").write_text(LEAD_DATA_PROGRAM)
-    with world.db.session() as s:
-        load_program(session=s, directory=program, now=MONDAY - timedelta(days=1))
-        launch_all(s)
+    _launched_program(world, tmp_path / "acme-lead-data", LEAD_DATA_PROGRAM,
+                      {"hello.mjml": LEAD_DATA_EMAIL})
     address = f"lead-{uuid.uuid4().hex[:10]}@globex.example"
     with world.db.session() as s:
         upsert_lead(session=s, now=MONDAY, actor="test", program="acme-lead-data", fields={
