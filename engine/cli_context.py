@@ -8,10 +8,11 @@ headers, titles, rules) is shown as written, so `[/]` in an asset path cannot cr
 and `[red]` or `[link=...]` in a lead's field cannot restyle the output or forge a terminal
 hyperlink; `markup=True` changes nothing. Colour is given as data, never parsed out of text:
 `console.print(styled((lead.email, "bold"), f"  stage {lead.stage}"))`, a table cell
-`styled((severity, "red"))`, or `console.print(text, style="yellow")`. Commands do not use
-rich's Text (it drops BEL and CR where `styled` shows them) nor what reads markup whatever the
-console says (`rich.markup`, `Text.from_markup`, a Panel's title); a progress `TextColumn` takes
-`markup=False`. tests/test_cli_output.py holds all of this.
+`styled((severity, "red"))`, or `console.print(text, style="yellow")`, the styles being
+constants (a style string can hold a link). Commands do not use rich's Text (it drops BEL and
+CR where `styled` shows them) nor what reads markup whatever the console says (`rich.markup`,
+`Text.from_markup`, a Panel's title); a progress `TextColumn` showing a task's description
+takes `markup=False`. tests/test_cli_output.py holds all of this.
 """
 
 from __future__ import annotations
