@@ -20,10 +20,10 @@ class NurtureGroup(click.Group):
             return super().invoke(ctx)
         except ProgramInvalid as exc:
             for error in exc.errors:
-                err_console.print(str(error), markup=False)
+                err_console.print(str(error))
             ctx.exit(1)
         except NurtureError as exc:
-            err_console.print(f"error: {exc}", markup=False)
+            err_console.print(f"error: {exc}")
             ctx.exit(1)
 
 

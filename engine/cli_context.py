@@ -2,6 +2,17 @@
 
 Commands print through `console`/`err_console`, `echo` or `echo_json`, never `click.echo` or
 `print`: these show stored text that holds terminal controls as visible escapes.
+
+The consoles never read rich markup: every string they print (in `print`, table cells, column
+headers, titles, rules) is shown as written, so `[/]` in an asset path cannot crash a command
+and `[red]` or `[link=...]` in a lead's field cannot restyle the output or forge a terminal
+hyperlink; `markup=True` changes nothing. Colour is given as data, never parsed out of text:
+`console.print(styled((lead.email, "bold"), f"  stage {lead.stage}"))`, a table cell
+`styled((severity, "red"))`, or `console.print(text, style="yellow")`, the styles being
+constants (a style string can hold a link). Commands do not use rich's Text (it drops BEL and
+CR where `styled` shows them) nor what reads markup whatever the console says (`rich.markup`,
+`Text.from_markup`, a Panel's title); a progress `TextColumn` showing a task's description
+takes `markup=False`. tests/test_cli_output.py holds all of this.
 """
 
 from __future__ import annotations
@@ -16,14 +27,15 @@ from typing import Any
 import click
 from rich.console import Console, ConsoleOptions, RenderableType
 from rich.segment import Segment
+from rich.text import Text
 
 from engine.config import Settings
 from engine.db import Database, utcnow
+from engine.text import CONTROL_CHARACTERS
 
-# What a terminal may act on instead of showing: C0 controls but tab and newline (ESC starts
-# every escape sequence, CR overwrites the line), DEL, C1 controls (\x9b is CSI on 8-bit
-# terminals), and the bidi embeddings, overrides and isolates that reorder what is shown.
-_UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+# What a terminal may act on instead of showing: control characters, and the bidi embeddings,
+# overrides and isolates that reorder what is shown.
+_UNPRINTABLE = re.compile(f"[{CONTROL_CHARACTERS}\u202a-\u202e\u2066-\u2069]")
 
 
 def _escape(match: re.Match) -> str:
@@ -37,14 +49,19 @@ def printable(text: str) -> str:
 
 
 class SafeConsole(Console):
-    """A rich Console that cannot be made to drive the terminal by what it prints: control
-    characters in the text become visible escapes, while its own styles and cursor controls
-    (rendered from styles and control segments, never from text) are untouched."""
+    """A rich Console that cannot be made to drive the terminal by what it prints: strings are
+    shown as written, never read as markup or emoji codes, and control characters in the text
+    become visible escapes, while its own styles and cursor controls (rendered from styles and
+    control segments, never from text) are untouched."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**{"highlight": False, "soft_wrap": True, **kwargs,
+                            "markup": False, "emoji": False})
 
     def render_str(self, text: str, **kwargs) -> Any:
-        # strings, before markup and layout: widths stay right, and BEL or CR show instead of
-        # being dropped by rich
-        return super().render_str(printable(text), **kwargs)
+        # every string rich prints passes here, before layout: widths stay right, and BEL or CR
+        # show instead of being dropped by rich
+        return super().render_str(printable(text), **{**kwargs, "markup": False, "emoji": False})
 
     def render(self, renderable: RenderableType,
                options: ConsoleOptions | None = None) -> Iterable[Segment]:
@@ -55,9 +72,15 @@ class SafeConsole(Console):
             yield segment
 
 
-# emoji off: ":skull:" in a lead's field is shown as typed
-console = SafeConsole(highlight=False, soft_wrap=True, emoji=False)
-err_console = SafeConsole(stderr=True, highlight=False, soft_wrap=True, emoji=False)
+console = SafeConsole()
+err_console = SafeConsole(stderr=True)
+
+
+def styled(*parts: str | tuple[str, str]) -> Text:
+    """One line from plain and styled parts, for console.print or a table cell:
+    styled((lead.email, "bold"), "  stage mql"). Text is shown as written, controls as escapes."""
+    return Text.assemble(*(printable(part) if isinstance(part, str)
+                           else (printable(part[0]), part[1]) for part in parts))
 
 
 def echo(text: str, *, err: bool = False, nl: bool = True) -> None:

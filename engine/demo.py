@@ -13,7 +13,7 @@ import click
 from rich.table import Table
 from sqlalchemy import func, select
 
-from engine.cli_context import AppContext, console, pass_app
+from engine.cli_context import AppContext, console, pass_app, styled
 from engine.db import utcnow
 from engine.sending.sink import free_port
 
@@ -227,11 +227,11 @@ def _print_summary(sims, days: int) -> None:
     statuses = Counter(str(sim.state.status) for sim in sims)
     console.print("final status: " + ", ".join(f"{n} {s}" for s, n in statuses.most_common()))
     for sim in _examples(sims):
-        console.print(f"\n[bold]{sim.email}[/bold] ({sim.state.persona})")
+        console.print(styled("\n", (sim.email, "bold"), f" ({sim.state.persona})"))
         for entry in sim.path:
             local = entry.at.astimezone(_zone(sim.state.timezone)).strftime("%a %d %b %H:%M %Z")
             console.print(f"  {local:<20} {entry.action:<7} {entry.asset or entry.track or '':<24} "
-                          f"{entry.reason}", markup=False)
+                          f"{entry.reason}")
 
 
 def _examples(sims) -> list:
@@ -325,12 +325,11 @@ def _deliver_through_sink(app: AppContext, *, web, clock: _SimulatedClock, days:
                       "(remove instance/ to start over)")
         return
     for stored in received[:5]:
-        console.print(f"  {stored.received_at[:19]}  {stored.rcpt_tos[0]:<40} {stored.subject}",
-                      markup=False)
+        console.print(f"  {stored.received_at[:19]}  {stored.rcpt_tos[0]:<40} {stored.subject}")
     message = read_message(sink_dir, received[0])
     console.print("\nheaders of the first message:")
     for name in ("From", "To", "Subject", "Message-ID", "List-Unsubscribe", "List-Unsubscribe-Post"):
-        console.print(f"  {name}: {message[name]}", markup=False)
+        console.print(f"  {name}: {message[name]}")
     console.print("\nsee them all with `nurture inbox` (and `nurture inbox show N`)")
 
 
@@ -376,13 +375,13 @@ def _print_handoff(app: AppContext, *, now: datetime) -> None:
         notes = session.scalars(select(SalesNotification).order_by(SalesNotification.at)).all()
         console.print(f"{len(notes)} sales notification(s); CRM outbox has one item per MQL")
         for note in notes[:5]:
-            console.print(f"  {note.at:%a %d %b %H:%M}  {note.kind}: {note.reason}", markup=False)
+            console.print(f"  {note.at:%a %d %b %H:%M}  {note.kind}: {note.reason}")
         queue = mql_queue(session=session, now=now, limit=1)
         if queue:
             entry = queue_entry(session, queue[0])
-            console.print(f"\n[bold]{entry['email']}[/bold], score {entry['score']:g}: the "
-                          "timeline sales sees")
+            console.print(styled("\n", (entry["email"], "bold"),
+                                        f", score {entry['score']:g}: the timeline sales sees"))
             for event in entry["timeline"]:
-                console.print(f"  {event['at'][:16]}  {event['what']}", markup=False)
+                console.print(f"  {event['at'][:16]}  {event['what']}")
             console.print(f"\nnext: `nurture sales queue`, `nurture leads explain "
                           f"{entry['email']}`, `nurture sales accept {entry['email']} --by you`")

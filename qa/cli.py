@@ -6,9 +6,8 @@ from itertools import count
 from pathlib import Path
 
 import click
-from rich.markup import escape
 
-from engine.cli_context import AppContext, console, echo_json, err_console, pass_app
+from engine.cli_context import AppContext, console, echo_json, err_console, pass_app, styled
 from engine.db import utcnow
 from qa.findings import Severity
 
@@ -74,7 +73,7 @@ def run_gate_for(app: AppContext, program: str, *, offline: bool, out: str | Non
             links=LinkCheckOptions(network=not offline,
                                    allow_hosts=app.settings.qa_allow_hosts + allow_hosts,
                                    cache_path=app.settings.instance_path / "qa" / "link-cache.json"))
-        with Progress(TextColumn("QA: {task.description}"), BarColumn(),
+        with Progress(TextColumn("QA: {task.description}", markup=False), BarColumn(),
                       TextColumn("{task.completed}/{task.total}"), console=err_console,
                       transient=True) as bar:
             task = bar.add_task("starting", total=len(default_checks()))
@@ -93,14 +92,15 @@ def print_report(report, paths) -> None:
     for finding in report.findings:
         waived = finding.key in report.waivers
         style = "dim strike" if waived else _SEVERITY_STYLE[finding.severity]
-        console.print(f"[{style}]{finding.severity:<7}[/{style}] {escape(finding.code)}  "
-                      f"{escape(finding.asset)}  {escape(finding.location)}: "
-                      f"{escape(finding.message)}" + ("  (waived)" if waived else ""))
+        console.print(styled((f"{finding.severity:<7}", style),
+                                    f" {finding.code}  {finding.asset}  {finding.location}: "
+                                    f"{finding.message}" + ("  (waived)" if waived else "")))
     counts = report.counts()
-    verdict = "[green]passed[/green]" if report.passed else "[bold red]blocked[/bold red]"
-    console.print(f"QA {verdict}: {counts['blocker']} blocker(s), {counts['warning']} warning(s), "
-                  f"{counts['info']} info, {counts['waived']} waived")
-    console.print(f"report: {paths[1]} (JSON: {paths[0]})", markup=False)
+    verdict = ("passed", "green") if report.passed else ("blocked", "bold red")
+    console.print(styled("QA ", verdict, f": {counts['blocker']} blocker(s), "
+                                f"{counts['warning']} warning(s), {counts['info']} info, "
+                                f"{counts['waived']} waived"))
+    console.print(f"report: {paths[1]} (JSON: {paths[0]})")
 
 
 @qa.command("run")
@@ -143,7 +143,7 @@ def waive(app: AppContext, program: str, finding_key: str, reason: str, by: str)
         record, _ = current_program(session=session, name=program)
         record_waiver(session=session, program_id=record.id, finding_key=finding_key,
                       reason=reason, by=by, now=utcnow())
-    console.print(f"waived {escape(finding_key)} for {escape(program)}: {escape(reason)}")
+    console.print(f"waived {finding_key} for {program}: {reason}")
 
 
 @click.command()
@@ -170,12 +170,12 @@ def launch(app: AppContext, program: str, by: str, offline: bool, no_screenshots
                                  "first)", param_hint="PROGRAM")
     pending = _pending(app, program)
     if not pending:
-        console.print(f"{escape(program)} is already launched at its current version: "
+        console.print(f"{program} is already launched at its current version: "
                       "nothing pending")
         return
-    console.print("to launch:", markup=False)
+    console.print("to launch:")
     for change in pending:
-        console.print(f"  {change}", markup=False)
+        console.print(f"  {change}")
     target, report, paths = run_gate_for(app, program, offline=offline, out=out,
                                          screenshots=not no_screenshots, allow_hosts=allow_hosts)
     now = utcnow()
@@ -196,9 +196,9 @@ def launch(app: AppContext, program: str, by: str, offline: bool, no_screenshots
     counts = report.counts()
     spec = target.loaded.program
     console.print(f"QA passed: 0 blockers, {counts['warning']} warning(s), {counts['waived']} "
-                  f"waived; report: {paths[1]}", markup=False)
-    console.print(f"[green]launched[/green] {escape(spec.name)} v{target.version}: its sends start "
-                  "now, with the versions above")
+                  f"waived; report: {paths[1]}")
+    console.print(styled(("launched", "green"), f" {spec.name} v{target.version}: its "
+                                "sends start now, with the versions above"))
     if spec.launch_notify:
         _notify(app, spec, by, now)
 

@@ -9,10 +9,9 @@ from __future__ import annotations
 from dataclasses import asdict
 
 import click
-from rich.markup import escape
 from rich.table import Table
 
-from engine.cli_context import AppContext, console, echo_json, err_console, pass_app
+from engine.cli_context import AppContext, console, echo_json, err_console, pass_app, styled
 from engine.db import utcnow
 from engine.launch.approvals import AssetApproval, approval_status
 from engine.launch.proofs import SentProofs, proof_dict, send_proofs
@@ -59,16 +58,15 @@ def _print_sent(program: str, rows: list[dict], sent: SentProofs) -> None:
     for column in ("email", "version", "persona", "reviewer"):
         table.add_column(column)
     for row in rows:
-        table.add_row(*(escape(str(row[key]))
+        table.add_row(*(str(row[key])
                         for key in ("email", "asset_version", "persona", "reviewer")))
     console.print(table)
     console.print(f"{len(rows)} proofs sent")
     for failure in sent.failures:
         err_console.print(f"not sent: {failure.email_key} ({failure.persona}) to "
-                          f"{failure.reviewer}: {failure.reason}", markup=False)
+                          f"{failure.reviewer}: {failure.reason}")
     if sent.skipped:
-        err_console.print(f"{sent.skipped} proofs not attempted after the failure above",
-                          markup=False)
+        err_console.print(f"{sent.skipped} proofs not attempted after the failure above")
 
 
 @click.command("approvals")
@@ -96,8 +94,8 @@ def _print_status(program: str, items: list[AssetApproval]) -> None:
     for column in ("email", "version", "state", "by / comments"):
         table.add_column(column)
     for item in items:
-        table.add_row(escape(item.email_key), str(item.version or "-"),
-                      f"[{_STYLE[item.state]}]{item.state}[/]", _detail(item))
+        table.add_row(item.email_key, str(item.version or "-"),
+                      styled((item.state, _STYLE[item.state])), _detail(item))
     console.print(table)
     done = sum(1 for item in items if item.approved)
     console.print(f"{done} of {len(items)} emails approved")
@@ -105,11 +103,11 @@ def _print_status(program: str, items: list[AssetApproval]) -> None:
 
 def _detail(item: AssetApproval) -> str:
     if item.problem:
-        return escape(item.problem)
+        return item.problem
     if item.rejections:
-        return escape("; ".join(f"{r.reviewer}: {r.comment or ''}" for r in item.rejections))
+        return "; ".join(f"{r.reviewer}: {r.comment or ''}" for r in item.rejections)
     if item.approved_by:
-        return escape(", ".join(item.approved_by))
+        return ", ".join(item.approved_by)
     if item.awaiting:
-        return escape("awaiting " + ", ".join(item.awaiting))
+        return "awaiting " + ", ".join(item.awaiting)
     return "no proof sent"

@@ -8,10 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.markup import escape
 from rich.table import Table
 
-from engine.cli_context import AppContext, console, echo_json, err_console, parse_at
+from engine.cli_context import AppContext, console, echo_json, err_console, parse_at, styled
 from engine.programs.loader import ProgramInvalid, load_program_dir
 from engine.programs.spec import Program
 from qa.findings import Severity
@@ -50,7 +49,7 @@ def _load(program: str, scenario_file: str | None) -> tuple[Program, Path | None
             return load_program_dir(path).program, path
         except ProgramInvalid as exc:
             for error in exc.errors:
-                err_console.print(str(error), markup=False)
+                err_console.print(str(error))
             raise SystemExit(1) from exc
     if scenario_file is None:
         raise click.UsageError(f"{program!r} is not a program directory; for a loaded program "
@@ -69,7 +68,7 @@ def _load(program: str, scenario_file: str | None) -> tuple[Program, Path | None
 def _print(review: ProgramReview) -> None:
     if review.errors:
         for error in review.errors:
-            err_console.print(str(error), markup=False)
+            err_console.print(str(error))
     if review.results:
         _print_results(review)
     if review.coverage:
@@ -81,9 +80,9 @@ def _print_results(review: ProgramReview) -> None:
     table = Table("scenario", "line", "result", "first difference",
                   title=f"{review.file} from {review.start:%Y-%m-%d %H:%M %Z}")
     for result in review.results:
-        verdict = "[green]pass[/green]" if result.passed else "[bold red]FAIL[/bold red]"
-        table.add_row(escape(result.scenario.name), str(result.scenario.line), verdict,
-                      escape(result.first_difference or ""))
+        verdict = styled(("pass", "green")) if result.passed else styled(("FAIL", "bold red"))
+        table.add_row(result.scenario.name, str(result.scenario.line), verdict,
+                      result.first_difference or "")
     console.print(table)
     failed = len(review.failed)
     console.print(f"{len(review.results) - failed} passed, {failed} failed")
@@ -97,7 +96,7 @@ def _print_coverage(review: ProgramReview) -> None:
     if missing:
         table = Table("kind", "not exercised by any scenario", "what", title="Uncovered")
         for item in missing:
-            table.add_row(item.kind, escape(item.name), escape(item.detail))
+            table.add_row(item.kind, item.name, item.detail)
         console.print(table)
 
 
@@ -115,8 +114,8 @@ def _print_findings(review: ProgramReview) -> None:
         table = Table("severity", "code", "where", "message", title="Program checks")
         for finding in shown:
             style = _STYLE[finding.severity]
-            table.add_row(f"[{style}]{finding.severity}[/{style}]", finding.code,
-                          escape(finding.location), escape(finding.message))
+            table.add_row(styled((finding.severity, style)), finding.code,
+                          finding.location, finding.message)
         console.print(table)
     infos = len(static) - len(shown)
     console.print(f"program checks: {len(shown)} blocker(s) and warning(s), {infos} info "

@@ -35,10 +35,9 @@ def upload_command(app: AppContext, path: str, program_name: str) -> None:
             result = upload(session=session, program=program_name, filename=file.name, data=data,
                             now=utcnow(), actor="cli")
     except UploadRefused as exc:
-        err_console.print(f"error: upload refused, nothing stored ({len(exc.problems)} problem(s))",
-                          markup=False)
+        err_console.print(f"error: upload refused, nothing stored ({len(exc.problems)} problem(s))")
         for problem in exc.problems:
-            err_console.print(f"  {problem}", markup=False)
+            err_console.print(f"  {problem}")
         raise SystemExit(1) from None
     _print_result(result)
     if result.invalid:
@@ -48,28 +47,24 @@ def upload_command(app: AppContext, path: str, program_name: str) -> None:
 def _print_result(result: UploadResult) -> None:
     for v in result.versions:
         if v.outcome == "unchanged":
-            console.print(f"{v.path}: unchanged (identical to version {v.version}), nothing stored",
-                          markup=False)
+            console.print(f"{v.path}: unchanged (identical to version {v.version}), nothing stored")
         elif v.outcome == "restored":
-            console.print(f"{v.path}: identical to version {v.version}, which is current again",
-                          markup=False)
+            console.print(f"{v.path}: identical to version {v.version}, which is current again")
         elif v.status == "invalid":
-            console.print(f"{v.path}: version {v.version} stored as INVALID (not current)",
-                          markup=False)
+            console.print(f"{v.path}: version {v.version} stored as INVALID (not current)")
             for error in v.errors:
-                err_console.print(f"{v.path}:{error['line']}: {error['message']}", markup=False)
+                err_console.print(f"{v.path}:{error['line']}: {error['message']}")
         else:
             console.print(f"{v.path}: version {v.version} stored ({v.kind}, sha256 "
-                          f"{v.content_hash[:12]})", markup=False)
+                          f"{v.content_hash[:12]})")
     for name in result.skipped:
-        console.print(f"{name}: skipped (load it with `nurture program load DIR`)", markup=False)
+        console.print(f"{name}: skipped (load it with `nurture program load DIR`)")
     created = sum(v.outcome == "created" for v in result.versions)
     console.print(f"{result.program}: {created} new version(s), "
                   f"{len(result.versions) - created} unchanged, {len(result.invalid)} invalid")
     if result.pending_launch:
         console.print(f"pending launch: leads keep the launched versions until `nurture launch "
-                      f"{result.program}` passes the QA gate (proofs: `nurture qa proof`)",
-                      markup=False)
+                      f"{result.program}` passes the QA gate (proofs: `nurture qa proof`)")
 
 
 @assets.command("list")

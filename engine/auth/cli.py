@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import click
-from rich.markup import escape
 from rich.table import Table
 
 from engine.auth.service import ROLES, create_key, list_keys, revoke_key
@@ -42,7 +41,7 @@ def create(app: AppContext, role: str, name: str | None) -> None:
         prefix, label = row.prefix, row.name
     echo(key)
     err_console.print(f"created {role} key {label!r} (prefix {prefix}). "
-                      "Store it now: it cannot be shown again.", markup=False)
+                      "Store it now: it cannot be shown again.")
 
 
 @apikey.command("list")
@@ -66,7 +65,7 @@ def list_(app: AppContext, as_json: bool) -> None:
     table = Table("prefix", "name", "role", "created", "last used", "status")
     for r in rows:  # dates only, to fit 80 columns; --json has the full timestamps
         status = "revoked" if r["revoked_at"] else "active"
-        table.add_row(r["prefix"], escape(r["name"]), r["role"], r["created_at"][:10],
+        table.add_row(r["prefix"], r["name"], r["role"], r["created_at"][:10],
                       (r["last_used_at"] or "never")[:10], status)
     console.print(table)
 
@@ -80,7 +79,7 @@ def revoke(app: AppContext, prefix: str) -> None:
         row, changed = revoke_key(session=session, prefix=prefix, now=utcnow())
         label, when = row.name, row.revoked_at
     if changed:
-        console.print(f"revoked key {row.prefix} ({label})", markup=False)
+        console.print(f"revoked key {row.prefix} ({label})")
     else:
         console.print(f"key {row.prefix} ({label}) was already revoked"
-                      f" on {when:%Y-%m-%d %H:%M} UTC", markup=False)
+                      f" on {when:%Y-%m-%d %H:%M} UTC")

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 import click
 from rich.table import Table
 
-from engine.cli_context import console, echo_json, err_console
+from engine.cli_context import console, echo_json, err_console, styled
 from engine.db import utcnow
 from engine.journeys.simulate import SimLead, parse_start, read_events
 from engine.journeys.simulate import simulate as run_simulation
@@ -40,7 +40,7 @@ def simulate(directory, leads_path, events_path, days, start, as_json) -> None:
     for row in read_lead_rows(leads_path):
         if row.error:
             err_console.print(f"{leads_path}: row {row.number}: {row.error.field}: "
-                              f"{row.error.detail} (skipped)", markup=False)
+                              f"{row.error.detail} (skipped)")
         else:
             leads.append(row.fields)
     emails = {lead["email"] for lead in leads}
@@ -57,14 +57,14 @@ def simulate(directory, leads_path, events_path, days, start, as_json) -> None:
 
 def _print_path(sim: SimLead) -> None:
     state = sim.state
-    console.print(f"[bold]{sim.email}[/bold]  persona {state.persona}, stage {state.stage}, "
-                  f"{state.timezone} -> {state.status}"
-                  + (f" ({state.exit_reason})" if state.exit_reason else ""))
+    console.print(styled((sim.email, "bold"), f"  persona {state.persona}, stage "
+                                f"{state.stage}, {state.timezone} -> {state.status}"
+                                + (f" ({state.exit_reason})" if state.exit_reason else "")))
     tz = ZoneInfo(state.timezone)
     for entry in sim.path:
         local = entry.at.astimezone(tz).strftime("%a %Y-%m-%d %H:%M %Z")
         what = entry.asset or entry.track or ""
-        console.print(f"  {local:<26} {entry.action:<8} {what:<28} {entry.reason}", markup=False)
+        console.print(f"  {local:<26} {entry.action:<8} {what:<28} {entry.reason}")
 
 
 def _print_totals(sims: list[SimLead], days: int) -> None:

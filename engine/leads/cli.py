@@ -6,7 +6,6 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import click
-from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -16,7 +15,15 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from engine.cli_context import AppContext, console, echo_json, err_console, parse_at, pass_app
+from engine.cli_context import (
+    AppContext,
+    console,
+    echo_json,
+    err_console,
+    parse_at,
+    pass_app,
+    styled,
+)
 from engine.db import utcnow
 from engine.journeys.service import lead_enrollments
 from engine.leads.importer import import_leads
@@ -78,10 +85,10 @@ def import_command(app: AppContext, file: str, program: str, dry_run: bool,
                                progress=progress)
     counts = (f"created {summary.created}, updated {summary.updated}, "
               f"unchanged {summary.unchanged}, rejected {summary.rejected}")
-    console.print(f"dry run, nothing stored: {counts}" if dry_run else counts, markup=False)
+    console.print(f"dry run, nothing stored: {counts}" if dry_run else counts)
     if summary.rejects_path:
         console.print(f"rejected rows: {summary.rejects_path} (row 1 = the first row after the "
-                      "header)", markup=False)
+                      "header)")
 
 
 @leads.command("set-stage")
@@ -97,11 +104,11 @@ def set_stage_command(app: AppContext, email: str, stage: str, reason: str, acto
         before = lead.stage
         set_stage(session=session, lead=lead, stage=stage, reason=reason, actor=actor,
                   now=utcnow())
-        console.print(f"{lead.email}: stage {before} -> {lead.stage}", markup=False)
+        console.print(f"{lead.email}: stage {before} -> {lead.stage}")
         for enrollment in lead_enrollments(session=session, lead_id=lead.id):
             name = _program_name(session, enrollment.program_id)
             console.print(f"  {name}: {enrollment.status}"
-                          + (f" in {enrollment.track}" if enrollment.track else ""), markup=False)
+                          + (f" in {enrollment.track}" if enrollment.track else ""))
 
 
 @leads.command()
@@ -160,24 +167,24 @@ def _when(value: str | None, zone: str = "UTC") -> str:
 def _print_changes(changes: list[dict]) -> None:
     for c in changes:
         console.print(f"  {_when(c['at'])}  {c['from'] or '(new)'} -> {c['to']}  {c['reason']}"
-                      f"  by {c['actor']}", markup=False)
+                      f"  by {c['actor']}")
 
 
 def _print_lead(data: dict) -> None:
     lead = data["lead"]
     out = console.print
-    out(f"[bold]{escape(lead['email'])}[/bold]  lead {lead['id']}, created "
-        f"{_when(lead['created_at'])}, updated {_when(lead['updated_at'])}")
+    out(styled((lead["email"], "bold"), f"  lead {lead['id']}, created "
+                      f"{_when(lead['created_at'])}, updated {_when(lead['updated_at'])}"))
     fields = [(name, lead[name]) for name in STANDARD_FIELDS[1:] if lead[name] is not None]
     fields += [(f"{name} (custom)", value) for name, value in sorted(lead["custom"].items())]
     width = max((len(name) for name, _ in fields), default=0)
     for name, value in fields:
-        out(f"  {name:<{width}}  {value}", markup=False)
+        out(f"  {name:<{width}}  {value}")
 
-    out("[bold]Stage history[/bold]")
+    out("Stage history", style="bold")
     _print_changes(data["stage_history"])
 
-    out("[bold]Enrollments[/bold]" + ("" if data["enrollments"] else ": none"))
+    out(styled(("Enrollments", "bold"), "" if data["enrollments"] else ": none"))
     for e in data["enrollments"]:
         line = f"  {e['program']} v{e['version']}: {e['status']}"
         if e["exit_reason"]:
@@ -189,12 +196,12 @@ def _print_lead(data: dict) -> None:
         if e["due_at"]:
             line += (f" due {_when(e['due_at'], e['timezone'])} ({e['timezone']}),"
                      f" {_when(e['due_at'])}")
-        out(line, markup=False)
+        out(line)
 
-    out("[bold]Event log[/bold]" + ("" if data["events"] else ": empty"))
+    out(styled(("Event log", "bold"), "" if data["events"] else ": empty"))
     for event in data["events"]:
         out(f"  {_when(event['at'])}  {event['category']:<6}  {event['kind']:<16}  "
-            f"{_detail(event['detail'], event['actor'])}", markup=False)
+            f"{_detail(event['detail'], event['actor'])}")
 
 
 def _detail(detail: dict, actor: str) -> str:
@@ -228,35 +235,34 @@ def explain(app: AppContext, email: str, at: str | None, as_json: bool) -> None:
 def _print_explanation(data: dict) -> None:
     out = console.print
     lead, score = data["lead"], data["score"]
-    out(f"[bold]{escape(lead['email'])}[/bold]  stage {lead['stage']}"
-        + (f", owner {escape(lead['owner'])}" if lead["owner"] else ""))
+    out(styled((lead["email"], "bold"), f"  stage {lead['stage']}"
+                      + (f", owner {lead['owner']}" if lead["owner"] else "")))
     if score["program"] is None:
-        out(f"[bold]Score[/bold] 0: {score['note']}")
+        out(styled(("Score", "bold"), f" 0: {score['note']}"))
     else:
         threshold = score["threshold"]
-        out(f"[bold]Score {score['total']:g}[/bold] (rules of {escape(score['program'])}"
-            + (f"; MQL at {threshold:g}" if threshold is not None else "; no MQL threshold")
-            + (f"; behaviour halves every {score['half_life_days']} days"
-               if score["half_life_days"] else "") + ")")
+        out(styled((f"Score {score['total']:g}", "bold"), f" (rules of {score['program']}"
+                          + (f"; MQL at {threshold:g}" if threshold is not None
+                             else "; no MQL threshold")
+                          + (f"; behaviour halves every {score['half_life_days']} days"
+                             if score["half_life_days"] else "") + ")"))
         for fit in score["fit"]:
-            out(f"  fit        {fit['rule']}", markup=False)
+            out(f"  fit        {fit['rule']}")
         if score["reset"]:
-            out(f"  {score['reset']}", markup=False)
+            out(f"  {score['reset']}")
         for award in score["behaviour"]:
-            out(f"  {_when(award['at'])}  {award['rule']}, worth {award['now']:g} now",
-                markup=False)
+            out(f"  {_when(award['at'])}  {award['rule']}, worth {award['now']:g} now")
         if score["missing_requirements"]:
-            out(f"  cannot become an MQL without: {', '.join(score['missing_requirements'])}",
-                markup=False)
-    out("[bold]Stage[/bold]")
+            out(f"  cannot become an MQL without: {', '.join(score['missing_requirements'])}")
+    out("Stage", style="bold")
     _print_changes(data["stage_history"])
-    out("[bold]Next send[/bold]" + ("" if data["next_sends"] else ": not enrolled in any program"))
+    out(styled(("Next send", "bold"),
+                      "" if data["next_sends"] else ": not enrolled in any program"))
     for send in data["next_sends"]:
-        out(f"  {send['program']}: {send['why']}", markup=False)
+        out(f"  {send['program']}: {send['why']}")
     sales = data["sales"]
     for note in sales["notifications"]:
-        out(f"  sales {note['kind']} {_when(note['at'])}: {note['reason']}", markup=False)
+        out(f"  sales {note['kind']} {_when(note['at'])}: {note['reason']}")
     for breach in sales["sla_breaches"]:
         state = f"resolved {_when(breach['resolved_at'])}" if breach["resolved_at"] else "open"
-        out(f"  SLA {breach['kind']} since {_when(breach['since'])} ({state}): {breach['action']}",
-            markup=False)
+        out(f"  SLA {breach['kind']} since {_when(breach['since'])} ({state}): {breach['action']}")

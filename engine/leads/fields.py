@@ -9,6 +9,7 @@ from zoneinfo import available_timezones
 from engine.errors import Invalid
 from engine.leads.models import STANDARD_FIELDS, Lead
 from engine.leads.stages import parse_stage
+from engine.text import CONTROL_CHARACTERS
 
 MAX_FIELD_LENGTH = 1000
 MAX_CUSTOM_FIELDS = 50
@@ -24,8 +25,8 @@ BAD_TEXT = re.compile("[\x00\ud800-\udfff]")
 # as commands (ESC, and CSI as \x9b), except tab and line breaks (LF, or CR LF as a Windows
 # export writes a cell's lines). DEL has no use in a field; C1 controls mostly mean a cp1252 file
 # read as latin-1. One character class, so that the common case costs one scan.
-_SUSPECT_TEXT = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
-_CONTROL = re.compile("[\x01-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]|\r(?!\n)")
+_SUSPECT_TEXT = re.compile(f"[{CONTROL_CHARACTERS}\ud800-\udfff]")
+_CONTROL = re.compile(f"(?!\r\n)[{CONTROL_CHARACTERS}]")
 _TRUE = {"yes", "y", "true", "1", "opt-in", "optin", "granted"}
 _FALSE = {"no", "n", "false", "0", "opt-out", "optout", "withdrawn"}
 _STANDARD = frozenset(STANDARD_FIELDS)

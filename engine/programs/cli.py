@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import click
-from rich.markup import escape
+from rich.console import RenderableType
 from rich.table import Table
 
-from engine.cli_context import AppContext, console, echo_json, err_console, pass_app
+from engine.cli_context import AppContext, console, echo_json, err_console, pass_app, styled
 from engine.db import utcnow
 from engine.launch.service import pending_changes
 from engine.programs.loader import validate_program_dir
@@ -27,7 +27,7 @@ def validate(directory: str) -> None:
     A program.yaml without sender.from takes NURTURE_FROM; without either it is an error."""
     errors = validate_program_dir(directory)
     for error in errors:
-        err_console.print(str(error), markup=False)
+        err_console.print(str(error))
     if errors:
         err_console.print(f"{len(errors)} error(s)")
         raise SystemExit(1)
@@ -44,15 +44,14 @@ def load(app: AppContext, directory: str) -> None:
         result = load_program(session=session, directory=directory, now=utcnow())
         name = result.record.name
     if not result.created:
-        console.print(f"{name} version {result.version} is unchanged: nothing stored",
-                      markup=False)
+        console.print(f"{name} version {result.version} is unchanged: nothing stored")
     elif result.pending:
         console.print(f"loaded {name} version {result.version}: pending launch (leads keep "
                       f"version {result.live_version} until `nurture launch {name}` passes "
-                      "the QA gate)", markup=False)
+                      "the QA gate)")
     else:
         console.print(f"loaded {name} version {result.version}"
-                      f" ({result.migrated} running enrollment(s) migrated)", markup=False)
+                      f" ({result.migrated} running enrollment(s) migrated)")
 
 
 @program.command()
@@ -72,8 +71,8 @@ def show(app: AppContext, name: str, as_json: bool) -> None:
                    "live_version": record.live_version, "cells": rows, "side_tracks": side,
                    "pending": [p.to_dict() for p in pending]})
         return
-    console.print(f"[bold]{escape(prog.name)}[/bold] ({escape(name)}, version "
-                  f"{record.current_version}, time zone {escape(prog.timezone)})")
+    console.print(styled((prog.name, "bold"), f" ({name}, version "
+                                f"{record.current_version}, time zone {prog.timezone})"))
     table = Table("stage \\ persona", *prog.personas)
     for stage in dict.fromkeys(r["stage"] for r in rows):
         cells = [_cell(r) for r in rows if r["stage"] == stage]
@@ -81,8 +80,8 @@ def show(app: AppContext, name: str, as_json: bool) -> None:
     console.print(table)
     empty = [f"{r['persona']}/{r['stage']}" for r in rows if r["empty"]]
     if empty:
-        console.print(f"[yellow]{len(empty)} empty cell(s)[/yellow] (leads there wait): "
-                      + ", ".join(empty))
+        console.print(styled((f"{len(empty)} empty cell(s)", "yellow"),
+                                    " (leads there wait): " + ", ".join(empty)))
     if side:
         console.print("side tracks: " + ", ".join(f"{t['track']} ({len(t['emails'])} emails)" for t in side))
     _print_launch_state(record, pending)
@@ -90,23 +89,24 @@ def show(app: AppContext, name: str, as_json: bool) -> None:
 
 def _print_launch_state(record, pending) -> None:
     if record.live_version is None:
-        console.print("[yellow]not launched[/yellow]: nothing is sent until `nurture launch "
-                      f"{escape(record.name)}` passes the QA gate")
+        console.print(styled(("not launched", "yellow"), ": nothing is sent until "
+                                    f"`nurture launch {record.name}` passes the QA gate"))
     else:
         console.print(f"live: version {record.live_version}, launched "
                       f"{record.launched_at:%Y-%m-%d %H:%M} UTC")
     if record.live_version is not None and not pending:
         console.print("nothing pending: leads get the newest version of everything")
     elif pending:
-        console.print(f"[yellow]pending launch[/yellow] ({len(pending)}; leads get the live "
-                      "versions until `nurture launch` passes the QA gate):")
+        console.print(styled(("pending launch", "yellow"), f" ({len(pending)}; leads get "
+                                    "the live versions until `nurture launch` passes the QA "
+                                    "gate):"))
         for change in pending:
-            console.print(f"  {change}", markup=False)
+            console.print(f"  {change}")
 
 
-def _cell(row: dict) -> str:
+def _cell(row: dict) -> RenderableType:
     if row["exit"]:
-        return "[dim]exits program[/dim]"
+        return styled(("exits program", "dim"))
     if row["track"]:
         return f"{row['track']} ({len(row['emails'])} emails)"
-    return "[red]EMPTY[/red]"
+    return styled(("EMPTY", "red"))

@@ -38,14 +38,14 @@ def render(app: AppContext, asset: str, lead_email: str, program_name: str | Non
     if out and Path(out).suffix.lower() == ".eml":
         message = preview_message(preview, now=utcnow())
         Path(out).write_bytes(bytes(message))
-        console.print(f"wrote {out} ({message['Message-ID']})", markup=False)
+        console.print(f"wrote {out} ({message['Message-ID']})")
         return
     if out:
         Path(out).write_text(preview.rendered.html, encoding="utf-8")
-        console.print(f"wrote {out}", markup=False)
+        console.print(f"wrote {out}")
         return
-    console.print(f"To: {preview.lead.email}", markup=False)
-    console.print(f"Subject: {preview.rendered.subject}", markup=False)
-    console.print(f"[dim]{preview.program.slug} {asset} version {preview.version}[/dim]")
+    console.print(f"To: {preview.lead.email}")
+    console.print(f"Subject: {preview.rendered.subject}")
+    console.print(f"{preview.program.slug} {asset} version {preview.version}", style="dim")
     console.print()
-    console.print(preview.rendered.text, markup=False)
+    console.print(preview.rendered.text)

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import click
-from rich.markup import escape
 from rich.table import Table
 
-from engine.cli_context import AppContext, console, echo_json, parse_at, pass_app
+from engine.cli_context import AppContext, console, echo_json, parse_at, pass_app, styled
 from engine.db import utcnow
 from engine.leads.service import get_lead
 
@@ -40,11 +39,10 @@ def queue(app: AppContext, limit: int, at: str | None, as_json: bool) -> None:
     if not entries:
         console.print("no MQL is waiting for sales")
     for entry in entries:
-        console.print(f"[bold]{escape(entry['email'])}[/bold]  score {entry['score']:g}, MQL "
-                      f"since {entry['mql_at'][:16]}: {escape(entry['reason'] or '')}")
+        console.print(styled((entry["email"], "bold"), f"  score {entry['score']:g}, "
+                                    f"MQL since {entry['mql_at'][:16]}: {entry['reason'] or ''}"))
         for event in entry["timeline"]:
-            console.print(f"    {event['at'][:16]}  {event['kind']:<9} {event['what']}",
-                          markup=False)
+            console.print(f"    {event['at'][:16]}  {event['kind']:<9} {event['what']}")
 
 
 @sales.command("one-field-short")
@@ -65,7 +63,7 @@ def one_field_short(app: AppContext, limit: int, at: str | None, as_json: bool) 
         return
     table = Table("lead", "score", "fill in to qualify")
     for row in rows:
-        table.add_row(escape(row["email"]), f"{row['score']:g}", ", ".join(row["missing"]))
+        table.add_row(row["email"], f"{row['score']:g}", ", ".join(row["missing"]))
     console.print(table if rows else "no lead is one field short of qualifying")
 
 
@@ -81,7 +79,7 @@ def accept(app: AppContext, email: str, actor: str, owner: str | None) -> None:
     with app.db.session() as session:
         lead = get_lead(session=session, email=email)
         accept_lead(session=session, lead=lead, actor=actor, owner=owner, now=utcnow())
-        console.print(f"{escape(lead.email)}: accepted, stage sal, owner {escape(lead.owner)}")
+        console.print(f"{lead.email}: accepted, stage sal, owner {lead.owner}")
 
 
 @sales.command()
@@ -96,7 +94,7 @@ def reject(app: AppContext, email: str, actor: str, reason: str) -> None:
     with app.db.session() as session:
         lead = get_lead(session=session, email=email)
         reject_lead(session=session, lead=lead, reason=reason, actor=actor, now=utcnow())
-        console.print(f"{escape(lead.email)}: rejected, stage recycled, back in nurture")
+        console.print(f"{lead.email}: rejected, stage recycled, back in nurture")
 
 
 @sales.command()
@@ -123,7 +121,7 @@ def notifications(app: AppContext, limit: int, as_json: bool) -> None:
         return
     for row in rows:  # lines, not a table: addresses and reasons stay whole in any width
         console.print(f"{row['at'][:16]}  {row['kind']:<10} {row['email']}  owner "
-                      f"{row['owner'] or '-'}: {row['reason']}", markup=False)
+                      f"{row['owner'] or '-'}: {row['reason']}")
     if not rows:
         console.print("no sales notification yet")
 
@@ -173,8 +171,8 @@ def report(app: AppContext, include_resolved: bool, as_json: bool) -> None:
     if not data:
         console.print("no SLA breach")
     for owner, breaches in data.items():
-        console.print(f"[bold]{escape(owner)}[/bold]: {len(breaches)}")
+        console.print(styled((owner, "bold"), f": {len(breaches)}"))
         for b in breaches:
             state = f"resolved {b['resolved_at'][:10]}" if b["resolved_at"] else "open"
             console.print(f"  {b['lead']}  {b['kind']}  due {b['due_at'][:10]}  {state}  "
-                          f"{b['action']}", markup=False)
+                          f"{b['action']}")

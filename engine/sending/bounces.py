@@ -35,6 +35,7 @@ from engine.leads.models import Lead, LeadEvent
 from engine.sending.inbox import StoredMessage, list_messages
 from engine.sending.models import OutboxMessage, SuppressionReason
 from engine.sending.suppression import suppress, suppressed_reasons
+from engine.text import CONTROL
 
 MAX_REPORT_BYTES = 10 * 1024 * 1024
 MAX_RECIPIENTS = 100  # our messages have one recipient; alias expansion adds a few
@@ -54,7 +55,6 @@ _STATUS = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})(?!\d)")
 _ENHANCED_IN_TEXT = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d])")
 _BASIC_CODE = re.compile(r"^\s*(?:smtp\s*;\s*)?([245])\d\d(?!\d)", re.IGNORECASE)
 _BLOCK_SEPARATOR = re.compile(r"\r?\n[ \t]*\r?\n")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _BRACKETED_ID = re.compile(r"<([^<>\s]{1,198})>")
 
 
@@ -255,9 +255,10 @@ def _fields(items: Iterable[tuple[str, object]]) -> dict[str, str]:
 
 
 def _clean(value: object) -> str:
-    """Printable text without NUL, control characters or unpaired surrogates, bounded."""
+    """One line of printable text without NUL, control characters or unpaired surrogates,
+    bounded."""
     text = BAD_TEXT.sub("", str(value))
-    return " ".join(_CONTROL.sub(" ", text).split())[:MAX_TEXT]
+    return " ".join(CONTROL.sub(" ", text).split())[:MAX_TEXT]
 
 
 def _decoded_text(part: Message) -> str:

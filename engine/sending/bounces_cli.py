@@ -10,7 +10,6 @@ from pathlib import Path
 
 import click
 from rich.table import Table
-from rich.text import Text
 
 from engine.cli_context import AppContext, console, echo_json, pass_app
 from engine.db import utcnow
@@ -78,16 +77,15 @@ def _print_scan(scanned: int, counts: dict[str, int], lines, sink_dir: Path) -> 
     acted = [line for line in lines if line.result in ("suppressed", "soft")]
     if acted:
         table = Table("#", "address", "type", "result", "reason", title="Recorded")
-        for line in acted:  # Text(): report contents must not be read as rich markup
-            table.add_row(str(line.seq), Text(line.email or ""), line.kind or "", line.result,
-                          Text(line.reason))
+        for line in acted:
+            table.add_row(str(line.seq), line.email or "", line.kind or "", line.result,
+                          line.reason)
         console.print(table)
     for line in lines:
         if line.result in ("unidentified", "unreadable"):
-            console.print(f"  {line.result}: message {line.seq} ({line.file}): {line.reason}",
-                          markup=False)
+            console.print(f"  {line.result}: message {line.seq} ({line.file}): {line.reason}")
     summary = ", ".join(f"{counts[r]} {r}" for r in RESULTS)
-    console.print(f"{scanned} message(s) scanned in {sink_dir}: {summary}", markup=False)
+    console.print(f"{scanned} message(s) scanned in {sink_dir}: {summary}")
 
 
 @bounces.command("record")
@@ -111,4 +109,4 @@ def record(app: AppContext, email: str, kind: str, reason: str, message_id: str 
                     if kind == "soft" and outcome.lead_id is None
                     else f"{outcome.email}: already recorded, nothing changed"),
     }
-    console.print(messages[outcome.result], markup=False)
+    console.print(messages[outcome.result])

@@ -56,17 +56,16 @@ def sink(app: AppContext, host: str | None, port: int | None, directory: str | N
     # Explicit handlers: a shell starting `nurture sink &` makes it ignore SIGINT otherwise.
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    console.print(f"nurture sink listening on {server.url}, storing in {server.directory}",
-                  markup=False)
+    console.print(f"nurture sink listening on {server.url}, storing in {server.directory}")
     for pattern, reply in rules.items():
-        console.print(f"  {pattern} -> {reply}", markup=False)
-    console.print("Ctrl-C to stop", markup=False)
+        console.print(f"  {pattern} -> {reply}")
+    console.print("Ctrl-C to stop")
     try:
         while not stop.wait(0.5):
             pass
     finally:
         server.stop()
-    err_console.print(f"stopped; {server.handler.received} message(s) received", markup=False)
+    err_console.print(f"stopped; {server.handler.received} message(s) received")
 
 
 @click.group(invoke_without_command=True)
@@ -97,12 +96,11 @@ def inbox(ctx: click.Context, to: str | None, limit: int, as_json: bool,
         echo_json([json.loads(m.to_json()) for m in messages], ensure_ascii=False)
         return
     if not messages:
-        err_console.print(f"no messages in {directory_path}", markup=False)
+        err_console.print(f"no messages in {directory_path}")
         return
     for m in messages:
         received = m.received_at[:19].replace("T", " ")
-        console.print(f"{m.seq:>5}  {received}  {', '.join(m.rcpt_tos)}  {m.subject}",
-                      markup=False)
+        console.print(f"{m.seq:>5}  {received}  {', '.join(m.rcpt_tos)}  {m.subject}")
 
 
 @inbox.command("show")
@@ -157,7 +155,7 @@ def send_runs(app: AppContext, hours: int, as_json: bool) -> None:
     for run in runs:
         reasons.update(run.reasons)
     for reason, count in reasons.most_common(10):
-        console.print(f"  {count:>6}  {reason}", markup=False)
+        console.print(f"  {count:>6}  {reason}")
 
 
 @click.command()

@@ -47,7 +47,6 @@ def show(app: AppContext, email: str, bots: bool, as_json: bool) -> None:
         return
     for row in rows:
         flag = f"  [filtered: {row['bot']}]" if row["bot"] else ""
-        console.print(f"{row['at'][:19]}  {row['kind']:<9} {row['url'] or ''}{flag}",
-                      markup=False)
+        console.print(f"{row['at'][:19]}  {row['kind']:<9} {row['url'] or ''}{flag}")
     if not rows:
         console.print("no tracked event")
