@@ -11,7 +11,9 @@ Variants, interleaved round by round (the median round is reported):
 - raw, new connection: connect, EHLO, sendmail, QUIT for every message;
 - engine end to end: the outbox as the workers run it (claim with a lease, send-time checks,
   sandboxed render of the sample program's compiled email, Message-ID, SMTP, mark sent), on
-  SQLite, for N leads imported beforehand (the import is not timed).
+  SQLite, for N leads imported beforehand (the import is not timed);
+- engine end to end, tracked: the same with a secret key, as production sends: signed click
+  links around the asset's own links, the open pixel, the honeypot.
 The ratio column is each variant's messages per second over the raw persistent loop's.
 """
 
@@ -37,6 +39,7 @@ from engine.sending.smtp import SMTPTransport
 
 FROM, TO = "news@acme.example", "lead@example.com"
 ENGINE = "engine end to end"
+ENGINE_TRACKED = "engine end to end, tracked"
 
 
 def message(size: int) -> EmailMessage:
@@ -93,8 +96,9 @@ def raw_new_connection_loop(port: int, msg: EmailMessage, n: int) -> None:
             smtp.sendmail(FROM, [TO], msg.as_bytes(policy=policy.SMTP))
 
 
-def engine_rate(port: int, n: int, work: Path) -> float:
-    """Messages per second through deliver_due, for n due outbox rows (set-up not timed)."""
+def engine_rate(port: int, n: int, work: Path, *, tracked: bool = False) -> float:
+    """Messages per second through deliver_due, for n due outbox rows (set-up not timed);
+    `tracked`: with tracked links, as production sends."""
     import shutil
     from datetime import UTC, datetime
 
@@ -103,7 +107,8 @@ def engine_rate(port: int, n: int, work: Path) -> float:
     from engine.leads.importer import import_leads
     from engine.migrate import upgrade
     from engine.programs.service import load_program
-    from engine.sending.delivery import deliver_due
+    from engine.sending.compose import Signing
+    from engine.sending.delivery import DeliveryOptions, deliver_due
 
     work.mkdir(parents=True)
     program = work / "program"
@@ -124,11 +129,12 @@ def engine_rate(port: int, n: int, work: Path) -> float:
     leads.write_text("email,first_name,title,timezone\n" + "".join(
         f"lead{i}@bench{i % 50}.example,Lead{i},CIO,UTC\n" for i in range(n)))
     import_leads(db=db, path=leads, program="acme-nurture", now=now)
+    options = DeliveryOptions(signing=Signing(secret_key="bench" if tracked else ""))
     start, sent = time.perf_counter(), 0
     with SMTPTransport("127.0.0.1", port) as transport:
         while True:
             report = deliver_due(db=db, transport=transport, worker="bench", limit=200,
-                                 clock=lambda: datetime.now(UTC))
+                                 clock=lambda: datetime.now(UTC), options=options)
             sent += report.counts["sent"]
             if not report.counts:
                 break
@@ -167,6 +173,8 @@ def main() -> None:
                     rates[name].append(args.messages / (time.perf_counter() - start))
                 rates.setdefault(ENGINE, []).append(
                     engine_rate(port, args.messages, Path(tmp) / f"engine{round_number}"))
+                rates.setdefault(ENGINE_TRACKED, []).append(engine_rate(
+                    port, args.messages, Path(tmp) / f"tracked{round_number}", tracked=True))
         finally:
             process.terminate()
             process.wait(timeout=10)
