@@ -162,7 +162,7 @@ def launch(app: AppContext, program: str, by: str, offline: bool, no_screenshots
     running enrollments move to it, and the addresses in `launch.notify` are told what the
     program does. Loads and uploads after a launch wait for the next one."""
     from engine.assets.models import AssetVersion
-    from engine.launch.service import record_launch
+    from engine.launch.service import pending_lines, record_launch
     from engine.programs.models import ProgramRecord
 
     if Path(program).is_dir():
@@ -174,8 +174,8 @@ def launch(app: AppContext, program: str, by: str, offline: bool, no_screenshots
                       "nothing pending")
         return
     console.print("to launch:")
-    for change in pending:
-        console.print(f"  {change}")
+    for line in pending_lines(pending):
+        console.print(f"  {line}")
     target, report, paths = run_gate_for(app, program, offline=offline, out=out,
                                          screenshots=not no_screenshots, allow_hosts=allow_hosts)
     now = utcnow()

@@ -277,5 +277,8 @@ def test_loading_before_the_first_launch_moves_enrollments_at_once(cli, db, samp
     assert "1 running enrollment(s) migrated" in loaded.stdout
     show = cli("program", "show", "acme-nurture")
     assert "not launched" in show.stdout
+    assert "program: v2, first launch, with 17 emails and pages (2 of them approved or pages)" \
+        in show.stdout  # the two pages; each email is listed with why it waits
+    assert show.stdout.count("(not live yet): not approved: no proof sent yet") == 15
     with db.session() as s:
         assert s.scalar(select(Enrollment.program_version)) == 2

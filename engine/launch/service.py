@@ -87,6 +87,7 @@ class PendingChange:
     live: int | None  # the version leads get now (None: nothing yet)
     pending: int | None  # the version waiting (None: no valid version)
     why: str
+    ready: bool = True  # nothing but the launch itself holds it back (approved, or a page)
 
     def __str__(self) -> str:
         live = f"live v{self.live}" if self.live else "not live yet"
@@ -114,22 +115,36 @@ def pending_changes(*, session: Session, record: ProgramRecord) -> list[PendingC
         live = asset.live_version if asset else None
         current = asset.current_version if asset else None
         if current is None or current != live:
-            pending.append(PendingChange(path, live, current, _why(approvals.get(path))))
+            why, ready = _waiting_on(approvals.get(path))
+            pending.append(PendingChange(path, live, current, why, ready and current is not None))
     return pending
 
 
-def _why(approval) -> str:
+def pending_lines(pending: list[PendingChange]) -> list[str]:
+    """The pending changes in words, one per line. A first launch (nothing live yet) is one
+    line for the whole program plus the emails not yet approved, not a line per file."""
+    if not pending or pending[0].what != "program" or pending[0].live is not None:
+        return [str(change) for change in pending]
+    files = pending[1:]
+    waiting = [change for change in files if not change.ready]
+    first = (f"program: v{pending[0].pending}, first launch, with {len(files)} emails and pages "
+             f"({len(files) - len(waiting)} of them approved or pages)")
+    return [first] + [str(change) for change in waiting]
+
+
+def _waiting_on(approval) -> tuple[str, bool]:
+    """Why a changed file waits, and whether only the launch itself holds it back."""
     if approval is None:
-        return "a page: the QA gate checks it at launch"
+        return "a page: the QA gate checks it at launch", True
     if approval.problem:
-        return approval.problem
-    if approval.state == "approved":
-        return f"approved by {', '.join(approval.approved_by)}: launch to send it"
+        return approval.problem, False
+    if approval.approved:
+        return f"approved by {', '.join(approval.approved_by)}: launch to send it", True
     if approval.state == "rejected":
-        return "rejected by " + ", ".join(r.reviewer for r in approval.rejections)
+        return "rejected by " + ", ".join(r.reviewer for r in approval.rejections), False
     if approval.awaiting:
-        return f"awaiting approval from {', '.join(approval.awaiting)}"
-    return "not approved: no proof sent yet (`nurture qa proof`)"
+        return f"awaiting approval from {', '.join(approval.awaiting)}", False
+    return "not approved: no proof sent yet (`nurture qa proof`)", False
 
 
 def is_launched(*, session: Session, record: ProgramRecord) -> bool:

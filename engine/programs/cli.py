@@ -8,7 +8,7 @@ from rich.table import Table
 
 from engine.cli_context import AppContext, console, echo_json, err_console, pass_app, styled
 from engine.db import utcnow
-from engine.launch.service import pending_changes
+from engine.launch.service import pending_changes, pending_lines
 from engine.programs.loader import validate_program_dir
 from engine.programs.service import load_program, matrix, side_tracks
 from engine.programs.store import current_program
@@ -97,11 +97,10 @@ def _print_launch_state(record, pending) -> None:
     if record.live_version is not None and not pending:
         console.print("nothing pending: leads get the newest version of everything")
     elif pending:
-        console.print(styled(("pending launch", "yellow"), f" ({len(pending)}; leads get "
-                                    "the live versions until `nurture launch` passes the QA "
-                                    "gate):"))
-        for change in pending:
-            console.print(f"  {change}")
+        console.print(styled(("pending launch", "yellow"), " (leads get the live versions "
+                                    "until `nurture launch` passes the QA gate):"))
+        for line in pending_lines(pending):
+            console.print(f"  {line}")
 
 
 def _cell(row: dict) -> RenderableType:
