@@ -535,26 +535,28 @@ def _launched_program(world, program, program_yaml: str, emails: dict[str, str])
     return program
 
 
-EDITED_PROGRAM = """
-program: acme-edited
-name: One email, edited after it was sent
+def _one_email_yaml(slug: str, email: str, subject: str) -> str:
+    """program.yaml of a program with one email, sent at once to IT managers."""
+    return f"""
+program: {slug}
 timezone: Europe/Paris
-sender: {from: "Acme Cloud <hello@acme.example>"}
-send_window: {days: [mon, tue, wed, thu, fri], from: "09:00", to: "17:00"}
+sender: {{from: "Acme Cloud <hello@acme.example>"}}
+send_window: {{days: [mon, tue, wed, thu, fri], from: "09:00", to: "17:00"}}
 personas:
-  it_manager: {name: IT manager, match: {title_contains: [CIO]}, default: true}
+  it_manager: {{name: IT manager, match: {{title_contains: [CIO]}}, default: true}}
 pages:
-  pricing: {file: pages/pricing.html, slug: pricing}
+  pricing: {{file: pages/pricing.html, slug: pricing}}
 emails:
-  welcome_it: {file: emails/welcome_it.mjml, subject: "Welcome"}
+  {email}: {{file: emails/{email}.mjml, subject: "{subject}"}}
 tracks:
-  it_manager/inquiry: [{email: welcome_it}]
+  it_manager/inquiry: [{{email: {email}}}]
 """
 
 
 def test_view_in_browser_still_shows_what_was_sent_after_the_email_is_edited(world, tmp_path):
     welcome = (SAMPLE_PROGRAM / "emails" / "welcome_it.mjml").read_text()
-    program = _launched_program(world, tmp_path / "acme-edited", EDITED_PROGRAM,
+    program = _launched_program(world, tmp_path / "acme-edited",
+                                _one_email_yaml("acme-edited", "welcome_it", "Welcome"),
                                 {"welcome_it.mjml": welcome})
     mjml = program / "emails" / "welcome_it.mjml"
     email = deliver(world, program="acme-edited")
@@ -570,20 +572,6 @@ def test_view_in_browser_still_shows_what_was_sent_after_the_email_is_edited(wor
     assert get(world, urlsplit(quick_start).path).headers.get("Location") == email.stored[1]
 
 
-LEAD_DATA_PROGRAM = """
-program: acme-lead-data
-timezone: Europe/Paris
-sender: {from: "Acme Cloud <hello@acme.example>"}
-send_window: {days: [mon, tue, wed, thu, fri], from: "09:00", to: "17:00"}
-personas:
-  it_manager: {name: IT manager, match: {title_contains: [CIO]}, default: true}
-pages:
-  pricing: {file: pages/pricing.html, slug: pricing}
-emails:
-  hello: {file: emails/hello.mjml, subject: "Hello {{ lead.first_name }}"}
-tracks:
-  it_manager/inquiry: [{email: hello}]
-"""
 LEAD_DATA_EMAIL = """<mjml><mj-body><mj-section><mj-column>
   <mj-text>Hello {{ lead.first_name }} of {{ lead.company }}, site {{ lead.website }}.</mj-text>
   <mj-text>Read <a href="https://acme.example/guide?for={{ lead.company }}">the guide</a>, or
@@ -597,7 +585,8 @@ LEAD_DATA_EMAIL = """<mjml><mj-body><mj-section><mj-column>
 def test_urls_in_a_leads_own_fields_never_become_tracked_redirects(world, tmp_path):
     """Anyone may fill in a form: a URL in their fields must not come back as a redirect on
     our tracking domain, in either part. The asset's own links are still tracked."""
-    _launched_program(world, tmp_path / "acme-lead-data", LEAD_DATA_PROGRAM,
+    _launched_program(world, tmp_path / "acme-lead-data",
+                      _one_email_yaml("acme-lead-data", "hello", "Hello {{ lead.first_name }}"),
                       {"hello.mjml": LEAD_DATA_EMAIL})
     address = f"lead-{uuid.uuid4().hex[:10]}@globex.example"
     with world.db.session() as s:
