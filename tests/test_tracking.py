@@ -151,18 +151,20 @@ def shared(world) -> Email:
 # -- helpers ----------------------------------------------------------------------------------
 
 def new_lead(world: World, *, title: str = "CIO", program: str = "acme-nurture",
-             now: datetime = MONDAY) -> tuple[int, str]:
+             now: datetime = MONDAY, **fields: str) -> tuple[int, str]:
     address = f"lead-{uuid.uuid4().hex[:10]}@globex.example"
     with world.db.session() as s:
         lead, _ = upsert_lead(session=s, fields={"email": address, "title": title,
-                                                 "first_name": "Ada"},
+                                                 "first_name": "Ada", **fields},
                               now=now, actor="test", program=program)
         return lead.id, address
 
 
-def deliver(world: World, *, title: str = "CIO", program: str = "acme-nurture") -> Email:
-    """A new lead, and the first email it gets, delivered at MONDAY through the real sink."""
-    lead_id, address = new_lead(world, title=title, program=program)
+def deliver(world: World, *, title: str = "CIO", program: str = "acme-nurture",
+            **fields: str) -> Email:
+    """A new lead (with these fields), and the first email it gets, delivered at MONDAY
+    through the real sink."""
+    lead_id, address = new_lead(world, title=title, program=program, **fields)
     deliver_due(db=world.db, transport=world.transport, worker="test", clock=lambda: MONDAY,
                 options=DeliveryOptions(signing=Signing(secret_key=SECRET, base_url=BASE_URL)))
     [stored] = world.sink.messages(to=address)
@@ -588,21 +590,9 @@ def test_urls_in_a_leads_own_fields_never_become_tracked_redirects(world, tmp_pa
     _launched_program(world, tmp_path / "acme-lead-data",
                       _one_email_yaml("acme-lead-data", "hello", "Hello {{ lead.first_name }}"),
                       {"hello.mjml": LEAD_DATA_EMAIL})
-    address = f"lead-{uuid.uuid4().hex[:10]}@globex.example"
-    with world.db.session() as s:
-        upsert_lead(session=s, now=MONDAY, actor="test", program="acme-lead-data", fields={
-            "email": address, "title": "CIO", "first_name": "https://evil.example/first",
-            "company": "https://evil.example/company", "website": "https://evil.example/site"})
-    deliver_due(db=world.db, transport=world.transport, worker="test", clock=lambda: MONDAY,
-                options=DeliveryOptions(signing=Signing(secret_key=SECRET, base_url=BASE_URL)))
-    [stored] = world.sink.messages(to=address)
-    message = read_message(world.sink.directory, stored)
-    html = message.get_body(("html",)).get_content()
-    plain = message.get_body(("plain",)).get_content()
-    with world.db.session() as s:
-        row = s.scalar(select(OutboxMessage).join(Lead, Lead.id == OutboxMessage.lead_id)
-                       .where(Lead.email == address))
-        destinations = list(row.links)
+    email = deliver(world, program="acme-lead-data", first_name="https://evil.example/first",
+                    company="https://evil.example/company", website="https://evil.example/site")
+    html, plain, destinations = email.html, email.text, email.stored
     assert destinations[0] == "https://acme.example/guide?for=https://evil.example/company"
     assert destinations[1].startswith(f"{BASE_URL}/p/acme-lead-data/pricing?t=")
     assert destinations[2:] == ["https://acme.example/docs"]
@@ -613,7 +603,8 @@ def test_urls_in_a_leads_own_fields_never_become_tracked_redirects(world, tmp_pa
             assert verify(SECRET, "click", token)["n"] in (HONEYPOT, 0, 1, 2)
     assert 'href="https://evil.example/site"' in html  # the lead's own site: direct, untracked
     for n, url in enumerate(destinations):
-        token = click_token(SECRET, lead_id=row.lead_id, outbox_id=row.id, index=n, url=url)
+        token = click_token(SECRET, lead_id=email.lead_id, outbox_id=email.outbox_id, index=n,
+                            url=url)
         assert f"{BASE_URL}/c/{token}" in plain
 
 
