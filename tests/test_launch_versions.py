@@ -7,6 +7,7 @@ Driven as a marketer does it: `nurture assets upload`, `nurture qa run`, `nurtur
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -282,3 +283,137 @@ def test_loading_before_the_first_launch_moves_enrollments_at_once(cli, db, samp
     assert show.stdout.count("(not live yet): not approved: no proof sent yet") == 15
     with db.session() as s:
         assert s.scalar(select(Enrollment.program_version)) == 2
+
+
+# -- rows queued before a launch go out as the launched version --------------------------------
+
+WELCOME_SUBJECT = 'subject: "Welcome, {{ lead.first_name }}"'
+
+
+def _subjects(db, tmp_path, name: str) -> dict[str, str]:
+    with Sink(tmp_path / name) as sink, sink.transport() as transport:
+        deliver_due(db=db, transport=transport, worker="w", clock=lambda: MONDAY)
+        return {m.rcpt_tos[0]: m.subject for m in sink.messages()}
+
+
+def test_an_email_queued_before_the_first_launch_goes_out_as_launched(
+        cli, db, sample_program, tmp_path, notify_sink):
+    program = sample_program / "program.yaml"
+    _edit(program, WELCOME_SUBJECT, 'subject: "UNCHECKED v1 subject"')
+    assert cli("program", "load", sample_program).exit_code == 0
+    _add_lead(db, "ada@globex.example")  # its welcome is queued under version 1
+    _edit(program, 'subject: "UNCHECKED v1 subject"', WELCOME_SUBJECT)
+    assert cli("program", "load", sample_program).exit_code == 0
+    approve_everything(db, tmp_path / "proofs", MONDAY)
+    assert _launch(cli, tmp_path, "r0").exit_code == 0
+    assert _subjects(db, tmp_path, "sink") == {"ada@globex.example": "Welcome, Ada"}
+
+
+def test_an_email_dropped_before_the_first_launch_is_skipped_saying_why(
+        cli, db, sample_program, tmp_path, notify_sink):
+    from engine.sending.models import OutboxMessage
+
+    assert cli("program", "load", sample_program).exit_code == 0
+    _add_lead(db, "ada@globex.example")  # welcome_it queued under version 1
+    program = sample_program / "program.yaml"
+    text = program.read_text()
+    _edit(program, "welcome_it:          {file: emails/welcome_it.mjml",
+          "hello_it:            {file: emails/welcome_it.mjml")
+    program.write_text(program.read_text().replace("{email: welcome_it}", "{email: hello_it}"))
+    (sample_program / "scenarios.yaml").write_text(
+        (sample_program / "scenarios.yaml").read_text().replace("welcome_it", "hello_it"))
+    assert program.read_text() != text
+    assert cli("program", "load", sample_program).exit_code == 0, "renamed email"
+    approve_everything(db, tmp_path / "proofs", MONDAY)
+    assert _launch(cli, tmp_path, "r0").exit_code == 0
+    assert _subjects(db, tmp_path, "sink") == {}  # version 1's email was never checked
+    with db.session() as s:
+        [row] = s.scalars(select(OutboxMessage).where(OutboxMessage.step == "welcome_it")).all()
+        assert (row.status, row.skip_reason) == ("skipped",
+                                                 "not in launched version 2 of the program")
+
+
+# -- pages: live only once launched; reviewers preview them from their proofs ------------------
+
+def _proof_page_links(db, tmp_path) -> list[str]:
+    from urllib.parse import urlsplit
+
+    from engine.launch.proofs import send_proofs
+
+    with Sink(tmp_path / "proofs") as sink, sink.transport() as transport, db.session() as s:
+        send_proofs(session=s, program_name="acme-nurture", reviewers=["qa@acme.example"],
+                    transport=transport, secret_key="test-secret",
+                    base_url="http://localhost:5000", now=MONDAY)
+        html = "".join(read_message(sink.directory, m).get_body(("html",)).get_content()
+                       for m in sink.messages())
+    found = set(re.findall(r'href="(http://localhost:5000/p/[^"]+)"', html))
+    return sorted(urlsplit(url.replace("&amp;", "&"))._replace(scheme="", netloc="").geturl()
+                  for url in found)
+
+
+def test_pages_are_not_served_before_launch_but_reviewers_preview_them(
+        cli, db, env, sample_program, tmp_path, notify_sink):
+    from engine.pages.models import FormSubmission
+    from engine.web.app import create_app
+
+    assert cli("program", "load", sample_program).exit_code == 0
+    app = create_app()
+    client = app.test_client()
+    assert client.get("/p/acme-nurture/demo").status_code == 404  # not launched: not public
+    [demo] = [link for link in _proof_page_links(db, tmp_path) if "/demo?" in link]
+    preview = client.get(demo)
+    assert preview.status_code == 200 and "Request a demo" in preview.text
+    token = re.search(r'name="csrf_token" value="([^"]+)"', preview.text).group(1)
+    tried = client.post(demo, data={"csrf_token": token, "email": "qa@acme.example"})
+    assert tried.status_code == 200 and "nothing was stored" in tried.text
+    with db.session() as s:
+        assert s.scalars(select(FormSubmission)).all() == []
+    assert client.get(demo.replace("t=", "t=x")).status_code == 404  # a forged preview
+    approve_everything(db, tmp_path / "proofs2", MONDAY)
+    assert _launch(cli, tmp_path, "r0").exit_code == 0
+    assert client.get("/p/acme-nurture/demo").status_code == 200
+    app.extensions["nurture.db"].dispose()
+
+
+def test_a_preview_shows_the_pending_page_and_visitors_the_live_one(
+        cli, db, env, launched, tmp_path):
+    from engine.pages.service import preview_token
+    from engine.web.app import create_app
+
+    changed = tmp_path / "pricing.html"
+    changed.write_text((launched / "pages" / "pricing.html").read_text()
+                       .replace("</h1>", " (new prices)</h1>", 1))
+    assert cli("assets", "upload", changed, "--program", "acme-nurture").exit_code == 0
+    app = create_app()
+    token = preview_token(secret_key="test-secret", program="acme-nurture")
+    assert "(new prices)" in app.test_client().get(f"/p/acme-nurture/pricing?t={token}").text
+    assert "(new prices)" not in app.test_client().get("/p/acme-nurture/pricing").text
+    app.extensions["nurture.db"].dispose()
+
+
+def test_a_live_email_rejected_after_launch_is_named_until_a_fix_is_launched(
+        cli, db, launched, tmp_path):
+    from engine.launch.approvals import record_decision
+    from engine.launch.models import Proof
+
+    with db.session() as s:
+        proof = next(p for p in s.scalars(select(Proof)) if p.email_key == "welcome_it")
+        record_decision(session=s, proof=proof, decision="reject", comment="wrong logo",
+                        now=MONDAY)
+    show = cli("program", "show", "acme-nurture").stdout
+    assert "nothing pending" not in show
+    assert (f"{WELCOME}: v1 (live v1): rejected by qa@acme.example after launch: leads still "
+            "get it") in show
+    refused = _launch(cli, tmp_path, "r1")
+    assert refused.exit_code == 1 and "approval.rejected" in refused.stdout
+
+
+def test_uploading_the_live_content_again_leaves_nothing_pending(cli, db, launched, tmp_path):
+    changed = _changed_welcome(launched, tmp_path)
+    assert "pending launch" in cli("assets", "upload", changed, "--program",
+                                   "acme-nurture").stdout
+    restored = cli("assets", "upload", launched / WELCOME, "--program", "acme-nurture")
+    assert "which is current again" in restored.stdout
+    assert "pending launch" not in restored.stdout
+    show = cli("program", "show", "acme-nurture").stdout
+    assert "nothing pending" in show and "launched 20" in show and "by maria" in show

@@ -17,7 +17,12 @@ def test_programs_launched_before_0009_are_live_at_their_current_versions(tmp_pa
     with engine.begin() as conn:
         conn.execute(text("INSERT INTO programs (id, name, current_version, launched_at, "
                           "created_at) VALUES (1, 'live', 3, :now, :now), "
-                          "(2, 'draft', 1, NULL, :now)"), {"now": NOW})
+                          "(2, 'draft', 1, NULL, :now), (3, 'relaunched', 4, :now, :now)"),
+                     {"now": NOW})
+        conn.execute(text("INSERT INTO launches (program_id, version, by, at, launched, summary) "
+                          "VALUES (3, 2, 'm', :now, :yes, 'passed'), "
+                          "(3, 3, 'm', :now, :no, 'blocked')"),
+                     {"now": NOW, "yes": True, "no": False})
         conn.execute(text("INSERT INTO assets (id, program_id, path, kind, current_version, "
                           "created_at) VALUES (1, 1, 'emails/a.mjml', 'email', 2, :now), "
                           "(2, 2, 'emails/b.mjml', 'email', 1, :now)"), {"now": NOW})
@@ -26,5 +31,7 @@ def test_programs_launched_before_0009_are_live_at_their_current_versions(tmp_pa
         programs = dict(conn.execute(text("SELECT name, live_version FROM programs")).all())
         assets = dict(conn.execute(text("SELECT path, live_version FROM assets")).all())
     engine.dispose()
-    assert programs == {"live": 3, "draft": None}
+    # a program launched by hand is taken at its current version; one whose launches were
+    # recorded, at the version its last successful launch let out (version 4 was never launched)
+    assert programs == {"live": 3, "draft": None, "relaunched": 2}
     assert assets == {"emails/a.mjml": 2, "emails/b.mjml": None}

@@ -172,6 +172,17 @@ def test_a_page_over_a_limit_fails_quickly_and_once(hostile_pricing, client, db,
     assert len(renders) == 2
 
 
+def test_a_page_that_ran_out_of_time_is_tried_again_at_the_next_visit(client, renders,
+                                                                       monkeypatch):
+    from engine.render import personalise
+
+    monkeypatch.setattr(personalise, "MAX_RENDER_SECONDS", 0.0)  # a very busy moment
+    assert client.get(PRICING).status_code == 500
+    monkeypatch.setattr(personalise, "MAX_RENDER_SECONDS", 1.0)
+    assert client.get(PRICING).status_code == 200  # not remembered as failed
+    assert renders == ["pages/pricing.html", "pages/pricing.html"]
+
+
 # -- POST -------------------------------------------------------------------------------------
 
 def test_post_stores_submission_and_feeds_known_lead(client, db):

@@ -144,6 +144,10 @@ def test_templates_cannot_change_data(source):
      "limit of 1,000,000 characters"),
     ("{% macro f(n, a) %}{% if n %}{{ f(n - 1, [a, a]) }}{% endif %}{% endmacro %}{{ f(60, [1]) }}",
      "limit of 1,000,000 characters"),
+    # methods that cannot be sized are refused (issue 10's review: 200 s, 954 MB)
+    ("{{ ('1'*1000000).encode().decode('punycode') }}", "'encode' of 'str' object is unsafe"),
+    ("{{ (1).to_bytes(1000000000, 'big') }}", "'to_bytes' of 'int' object is unsafe"),
+    ("{{ ('x' * 10).encode('punycode') }}", "'encode' of 'str' object is unsafe"),
     # a recursion that keeps large strings alive on its stack
     (("{% macro f(n, s) %}{% if n %}{{ f(n - 1, s ~ n) }}{% endif %}{% endmacro %}"
      "{{ f(150, 'x' * 900000) }}"), "work limit of 16,000,000 characters"),
@@ -218,6 +222,11 @@ def test_ordinary_templates_are_untouched_by_the_bounds():
     assert render(source, html=False) == (
         "003.1|ab  |    ab|2.50|1,234,567|acacac|Ada!3|1, 2, 3|a, b|  ab  |1024|[1, 2, 3]"
         '|{"a": 1}|a b\nc|1a2b.|<1c>|b2|UP|gold|3|3|1|bc|Hi Ada')
+    methods = ("{{ 'Ab'.lower() }}|{{ {'a': 1}.get('a') }}|{{ lead.custom.items()|list }}"
+               "|{{ 'a,b'.split(',') }}|{{ 'x'.startswith('x') }}|{{ (5).bit_length() }}"
+               "|{{ [1, 1].count(1) }}|{{ lead.first_name.upper() }}")
+    assert render(methods, html=False) == (
+        "ab|1|[('tier', 'gold')]|['a', 'b']|True|3|2|ADA")
 
 
 # -- a property: no combination of the operators exceeds the limits ---------------------------

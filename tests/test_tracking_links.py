@@ -342,6 +342,29 @@ def test_the_engines_own_links_are_tracked_and_unsubscribe_stays_direct():
     assert clicks(done.rendered.text) == [0] and f"({UNSUBSCRIBE})" in done.rendered.text
 
 
+@pytest.mark.parametrize("href", [
+    "{{ links.unsubscribe.replace(links.unsubscribe, lead.custom.site) }}",
+    "{{ links.page(lead.company) }}",
+    "{{ links.base_url }}{{ lead.company }}",
+    "{{ links.base_url ~ lead.company }}",
+    "{{ links.page('pricing') }}{{ lead.company }}",
+])
+def test_an_engine_address_cannot_carry_a_host_a_lead_chose(href):
+    done = send(page(f'<a href="{href}">x</a>'), "", company="@evil.example/x",
+                custom={"site": EVIL})
+    assert done.destinations == []  # sent as it is, untracked
+
+
+@pytest.mark.parametrize("text", [
+    "{% filter wordwrap(20) %}See https://acme.example/a-very-long-path-here now{% endfilter %}",
+    '{% filter replace("1", "l") %}https://acme.example/a{% endfilter %}',
+    "{% filter truncate(30) %}https://acme.example/aaaaaaaaaaaaaaaaaa{% endfilter %}",
+])
+def test_a_mark_a_filter_changed_or_cut_never_reaches_the_reader(text):
+    done = send(page(""), text + "\n")
+    assert not set("\ue000\ue001") & set(done.rendered.text)
+
+
 def test_markup_a_lead_smuggles_in_through_safe_is_never_wrapped():
     html = page("<p>{{ lead.company|safe }}</p><a href='https://acme.example/a'>a</a>")
     done = send(html, "", company=f'<a href="{EVIL}">Claim your prize</a>')

@@ -56,7 +56,7 @@ class UploadResult:
     program: str
     versions: list[StoredVersion]
     skipped: list[str] = field(default_factory=list)
-    launched: bool = False  # the program is live: new versions wait for the next launch
+    pending: list[str] = field(default_factory=list)  # paths whose upload waits for a launch
 
     @property
     def invalid(self) -> list[StoredVersion]:
@@ -69,8 +69,7 @@ class UploadResult:
     @property
     def pending_launch(self) -> bool:
         """Leads keep the launched versions until `nurture launch` passes the gate for these."""
-        return self.launched and any(v.outcome != "unchanged" and v.status == VALID
-                                     for v in self.versions)
+        return bool(self.pending)
 
 
 def upload(*, session: Session, program: str, filename: str, data: bytes, now: datetime,
@@ -87,8 +86,14 @@ def upload(*, session: Session, program: str, filename: str, data: bytes, now: d
         raise UploadRefused(unknown)
     versions = [store_member(session=session, program_id=record.id, member=m, now=now, actor=actor)
                 for m in members]
+    pending = []
+    if record.live_version is not None:
+        changed = [v.path for v in versions if v.outcome != "unchanged" and v.status == VALID]
+        pending = [asset.path for asset in session.scalars(select(Asset).where(
+            Asset.program_id == record.id, Asset.path.in_(changed)))
+            if asset.current_version != asset.live_version]
     return UploadResult(program=record.name, versions=versions, skipped=skipped,
-                        launched=record.live_version is not None)
+                        pending=pending)
 
 
 def store_program_files(*, session: Session, program_id: int, files: dict[str, str],

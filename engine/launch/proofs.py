@@ -22,11 +22,12 @@ from engine.launch.approvals import review_token, review_url
 from engine.launch.models import Proof
 from engine.launch.samples import Sample, sample_leads
 from engine.leads.fields import normalise_email
+from engine.pages.service import preview_token
 from engine.programs.models import ProgramRecord
 from engine.programs.spec import Email, Program
 from engine.programs.store import current_program
 from engine.render.message import build_message, sender_domain
-from engine.render.personalise import Rendered, RenderFailed, make_context, render_email
+from engine.render.personalise import Links, Rendered, RenderFailed, make_context, render_email
 from engine.sending.transport import Transport
 
 MAX_REVIEWERS = 20
@@ -127,7 +128,8 @@ def send_proofs(*, session: Session, program_name: str, reviewers: list[str],
         raise Invalid(f"program {program_name} has no sender: add `sender: {{from: ...}}`",
                       field="sender")
     rendered = render_proofs(session=session, record=record, program=program,
-                             base_url=base_url)
+                             base_url=base_url,
+                             page_token=preview_token(secret_key=secret_key, program=record.name))
     run = _Run(session, record, program, transport, secret_key, base_url.rstrip("/"), now)
     sent = SentProofs()
     for item in rendered:
@@ -144,9 +146,10 @@ def send_proofs(*, session: Session, program_name: str, reviewers: list[str],
 
 
 def render_proofs(*, session: Session, record: ProgramRecord, program: Program,
-                  base_url: str) -> list[RenderedProof]:
-    """Every email x persona, rendered strictly from the current asset versions. Raises
-    ProofsNotRendered naming every email and persona that failed."""
+                  base_url: str, page_token: str | None = None) -> list[RenderedProof]:
+    """Every email x persona, rendered strictly from the current asset versions; its page
+    links carry `page_token` (a preview: the reviewer sees the pages as they will be).
+    Raises ProofsNotRendered naming every email and persona that failed."""
     samples = sample_leads(program)
     results: list[RenderedProof] = []
     failures: list[str] = []
@@ -157,7 +160,8 @@ def render_proofs(*, session: Session, record: ProgramRecord, program: Program,
             failures.append(f"{email.key} ({email.file}): {exc.detail}")
             continue
         for sample in samples:
-            context = make_context(lead=sample.lead, program=program, base_url=base_url)
+            context = make_context(lead=sample.lead, program=program, links=Links(
+                base_url=base_url, program=program.slug, page_token=page_token))
             try:
                 # version_id=None: no shared template cache. That cache is keyed by row id,
                 # and ids repeat (another database, a deleted or rolled-back row), so a proof

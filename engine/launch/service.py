@@ -25,6 +25,7 @@ from engine.programs.models import ProgramRecord
 from engine.programs.spec import Program
 from engine.programs.store import current_program, program_at, version_row
 from engine.render.message import sender_domain
+from engine.sending.outbox import adopt_launched_version
 
 MAX_KEY = 1000
 MAX_REASON = 2000
@@ -74,9 +75,13 @@ def _make_live(session: Session, record: ProgramRecord, version: int,
     if record.live_version != version:
         record.live_version = version
         session.flush()
-        migrate_enrollments(session=session, program_id=record.id,
-                            program=program_at(session, record.id, version), now=now,
+        program = program_at(session, record.id, version)
+        migrate_enrollments(session=session, program_id=record.id, program=program, now=now,
                             actor=f"launch:{by}"[:200])
+        launched = set(session.scalars(select(Launch.version).where(
+            Launch.program_id == record.id, Launch.launched.is_(True))))
+        adopt_launched_version(session=session, program_id=record.id, program=program,
+                               launched_versions=launched, now=now)
 
 
 @dataclass(frozen=True)
@@ -100,7 +105,8 @@ class PendingChange:
 
 def pending_changes(*, session: Session, record: ProgramRecord) -> list[PendingChange]:
     """What the next launch would let out: a newer program version, and each email and page
-    of it whose current version is not the live one, with why it waits (its approval)."""
+    of it whose current version is not the live one, with why it waits (its approval); and a
+    live email a reviewer rejected since (it is still sent: the launch gate blocks on it)."""
     spec = program_at(session, record.id, record.current_version)
     pending = []
     if record.current_version != record.live_version:
@@ -114,9 +120,14 @@ def pending_changes(*, session: Session, record: ProgramRecord) -> list[PendingC
         asset = assets.get(path)
         live = asset.live_version if asset else None
         current = asset.current_version if asset else None
+        approval = approvals.get(path)
         if current is None or current != live:
-            why, ready = _waiting_on(approvals.get(path))
+            why, ready = _waiting_on(approval)
             pending.append(PendingChange(path, live, current, why, ready and current is not None))
+        elif approval is not None and approval.state == "rejected":
+            pending.append(PendingChange(path, live, current, ready=False, why=(
+                _waiting_on(approval)[0] + " after launch: leads still get it until a fixed "
+                "version is uploaded and launched")))
     return pending
 
 
@@ -145,6 +156,13 @@ def _waiting_on(approval) -> tuple[str, bool]:
     if approval.awaiting:
         return f"awaiting approval from {', '.join(approval.awaiting)}", False
     return "not approved: no proof sent yet (`nurture qa proof`)", False
+
+
+def last_launch(*, session: Session, record: ProgramRecord) -> Launch | None:
+    """The launch that let out the live version (when and by whom)."""
+    return session.scalar(select(Launch).where(Launch.program_id == record.id,
+                                               Launch.launched.is_(True))
+                          .order_by(Launch.id.desc()).limit(1))
 
 
 def is_launched(*, session: Session, record: ProgramRecord) -> bool:

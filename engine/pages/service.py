@@ -11,7 +11,7 @@ from datetime import datetime
 from sqlalchemy.orm import Session
 
 from engine.assets.models import AssetVersion
-from engine.assets.service import sendable_version
+from engine.assets.service import current_version, sendable_version
 from engine.errors import Invalid, NotFound
 from engine.journeys.decide import Event, EventKind
 from engine.journeys.service import apply_event
@@ -20,11 +20,12 @@ from engine.leads.models import Lead
 from engine.leads.service import get_lead, get_lead_by_id
 from engine.pages.models import FormSubmission
 from engine.programs.spec import Page, Program
-from engine.programs.store import running_program
+from engine.programs.store import current_program, running_program
 from engine.render.personalise import (
     Links,
     RenderContext,
     RenderFailed,
+    RenderTimeout,
     lead_variables,
     render_template,
     sender_variables,
@@ -32,6 +33,7 @@ from engine.render.personalise import (
 )
 from engine.tracking.tokens import sign, verify
 
+PREVIEW = "page-preview"  # a token purpose of its own: no other token opens a preview
 MAX_FORM_FIELDS = 20
 MAX_FIELD_NAME = 100
 IGNORED_FIELDS = frozenset({"csrf_token"})
@@ -44,19 +46,35 @@ class FoundPage:
     version: AssetVersion
 
 
-def find_page(*, session: Session, program: str, slug: str) -> FoundPage:
-    """The launched version of a program's page by slug (before the first launch, the current
-    one). Raises NotFound (also when the page has no valid or launched version: a visitor
-    cannot tell the difference, and need not)."""
-    record, spec = running_program(session=session, name=program)
+def find_page(*, session: Session, program: str, slug: str,
+              preview: bool = False) -> FoundPage:
+    """The launched version of a program's page by slug; with `preview` (a reviewer's signed
+    link), the newest version, launched or not. Raises NotFound, also before the program's
+    first launch and when the page has no valid or launched version: a visitor cannot tell
+    the difference, and need not."""
+    record, spec = (current_program if preview else running_program)(session=session,
+                                                                     name=program)
     page = next((p for p in spec.pages.values() if p.slug == slug), None)
-    if page is None:
+    if page is None or (record.live_version is None and not preview):
         raise NotFound(f"program {program!r} has no page {slug!r}", field="slug")
+    read = current_version if preview else sendable_version
     try:
-        version = sendable_version(session=session, program_id=record.id, path=page.file)
+        version = read(session=session, program_id=record.id, path=page.file)
     except Invalid:
         raise NotFound(f"page {slug!r} has no valid version", field="slug") from None
     return FoundPage(program_id=record.id, program=spec, page=page, version=version)
+
+
+def preview_token(*, secret_key: str, program: str) -> str:
+    """For a reviewer's proof: opens the program's pages at their newest version."""
+    return sign(secret_key, PREVIEW, {"p": program})
+
+
+def is_preview(*, secret_key: str, token: str | None, program: str) -> bool:
+    if not token or len(token) > 200:
+        return False
+    payload = verify(secret_key, PREVIEW, token)
+    return bool(payload) and payload.get("p") == program
 
 
 # -- personalisation token --------------------------------------------------------------------
@@ -107,6 +125,8 @@ def render_page(*, found: FoundPage, lead: Lead | None, csrf_token: str, base_ur
     if page is None:
         try:
             page = _render(found, context, _CSRF_PLACEHOLDER)
+        except RenderTimeout:
+            raise  # maybe only a busy moment: not remembered
         except RenderFailed as exc:
             page = exc  # a failing page fails once, not once per visitor
         if len(_anonymous_pages) >= MAX_CACHED_PAGES:

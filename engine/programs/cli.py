@@ -8,7 +8,7 @@ from rich.table import Table
 
 from engine.cli_context import AppContext, console, echo_json, err_console, pass_app, styled
 from engine.db import utcnow
-from engine.launch.service import pending_changes, pending_lines
+from engine.launch.service import last_launch, pending_changes, pending_lines
 from engine.programs.loader import validate_program_dir
 from engine.programs.service import load_program, matrix, side_tracks
 from engine.programs.store import current_program
@@ -64,6 +64,7 @@ def show(app: AppContext, name: str, as_json: bool) -> None:
     with app.db.session() as session:
         record, prog = current_program(session=session, name=name)
         pending = pending_changes(session=session, record=record)
+        launch = last_launch(session=session, record=record)
     rows = matrix(prog)
     side = side_tracks(prog)
     if as_json:
@@ -84,16 +85,16 @@ def show(app: AppContext, name: str, as_json: bool) -> None:
                                     " (leads there wait): " + ", ".join(empty)))
     if side:
         console.print("side tracks: " + ", ".join(f"{t['track']} ({len(t['emails'])} emails)" for t in side))
-    _print_launch_state(record, pending)
+    _print_launch_state(record, launch, pending)
 
 
-def _print_launch_state(record, pending) -> None:
+def _print_launch_state(record, launch, pending) -> None:
     if record.live_version is None:
         console.print(styled(("not launched", "yellow"), ": nothing is sent until "
                                     f"`nurture launch {record.name}` passes the QA gate"))
     else:
-        console.print(f"live: version {record.live_version}, launched "
-                      f"{record.launched_at:%Y-%m-%d %H:%M} UTC")
+        when = f", launched {launch.at:%Y-%m-%d %H:%M} UTC by {launch.by}" if launch else ""
+        console.print(f"live: version {record.live_version}{when}")
     if record.live_version is not None and not pending:
         console.print("nothing pending: leads get the newest version of everything")
     elif pending:

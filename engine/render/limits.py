@@ -30,6 +30,10 @@ class RenderLimitExceeded(SecurityError):
     """A template tried to do more work or produce more output than a message may."""
 
 
+class RenderTimedOut(RenderLimitExceeded):
+    """The render ran out of time: maybe its own doing, maybe a busy machine."""
+
+
 def printed_size(value: Any, *, quoted: bool = False, indent: int = 0,
                  limit: int = MAX_VALUE_CHARS) -> int:
     """An upper bound of len(str(value)) (of repr(value) when `quoted`; up to doubled quotes and

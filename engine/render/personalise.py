@@ -15,7 +15,7 @@ from jinja2 import StrictUndefined, Template, Undefined
 from jinja2.exceptions import SecurityError, TemplateError, UndefinedError
 
 from engine.errors import Invalid
-from engine.render.limits import RenderLimitExceeded
+from engine.render.limits import RenderLimitExceeded, RenderTimedOut
 from engine.render.sandbox import BoundedSandbox, budget, check_deadline
 
 MAX_OUTPUT_CHARS = 1024 * 1024  # a rendered part over 1 MB is an error (Gmail clips at ~102 KB)
@@ -27,6 +27,10 @@ PLACEHOLDER_TOKEN = "preview"  # previews; a sent email carries signed tokens
 
 class RenderFailed(Invalid):
     """A template failed for this recipient (limit, sandbox violation, strict undefined)."""
+
+
+class RenderTimeout(RenderFailed):
+    """The render ran out of time: it may succeed on a less busy machine."""
 
 
 @functools.cache
@@ -142,6 +146,8 @@ def render_template(tmpl: Template, variables: dict, *, where: str = "template")
             return "".join(parts)
     except UndefinedError as exc:
         raise RenderFailed(f"undefined variable: {exc.message}", location=where) from None
+    except RenderTimedOut as exc:
+        raise RenderTimeout(f"refused: {exc}", location=where) from None
     except SecurityError as exc:
         raise RenderFailed(f"refused: {exc}", location=where) from None
     except TemplateError as exc:

@@ -21,6 +21,9 @@ gigabytes inside one Python call, where no deadline can stop them. So:
   every printed value, so a render stops at most one bounded operation after it.
 - What the operations of one render create is counted against MAX_WORK_CHARS, which bounds the
   memory a render can hold (a recursive macro keeping large strings alive on its stack).
+- Methods of built-in values are allowlisted (`SAFE_METHODS`): a method not listed cannot be
+  sized, and some are slow or huge in one call (`str.encode('punycode')` is quadratic in
+  pure Python, `int.to_bytes(10**9)` allocates a gigabyte), so it is refused.
 - `~`, list/tuple/dict literals and for-loops cannot be intercepted by Jinja's sandbox hooks;
   the code generator routes them through the environment. Nothing is evaluated at compile
   time (no optimizer; filters and finalize take the context, which Jinja only has at run
@@ -62,6 +65,7 @@ from engine.render.limits import (
     MAX_ITEMS,
     MAX_VALUE_CHARS,
     RenderLimitExceeded,
+    RenderTimedOut,
     check_binop,
     ensure_bits,
     ensure_chars,
@@ -100,7 +104,7 @@ def budget(seconds: float) -> Iterator[None]:
 def check_deadline() -> None:
     found = _budget.get()
     if found is not None and time.monotonic() > found.deadline:
-        raise RenderLimitExceeded(f"render took longer than the time limit of {found.seconds} s")
+        raise RenderTimedOut(f"render took longer than the time limit of {found.seconds} s")
 
 
 def _spend(chars: int) -> None:
@@ -264,8 +268,39 @@ def _printable(eval_context: EvalContext, value: Any) -> Any:
     return value
 
 
+_STR_METHODS = frozenset({
+    "capitalize", "casefold", "center", "count", "endswith", "expandtabs", "find", "format",
+    "format_map", "index", "isalnum", "isalpha", "isascii", "isdecimal", "isdigit",
+    "isidentifier", "islower", "isnumeric", "isprintable", "isspace", "istitle", "isupper",
+    "join", "ljust", "lower", "lstrip", "partition", "removeprefix", "removesuffix", "replace",
+    "rfind", "rindex", "rjust", "rpartition", "rsplit", "rstrip", "split", "splitlines",
+    "startswith", "strip", "swapcase", "title", "translate", "upper", "zfill",
+    "escape", "striptags", "unescape",  # Markup's
+})
+# The methods a template may call on a built-in value, by type (the first its value is an
+# instance of); a type not listed (a Links, a Rendered...) keeps the sandbox's own rules.
+SAFE_METHODS: tuple[tuple[type, frozenset[str]], ...] = (
+    (str, _STR_METHODS),
+    (bool, frozenset()),
+    ((int, float), frozenset({"bit_length", "conjugate", "is_integer"})),
+    (dict, frozenset({"get", "items", "keys", "values", "copy"})),
+    ((list, tuple), frozenset({"count", "index"})),
+    ((set, frozenset), frozenset({"isdisjoint", "issubset", "issuperset", "union",
+                                  "intersection", "difference", "symmetric_difference"})),
+    ((bytes, bytearray), frozenset()),
+)
+
+
 class BoundedSandbox(ImmutableSandboxedEnvironment):
     """See the module docstring."""
+
+    def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
+        if not super().is_safe_attribute(obj, attr, value):
+            return False
+        if not callable(value):
+            return True
+        allowed = next((names for kinds, names in SAFE_METHODS if isinstance(obj, kinds)), None)
+        return allowed is None or attr in allowed
 
     code_generator_class = _BoundedCodeGenerator
     intercepted_binops = frozenset({"+", "-", "*", "/", "//", "%", "**"})

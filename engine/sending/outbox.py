@@ -59,6 +59,25 @@ def insert_rows(session: Session, rows: list[dict]) -> None:
     session.execute(insert(_OUTBOX).on_conflict_do_nothing(), rows)
 
 
+def adopt_launched_version(*, session: Session, program_id: int, program: Program,
+                           launched_versions: set[int], now: datetime) -> None:
+    """At a launch: rows still waiting under another version of the program take the launched
+    one when it still has their email (its subject and sender go out, checked by the gate);
+    a row whose email it no longer has and whose version was never launched is skipped,
+    saying so (nothing unchecked goes out)."""
+    waiting = and_(_OUTBOX.c.program_id == program_id,
+                   _OUTBOX.c.program_version != program.version,
+                   _OUTBOX.c.status.in_([Delivery.PENDING, Delivery.FAILED_TEMP]))
+    steps = list(program.emails)
+    session.execute(update(_OUTBOX).where(waiting, _OUTBOX.c.step.in_(steps))
+                    .values(program_version=program.version, updated_at=now))
+    session.execute(update(_OUTBOX).where(
+        waiting, _OUTBOX.c.step.not_in(steps),
+        _OUTBOX.c.program_version.not_in(sorted(launched_versions))).values(
+            status=Delivery.SKIPPED, updated_at=now,
+            skip_reason=f"not in launched version {program.version} of the program"))
+
+
 def due_clause(now: datetime):
     """Rows a worker may claim: pending or temporarily failed rows whose time has come, and
     rows whose claim's lease has expired (their worker died or stalled) — of launched programs

@@ -45,6 +45,7 @@ _RAW = re.compile(r"\{%-?\s*(end)?raw\s*-?%\}")
 _WEB_URL = re.compile(r"https?://[^\s<>\"']+$", re.IGNORECASE)
 _TEXT_URL = re.compile(r"https?://[^\s<>()\[\]\"']+", re.IGNORECASE)
 _BODY_END = re.compile(r"</body\s*>", re.IGNORECASE)
+_LEFTOVER_MARK = re.compile("\ue000[^\ue000\ue001]{0,40}\ue001|[\ue000\ue001]")
 _TRAILING = ".,;:!?"  # punctuation after a URL in text belongs to the sentence
 _parser = Environment()
 
@@ -129,14 +130,16 @@ def _link_length(value: str, saved: list[str]) -> int:
             end = token.start()
             break
     link = value[:end]
-    if (first := TOKEN.match(link)) is not None:
-        return end if _engine_link(saved[int(first[1])]) else 0
+    if (first := TOKEN.match(link)) is not None:  # its host must be the engine's own
+        ends_host = link[first.end():first.end() + 1] in ("", "/", "?", "#")
+        return end if ends_host and _engine_link(saved[int(first[1])]) else 0
     authority = _AUTHORITY.match(link)
     return end if authority and authority[1] and not TOKEN.search(authority[1]) else 0
 
 
 def _engine_link(placeholder: str) -> bool:
-    """{{ links.page('demo') }}, {{ links.unsubscribe }}: an address under the engine's URL."""
+    """Exactly `{{ links.NAME }}` or `{{ links.page('slug') }}`: an address under the engine's
+    URL (nothing chained on it that could make it another: `.replace(...)`, `~ lead.x`)."""
     try:
         body = _parser.parse(placeholder).body
     except TemplateSyntaxError:
@@ -144,9 +147,15 @@ def _engine_link(placeholder: str) -> bool:
     if len(body) != 1 or not isinstance(body[0], nodes.Output) or len(body[0].nodes) != 1:
         return False
     node = body[0].nodes[0]
-    while isinstance(node, (nodes.Call, nodes.Getattr)):
+    if isinstance(node, nodes.Call):
+        if (node.kwargs or node.dyn_args or node.dyn_kwargs or len(node.args) != 1
+                or not isinstance(node.args[0], nodes.Const)
+                or not isinstance(node.args[0].value, str)
+                or not isinstance(node.node, nodes.Getattr) or node.node.attr != "page"):
+            return False
         node = node.node
-    return isinstance(node, nodes.Name) and node.name == "links"
+    return (isinstance(node, nodes.Getattr) and isinstance(node.node, nodes.Name)
+            and node.node.name == "links")
 
 
 def _outside_raw(spans: list[tuple[int, int]], protected: str,
@@ -219,10 +228,13 @@ def instrument(*, html: str, text: str, mark: str, click_url: Callable[[int, str
 
 
 def _wrap_marked(content: str, mark: str, wrap: Callable[[str], str]) -> str:
-    """`wrap` applied to what lies between each pair of marks; the marks removed."""
+    """`wrap` applied to what lies between each pair of marks; the marks removed, and what is
+    left of a mark a template's filter changed or cut (`wordwrap`, `replace`): its link goes
+    untracked, and no stray mark reaches a reader."""
     parts = content.split(mark)
-    return "".join(wrap(part) if i % 2 and i < len(parts) - 1 else part
-                   for i, part in enumerate(parts))
+    joined = "".join(wrap(part) if i % 2 and i < len(parts) - 1 else part
+                     for i, part in enumerate(parts))
+    return _LEFTOVER_MARK.sub("", joined)
 
 
 def _append_to_body(html: str, extra: str) -> str:

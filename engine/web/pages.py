@@ -19,6 +19,7 @@ from engine.leads.fields import BAD_TEXT
 from engine.pages.service import (
     FoundPage,
     find_page,
+    is_preview,
     lead_from_token,
     render_page,
     submit_form,
@@ -89,8 +90,9 @@ def page(program: str, slug: str):
     _check_names(program, slug)
     nonce = CSRF.nonce()
     token = request.args.get("t")
+    preview = is_preview(secret_key=_secret(), token=token, program=program)
     with _db().session() as session:
-        found = find_page(session=session, program=program, slug=slug)
+        found = find_page(session=session, program=program, slug=slug, preview=preview)
         lead = lead_from_token(session=session, secret_key=_secret(), token=token)
         if request.method == "GET":
             if request.args.get("submitted") == "1":
@@ -104,6 +106,10 @@ def page(program: str, slug: str):
             return CSRF.with_cookie(Response(body, mimetype="text/html"), nonce)
 
     CSRF.check()
+    if preview:  # a reviewer trying the form of a page not launched: nothing is stored
+        body = _with_message(_render(found, nonce, None, None),
+                             "Preview: the form works, and nothing was stored.")
+        return CSRF.with_cookie(Response(body, mimetype="text/html"), nonce)
     try:
         with _db().session() as session:
             submit_form(session=session, found=found, form=request.form.to_dict(flat=False),

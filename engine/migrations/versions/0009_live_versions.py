@@ -26,8 +26,11 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('live_version', sa.Integer(), nullable=True))
     with op.batch_alter_table('launches', schema=None) as batch_op:
         batch_op.add_column(sa.Column('assets', sa.JSON(), nullable=True))
-    op.execute("UPDATE programs SET live_version = current_version "
-               "WHERE launched_at IS NOT NULL")
+    # The version a recorded launch let out, else (launched by hand) the current one.
+    op.get_bind().execute(sa.text(
+        "UPDATE programs SET live_version = COALESCE((SELECT MAX(launches.version) FROM launches "
+        "WHERE launches.program_id = programs.id AND launches.launched = :yes), current_version) "
+        "WHERE launched_at IS NOT NULL"), {"yes": True})
     op.execute("UPDATE assets SET live_version = current_version WHERE program_id IN "
                "(SELECT id FROM programs WHERE launched_at IS NOT NULL)")
 
