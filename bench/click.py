@@ -112,8 +112,8 @@ def deliver_emails(database_url: str, leads: int, work: Path) -> dict[str, str]:
     from sqlalchemy import select
 
     from engine.db import Database
+    from engine.flows.leads import upsert_lead
     from engine.launch.service import launch_unchecked
-    from engine.leads.service import upsert_lead
     from engine.programs.service import load_program
     from engine.sending.compose import Signing
     from engine.sending.delivery import DeliveryOptions, deliver_due
@@ -283,7 +283,7 @@ def measure(args: argparse.Namespace, settings: Settings, env: dict[str, str], w
             buffer: EventBuffer) -> dict:
     """Deliver, load both servers round by round, then drain; the figures for report()."""
     from engine.db import Database
-    from engine.tracking.service import drain_buffer
+    from engine.flows.tracking import drain_buffer
 
     if buffer.pending():
         raise SystemExit(f"the event buffer at REDIS_URL holds {buffer.pending()} events: "

@@ -281,12 +281,12 @@ def _deliver_through_sink(app: AppContext, *, web, clock: _SimulatedClock, days:
     app serves the tracking links on a local port; the demo's audience opens and clicks what
     lands in the sink, and the drainer stores their events after each delivery run."""
     from engine.demo_tracking import Audience
+    from engine.flows.tracking import drain_buffer
     from engine.journeys.service import run_due
     from engine.sending.compose import Signing
     from engine.sending.delivery import DeliveryOptions, deliver_due
     from engine.sending.inbox import list_messages, read_message
     from engine.sending.transport import transport_from_settings
-    from engine.tracking.service import drain_buffer
 
     end = clock.now + timedelta(days=days)
     totals: Counter = Counter()
@@ -348,7 +348,7 @@ def _print_handoff(app: AppContext, *, now: datetime) -> None:
     """Scores, the filtered bot hits, the MQLs with their notifications, and one MQL's timeline."""
     from engine.leads.models import Lead
     from engine.sales.models import SalesNotification
-    from engine.sales.service import mql_queue, queue_entry
+    from engine.sales.queue import mql_queue, queue_entry
     from engine.scoring.service import current_score, scoring_program
     from engine.tracking.models import TrackingEvent
 

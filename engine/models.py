@@ -2,13 +2,14 @@
 
 from engine.assets.models import Asset, AssetVersion
 from engine.auth.models import ApiKey
+from engine.crm.models import CrmOutboxItem
 from engine.db import Base
 from engine.journeys.models import Enrollment
 from engine.launch.models import Approval, Launch, Proof, Waiver
-from engine.leads.models import Lead, LeadEvent, StageChange
+from engine.leads.models import ConsentRecord, Lead, LeadEvent, StageChange
 from engine.pages.models import FormSubmission
 from engine.programs.models import ProgramRecord, ProgramVersion
-from engine.sales.models import CrmOutboxItem, SalesNotification, SlaBreach
+from engine.sales.models import SalesNotification, SlaBreach
 from engine.scoring.models import ScoreEvent
 from engine.sending.models import OutboxMessage, Suppression
 from engine.tracking.models import TrackingEvent
@@ -19,6 +20,7 @@ __all__ = [
     "Asset",
     "AssetVersion",
     "Base",
+    "ConsentRecord",
     "CrmOutboxItem",
     "Enrollment",
     "FormSubmission",

@@ -11,8 +11,8 @@ from sqlalchemy.exc import IntegrityError
 
 from engine.auth.service import ROLES, create_key, revoke_key
 from engine.db import utcnow
+from engine.flows.leads import upsert_lead
 from engine.leads.models import Lead
-from engine.leads.service import upsert_lead
 from engine.web.app import MAX_REQUEST_BYTES, create_app
 
 
@@ -230,7 +230,7 @@ def test_a_concurrent_create_of_the_same_lead_is_retried_as_an_update(admin, mon
             raise IntegrityError("INSERT INTO leads", {}, Exception("unique violation"))
         return upsert_lead(**kwargs)
 
-    monkeypatch.setattr(api, "upsert_lead", racing_upsert)
+    monkeypatch.setattr(api.pipeline, "upsert_lead", racing_upsert)
     response = admin.post("/api/v1/leads", json={"email": "race@example.com"})
     assert response.status_code == 201
     assert calls == ["race@example.com", "race@example.com"]

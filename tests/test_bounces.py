@@ -21,9 +21,9 @@ from smtp_sink import nurture_message
 from sqlalchemy import func, select
 
 from engine.errors import Invalid
+from engine.flows.leads import upsert_lead
 from engine.journeys.models import Enrollment
 from engine.leads.models import Lead, LeadEvent
-from engine.leads.service import upsert_lead
 from engine.programs.service import load_program
 from engine.sending.bounces import (
     MAX_RECIPIENTS,

@@ -9,8 +9,8 @@ from launching import launch_all
 from smtp_sink import REPLIES
 from sqlalchemy import select
 
+from engine.flows.leads import upsert_lead
 from engine.journeys.models import Enrollment
-from engine.leads.service import upsert_lead
 from engine.programs.service import load_program
 from engine.sending.delivery import deliver_due
 from engine.sending.inbox import read_message

@@ -6,10 +6,11 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, select
 
+from engine.flows.leads import upsert_lead
 from engine.journeys.models import Enrollment
 from engine.journeys.service import run_due
 from engine.leads.models import LeadEvent
-from engine.leads.service import get_lead, set_stage, upsert_lead
+from engine.leads.service import get_lead, set_stage
 from engine.programs.service import load_program
 
 MONDAY = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)  # 09:00 in Paris

@@ -14,8 +14,8 @@ import pytest
 from launching import approve_everything
 from sqlalchemy import func, select
 
+from engine.flows.leads import upsert_lead
 from engine.launch.models import Launch, Waiver
-from engine.leads.service import upsert_lead
 from engine.programs.models import ProgramRecord
 from engine.programs.service import load_program
 from engine.sending.delivery import deliver_due

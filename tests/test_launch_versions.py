@@ -15,10 +15,10 @@ from launching import approve_everything
 from sqlalchemy import select
 
 from engine.assets.models import Asset
+from engine.flows.leads import upsert_lead
 from engine.journeys.models import Enrollment
 from engine.journeys.service import run_due
 from engine.launch.models import Launch
-from engine.leads.service import upsert_lead
 from engine.programs.models import ProgramRecord
 from engine.sending.delivery import deliver_due
 from engine.sending.inbox import read_message

@@ -288,7 +288,7 @@ def test_illegal_stage_change_of_existing_lead_is_rejected(cli, db, loaded_progr
 
 def test_existing_lead_without_enrollment_gets_enrolled(cli, db, loaded_program, tmp_path):
     from engine.db import utcnow
-    from engine.leads.service import upsert_lead
+    from engine.flows.leads import upsert_lead
 
     with db.session() as s:
         upsert_lead(session=s, fields={"email": "ada@globex.example", "title": "CIO"},

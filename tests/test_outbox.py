@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 from launching import launch_all
 from sqlalchemy import func, select
 
+from engine.flows.leads import upsert_lead
 from engine.journeys.service import run_due
 from engine.leads.importer import import_leads
-from engine.leads.service import upsert_lead
 from engine.programs.service import load_program
 from engine.sending.models import Delivery, OutboxMessage
 from engine.sending.outbox import claim_due, insert_rows, mark_sent

@@ -8,17 +8,19 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from responses import response
 from sqlalchemy import select
 
+from engine.crm.models import CrmOutboxItem
 from engine.errors import IllegalTransition, Invalid
+from engine.flows.leads import upsert_lead
 from engine.journeys.models import Enrollment
 from engine.leads.models import Lead, StageChange
-from engine.leads.service import upsert_lead
 from engine.programs.service import load_program
-from engine.sales.models import CrmOutboxItem, SalesNotification
-from engine.sales.service import accept, mql_queue, reject
+from engine.sales.models import SalesNotification
+from engine.sales.queue import mql_queue
+from engine.sales.service import accept, reject
 from engine.scoring.models import ScoreEvent
-from engine.scoring.service import score_response
 from engine.sending.models import OutboxMessage
 
 MONDAY = datetime(2026, 11, 2, 10, 0, tzinfo=UTC)  # 11:00 in Paris, inside the send window
@@ -40,7 +42,7 @@ def add_lead(db, email: str, now: datetime = MONDAY, **fields) -> int:
 
 def respond(db, lead_id: int, kind: str, detail: str | None, now: datetime) -> None:
     with db.session() as s:
-        score_response(session=s, lead=s.get(Lead, lead_id), kind=kind, detail=detail, now=now)
+        response(s, s.get(Lead, lead_id), kind, detail, now)
 
 
 def reach_mql(db, lead_id: int, now: datetime = MONDAY) -> None:
@@ -94,8 +96,8 @@ def test_accept_makes_the_mql_a_sal_owned_by_the_acceptor(db, sample_program):
     stored = lead(db, lead_id)
     assert (stored.stage, stored.owner) == ("sal", "sam@acme.example")
     item = rows(db, CrmOutboxItem, lead_id)[-1]
-    assert (item.kind, item.created_at, item.status) == ("sal", at, "pending")
-    assert item.payload["owner"] == "sam@acme.example" and item.payload["stage"] == "sal"
+    assert (item.kind, item.created_at, item.status) == ("stage_change", at, "pending")
+    assert item.payload["owner"] == "sam@acme.example" and item.payload["to"] == "sal"
     [enrollment] = rows(db, Enrollment, lead_id)
     assert enrollment.status == "exited"  # sal is an exit stage: nurture stops
 
@@ -107,7 +109,8 @@ def test_accept_for_a_named_owner(db, sample_program):
                     now=MONDAY + DAY)
     assert change.actor == "manager@acme.example"
     assert lead(db, lead_id).owner == "rita@acme.example"
-    assert rows(db, CrmOutboxItem, lead_id, kind="sal")[0].payload["owner"] == "rita@acme.example"
+    [accepted] = [i for i in rows(db, CrmOutboxItem, lead_id) if i.payload["to"] == "sal"]
+    assert accepted.payload["owner"] == "rita@acme.example"
 
 
 # -- reject ---------------------------------------------------------------------------------
@@ -138,7 +141,9 @@ def test_reject_recycles_the_lead_into_nurture_with_its_behaviour_reset(db, samp
     [reset] = rows(db, ScoreEvent, lead_id, kind="reset")
     assert reset.at == at and reset.category == "behaviour" and "rejected" in reset.rule
     item = rows(db, CrmOutboxItem, lead_id)[-1]
-    assert item.kind == "rejected" and item.payload["reason"] == reason
+    assert (item.payload["from"], item.payload["to"], item.payload["rejected"]) == (
+        "mql", "recycled", True)
+    assert item.payload["reason"] == f"rejected by sales: {reason}"
     [enrollment] = rows(db, Enrollment, lead_id)
     assert (enrollment.status, enrollment.track) == ("active", "it_manager/recycled")
     steps = [r.step for r in rows(db, OutboxMessage, lead_id)]
@@ -159,7 +164,7 @@ def test_a_rejected_lead_becomes_an_mql_again_by_earning_points(db, sample_progr
     assert [(c.from_stage, c.at) for c in changes] == [
         ("inquiry", MONDAY + timedelta(minutes=2)), ("recycled", later)]
     assert [n.kind for n in rows(db, SalesNotification, lead_id)] == ["mql", "mql"]
-    assert [i.kind for i in rows(db, CrmOutboxItem, lead_id)] == ["mql", "rejected", "mql"]
+    assert [i.payload["to"] for i in rows(db, CrmOutboxItem, lead_id)] == ["mql", "recycled", "mql"]
 
 
 @pytest.mark.parametrize("verb", [accept, reject])

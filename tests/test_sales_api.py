@@ -17,16 +17,19 @@ import pytest
 from sqlalchemy import func, select
 
 from engine.auth.service import ROLES, create_key
+from engine.crm.models import CrmOutboxItem
 from engine.db import utcnow
+from engine.flows.leads import upsert_lead
+from engine.flows.tracking import store_events
 from engine.leads.models import Lead, StageChange
-from engine.leads.service import set_stage, upsert_lead
+from engine.leads.service import set_stage
 from engine.programs.service import load_program
-from engine.sales.models import CrmOutboxItem, SalesNotification
+from engine.sales.models import SalesNotification
 from engine.scoring.models import ScoreEvent
 from engine.sending.models import OutboxMessage
 from engine.sending.suppression import suppress
 from engine.tracking.models import TrackingEvent
-from engine.tracking.service import new_event, store_events
+from engine.tracking.service import new_event
 from engine.web.app import MAX_REQUEST_BYTES, create_app
 
 MONDAY = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)  # 09:00 in Paris: the first email goes at once
@@ -264,7 +267,8 @@ def test_accept_makes_the_mql_a_sal_owned_by_the_callers_key(call, db, clock, ro
         assert s.get(Lead, lead_id).owner == f"api:{role} bot"
         item = s.scalars(select(CrmOutboxItem).where(CrmOutboxItem.lead_id == lead_id)
                          .order_by(CrmOutboxItem.id.desc())).first()
-        assert (item.kind, item.payload["owner"]) == ("sal", f"api:{role} bot")
+        assert (item.kind, item.payload["to"], item.payload["owner"]) == (
+            "stage_change", "sal", f"api:{role} bot")
     assert call(role, "GET", "/api/v1/sales/mql").get_json()["items"] == []
 
 
@@ -302,8 +306,9 @@ def test_reject_recycles_the_mql_with_the_reason_and_resets_behaviour(call, db, 
         change = s.scalars(select(StageChange).where(StageChange.to_stage == "recycled")).one()
         assert (change.from_stage, change.actor, change.at) == ("mql", f"api:{role} bot", NOW)
         assert change.reason == "rejected by sales: no budget until Q3"
-        item = s.scalars(select(CrmOutboxItem).where(CrmOutboxItem.kind == "rejected")).one()
-        assert item.payload["reason"] == "no budget until Q3"
+        item = s.scalars(select(CrmOutboxItem).order_by(CrmOutboxItem.id.desc())).first()
+        assert (item.payload["to"], item.payload["rejected"]) == ("recycled", True)
+        assert item.payload["reason"] == "rejected by sales: no budget until Q3"
     assert call(role, "GET", "/api/v1/sales/mql").get_json()["items"] == []
 
 

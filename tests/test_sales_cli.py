@@ -13,17 +13,20 @@ from redis import exceptions as redis_errors
 from sqlalchemy import func, select
 
 from engine.config import Settings, redis_connection
+from engine.crm.models import CrmOutboxItem
+from engine.flows.leads import upsert_lead
+from engine.flows.tracking import store_events
 from engine.leads.models import Lead, StageChange
-from engine.leads.service import set_stage, upsert_lead
+from engine.leads.service import set_stage
 from engine.programs.service import load_program
-from engine.sales.models import CrmOutboxItem, SalesNotification, SlaBreach
+from engine.sales.models import SalesNotification, SlaBreach
 from engine.sales.service import accept
 from engine.scoring.models import ScoreEvent
 from engine.sending.models import OutboxMessage
 from engine.sending.suppression import suppress
 from engine.tracking.buffer import EventBuffer
 from engine.tracking.models import TrackingEvent
-from engine.tracking.service import new_event, store_events
+from engine.tracking.service import new_event
 
 MONDAY = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)  # 09:00 in Paris: the first email goes at once
 DAY = timedelta(days=1)

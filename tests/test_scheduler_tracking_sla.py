@@ -15,14 +15,15 @@ from rq import Queue, SimpleWorker
 from sqlalchemy import func, select
 
 from engine.config import Settings, redis_connection
+from engine.flows.leads import upsert_lead
+from engine.flows.tracking import store_events
 from engine.leads.models import Lead
-from engine.leads.service import upsert_lead
 from engine.programs.service import load_program
 from engine.sales.models import SalesNotification, SlaBreach
 from engine.sending.models import OutboxMessage
 from engine.tracking.buffer import EventBuffer
 from engine.tracking.models import TrackingEvent
-from engine.tracking.service import new_event, store_events
+from engine.tracking.service import new_event
 from worker import jobs, queues, scheduler
 from worker.scheduler import tick
 

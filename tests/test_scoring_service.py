@@ -9,17 +9,21 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from responses import response
 from sqlalchemy import select
 
+from engine.crm.models import CrmOutboxItem
+from engine.flows.leads import upsert_lead
 from engine.journeys.models import Enrollment
 from engine.leads.models import Lead, StageChange
-from engine.leads.service import get_lead, set_stage, upsert_lead
+from engine.leads.service import get_lead, set_stage
 from engine.programs.models import ProgramRecord
 from engine.programs.service import load_program
-from engine.sales.models import CrmOutboxItem, SalesNotification
-from engine.sales.service import accept, one_field_short_leads
+from engine.sales.models import SalesNotification
+from engine.sales.queue import one_field_short_leads
+from engine.sales.service import accept
 from engine.scoring.models import ScoreEvent
-from engine.scoring.service import current_score, score_response, scoring_program
+from engine.scoring.service import current_score, scoring_program
 
 # Sample program: open 1 (cap 1 a day), click 10 (cap 20), page_view 3 + pricing 20 (cap 40),
 # form_submitted 20; half-life 30 days; fit title 15, company_size >= 200 10, industry 5;
@@ -45,8 +49,7 @@ def add_lead(db, email: str, now: datetime = MONDAY, program: str = "acme-nurtur
 def respond(db, lead_id: int, kind: str, detail: str | None = None,
             now: datetime = MONDAY) -> list[tuple[str, float, str]]:
     with db.session() as s:
-        stored = score_response(session=s, lead=s.get(Lead, lead_id), kind=kind, detail=detail,
-                                now=now)
+        stored = response(s, s.get(Lead, lead_id), kind, detail, now)
         return [(e.kind, e.points, e.rule) for e in stored]
 
 
@@ -235,8 +238,10 @@ def test_reaching_the_threshold_makes_an_mql_told_to_sales_and_the_crm(db, sampl
     [notification] = rows(db, SalesNotification, lead_id)
     assert (notification.kind, notification.at, notification.reason) == ("mql", at, change.reason)
     [item] = rows(db, CrmOutboxItem, lead_id)
-    assert (item.kind, item.status, item.created_at) == ("mql", "pending", at)
-    assert item.payload["score"] == 58 and item.payload["stage"] == "mql"
+    assert (item.kind, item.status, item.created_at) == ("stage_change", "pending", at)
+    assert item.payload["score"] == 58
+    assert (item.payload["from"], item.payload["to"]) == ("inquiry", "mql")
+    assert (item.payload["reason"], item.payload["actor"]) == (change.reason, "scoring")
     assert item.payload["email"] == "ada@globex.example"
     respond(db, lead_id, "click", "checklist_it", MONDAY + DAY)  # more points: told once
     assert len(rows(db, SalesNotification, lead_id)) == len(rows(db, CrmOutboxItem, lead_id)) == 1
@@ -252,8 +257,7 @@ def test_the_mql_its_notification_and_crm_item_share_the_scoring_transaction(db,
         pass
 
     with pytest.raises(Crash), db.session() as s:
-        score_response(session=s, lead=s.get(Lead, lead_id), kind="page_view", detail="pricing",
-                       now=MONDAY + timedelta(minutes=2))
+        response(s, s.get(Lead, lead_id), "page_view", "pricing", MONDAY + timedelta(minutes=2))
         assert s.get(Lead, lead_id).stage == "mql"
         raise Crash
     assert lead(db, lead_id).stage == "inquiry"
@@ -289,7 +293,7 @@ def test_filling_in_the_missing_field_makes_an_mql_at_once(db, sample_program):
     [change] = rows(db, StageChange, lead_id, to_stage="mql")
     assert change.at == at and "threshold 55" in change.reason
     assert [n.kind for n in rows(db, SalesNotification, lead_id)] == ["mql"]
-    assert [i.kind for i in rows(db, CrmOutboxItem, lead_id)] == ["mql"]
+    assert [i.payload["to"] for i in rows(db, CrmOutboxItem, lead_id)] == ["mql"]
     with db.session() as s:
         assert one_field_short_leads(session=s, now=at) == []
 
@@ -337,7 +341,12 @@ def test_a_lead_with_sales_is_not_routed_again_but_its_owner_hears_of_a_hand_rai
     notes = rows(db, SalesNotification, lead_id)
     assert [n.kind for n in notes] == ["mql", "trigger"]  # the demo request, for the owner
     assert notes[1].owner == "sam@acme.example" and "page demo" in notes[1].reason
-    assert [i.kind for i in rows(db, CrmOutboxItem, lead_id)] == ["mql", "sal"]
+    items = rows(db, CrmOutboxItem, lead_id)
+    moves = ["mql", "sal"] + (["opportunity"] if stage == "opportunity" else [])
+    assert [i.payload["to"] for i in items if i.kind == "stage_change"] == moves
+    [signal] = [i for i in items if i.kind == "buying_signal"]  # the CRM hears it too
+    assert (signal.payload["stage"], signal.payload["expansion"]) == (stage, False)
+    assert signal.payload["owner"] == "sam@acme.example" and "page demo" in signal.payload["reason"]
 
 
 def test_a_demo_request_routes_to_sales_whatever_the_score(db, sample_program):
@@ -351,7 +360,7 @@ def test_a_demo_request_routes_to_sales_whatever_the_score(db, sample_program):
     assert change.at == at and "demo" in change.reason
     [notification] = rows(db, SalesNotification, lead_id)
     assert notification.kind == "trigger" and "route to sales" in notification.reason
-    assert [i.kind for i in rows(db, CrmOutboxItem, lead_id)] == ["mql"]
+    assert [i.payload["to"] for i in rows(db, CrmOutboxItem, lead_id)] == ["mql"]
     other = add_lead(db, "bob@globex.example", title="Intern", company="Globex")
     respond(db, other, "form_submitted", "pricing", at)  # a form on another page: no trigger
     assert lead(db, other).stage == "inquiry"

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from launching import launch_all
 
-from engine.leads.service import upsert_lead
+from engine.flows.leads import upsert_lead
 from engine.programs.service import load_program
 from engine.sending import outbox
 from engine.sending.suppression import suppress

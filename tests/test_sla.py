@@ -7,16 +7,17 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from responses import response
 from sqlalchemy import select
 
+from engine.flows.leads import upsert_lead
 from engine.journeys.models import Enrollment
 from engine.leads.models import Lead
-from engine.leads.service import set_stage, upsert_lead
+from engine.leads.service import set_stage
 from engine.programs.service import load_program
 from engine.sales.models import SalesNotification, SlaBreach
 from engine.sales.service import accept, reject
 from engine.sales.sla import check_slas, sla_report
-from engine.scoring.service import score_response
 from engine.sending.models import OutboxMessage
 
 MONDAY = datetime(2026, 11, 2, 10, 0, tzinfo=UTC)  # 11:00 in Paris, inside the send window
@@ -37,7 +38,7 @@ def mql(db, email: str, now: datetime = MONDAY) -> int:
                               actor="test", program="acme-nurture")
         for kind, detail in (("click", "welcome_it"), ("click", "guide_it"),
                              ("page_view", "pricing")):
-            score_response(session=s, lead=lead, kind=kind, detail=detail, now=now)
+            response(s, lead, kind, detail, now)
         assert lead.stage == "mql"
         return lead.id
 
@@ -120,7 +121,7 @@ def test_the_escalation_goes_to_the_owner_when_the_lead_has_one(db, sample_progr
         lead = s.get(Lead, lead_id)
         for kind, detail in (("click", "product_update"), ("click", "benchmark_it"),
                              ("page_view", "pricing")):
-            score_response(session=s, lead=lead, kind=kind, detail=detail, now=MONDAY + 3 * DAY)
+            response(s, lead, kind, detail, MONDAY + 3 * DAY)
         assert lead.stage == "mql" and lead.owner == "rita@acme.example"
     assert check(db, MONDAY + 16 * DAY) == ([], 0)  # 13 days since it became an MQL again
     assert check(db, MONDAY + 17 * DAY) == ([(lead_id, "mql_unanswered")], 0)

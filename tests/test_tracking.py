@@ -26,9 +26,10 @@ from sqlalchemy import create_engine, select, text
 
 from engine.config import Settings
 from engine.db import Base, Database
+from engine.flows.leads import upsert_lead
+from engine.flows.tracking import drain_buffer
 from engine.journeys.models import Enrollment
 from engine.leads.models import Lead, LeadEvent
-from engine.leads.service import upsert_lead
 from engine.pages.service import page_token
 from engine.programs.service import load_program
 from engine.scoring.models import ScoreEvent
@@ -40,7 +41,7 @@ from engine.sending.sink import Sink, free_port
 from engine.tracking.buffer import EventBuffer
 from engine.tracking.links import HONEYPOT
 from engine.tracking.models import TrackingEvent
-from engine.tracking.service import drain_buffer, new_event
+from engine.tracking.service import new_event
 from engine.tracking.tokens import click_token, send_token, sign, unsubscribe_token, verify
 from engine.web.app import create_app
 from engine.web.pages import CSP
@@ -832,7 +833,7 @@ def test_a_visit_from_the_emails_pricing_link_is_a_page_view_that_scores_the_pri
 
 
 def test_the_stored_page_view_names_the_page_visited_without_the_token(world):
-    from engine.sales.service import timeline_entries
+    from engine.sales.queue import timeline_entries
 
     email = deliver(world)
     pricing_visit(world, email)

@@ -35,7 +35,8 @@ from sqlalchemy import func, select
 
 from engine.config import Settings
 from engine.db import Database
-from engine.leads.service import upsert_lead
+from engine.flows.leads import upsert_lead
+from engine.flows.tracking import drain_buffer, store_events
 from engine.programs.service import load_program
 from engine.scoring.models import ScoreEvent
 from engine.sending.compose import Signing
@@ -45,7 +46,7 @@ from engine.sending.models import OutboxMessage
 from engine.sending.sink import Sink, free_port
 from engine.tracking.buffer import EventBuffer
 from engine.tracking.models import TrackingEvent
-from engine.tracking.service import drain_buffer, new_event, store_events
+from engine.tracking.service import new_event
 from engine.tracking.tokens import send_token, verify
 from engine.web.app import create_app
 from engine.web.recorder import REDIS_BYPASS

@@ -8,9 +8,9 @@ from urllib.parse import quote, urlsplit
 import pytest
 from sqlalchemy import func, select
 
+from engine.flows.leads import upsert_lead
 from engine.journeys.models import Enrollment
 from engine.leads.models import LeadEvent
-from engine.leads.service import upsert_lead
 from engine.pages.service import page_token
 from engine.sending.compose import Signing
 from engine.sending.delivery import DeliveryOptions, deliver_due

@@ -12,9 +12,9 @@ import pytest
 from launching import launch_all
 from sqlalchemy import func, select
 
+from engine.flows.leads import upsert_lead
 from engine.journeys.models import Enrollment
 from engine.leads.models import Lead, LeadEvent
-from engine.leads.service import upsert_lead
 from engine.programs.service import load_program
 from engine.sending.models import OutboxMessage, Suppression
 from engine.web.app import create_app

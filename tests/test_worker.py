@@ -15,7 +15,7 @@ from rq import Queue, SimpleWorker
 from sqlalchemy import select
 
 from engine.config import Settings, redis_connection
-from engine.leads.service import upsert_lead
+from engine.flows.leads import upsert_lead
 from engine.programs.service import load_program
 from engine.sending.models import OutboxMessage
 from engine.sending.sink import Sink

@@ -10,6 +10,7 @@ from functools import cache
 
 from engine.config import Settings, redis_connection
 from engine.db import Database, utcnow
+from engine.flows.tracking import drain_buffer
 from engine.journeys.service import run_due
 from engine.migrate import open_database
 from engine.sending.compose import Signing
@@ -19,7 +20,6 @@ from engine.sending.policy import FrequencyCap
 from engine.sending.throttle import RedisThrottle
 from engine.sending.transport import Transport, transport_from_settings
 from engine.tracking.buffer import EventBuffer
-from engine.tracking.service import drain_buffer
 
 SEND_BATCH = 200
 

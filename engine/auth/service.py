@@ -44,6 +44,7 @@ class Permission(StrEnum):
     LEADS_READ = "leads:read"
     LEADS_WRITE = "leads:write"
     LEADS_STAGE = "leads:stage"
+    LEADS_EVENTS = "leads:events"  # responses seen by another channel
     ASSETS_WRITE = "assets:write"
 
 
@@ -51,8 +52,9 @@ ROLE_PERMISSIONS: dict[str, frozenset[Permission]] = {
     Role.ADMIN: frozenset(Permission),
     Role.MARKETER: frozenset({Permission.PROGRAMS_READ, Permission.LEADS_READ,
                               Permission.LEADS_WRITE, Permission.LEADS_STAGE,
-                              Permission.ASSETS_WRITE}),
-    Role.SALES: frozenset({Permission.LEADS_READ, Permission.LEADS_STAGE}),
+                              Permission.LEADS_EVENTS, Permission.ASSETS_WRITE}),
+    Role.SALES: frozenset({Permission.LEADS_READ, Permission.LEADS_STAGE,
+                           Permission.LEADS_EVENTS}),
     Role.REVIEWER: frozenset({Permission.PROGRAMS_READ, Permission.LEADS_READ}),
 }
 

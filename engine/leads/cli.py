@@ -1,4 +1,4 @@
-"""`nurture leads import|set-stage|show`."""
+"""`nurture leads import|set-stage|event|show|explain`."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from engine.cli_context import (
     styled,
 )
 from engine.db import utcnow
+from engine.flows import leads as pipeline
 from engine.journeys.service import lead_enrollments
 from engine.leads.importer import import_leads
 from engine.leads.models import STANDARD_FIELDS
@@ -33,7 +34,6 @@ from engine.leads.service import (
     event_log,
     get_lead,
     lead_dict,
-    set_stage,
     stage_history,
 )
 from engine.programs.models import ProgramRecord
@@ -102,8 +102,8 @@ def set_stage_command(app: AppContext, email: str, stage: str, reason: str, acto
     with app.db.session() as session:
         lead = get_lead(session=session, email=email)
         before = lead.stage
-        set_stage(session=session, lead=lead, stage=stage, reason=reason, actor=actor,
-                  now=utcnow())
+        pipeline.change_stage(session=session, lead=lead, stage=stage, reason=reason,
+                              actor=actor, now=utcnow())
         console.print(f"{lead.email}: stage {before} -> {lead.stage}")
         for enrollment in lead_enrollments(session=session, lead_id=lead.id):
             name = _program_name(session, enrollment.program_id)
@@ -210,6 +210,33 @@ def _detail(detail: dict, actor: str) -> str:
     if detail.get("detail") is not None:
         parts.insert(0, str(detail["detail"]))
     return ", ".join(parts + [f"by {actor}"])
+
+
+@leads.command("event")
+@click.argument("email")
+@click.argument("kind", type=click.Choice([str(k) for k in pipeline.RESPONSES]))
+@click.option("--detail", help="The email's key (opened, clicked, consumed: required for "
+              "consumed), the page's slug (page_viewed, form_submitted), or a note "
+              "(talk_to_sales).")
+@click.option("--at", "at", help="When it happened (ISO time, within the last 90 days; "
+              "default: now). It counts from now.")
+@click.option("--actor", default="cli", show_default=True, help="Who records it.")
+@pass_app
+def event_command(app: AppContext, email: str, kind: str, detail: str | None, at: str | None,
+                  actor: str) -> None:
+    """Record a response seen by another channel for the lead with EMAIL: content it
+    consumed elsewhere, a talk-to-sales request, an open, click, visit or form. Its journeys,
+    score and routing follow, as for a tracked one."""
+    now = utcnow()
+    with app.db.session() as session:
+        lead = get_lead(session=session, email=email)
+        before = lead.stage
+        awards = pipeline.record_event(session=session, lead=lead, kind=kind, detail=detail,
+                                       at=parse_at(at) if at else None, now=now, actor=actor)
+        points = sum(a.points for a in awards)
+        console.print(f"{lead.email}: {kind}" + (f" {detail}" if detail else "")
+                      + f" recorded, {points:+g} points" + (
+                          f"; stage {before} -> {lead.stage}" if lead.stage != before else ""))
 
 
 @leads.command()

@@ -78,8 +78,9 @@ def _custom_name(name) -> str:
     return key
 
 
-def _check_value(key: str, value):
-    """Text is trimmed and bounded; custom values must be flat (no lists or mappings)."""
+def clean_value(key: str, value):
+    """Text is trimmed and bounded, with no control character but tab and line breaks; a
+    number or boolean passes; anything else (a list, a mapping) is refused, naming `key`."""
     if isinstance(value, (bool, int, float)):
         return value
     if not isinstance(value, str):
@@ -118,18 +119,18 @@ def clean_lead_fields(raw: dict) -> dict:
             for custom_name, custom_value in value.items():
                 custom_key = _custom_name(custom_name)
                 if custom_value is not None:
-                    custom[custom_key] = _check_value(f"custom.{custom_key}", custom_value)
+                    custom[custom_key] = clean_value(f"custom.{custom_key}", custom_value)
             continue
         if type(value) is str:  # the CSV case: inline the common path of _check_value
             value = value.strip()
             if not value:
                 continue
             if len(value) > _LIMITS.get(key, MAX_FIELD_LENGTH) or _SUSPECT_TEXT.search(value):
-                _check_value(key, value)  # raises the error naming the field (CR LF passes)
+                clean_value(key, value)  # raises the error naming the field (CR LF passes)
         elif value is None:
             continue
         else:
-            value = _check_value(key, value)
+            value = clean_value(key, value)
         if key in _STANDARD:
             if not isinstance(value, str) and key != "consent":
                 raise Invalid("must be text", field=key)

@@ -36,9 +36,10 @@ from sqlalchemy.orm import Session
 
 from engine.db import Database
 from engine.errors import IllegalTransition, Invalid, NotFound
+from engine.flows.leads import follow_through, reassess
 from engine.journeys.decide import ActionKind, Decision, Event, EventKind, decide, new_state
 from engine.journeys.models import Enrollment
-from engine.journeys.service import action_rows, enroll, enrollment_columns, event_row, sync_persona
+from engine.journeys.service import action_rows, enrollment_columns, event_row
 from engine.leads.fields import clean_lead_fields, normalise_email
 from engine.leads.models import STANDARD_FIELDS, Lead, LeadEvent, StageChange
 from engine.leads.service import set_stage
@@ -46,7 +47,7 @@ from engine.leads.stages import check_transition
 from engine.programs.personas import PersonaResolver
 from engine.programs.spec import Program
 from engine.programs.store import running_program
-from engine.scoring.rules import fit_awards
+from engine.scoring.rules import fit_awards, is_mql
 from engine.sending.models import OutboxMessage
 from engine.sending.outbox import outbox_rows
 
@@ -640,11 +641,12 @@ class _ChunkWriter:
                 changed.append((lead, merged, lead["id"] in enrolled))
             elif lead["id"] not in enrolled:
                 to_enroll.append(merged)
-        if new:
-            self._insert_new(new)
-            to_enroll += new
+        qualified = self._insert_new(new) if new else []
+        to_enroll += new
         if to_enroll:
             self._enroll(to_enroll)
+        if qualified:
+            self._reassess(qualified)
         if changed:
             self._update(changed)
 
@@ -714,14 +716,16 @@ class _ChunkWriter:
                                                  Enrollment.lead_id.in_(lead_ids))
         return set(self.conn.scalars(query))
 
-    def _insert_new(self, leads: list[dict]) -> None:
-        """Insert new leads, fetch their ids, record their first stage."""
+    def _insert_new(self, leads: list[dict]) -> list[str]:
+        """Insert new leads, fetch their ids, record their first stage. Returns the emails of
+        those whose fit alone may make them MQLs (for the pipeline to route)."""
         now, convert = self._now, self._leads.convert
+        fits = [self._fit(lead) for lead in leads]
         self._leads(self.conn, [
             {**lead, "consent": convert("consent", lead["consent"]),
              "custom": convert("custom", lead["custom"]), "created_at": now, "updated_at": now,
-             "fit_score": self._fit(lead), "behaviour_score": 0.0}
-            for lead in leads
+             "fit_score": fit, "behaviour_score": 0.0}
+            for lead, fit in zip(leads, fits, strict=True)
         ])
         query = select(_LEADS.c.email, _LEADS.c.id).where(
             _LEADS.c.email.in_([lead["email"] for lead in leads]))
@@ -732,6 +736,22 @@ class _ChunkWriter:
             lead_id = lead["id"] = ids[lead["email"]]
             stage_rows.append({**first, "lead_id": lead_id, "to_stage": lead["stage"]})
         self._stages(self.conn, stage_rows)
+        rules = self.program.scoring
+        if rules.threshold is None:
+            return []
+        return [lead["email"] for lead, fit in zip(leads, fits, strict=True)
+                if is_mql(rules, fit, {**lead["custom"], **lead})]
+
+    def _reassess(self, emails: list[str]) -> None:
+        """New leads that may qualify on their fields alone: routed by the pipeline (an MQL
+        goes to sales at once, as through any other door)."""
+        session = Session(bind=self.conn)  # joins the chunk's transaction, never commits it
+        try:
+            for lead in session.scalars(select(Lead).where(Lead.email.in_(emails))):
+                reassess(session=session, lead=lead, now=self.now)
+            session.flush()
+        finally:
+            session.close()
 
     def _fit(self, lead: dict) -> float:
         """A new lead's fit points by the program's rules (an updated lead's are refreshed at
@@ -787,7 +807,8 @@ class _ChunkWriter:
         return template
 
     def _update(self, changed: list[tuple[dict, dict, bool]]) -> None:
-        """Existing leads whose fields or stage change: the same steps as service.upsert_lead."""
+        """Existing leads whose fields or stage change: written here, then the pipeline's
+        follow-through, as every door's (engine/flows/leads.py)."""
         session = Session(bind=self.conn)  # joins the chunk's transaction, never commits it
         try:
             leads = {lead.id: lead for lead in session.scalars(
@@ -804,11 +825,9 @@ class _ChunkWriter:
                 if merged["stage"] != stored["stage"]:
                     set_stage(session=session, lead=lead, stage=merged["stage"], reason=REASON,
                               actor=ACTOR, now=self.now)
-                if fields_changed:
-                    sync_persona(session=session, lead=lead, now=self.now, actor=ACTOR)
-                if not enrolled:
-                    enroll(session=session, lead=lead, program_id=self.program_id,
-                           program=self.program, now=self.now, actor=ACTOR)
+                follow_through(session=session, lead=lead, changed=fields_changed,
+                               enroll_in=None if enrolled else (self.program_id, self.program),
+                               now=self.now, actor=ACTOR)
             session.flush()
         finally:
             session.close()

@@ -75,3 +75,18 @@ class LeadEvent(Base):
     kind: Mapped[str] = mapped_column(String(40))
     detail: Mapped[dict] = mapped_column(JSON, default=dict)
     actor: Mapped[str] = mapped_column(String(200), default="system")
+
+
+class ConsentRecord(Base):
+    """Append-only consent history: each answer a lead gave, how (a form's checkbox), the words
+    it was shown, when and from where."""
+
+    __tablename__ = "consent_records"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    lead_id: Mapped[int] = mapped_column(ForeignKey("leads.id", ondelete="CASCADE"), index=True)
+    granted: Mapped[bool] = mapped_column(Boolean)
+    text: Mapped[str] = mapped_column(Text)  # the wording shown beside the checkbox
+    source: Mapped[str] = mapped_column(String(200))  # e.g. "form acme-nurture/demo"
+    ip: Mapped[str | None] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(UTCDateTime)

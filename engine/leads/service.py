@@ -1,19 +1,21 @@
-"""Leads: create or update one, change its stage, read it back."""
+"""Leads: write one, change its stage, read them back. What a change sets off (enrollment,
+persona, scoring, routing) is engine/flows/leads.py's."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from engine.crm.outbox import STAGE_CHANGE, tell_crm
 from engine.errors import Invalid, NotFound
 from engine.journeys.decide import Event, EventKind
-from engine.journeys.service import apply_event, enroll, sync_persona
+from engine.journeys.service import apply_event
 from engine.leads.fields import clean_lead_fields, normalise_email
 from engine.leads.models import STANDARD_FIELDS, Lead, LeadEvent, StageChange
 from engine.leads.stages import check_transition, parse_stage
-from engine.programs.store import running_program
 
 
 def get_lead(*, session: Session, email: str) -> Lead:
@@ -30,52 +32,46 @@ def get_lead_by_id(*, session: Session, lead_id: int) -> Lead:
     return lead
 
 
-def upsert_lead(*, session: Session, fields: dict, now: datetime, actor: str,
-                program: str | None = None) -> tuple[Lead, bool]:
-    """Create or update a lead by case-insensitive email; enroll it in `program` if given.
+@dataclass(frozen=True)
+class Written:
+    """What write_lead did: the lead, whether it is new, and whether its fields changed."""
 
-    A stage given for an existing lead goes through the transition table.
-    """
+    lead: Lead
+    created: bool
+    changed: bool
+
+
+def write_lead(*, session: Session, fields: dict, now: datetime, actor: str) -> Written:
+    """Create or update a lead by case-insensitive email, and nothing else (engine/flows/leads.py
+    does what follows: enrollment, persona, scoring, routing). A stage given for an existing
+    lead goes through the transition table. Raises Invalid (nothing written)."""
     clean = clean_lead_fields(fields)
-    record_program = running_program(session=session, name=program) if program else None
-    if record_program and clean.get("persona") and clean["persona"] not in record_program[1].personas:
-        raise Invalid(f"unknown persona {clean['persona']!r} in program {program}", field="persona")
     lead = session.scalar(select(Lead).where(Lead.email == clean["email"]))
-    created = lead is None
     stage = clean.pop("stage", None)
-    changes: dict = {}
-    if created:
+    if lead is None:
         lead = Lead(**clean, stage=stage or "inquiry", created_at=now, updated_at=now)
         session.add(lead)
         session.flush()
         session.add(StageChange(lead_id=lead.id, from_stage=None, to_stage=lead.stage, at=now,
                                 reason="created", actor=actor))
-    else:
-        custom = {**(lead.custom or {}), **clean.pop("custom")}
-        changes = {k: v for k, v in clean.items() if getattr(lead, k) != v}
-        if custom != (lead.custom or {}):
-            changes["custom"] = custom
-        for key, value in changes.items():
-            setattr(lead, key, value)
-        if changes:
-            lead.updated_at = now
-        if stage and stage != lead.stage:
-            set_stage(session=session, lead=lead, stage=stage, reason="updated", actor=actor, now=now)
-        if changes:
-            sync_persona(session=session, lead=lead, now=now, actor=actor)
-    if record_program:
-        enroll(session=session, lead=lead, program_id=record_program[0].id,
-               program=record_program[1], now=now, actor=actor)
-    if created or changes or record_program:
-        from engine.scoring.service import rescore  # scoring routes through set_stage
-
-        rescore(session=session, lead=lead, now=now)
-    return lead, created
+        return Written(lead, created=True, changed=True)
+    custom = {**(lead.custom or {}), **clean.pop("custom")}
+    changes = {k: v for k, v in clean.items() if getattr(lead, k) != v}
+    if custom != (lead.custom or {}):
+        changes["custom"] = custom
+    for key, value in changes.items():
+        setattr(lead, key, value)
+    if changes:
+        lead.updated_at = now
+    if stage and stage != lead.stage:
+        set_stage(session=session, lead=lead, stage=stage, reason="updated", actor=actor, now=now)
+    return Written(lead, created=False, changed=bool(changes))
 
 
 def set_stage(*, session: Session, lead: Lead, stage: str, reason: str, actor: str,
-              now: datetime) -> StageChange:
-    """Move a lead to a new lifecycle stage, recorded, and tell its enrollments."""
+              now: datetime, crm: dict | None = None) -> StageChange:
+    """Move a lead to a new lifecycle stage through the one transition table: recorded, told
+    to its enrollments and to the CRM (with `crm`'s extra facts, such as an MQL's score)."""
     target = parse_stage(stage)
     if not reason or not reason.strip():
         raise Invalid("a reason is required for a stage change", field="reason")
@@ -87,6 +83,9 @@ def set_stage(*, session: Session, lead: Lead, stage: str, reason: str, actor: s
     lead.updated_at = now
     apply_event(session=session, lead=lead, event=Event(EventKind.STAGE, detail=target), now=now,
                 actor=actor)
+    tell_crm(session=session, lead_id=lead.id, email=lead.email, kind=STAGE_CHANGE, now=now,
+             **{"from": change.from_stage, "to": target, "reason": change.reason,
+                "actor": actor, **(crm or {})})
     return change
 
 

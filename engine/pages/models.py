@@ -12,7 +12,8 @@ class FormSubmission(Base):
     """A form posted on a landing page, kept whether or not its email matches a lead."""
 
     __tablename__ = "form_submissions"
-    __table_args__ = (Index("ix_form_submissions_program_page", "program_id", "page"),)
+    __table_args__ = (Index("ix_form_submissions_program_page", "program_id", "page"),
+                      Index("ix_form_submissions_digest", "digest", "created_at"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
     program_id: Mapped[int] = mapped_column(ForeignKey("programs.id", ondelete="CASCADE"))
@@ -22,4 +23,6 @@ class FormSubmission(Base):
     email: Mapped[str] = mapped_column(String(320), index=True)
     fields: Mapped[dict] = mapped_column(JSON, default=dict)
     remote_addr: Mapped[str | None] = mapped_column(String(64))
+    # What was posted, hashed: the same form posted again soon after is the same submission.
+    digest: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

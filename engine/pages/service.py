@@ -6,19 +6,15 @@ Plain functions with an explicit session; engine/web/pages.py is the thin HTTP s
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 
 from sqlalchemy.orm import Session
 
 from engine.assets.models import AssetVersion
 from engine.assets.service import current_version, sendable_version
 from engine.errors import Invalid, NotFound
-from engine.journeys.decide import Event, EventKind
-from engine.journeys.service import apply_event
 from engine.leads.fields import BAD_TEXT, MAX_FIELD_LENGTH, normalise_email
 from engine.leads.models import Lead
-from engine.leads.service import get_lead, get_lead_by_id
-from engine.pages.models import FormSubmission
+from engine.leads.service import get_lead_by_id
 from engine.programs.spec import Page, Program
 from engine.programs.store import current_program, running_program
 from engine.render.personalise import (
@@ -168,24 +164,3 @@ def clean_fields(form: dict[str, list[str]]) -> tuple[str, dict]:
     if isinstance(raw_email, list):
         raise Invalid("email given more than once", field="email")
     return normalise_email(raw_email), cleaned
-
-
-def submit_form(*, session: Session, found: FoundPage, form: dict[str, list[str]],
-                remote_addr: str | None, now: datetime) -> FormSubmission:
-    """Validate and store a submission; a known lead's enrollments get a form_submitted event.
-    Raises Invalid (nothing stored). The caller checks CSRF before calling."""
-    email, fields = clean_fields(form)
-    try:
-        lead = get_lead(session=session, email=email)
-    except NotFound:
-        lead = None
-    submission = FormSubmission(program_id=found.program_id, page=found.page.slug,
-                                lead_id=lead.id if lead else None, email=email, fields=fields,
-                                remote_addr=(remote_addr or "")[:64] or None, created_at=now)
-    session.add(submission)
-    if lead is not None:
-        apply_event(session=session, lead=lead,
-                    event=Event(EventKind.FORM_SUBMITTED, detail=found.page.slug), now=now,
-                    actor=f"page:{found.page.slug}"[:200])
-    session.flush()
-    return submission

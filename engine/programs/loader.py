@@ -18,6 +18,15 @@ from engine.config import default_sender
 from engine.errors import Invalid
 from engine.leads.fields import normalise_email
 from engine.leads.stages import STAGES
+from engine.pages.forms import (
+    FORM_FIELDS,
+    MAX_VISIT_VALUE,
+    SOURCE_FIELDS,
+    VISIT_PARAMS,
+    Consent,
+    FormSpec,
+    SourceRule,
+)
 from engine.patterns import PatternError, compile_pattern
 from engine.programs.spec import (
     DAYS,
@@ -54,6 +63,11 @@ TOP_KEYS = {
     "tracks", "rules", "scoring", "sla", "launch",
 }
 MAX_NOTIFY = 20
+PAGE_KEYS = ("file", "slug", "title", "form")
+FORM_KEYS = ("fields", "consent", "source")
+FORM_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,99}$")  # a posted form field's name
+RESERVED_FORM_NAMES = frozenset({"email", "csrf_token"})
+MAX_CONSENT_TEXT = 2000
 FIELD = re.compile(r"^[a-z_][a-z0-9_]{0,63}$")  # a standard or custom lead field
 SCORING_KEYS = ("behaviour", "pages", "daily_caps", "decay", "fit", "mql", "triggers")
 FIT_KEYS = ("field", "points", "matches", "in", "at_least", "at_most")
@@ -402,8 +416,87 @@ def _pages(c: _Checker, data) -> dict[str, Page] | None:
         text = c.text_file(spec, "file", spec.get("file"), label)
         if text is not None:
             c.template(spec, "file", text, label, file=spec["file"])
-        pages[str(key)] = Page(key=str(key), file=str(spec.get("file")), slug=slug, title=spec.get("title"))
+        for name in spec:
+            if name not in PAGE_KEYS:
+                c.error(spec, name, f"{label}: unknown key {name!r} (expected one of "
+                                    f"{', '.join(PAGE_KEYS)})")
+        form = _page_form(c, spec, label) if "form" in spec else FormSpec()
+        pages[str(key)] = Page(key=str(key), file=str(spec.get("file")), slug=slug,
+                               title=spec.get("title"), form=form)
     return pages
+
+
+def _page_form(c: _Checker, page, label: str) -> FormSpec:
+    """`form:` of a page: fields (posted name -> lead field, on top of the same-named
+    standard fields), consent (the checkbox and the words shown), source (a source field ->
+    visit parameters, first present wins, or {value: text})."""
+    section = c.mapping(page, "form")
+    if section is None:
+        return FormSpec()
+    label = f"{label}: form"
+    for name in section:
+        if name not in FORM_KEYS:
+            c.error(section, name, f"{label}: unknown key {name!r} (expected one of "
+                                   f"{', '.join(FORM_KEYS)})")
+    default = FormSpec()
+    return FormSpec(fields={**default.fields, **_form_fields(c, section, label)},
+                    consent=_form_consent(c, section, label),
+                    source={**default.source, **_form_source(c, section, label)})
+
+
+def _form_fields(c: _Checker, form, label: str) -> dict[str, str]:
+    section = c.mapping(form, "fields", required=False) or {}
+    found = {}
+    for name, target in section.items():
+        if not isinstance(name, str) or not FORM_NAME.match(name) or name in RESERVED_FORM_NAMES:
+            c.error(section, name, f"{label}.fields: {name!r} cannot be a form field's name "
+                                   "(letters, digits, _ and -; not email or csrf_token)")
+        elif not isinstance(target, str) or not (
+                target in FORM_FIELDS or (target.startswith("custom.")
+                                          and FIELD.match(target.removeprefix("custom.")))):
+            c.error(section, name, f"{label}.fields.{name}: {target!r} is not a lead field a "
+                                   f"form may fill in ({', '.join(FORM_FIELDS)}, or custom.NAME)")
+        else:
+            found[name] = target
+    return found
+
+
+def _form_consent(c: _Checker, form, label: str) -> Consent | None:
+    section = c.mapping(form, "consent", required=False)
+    if section is None:
+        return None
+    name, text = section.get("field"), section.get("text")
+    if not isinstance(name, str) or not FORM_NAME.match(name) or name in RESERVED_FORM_NAMES:
+        c.error(section, "field", f"{label}.consent: 'field' names the checkbox (letters, "
+                                  "digits, _ and -)")
+        return None
+    if not isinstance(text, str) or not text.strip() or len(text) > MAX_CONSENT_TEXT:
+        c.error(section, "text", f"{label}.consent: 'text' is the wording the form shows, 1 "
+                                 f"to {MAX_CONSENT_TEXT} characters")
+        return None
+    return Consent(field=name, text=" ".join(text.split()))
+
+
+def _form_source(c: _Checker, form, label: str) -> dict[str, SourceRule]:
+    section = c.mapping(form, "source", required=False) or {}
+    found = {}
+    for name, rule in section.items():
+        where = f"{label}.source.{name}"
+        if name not in SOURCE_FIELDS:
+            c.error(section, name, f"{label}.source: {name!r} is not a source field "
+                                   f"({', '.join(SOURCE_FIELDS)})")
+        elif isinstance(rule, dict) and set(rule) == {"value"} and isinstance(rule["value"], str) \
+                and 0 < len(rule["value"]) <= MAX_VISIT_VALUE:
+            found[name] = SourceRule(value=rule["value"])
+        else:
+            params = [rule] if isinstance(rule, str) else rule
+            if not isinstance(params, list) or not params or any(
+                    p not in VISIT_PARAMS for p in params):
+                c.error(section, name, f"{where}: a visit parameter ({', '.join(VISIT_PARAMS)}), "
+                                       "a list of them (the first present wins), or {value: TEXT}")
+            else:
+                found[name] = SourceRule(params=tuple(params))
+    return found
 
 
 def _move_targets(rules, sla) -> set[str]:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
+from engine.pages.forms import FormSpec
 from engine.scoring.rules import FitRule, ScoringRules, SlaRules, Trigger
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -110,6 +111,7 @@ class Page:
     file: str
     slug: str
     title: str | None = None
+    form: FormSpec = field(default_factory=FormSpec)  # what its form gives a lead
 
 
 @dataclass(frozen=True)
@@ -188,7 +190,8 @@ class Program:
                 for k, e in self.emails.items()
             },
             "pages": {
-                k: {"file": p.file, "slug": p.slug, "title": p.title} for k, p in self.pages.items()
+                k: {"file": p.file, "slug": p.slug, "title": p.title, "form": p.form.to_dict()}
+                for k, p in self.pages.items()
             },
             "tracks": {k: [s.to_dict() for s in steps] for k, steps in self.tracks.items()},
             "rules": {
@@ -224,7 +227,8 @@ class Program:
             ),
             personas={k: Persona(key=k, **v) for k, v in data["personas"].items()},
             emails={k: Email(key=k, **v) for k, v in data["emails"].items()},
-            pages={k: Page(key=k, **v) for k, v in data["pages"].items()},
+            pages={k: Page(key=k, **{**v, "form": FormSpec.from_dict(v.get("form"))})
+                   for k, v in data["pages"].items()},
             tracks={
                 k: tuple(
                     Step(email=s["email"]) if "email" in s else Step(wait=parse_duration(s["wait"]))

@@ -27,7 +27,7 @@ def sales() -> None:
 def queue(app: AppContext, limit: int, at: str | None, as_json: bool) -> None:
     """MQLs waiting for sales, highest score first, with what each opened, clicked and
     visited, in order."""
-    from engine.sales.service import mql_queue, queue_entry
+    from engine.sales.queue import mql_queue, queue_entry
 
     now = parse_at(at)
     with app.db.session() as session:
@@ -52,7 +52,7 @@ def queue(app: AppContext, limit: int, at: str | None, as_json: bool) -> None:
 @pass_app
 def one_field_short(app: AppContext, limit: int, at: str | None, as_json: bool) -> None:
     """Leads one field short of qualifying (e.g. score high but no company size), naming it."""
-    from engine.sales.service import one_field_short_leads
+    from engine.sales.queue import one_field_short_leads
 
     with app.db.session() as session:
         rows = [{"id": n.lead.id, "email": n.lead.email, "score": round(n.score, 1),

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from engine.db import Base, UTCDateTime
@@ -20,22 +20,6 @@ class SalesNotification(Base):
     kind: Mapped[str] = mapped_column(String(20))  # mql, trigger, escalation
     reason: Mapped[str] = mapped_column(Text)
     owner: Mapped[str | None] = mapped_column(String(200))
-
-
-class CrmOutboxItem(Base):
-    """What the CRM must be told, written in the same transaction as the change (the CRM issue
-    delivers these)."""
-
-    __tablename__ = "crm_outbox"
-    __table_args__ = (Index("ix_crm_outbox_status", "status", "id"),)
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    lead_id: Mapped[int] = mapped_column(ForeignKey("leads.id", ondelete="CASCADE"), index=True)
-    kind: Mapped[str] = mapped_column(String(40))  # mql, sal, recycled, ...
-    payload: Mapped[dict] = mapped_column(JSON, default=dict)
-    status: Mapped[str] = mapped_column(String(12), default="pending")
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class SlaBreach(Base):

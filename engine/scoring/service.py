@@ -1,6 +1,5 @@
-"""Score leads and route them: store every award (engine/scoring/rules.py decides it), keep the
-lead's stored score current, and hand a lead to sales when it reaches the MQL threshold or a
-trigger rule fires.
+"""Score leads: store every award (engine/scoring/rules.py decides it) and keep the lead's
+stored score current. Routing on a score or a trigger is engine/flows/leads.py's.
 
 A lead is scored by the rules of the program it is enrolled in (the first one enrolled whose
 current version has scoring rules): a score is the lead's, not the program's.
@@ -26,8 +25,6 @@ from engine.scoring.rules import (
     cap_day,
     decayed,
     fit_awards,
-    is_mql,
-    matching_triggers,
     score_at,
 )
 
@@ -61,14 +58,11 @@ def current_score(lead: Lead, program: Program | None, now: datetime) -> float:
                     behaviour_at=lead.behaviour_at, now=now)
 
 
-def score_response(*, session: Session, lead: Lead, kind: str, detail: str | None,
-                   now: datetime, tracking_event_id: int | None = None) -> list[ScoreEvent]:
-    """Award a person's response (open, click, page_view, form_submitted, consumed) within the
-    daily caps, then route the lead. Returns the awards stored."""
-    found = scoring_program(session=session, lead_id=lead.id)
-    if found is None:
-        return []
-    _, program = found
+def score_response(*, session: Session, lead: Lead, program: Program, kind: str,
+                   detail: str | None, now: datetime,
+                   tracking_event_id: int | None = None) -> list[ScoreEvent]:
+    """Award a person's response (open, click, page_view, form_submitted, consumed) by the
+    program's rules, within the daily caps. Returns the awards stored."""
     rules = program.scoring
     refresh_fit(session=session, lead=lead, program=program, now=now)
     awards = behaviour_awards(rules, kind, detail)
@@ -82,7 +76,6 @@ def score_response(*, session: Session, lead: Lead, kind: str, detail: str | Non
         lead.behaviour_score = decayed(lead.behaviour_score, lead.behaviour_at or now, now,
                                        rules.half_life) + sum(a.points for a in awards)
         lead.behaviour_at = now
-    _route(session, lead, program, kind, detail, now)
     return stored
 
 
@@ -98,15 +91,6 @@ def refresh_fit(*, session: Session, lead: Lead, program: Program, now: datetime
                            points=total - lead.fit_score, rule=f"fit now {total:g}: {rule}"[:300]))
     lead.fit_score = total
     return True
-
-
-def rescore(*, session: Session, lead: Lead, now: datetime) -> None:
-    """After a lead is created, enrolled or changed: refresh fit points and route it (a field
-    filled in may complete an MQL's requirements without adding a point)."""
-    found = scoring_program(session=session, lead_id=lead.id)
-    if found is not None:
-        refresh_fit(session=session, lead=lead, program=found[1], now=now)
-        _route(session, lead, found[1], None, None, now)
 
 
 def reset_behaviour(*, session: Session, lead: Lead, now: datetime, reason: str) -> None:
@@ -126,21 +110,3 @@ def _awarded_today(session: Session, lead: Lead, program: Program,
                ScoreEvent.at >= start, ScoreEvent.at < end)
         .group_by(ScoreEvent.kind))
     return {kind: float(total or 0) for kind, total in rows}
-
-
-def _route(session: Session, lead: Lead, program: Program, kind: str | None, detail: str | None,
-           now: datetime) -> None:
-    from engine.sales.service import enroll_elsewhere, hand_to_sales
-
-    rules = program.scoring
-    for trigger in matching_triggers(rules, kind, detail) if kind else ():
-        if trigger.route == "sales":
-            hand_to_sales(session=session, lead=lead, program=program, kind="trigger", now=now,
-                          reason=f"trigger {trigger.describe()}")
-        elif trigger.enroll:
-            enroll_elsewhere(session=session, lead=lead, program_name=trigger.enroll, now=now,
-                             reason=f"trigger {trigger.describe()}")
-    score = current_score(lead, program, now)
-    if lead.stage in NURTURE_STAGES and is_mql(rules, score, lead.fields()):
-        hand_to_sales(session=session, lead=lead, program=program, kind="mql", now=now,
-                      reason=f"score {score:.0f} reached the MQL threshold {rules.threshold:g}")

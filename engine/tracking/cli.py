@@ -17,8 +17,8 @@ def tracking() -> None:
 def drain(app: AppContext) -> None:
     """Store the events waiting in the buffer now (the scheduler queues this as a job)."""
     from engine.config import redis_connection
+    from engine.flows.tracking import drain_buffer
     from engine.tracking.buffer import EventBuffer
-    from engine.tracking.service import drain_buffer
 
     buffer = EventBuffer(redis_connection(app.settings))
     stored = drain_buffer(db=app.db, buffer=buffer)
@@ -33,7 +33,7 @@ def drain(app: AppContext) -> None:
 def show(app: AppContext, email: str, bots: bool, as_json: bool) -> None:
     """A lead's tracked events in order, with user agent, and why a hit was filtered."""
     from engine.leads.service import get_lead
-    from engine.sales.service import shown_url
+    from engine.sales.queue import shown_url
     from engine.tracking.service import timeline
 
     with app.db.session() as session:

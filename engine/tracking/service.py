@@ -1,25 +1,20 @@
-"""Tracking events: minted by the public endpoints, stored in batches by the drainer.
+"""Tracking events: minted by the public endpoints, stored in batches by the drainer
+(engine/flows/tracking.py), which hands a person's open, click or visit to the lead pipeline.
 
-Storing an event classifies it (engine/tracking/bots.py); a person's open, click or page visit
-then goes to the lead's journeys and to scoring, in the same transaction as the event row.
+Storing an event classifies it (engine/tracking/bots.py): a machine's is stored flagged.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from engine.errors import NurtureError
-from engine.journeys.decide import Event, EventKind
-from engine.journeys.service import apply_event
+from engine.journeys.decide import EventKind
 from engine.leads.models import Lead
-from engine.scoring.service import score_response
 from engine.sending.models import OutboxMessage
 from engine.tracking.bots import LINKS_AT_ONCE, Hit, bot_reason
 from engine.tracking.models import TrackingEvent
@@ -29,7 +24,7 @@ FOLLOWED_CLICK = timedelta(seconds=30)  # a page visit this soon after a click c
 log = logging.getLogger(__name__)
 # What a person's event means to a journey (a view in the browser is an open).
 _JOURNEY_EVENTS = {"open": EventKind.OPENED, "view": EventKind.OPENED,
-                   "click": EventKind.CLICKED, "page_view": EventKind.PAGE_VIEWED}
+                   "click": EventKind.CLICKED}
 
 
 def new_event(kind: str, *, lead_id: int, at: datetime, outbox_id: int | None = None,
@@ -41,26 +36,7 @@ def new_event(kind: str, *, lead_id: int, at: datetime, outbox_id: int | None = 
             "ip": (ip or "")[:64]}
 
 
-def store_events(*, session: Session, events: Iterable[dict]) -> int:
-    """Store buffered events in order; returns how many were new. Bad ones are skipped."""
-    events = [e for e in events if _well_formed(e)]
-    seen = set(session.scalars(select(TrackingEvent.event_key).where(
-        TrackingEvent.event_key.in_([e["k"] for e in events]))))
-    batch_clicks = _clicks_by_email(events)
-    stored = 0
-    for event in events:
-        if event["k"] in seen:
-            continue
-        seen.add(event["k"])
-        try:
-            with session.begin_nested():  # one bad event must not hold up those behind it
-                stored += _store(session, event, batch_clicks.get(event.get("o"), ()))
-        except (SQLAlchemyError, NurtureError, ValueError, TypeError):
-            log.exception("tracking event %s could not be stored; skipped", event["k"])
-    return stored
-
-
-def _clicks_by_email(events: list[dict]) -> dict[int, tuple[tuple[datetime, int], ...]]:
+def clicks_by_email(events: list[dict]) -> dict[int, tuple[tuple[datetime, int], ...]]:
     """The clicks of this batch per outbox row, later ones included: a scanner's burst usually
     lands in one batch, so its first click is judged with the rest of the burst in view."""
     clicks: dict[int, list[tuple[datetime, int]]] = {}
@@ -71,13 +47,16 @@ def _clicks_by_email(events: list[dict]) -> dict[int, tuple[tuple[datetime, int]
     return {row: tuple(found) for row, found in clicks.items()}
 
 
-def _store(session: Session, event: dict, batch_clicks: tuple[tuple[datetime, int], ...]) -> bool:
+def record_hit(session: Session, event: dict,
+               batch_clicks: tuple[tuple[datetime, int], ...]) -> tuple[Lead, TrackingEvent] | None:
+    """Store one well-formed event, classified (a machine's is stored flagged with the reason);
+    None when its lead is gone or its token's lead and email disagree."""
     lead = session.get(Lead, event["l"])
     if lead is None:
-        return False
+        return None
     row = session.get(OutboxMessage, event["o"]) if event.get("o") else None
     if row is not None and row.lead_id != lead.id:
-        return False  # a token's lead and email disagree: a forgery the signature let through?
+        return None  # a token's lead and email disagree: a forgery the signature let through?
     at = datetime.fromisoformat(event["at"])
     reason = bot_reason(Hit(kind=event["kind"], at=at, user_agent=event.get("ua") or "",
                             ip=event.get("ip") or "", link_index=event.get("n"),
@@ -91,13 +70,16 @@ def _store(session: Session, event: dict, batch_clicks: tuple[tuple[datetime, in
                             ip=event.get("ip") or None, bot=reason is not None, bot_reason=reason)
     session.add(tracked)
     session.flush()
-    if reason is None:
-        detail = event.get("page") if event["kind"] == "page_view" else (row.step if row else None)
-        apply_event(session=session, lead=lead, now=at, actor=f"tracking:{event['kind']}",
-                    event=Event(_JOURNEY_EVENTS[event["kind"]], detail=detail))
-        score_response(session=session, lead=lead, kind=_score_kind(event["kind"]), detail=detail,
-                       now=at, tracking_event_id=tracked.id)
-    return True
+    return lead, tracked
+
+
+def response_of(event: dict, session: Session) -> tuple[EventKind, str | None]:
+    """What a person's event means to the lead: the journey event and its detail (the page's
+    slug for a visit, the email's key otherwise)."""
+    if event["kind"] == "page_view":
+        return EventKind.PAGE_VIEWED, event.get("page")
+    row = session.get(OutboxMessage, event["o"]) if event.get("o") else None
+    return _JOURNEY_EVENTS[event["kind"]], row.step if row else None
 
 
 def _after_bot_click(session: Session, lead_id: int, path: str | None,
@@ -112,10 +94,6 @@ def _after_bot_click(session: Session, lead_id: int, path: str | None,
     return f"followed a filtered click ({found})" if found else None
 
 
-def _score_kind(kind: str) -> str:
-    return "open" if kind == "view" else kind
-
-
 def _other_clicks(session: Session, row: OutboxMessage | None,
                   at: datetime) -> tuple[tuple[datetime, int], ...]:
     if row is None:
@@ -126,7 +104,7 @@ def _other_clicks(session: Session, row: OutboxMessage | None,
     return tuple((when, index) for when, index in recent if index is not None)
 
 
-def _well_formed(event: dict) -> bool:
+def well_formed(event: dict) -> bool:
     try:
         if datetime.fromisoformat(event["at"]).tzinfo is None:
             return False
@@ -155,12 +133,3 @@ def timeline(*, session: Session, lead_id: int, limit: int = 200,
     latest = session.scalars(query.order_by(TrackingEvent.at.desc(), TrackingEvent.id.desc())
                              .limit(limit))
     return list(reversed(list(latest)))
-
-
-def drain_buffer(*, db, buffer, batch: int = 500) -> int:
-    """Store everything waiting in the event buffer, one transaction per batch."""
-    def store(events: list[dict]) -> None:
-        with db.session() as session:
-            store_events(session=session, events=events)
-
-    return buffer.drain(store, batch=batch)

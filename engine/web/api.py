@@ -13,6 +13,7 @@ from typing import Annotated, Any
 from flask import Blueprint, current_app, request, url_for
 from pydantic import (
     AfterValidator,
+    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -28,6 +29,7 @@ from engine.assets.service import upload as upload_asset
 from engine.auth.service import Permission
 from engine.db import Database, utcnow
 from engine.errors import Invalid, NotFound
+from engine.flows import leads as pipeline
 from engine.journeys.models import Enrollment
 from engine.journeys.service import lead_enrollments
 from engine.launch.service import pending_changes
@@ -38,9 +40,7 @@ from engine.leads.service import (
     get_lead_by_id,
     lead_dict,
     list_leads,
-    set_stage,
     stage_history,
-    upsert_lead,
 )
 from engine.leads.stages import STAGES
 from engine.programs.loader import SLUG
@@ -123,7 +123,7 @@ class LeadIn(BaseModel):
     program: Annotated[Text, StringConstraints(max_length=100)] | None = None
 
     def fields(self) -> dict:
-        """The lead's fields for upsert_lead; null means "leave unchanged", as a blank CSV cell."""
+        """The lead's fields for pipeline.upsert_lead; null means "leave unchanged", as a blank CSV cell."""
         for name in self.model_extra or {}:
             if name in READ_ONLY_FIELDS:
                 raise Invalid("read-only field: leave it out", field=name)
@@ -140,6 +140,16 @@ class StageIn(BaseModel):
 
     stage: Annotated[Text, StringConstraints(max_length=40)]
     reason: Text
+
+
+class EventIn(BaseModel):
+    """A response seen by another channel: see engine/flows/leads.py record_event."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Annotated[Text, StringConstraints(max_length=40)]
+    detail: Text | None = None
+    at: AwareDatetime | None = None
 
 
 class LeadQuery(BaseModel):
@@ -237,8 +247,9 @@ def upsert():
     for attempt in (1, 2):
         try:
             with _db().session() as session:
-                lead, created = upsert_lead(session=session, fields=fields, now=utcnow(),
-                                            actor=actor, program=body.program)
+                lead, created = pipeline.upsert_lead(session=session, fields=fields,
+                                                     now=utcnow(), actor=actor,
+                                                     program=body.program)
                 payload = lead_dict(lead)
             break
         except IntegrityError:
@@ -284,10 +295,32 @@ def change_stage(lead_id: str):
     body = StageIn.model_validate(json_body())
     with _db().session() as session:
         lead = get_lead_by_id(session=session, lead_id=key)
-        set_stage(session=session, lead=lead, stage=body.stage, reason=body.reason,
-                  actor=current_principal().actor, now=utcnow())
+        pipeline.change_stage(session=session, lead=lead, stage=body.stage, reason=body.reason,
+                              actor=current_principal().actor, now=utcnow())
         session.flush()
         return _lead_detail(lead, stage_history(session=session, lead_id=lead.id))
+
+
+@api.post("/leads/<lead_id>/events")
+@require(Permission.LEADS_EVENTS)
+def post_event(lead_id: str):
+    """Record a response from another channel (consumed, talk_to_sales, opened, clicked,
+    page_viewed, form_submitted): the lead's journeys, score and routing follow, as for a
+    tracked one. 201 with the lead, the event and the points it earned."""
+    key = lead_id_param(lead_id)
+    body = EventIn.model_validate(json_body())
+    now = utcnow()
+    with _db().session() as session:
+        lead = get_lead_by_id(session=session, lead_id=key)
+        awards = pipeline.record_event(session=session, lead=lead, kind=body.kind,
+                                       detail=body.detail, at=body.at, now=now,
+                                       actor=current_principal().actor)
+        session.flush()
+        return {"lead": _lead_detail(lead, stage_history(session=session, lead_id=lead.id)),
+                "event": {"kind": body.kind, "detail": body.detail or None,
+                          "at": (body.at or now).isoformat(), "recorded_at": now.isoformat()},
+                "awards": [{"kind": a.kind, "points": a.points, "rule": a.rule} for a in awards]
+                }, 201
 
 
 @api.get("/leads/<lead_id>/enrollments")

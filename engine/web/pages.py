@@ -15,16 +15,18 @@ from werkzeug.exceptions import InternalServerError
 
 from engine.db import Database
 from engine.errors import Invalid, NotFound
+from engine.flows.forms import submit_form
 from engine.leads.fields import BAD_TEXT
+from engine.pages.forms import visit_params
 from engine.pages.service import (
     FoundPage,
     find_page,
     is_preview,
     lead_from_token,
     render_page,
-    submit_form,
 )
 from engine.render.personalise import RenderFailed
+from engine.tracking.tokens import sign, verify
 from engine.web.csrf import Csrf
 from engine.web.recorder import record
 
@@ -33,6 +35,7 @@ pages = Blueprint("pages", __name__)
 CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src https: data:; "
        "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
 CSRF = Csrf(cookie="nurture_page_csrf", path="/p/", salt="page-csrf")
+VISIT_COOKIE, VISIT_PURPOSE, VISIT_DAYS = "nurture_visit", "visit", 30
 
 
 def security_headers(response: Response) -> Response:
@@ -85,6 +88,30 @@ def _with_message(html: str, message: str) -> str:
     return html[:at] + str(banner) + html[at:]
 
 
+def _this_visit() -> dict[str, str]:
+    return visit_params(request.args, request.referrer, request.host.partition(":")[0])
+
+
+def _visit() -> dict[str, str]:
+    """Where the visitor came from: the first visit remembered in its cookie, else this
+    request's own UTM parameters (a form posts to its page's URL, query string included)."""
+    remembered = verify(_secret(), VISIT_PURPOSE, request.cookies.get(VISIT_COOKIE, "")[:2000])
+    if isinstance(remembered, dict) and all(isinstance(k, str) and isinstance(v, str)
+                                            for k, v in remembered.items()):
+        return remembered
+    return _this_visit()
+
+
+def _remember_visit(response: Response) -> Response:
+    """The first visit with a source (UTM tags, another site) is kept for the page's form."""
+    visit = _this_visit()
+    if visit and VISIT_COOKIE not in request.cookies:
+        response.set_cookie(VISIT_COOKIE, sign(_secret(), VISIT_PURPOSE, visit), path="/p/",
+                            max_age=VISIT_DAYS * 86400, httponly=True, samesite="Lax",
+                            secure=request.is_secure)
+    return response
+
+
 @pages.route("/p/<program>/<slug>", methods=["GET", "POST"])
 def page(program: str, slug: str):
     _check_names(program, slug)
@@ -103,7 +130,8 @@ def page(program: str, slug: str):
             body = _render(found, nonce, lead, token)
             if lead is not None:
                 record("page_view", lead_id=lead.id, page=found.page.slug, url=request.path)
-            return CSRF.with_cookie(Response(body, mimetype="text/html"), nonce)
+            return _remember_visit(CSRF.with_cookie(Response(body, mimetype="text/html"),
+                                                    nonce))
 
     CSRF.check()
     if preview:  # a reviewer trying the form of a page not launched: nothing is stored
@@ -113,7 +141,7 @@ def page(program: str, slug: str):
     try:
         with _db().session() as session:
             submit_form(session=session, found=found, form=request.form.to_dict(flat=False),
-                        remote_addr=request.remote_addr,
+                        visit=_visit(), remote_addr=request.remote_addr,
                         now=current_app.extensions["nurture.clock"]())
     except Invalid as exc:
         body = _with_message(_render(found, nonce, lead, token), exc.detail)

@@ -14,9 +14,10 @@ from sqlalchemy import select
 
 from engine.config import redis_connection, release_redis
 from engine.db import Database
+from engine.flows.tracking import store_events
 from engine.sending.models import OutboxMessage
 from engine.tracking.buffer import EventBuffer
-from engine.tracking.service import new_event, store_events
+from engine.tracking.service import new_event
 
 MAX_CACHED_ROWS = 50_000
 REDIS_TIMEOUT = 0.25  # seconds: a hung Redis must not hold a public endpoint

@@ -13,7 +13,8 @@ from engine.db import utcnow
 from engine.errors import Invalid
 from engine.leads.explain import explain
 from engine.leads.service import get_lead_by_id, lead_dict
-from engine.sales.service import accept, mql_queue, one_field_short_leads, queue_entry, reject
+from engine.sales.queue import mql_queue, one_field_short_leads, queue_entry
+from engine.sales.service import accept, reject
 from engine.web.api import Text, json_body, lead_id_param
 from engine.web.auth import current_principal, require
 

@@ -1,0 +1,66 @@
+"""A landing-page form posted: it creates or updates the lead it names (the fields the page's
+form maps, consent as the form states it, the visit's source), enrolls and scores it, and
+counts as a response (triggers fire on it), all in one transaction."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from engine.flows.leads import respond, upsert_lead
+from engine.journeys.decide import EventKind
+from engine.leads.models import ConsentRecord, Lead
+from engine.pages.forms import lead_fields, source_fields
+from engine.pages.models import FormSubmission
+from engine.pages.service import FoundPage, clean_fields
+
+SAME_SUBMISSION = timedelta(hours=1)  # the same form posted again within this is a repeat
+
+
+def submit_form(*, session: Session, found: FoundPage, form: dict[str, list[str]],
+                visit: dict[str, str], remote_addr: str | None,
+                now: datetime) -> FormSubmission:
+    """Store a submission and follow it through the lead pipeline; a repeat of the same
+    submission (same page, email and values within SAME_SUBMISSION) changes nothing. Raises
+    Invalid naming the field (the caller's transaction then stores nothing). The caller
+    checks CSRF before calling."""
+    email, posted = clean_fields(form)
+    digest = _digest(found, email, posted)
+    repeat = session.scalar(select(FormSubmission).where(
+        FormSubmission.digest == digest, FormSubmission.created_at >= now - SAME_SUBMISSION)
+        .limit(1))
+    if repeat is not None:
+        return repeat
+    spec, where = found.page.form, f"{found.program.slug}/{found.page.slug}"
+    existing = session.scalar(select(Lead).where(Lead.email == email))
+    fields = {"email": email, **lead_fields(spec, posted)}
+    for name, value in source_fields(spec, visit).items():  # first touch: never overwritten
+        if existing is None or not getattr(existing, name):
+            fields[name] = value
+    ticked = bool(spec.consent and posted.get(spec.consent.field))
+    if ticked:
+        fields["consent"] = True
+    actor = f"form:{where}"[:200]
+    lead, _ = upsert_lead(session=session, fields=fields, now=now, actor=actor,
+                          program=found.program.slug)
+    ip = (remote_addr or "")[:64] or None
+    if spec.consent:
+        session.add(ConsentRecord(lead_id=lead.id, granted=ticked, text=spec.consent.text,
+                                  source=f"form {where}", ip=ip, at=now))
+    submission = FormSubmission(program_id=found.program_id, page=found.page.slug,
+                                lead_id=lead.id, email=email, fields=posted, remote_addr=ip,
+                                digest=digest, created_at=now)
+    session.add(submission)
+    session.flush()
+    respond(session=session, lead=lead, kind=EventKind.FORM_SUBMITTED, detail=found.page.slug,
+            now=now, actor=actor)
+    return submission
+
+
+def _digest(found: FoundPage, email: str, posted: dict) -> str:
+    content = json.dumps([found.program_id, found.page.slug, email, posted], sort_keys=True)
+    return hashlib.sha256(content.encode()).hexdigest()

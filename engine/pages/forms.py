@@ -1,0 +1,116 @@
+"""Capture forms: what a landing page's form gives the lead it creates or updates.
+
+A page's `form:` in program.yaml maps posted fields to lead fields, names the consent checkbox
+and the words shown beside it, and maps the visit (its UTM parameters and the referring site)
+to the lead's source fields. Pure functions: engine/flows/forms.py applies them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from engine.errors import Invalid
+from engine.leads.fields import clean_value
+
+# What a form may fill in without a map (a posted field of the same name), and where a map
+# may point besides: any custom field as `custom.NAME`.
+FORM_FIELDS = ("first_name", "last_name", "company", "title", "country")
+SOURCE_FIELDS = ("source_channel", "source_offer", "source_partner")
+VISIT_PARAMS = ("utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content",
+                "referrer")
+DEFAULT_SOURCE = {"source_channel": ("utm_medium",), "source_offer": ("utm_campaign",),
+                  "source_partner": ("utm_source",)}
+REFERRAL = "referral"  # the channel of a visit that came from another site without UTM tags
+MAX_VISIT_VALUE = 200
+
+
+@dataclass(frozen=True)
+class Consent:
+    field: str  # the checkbox's name
+    text: str  # the words the form shows beside it, kept with every answer
+
+
+@dataclass(frozen=True)
+class SourceRule:
+    """Where a source field's value comes from: the first visit parameter present, else a
+    fixed value."""
+
+    params: tuple[str, ...] = ()
+    value: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"params": list(self.params), "value": self.value}
+
+
+@dataclass(frozen=True)
+class FormSpec:
+    fields: dict[str, str] = field(default_factory=lambda: {n: n for n in FORM_FIELDS})
+    consent: Consent | None = None
+    source: dict[str, SourceRule] = field(default_factory=lambda: {
+        name: SourceRule(params) for name, params in DEFAULT_SOURCE.items()})
+
+    def to_dict(self) -> dict:
+        return {"fields": dict(self.fields),
+                "consent": ({"field": self.consent.field, "text": self.consent.text}
+                            if self.consent else None),
+                "source": {name: rule.to_dict() for name, rule in self.source.items()}}
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> FormSpec:
+        if not data:
+            return cls()
+        consent = data.get("consent")
+        return cls(fields=dict(data["fields"]),
+                   consent=Consent(**consent) if consent else None,
+                   source={name: SourceRule(tuple(rule["params"]), rule["value"])
+                           for name, rule in data["source"].items()})
+
+
+def lead_fields(spec: FormSpec, posted: dict) -> dict:
+    """The lead fields a submission fills in (standard, and custom as `custom`), by the map;
+    what the map does not name stays in the submission only."""
+    found: dict = {"custom": {}}
+    for name, target in spec.fields.items():
+        value = posted.get(name)
+        if value in (None, "") or isinstance(value, list):
+            continue
+        if target.startswith("custom."):
+            found["custom"][target.removeprefix("custom.")] = value
+        else:
+            found[target] = value
+    return found
+
+
+def visit_params(args: dict[str, str], referrer: str | None, own_host: str) -> dict[str, str]:
+    """The UTM parameters of a visit and the host of the site it came from (not our own);
+    a value that is too long or holds control characters is left out, not an error: the
+    visitor's URL is no reason to refuse their form."""
+    found = {}
+    for name in VISIT_PARAMS[:-1]:
+        value = args.get(name)
+        if isinstance(value, str) and value.strip():
+            try:
+                cleaned = clean_value(name, value)
+            except Invalid:
+                continue
+            if len(cleaned) <= MAX_VISIT_VALUE:
+                found[name] = cleaned
+    host = urlsplit(referrer or "").hostname or ""
+    if host and host != own_host and len(host) <= MAX_VISIT_VALUE:
+        found["referrer"] = host
+    return found
+
+
+def source_fields(spec: FormSpec, visit: dict[str, str]) -> dict[str, str]:
+    """The lead's source fields from its visit by the page's map; a visit from another site
+    without UTM tags is a referral from that site."""
+    found = {}
+    for name, rule in spec.source.items():
+        value = next((visit[p] for p in rule.params if visit.get(p)), None) or rule.value
+        if value:
+            found[name] = value
+    if "referrer" in visit and not any(k.startswith("utm_") for k in visit):
+        found.setdefault("source_channel", REFERRAL)
+        found.setdefault("source_partner", visit["referrer"])
+    return found
