@@ -66,7 +66,7 @@ def test_the_program_loader_keeps_the_scenario_table_with_the_files():
 def test_every_scenario_of_the_sample_passes():
     loaded = load_scenarios(SAMPLE / "scenarios.yaml", PROGRAM)
     results = run_scenarios(PROGRAM, loaded.scenarios, start=loaded.start)
-    assert len(results) == 15
+    assert len(results) == 17
     assert [(r.scenario.name, r.differences) for r in results if not r.passed] == []
     assert scenario_findings(results, "scenarios.yaml") == []
 
@@ -300,7 +300,7 @@ def test_duplicate_names_and_an_empty_table_are_refused(tmp_path):
 
 CSV = (
     "name,title,stage,days,events,expect_emails,expect_not_sent,expect_track,expect_exit\n"
-    "reads everything,Head of IT,,30,0.5 opened; 3.5 clicked; 7.5 opened,"
+    "reads everything,Head of IT,,30,0.5 opened; 3.5 opened; 7.5 opened,"
     "welcome_it=0; guide_it=by 3; benchmark_it=14,breakup_it,it_manager/inquiry,none\n"
     "goes to sales,CFO,,20,2 stage sal,welcome_finance=0,cost_guide_finance,,sal\n"
 )
@@ -349,8 +349,8 @@ def invoke(*args: str):
 def test_command_passes_the_sample_and_prints_coverage():
     result = invoke(SAMPLE)
     assert result.exit_code == 0, result.output
-    assert "15 passed, 0 failed" in result.output
-    assert "coverage: tracks 8/8, steps 26/26, rules 12/12" in result.output
+    assert "17 passed, 0 failed" in result.output
+    assert "coverage: tracks 8/8, steps 26/26, rules 14/14" in result.output
     assert "program.empty-cell" in result.output
 
 
@@ -365,7 +365,7 @@ def test_command_fails_on_a_failing_scenario_and_says_why():
     assert review["passed"] is False
     text = CliRunner().invoke(scenarios_command, [str(planted("failing-scenario"))],
                               env={"COLUMNS": "250"}).output
-    assert "14 passed, 1 failed" in text
+    assert "16 passed, 1 failed" in text
     assert "expected benchmark_it on day 21, it was never sent" in text
 
 
@@ -406,7 +406,7 @@ def test_command_runs_a_loaded_program_with_its_table(loaded_program, env):
     result = invoke(loaded_program, "--file", SAMPLE / "scenarios.yaml", "--json")
     assert result.exit_code == 0, result.output
     review = json.loads(result.output)
-    assert len(review["scenarios"]) == 15 and review["passed"]
+    assert len(review["scenarios"]) == 17 and review["passed"]
     missing = invoke("no-such-program", "--file", SAMPLE / "scenarios.yaml")
     assert missing.exit_code == 1
     assert "no program named 'no-such-program'" in missing.output
