@@ -195,6 +195,72 @@ def test_a_planted_defect_fails_its_scenario():
          "expected benchmark_it on day 21, it was never sent (in 30 days)")]
 
 
+# -- advance rules and custom fields, as live ---------------------------------------------------
+
+def test_a_response_in_a_row_advances_the_lead_as_the_live_engine_will(tmp_path):
+    result = run_one(tmp_path, """
+        - name: clicks
+          lead: {title: CIO}
+          events: ["3.5 clicked"]
+          expect: {stage: engaged, track: it_manager/engaged, emails: {case_study_it: 3}}
+    """)
+    assert result.passed, result.differences
+    [advance] = [e for e in result.path if e.action == "advance"]
+    assert advance.reason == "advance inquiry -> engaged on click"
+
+
+def test_idle_rules_apply_as_the_simulated_clock_passes(tmp_path):
+    result = run_one(tmp_path, """
+        - name: quiet
+          lead: {title: CIO, stage: engaged}
+          days: 95
+          expect: {stage: recycled, emails: {product_update: "90..91"}}
+    """)
+    assert result.passed, result.differences
+    [advance] = [e for e in result.path if e.action == "advance"]
+    assert (advance.event, advance.at - DEFAULT_START) == ("idle", timedelta(days=90))
+
+
+def test_a_stage_change_an_advance_already_made_is_an_error_at_its_line(tmp_path):
+    errors = errors_of(tmp_path, """
+        scenarios:
+          - name: clicks, then engaged by hand
+            lead: {title: CIO}
+            events:
+              - 3 clicked
+              - 5 stage engaged
+            expect: {stage: engaged}
+    """)
+    assert errors == ["scenarios.yaml:6: scenario 'clicks, then engaged by hand': day 5: lead is "
+                      "already in stage engaged"]
+
+
+def test_a_custom_field_of_a_row_is_read_by_persona_rules(tmp_path):
+    by_department = replace(PROGRAM, personas={
+        **PROGRAM.personas, "it_manager": replace(PROGRAM.personas["it_manager"],
+                                                  match={"department_in": ["engineering"]})})
+    result = run_one(tmp_path, """
+        - name: engineer
+          lead: {title: Analyst, Department: Engineering}
+          expect: {emails: {welcome_it: 0}}
+    """, program=by_department)
+    assert result.passed, result.differences
+    assert result.final["persona"] == "it_manager"
+
+
+def test_a_bad_custom_field_of_a_row_is_refused_as_an_import_would(tmp_path):
+    errors = errors_of(tmp_path, """
+        scenarios:
+          - name: a
+            lead:
+              title: CIO
+              team size!: 4
+            expect: {stage: inquiry}
+    """)
+    assert errors == ["scenarios.yaml:5: scenario 'a': lead.team size!: bad custom field name "
+                      "'team size!' (letters, digits and _)"]
+
+
 # -- malformed tables ---------------------------------------------------------------------------
 
 def test_bad_yaml_names_its_line(tmp_path):

@@ -853,7 +853,8 @@ def _goal(c: _Checker, data, pages, emails) -> Goal | None:
     if goal is None:
         return None
     _known_keys(c, goal, GOAL_KEYS, "goal")
-    stage, event, page, email = (goal.get(key) for key in ("stage", "event", "page", "email"))
+    stage, event = goal.get("stage"), goal.get("event")
+    page, email = (_name(c, goal, key, "goal") for key in ("page", "email"))
     if (stage is None) == (event is None):
         c.error(data, "goal", "goal: give either 'stage' (a stage to reach) or 'event' (a "
                               "response, e.g. {event: form_submitted, page: demo_request})")
@@ -901,10 +902,7 @@ def _advance(c: _Checker, data, pages, emails) -> tuple[AdvanceRule, ...]:
         if ("on" in keys) == ("idle" in keys):
             c.error(rules, i, f"{label}: give either 'on' (response kinds, e.g. [click, "
                               "form_submitted]) or 'idle' (a time without response, e.g. 90d)")
-        page, email = (rule.get(key) for key in ("page", "email"))
-        for name, value in (("page", page), ("email", email)):
-            if value is not None and not isinstance(value, str):
-                c.error(rule, name, f"{label}: '{name}' must be a name, got {value!r}")
+        page, email = (_name(c, rule, key, label) for key in ("page", "email"))
         if "on" not in keys and (page is not None or email is not None):
             c.error(rule, "page" if page is not None else "email",
                     f"{label}: 'page' and 'email' apply to an 'on' rule")
@@ -913,6 +911,15 @@ def _advance(c: _Checker, data, pages, emails) -> tuple[AdvanceRule, ...]:
         parsed.append(AdvanceRule(from_stages=from_stages, to=str(to), on=on, page=page,
                                   email=email, idle=idle))
     return tuple(parsed)
+
+
+def _name(c: _Checker, mapping, key: str, label: str) -> str | None:
+    """A page or email name given in `mapping`, or None (when absent, or not text: said)."""
+    value = mapping.get(key)
+    if value is not None and not isinstance(value, str):
+        c.error(mapping, key, f"{label}: '{key}' must be a name, got {value!r}")
+        return None
+    return value
 
 
 def _from_stages(c: _Checker, rule, label: str) -> tuple[str, ...]:

@@ -193,9 +193,9 @@ class Goal:
     within: timedelta | None = None
 
     def describe(self) -> str:
-        what = (f"reach stage {self.stage}" if self.stage
-                else f"{self.event}{target_text(self.page, self.email)}")
-        return what + (f" within {format_duration(self.within)}" if self.within else "")
+        target = target_text(self.page, self.email)
+        what = f"reach stage {self.stage}" if self.stage else f"{self.event}{' on' if target else ''}{target}"
+        return what + (f" within {format_duration(self.within)} of enrolling" if self.within else "")
 
     def to_dict(self) -> dict:
         data = {"stage": self.stage, "event": self.event, "page": self.page, "email": self.email,
