@@ -70,8 +70,8 @@ def test_stored_versions_keep_kind_goal_and_rules_and_old_ones_load_without(tmp_
 
 @pytest.mark.parametrize(("section", "needle", "message"), [
     ("kind: Inbound!\n", "kind:",
-     "kind must be inbound, outbound, cold, cross-sell, sales-support or a name of your own "
-     "(lower-case letters, digits and '-'), got 'Inbound!'"),
+     ("kind must be inbound, outbound, cold, cross-sell, sales-support or a name of your own "
+     "(lower-case letters, digits and '-'), got 'Inbound!'")),
     ("kind: [inbound]\n", "kind:", "kind must be inbound"),
     ("goal: opportunity\n", "goal:", "'goal' must be a mapping"),
     ("goal: {within: 3d}\n", "goal:",
@@ -79,8 +79,8 @@ def test_stored_versions_keep_kind_goal_and_rules_and_old_ones_load_without(tmp_
     ("goal: {stage: mql, event: click}\n", "goal:", "goal: give either 'stage'"),
     ("goal: {stage: won}\n", "goal:", "goal.stage: unknown stage 'won' (expected one of inquiry,"),
     ("goal: {event: replied}\n", "goal:",
-     "goal.event: unknown event kind 'replied' (expected one of open, click, page_view, "
-     "form_submitted, consumed)"),
+     ("goal.event: unknown event kind 'replied' (expected one of open, click, page_view, "
+     "form_submitted, consumed)")),
     ("goal: {stage: mql, page: pricing}\n", "goal:",
      "goal: 'page' and 'email' apply to an event goal"),
     ("goal: {event: click, page: pricing}\n", "goal:",
@@ -110,20 +110,20 @@ def test_stored_versions_keep_kind_goal_and_rules_and_old_ones_load_without(tmp_
     ("advance:\n  - {from: inquiry, to: won, on: click}\n", "to: won",
      "advance 1: unknown stage 'won' (expected one of inquiry,"),
     ("advance:\n  - from: engaged\n    to: inquiry\n    idle: 90d\n", "to: inquiry",
-     "advance 1: illegal stage change engaged -> inquiry (from engaged: disqualified, mql, "
-     "recycled, sal)"),
+     ("advance 1: illegal stage change engaged -> inquiry (from engaged: disqualified, mql, "
+     "recycled, sal)")),
     ("advance:\n  - from: [inquiry, disqualified]\n    to: engaged\n    on: click\n", "to: engaged",
      "advance 1: illegal stage change disqualified -> engaged (from disqualified: recycled)"),
     ("advance:\n  - from: [inquiry, engaged]\n    to: engaged\n    on: click\n", "to: engaged",
      "advance 1: 'to' is engaged, a stage it moves from"),
     ("advance:\n  - {from: inquiry, to: engaged}\n", "- {from",
-     "advance 1: give either 'on' (response kinds, e.g. [click, form_submitted]) or 'idle' (a "
-     "time without response, e.g. 90d)"),
+     ("advance 1: give either 'on' (response kinds, e.g. [click, form_submitted]) or 'idle' (a "
+     "time without response, e.g. 90d)")),
     ("advance:\n  - {from: inquiry, to: engaged, on: click, idle: 3d}\n", "- {from",
      "advance 1: give either 'on'"),
     ("advance:\n  - {from: inquiry, to: engaged, on: [click, opened]}\n", "opened",
-     "advance 1: unknown response kind 'opened' in 'on' (expected one of open, click, page_view, "
-     "form_submitted, consumed)"),
+     ("advance 1: unknown response kind 'opened' in 'on' (expected one of open, click, page_view, "
+     "form_submitted, consumed)")),
     ("advance:\n  - {from: inquiry, to: engaged, on: []}\n", "on: []",
      "advance 1: 'on' must name at least one response kind"),
     ("advance:\n  - from: engaged\n    to: recycled\n    idle: 0d\n", "idle:",
@@ -156,10 +156,10 @@ def test_every_error_of_several_rules_comes_at_once(tmp_path):
           - {from: mql, to: won, on: [open]}
     """)
     assert errors_of(directory) == [
-        f"program.yaml:{line_of(directory, 'to: inquiry')}: advance 2: illegal stage change "
-        "engaged -> inquiry (from engaged: disqualified, mql, recycled, sal)",
-        f"program.yaml:{line_of(directory, 'to: won')}: advance 3: unknown stage 'won' (expected "
-        "one of inquiry, engaged, mql, sal, opportunity, customer, recycled, disqualified)",
+        (f"program.yaml:{line_of(directory, 'to: inquiry')}: advance 2: illegal stage change "
+        "engaged -> inquiry (from engaged: disqualified, mql, recycled, sal)"),
+        (f"program.yaml:{line_of(directory, 'to: won')}: advance 3: unknown stage 'won' (expected "
+        "one of inquiry, engaged, mql, sal, opportunity, customer, recycled, disqualified)"),
     ]
 
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import email
 import email.policy
+import json
 import re
 import shutil
-
-import json
 
 import pytest
 from launching import mark_launched

@@ -288,12 +288,12 @@ def test_rules_that_never_apply_are_named():
     found = [(f.location, f.message) for f in check_program(program)
              if f.code == "program.advance-shadowed"]
     assert found == [
-        ("advance 2", "advance inquiry -> mql on click never applies: earlier rules take every "
-                      "stage and response it names"),
-        ("advance 5", "advance inquiry -> engaged on page_view page pricing never applies: earlier "
-                      "rules take every stage and response it names"),
-        ("advance 6", "advance engaged -> disqualified after 90d without a response never "
-                      "applies: shorter idle rules move the lead from its stages first"),
+        ("advance 2", ("advance inquiry -> mql on click never applies: earlier rules take every "
+                      "stage and response it names")),
+        ("advance 5", ("advance inquiry -> engaged on page_view page pricing never applies: earlier "
+                      "rules take every stage and response it names")),
+        ("advance 6", ("advance engaged -> disqualified after 90d without a response never "
+                      "applies: shorter idle rules move the lead from its stages first")),
     ]
     wider = AdvanceRule(("inquiry", "recycled"), "engaged", on=("click", "consumed"))
     assert not [f for f in check_program(with_advance(CLICK, wider))

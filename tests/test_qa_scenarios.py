@@ -231,8 +231,8 @@ def test_a_stage_change_an_advance_already_made_is_an_error_at_its_line(tmp_path
               - 5 stage engaged
             expect: {stage: engaged}
     """)
-    assert errors == ["scenarios.yaml:6: scenario 'clicks, then engaged by hand': day 5: lead is "
-                      "already in stage engaged"]
+    assert errors == [("scenarios.yaml:6: scenario 'clicks, then engaged by hand': day 5: lead is "
+                      "already in stage engaged")]
 
 
 def test_a_custom_field_of_a_row_is_read_by_persona_rules(tmp_path):
@@ -257,8 +257,8 @@ def test_a_bad_custom_field_of_a_row_is_refused_as_an_import_would(tmp_path):
               team size!: 4
             expect: {stage: inquiry}
     """)
-    assert errors == ["scenarios.yaml:5: scenario 'a': lead.team size!: bad custom field name "
-                      "'team size!' (letters, digits and _)"]
+    assert errors == [("scenarios.yaml:5: scenario 'a': lead.team size!: bad custom field name "
+                      "'team size!' (letters, digits and _)")]
 
 
 # -- malformed tables ---------------------------------------------------------------------------

@@ -10,7 +10,13 @@ from engine.cli_context import AppContext, console, echo_json, err_console, pass
 from engine.db import utcnow
 from engine.launch.service import pending_changes, pending_lines
 from engine.programs.loader import validate_program_dir
-from engine.programs.service import ProgramSummary, load_program, matrix, program_summaries, side_tracks
+from engine.programs.service import (
+    ProgramSummary,
+    load_program,
+    matrix,
+    program_summaries,
+    side_tracks,
+)
 from engine.programs.spec import Program
 from engine.programs.store import current_program
 

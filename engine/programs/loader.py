@@ -15,9 +15,8 @@ from jinja2 import TemplateSyntaxError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from engine.config import default_sender
-from engine.errors import Invalid
+from engine.errors import IllegalTransition, Invalid
 from engine.leads.fields import normalise_email
-from engine.errors import IllegalTransition
 from engine.leads.stages import STAGES, check_transition
 from engine.patterns import PatternError, compile_pattern
 from engine.programs.spec import (
