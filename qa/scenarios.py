@@ -443,9 +443,15 @@ def _check_stage_changes(errors: _Errors, label: str, program: Program, lead: di
     except Invalid:
         return  # the lead's fields are wrong: said already
     for rejected in sim.rejected:
-        day = (rejected.at - start) / timedelta(days=1)
-        errors.errors.append(ProgramError(errors.file, rejected.line,
-                                          f"{label}: day {_day_text(day)}: {rejected.reason}"))
+        words = f"{label}: day {_day_text(_days_from(start, rejected.at))}: {rejected.reason}"
+        advanced = [e for e in sim.path if e.action == "advance" and e.at <= rejected.at]
+        if advanced:
+            words += f" ({advanced[-1].reason}, day {_day_text(_days_from(start, advanced[-1].at))})"
+        errors.errors.append(ProgramError(errors.file, rejected.line, words))
+
+
+def _days_from(start: datetime, at: datetime) -> float:
+    return (at - start) / timedelta(days=1)
 
 
 def _expectation(errors: _Errors, rows, index: int, row, label: str, program: Program,

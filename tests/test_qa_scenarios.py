@@ -232,7 +232,7 @@ def test_a_stage_change_an_advance_already_made_is_an_error_at_its_line(tmp_path
             expect: {stage: engaged}
     """)
     assert errors == [("scenarios.yaml:6: scenario 'clicks, then engaged by hand': day 5: lead is "
-                      "already in stage engaged")]
+                      "already in stage engaged (advance inquiry -> engaged on click, day 3)")]
 
 
 def test_a_custom_field_of_a_row_is_read_by_persona_rules(tmp_path):

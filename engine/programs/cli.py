@@ -66,7 +66,8 @@ def load(app: AppContext, directory: str) -> None:
 @pass_app
 def list_(app: AppContext, as_json: bool) -> None:
     """List the loaded programs: kind, goal, newest version, launch state (not launched, live,
-    or pending launch while leads run an older launched version) and enrolled leads by status."""
+    or pending launch while leads run an older launched version) and enrolled leads by status.
+    `nurture program show NAME` lists every change waiting for a launch, edited emails included."""
     with app.db.session() as session:
         summaries = program_summaries(session=session)
     if as_json:
