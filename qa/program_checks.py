@@ -25,6 +25,13 @@ program loader counts them):
 - program.move-cross-persona (warning): a full track name in move_to or sla.stalled_track sends
   leads of every persona to a track written for one.
 - program.unused-email (warning): an email no track sends.
+- program.advance-no-track (warning): an advance rule moves leads to a nurture stage where a
+  persona has no track: they are parked there.
+- program.advance-idle-short (warning): an idle rule moves a lead sooner than the longest wait
+  between two emails of a track of its `from` stage: a lead following that track without a
+  response is moved before it is sent the next email.
+- program.advance-shadowed (warning): an advance rule that never applies, because earlier
+  rules (or, for idle rules, shorter ones) take every stage and response it names first.
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ from pathlib import Path
 from engine.leads.stages import STAGES, TRANSITIONS
 from engine.programs.loader import PROGRAM_FILE, ProgramError
 from engine.programs.service import matrix
-from engine.programs.spec import Program, Step, format_duration
+from engine.programs.spec import AdvanceRule, Program, Step, format_duration
 from qa.findings import Finding, Severity
 from qa.scenarios import (
     ScenarioInvalid,
@@ -57,7 +64,8 @@ def check_program(program: Program) -> list[Finding]:
     """Every static finding about the program's tracks and rules."""
     return [*empty_cells(program), *unreachable_tracks(program), *dead_end_tracks(program),
             *long_waits(program), *move_loops(program), *move_targets(program),
-            *unused_emails(program)]
+            *unused_emails(program), *advance_without_track(program), *short_idle_rules(program),
+            *shadowed_advance_rules(program)]
 
 
 def _finding(severity: Severity, code: str, location: str, message: str) -> Finding:
@@ -209,6 +217,81 @@ def unused_emails(program: Program) -> list[Finding]:
             for key in program.emails if key not in used]
 
 
+def _advance_location(index: int) -> str:
+    return f"advance {index + 1}"
+
+
+def advance_without_track(program: Program) -> list[Finding]:
+    findings = []
+    for index, rule in enumerate(program.advance):
+        if rule.to in program.rules.exit_on_stages:
+            continue
+        for persona in program.personas:
+            if program.cell_track(persona, rule.to) is None:
+                findings.append(_finding(
+                    Severity.WARNING, "program.advance-no-track", _advance_location(index),
+                    f"{rule.describe()}: persona {persona} has no {persona}/{rule.to} track, so "
+                    f"its leads are parked there with nothing to receive"))
+    return findings
+
+
+def longest_gap(steps: tuple[Step, ...]) -> timedelta:
+    """The longest a lead following the steps waits between two emails."""
+    longest = gap = timedelta(0)
+    for step in steps:
+        gap = timedelta(0) if step.email else gap + step.wait
+        longest = max(longest, gap)
+    return longest
+
+
+def short_idle_rules(program: Program) -> list[Finding]:
+    findings = []
+    for index, rule in enumerate(program.advance):
+        if rule.idle is None:
+            continue
+        for stage in rule.from_stages:
+            for persona in program.personas:
+                track = program.cell_track(persona, stage)
+                gap = longest_gap(program.tracks[track]) if track else timedelta(0)
+                if gap > rule.idle:
+                    findings.append(_finding(
+                        Severity.WARNING, "program.advance-idle-short", _advance_location(index),
+                        f"{rule.describe()}: {track} waits {format_duration(gap)} between two "
+                        f"emails, so a lead following it without a response is moved to "
+                        f"{rule.to} before it is sent the next one"))
+    return findings
+
+
+def shadowed_advance_rules(program: Program) -> list[Finding]:
+    rules = program.advance
+    findings = []
+    for index, rule in enumerate(rules):
+        if all(_taken_first(rules, index, stage, kind)
+               for stage in rule.from_stages for kind in (rule.on or (None,))):
+            findings.append(_finding(
+                Severity.WARNING, "program.advance-shadowed", _advance_location(index),
+                f"{rule.describe()} never applies: "
+                + ("earlier rules take every stage and response it names"
+                   if rule.on else "shorter idle rules move the lead from its stages first")))
+    return findings
+
+
+def _taken_first(rules: tuple[AdvanceRule, ...], index: int, stage: str, kind: str | None) -> bool:
+    """Another rule applies before rules[index] to a lead in `stage` (on a response of `kind`,
+    or, for an idle rule, when kind is None)."""
+    rule = rules[index]
+    for other_index, other in enumerate(rules):
+        if other_index == index or stage not in other.from_stages:
+            continue
+        if kind is not None and other_index < index and kind in other.on and (
+                (other.page, other.email) in ((None, None), (rule.page, rule.email))):
+            return True
+        if kind is None and other.idle is not None and (
+                other.idle < rule.idle or (other.idle == rule.idle and other_index < index)):
+            return True
+    return False
+
+
 # -- path coverage -----------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -287,6 +370,8 @@ def _rule_items(program: Program) -> list[CoverageItem]:
     for track in sorted(t for t in stalled if t in program.tracks):
         items.append(CoverageItem("rule", f"sla.stalled_track: {track}",
                                   "marketing support for a stalled opportunity"))
+    items += [CoverageItem("rule", rule.describe(), f"stage advancement rule {index + 1}")
+              for index, rule in enumerate(program.advance)]
     return items
 
 
@@ -306,6 +391,8 @@ def path_hits(program: Program, result: ScenarioResult) -> set[str]:
 
 
 def _rule_hits(entry) -> set[str]:
+    if entry.action == "advance":
+        return {entry.rule}
     if entry.action == "exit" and entry.reason.startswith("stage "):
         return {f"rules.exit_on_stages: {entry.reason.removeprefix('stage ')}"}
     if entry.reason.startswith(NON_RESPONDER):

@@ -27,10 +27,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
-from engine.errors import NurtureError
+from engine.errors import Invalid
 from engine.journeys.decide import Event, EventKind, Status
-from engine.journeys.simulate import SCRIPTED_EVENTS, PathEntry, ScriptedEvent, simulate
-from engine.leads.stages import STAGES, check_transition
+from engine.journeys.simulate import SCRIPTED_EVENTS, PathEntry, ScriptedEvent, SimLead, simulate
+from engine.leads.fields import clean_lead_fields
+from engine.leads.stages import STAGES
 from engine.programs.loader import ProgramError, _line, _LineLoader, _Map, _Seq
 from engine.programs.spec import Program
 from qa.findings import Finding, Severity
@@ -49,6 +50,7 @@ EXPECT_KEYS = ("emails", "not_sent", "track", "stage", "status", "exit")
 CSV_EXPECT = {f"expect_{key}": key for key in EXPECT_KEYS}
 CSV_COLUMNS = ("name", "days", "events", *CSV_EXPECT)
 EXITS = ("unsubscribed", "hard_bounce", "talk_to_sales")
+DEFAULT_EMAIL = "lead@scenario.test"  # a row's test lead, unless its `lead:` gives an email
 NONE = ("none", "no", "")
 _BY = re.compile(r"^by\s+(\d+)$")
 _RANGE = re.compile(r"^(\d+)\s*\.\.\s*(\d+)$")
@@ -252,7 +254,7 @@ def parse_scenarios(data: dict, program: Program, *, file: str = "scenarios.yaml
         rows = rows[:MAX_SCENARIOS]
     scenarios, names = [], {}
     for index, row in enumerate(rows):
-        scenario = _scenario(errors, rows, index, row, program, days)
+        scenario = _scenario(errors, rows, index, row, program, days, start)
         if scenario is None:
             continue
         if scenario.name in names:
@@ -292,7 +294,7 @@ def _days(errors: _Errors, container, key: str, default: int) -> int:
 
 
 def _scenario(errors: _Errors, rows, index: int, row, program: Program,
-              default_days: int) -> Scenario | None:
+              default_days: int, start: datetime) -> Scenario | None:
     if not isinstance(row, dict):
         errors.add(rows, index, f"scenario {index + 1}: must be a mapping with name, lead, "
                                 "events and expect")
@@ -309,7 +311,7 @@ def _scenario(errors: _Errors, rows, index: int, row, program: Program,
     days = _days(errors, row, "days", default_days) if "days" in row else default_days
     lead = _lead(errors, row, label, program)
     events = _events(errors, row, label, program, days)
-    _check_stage_changes(errors, label, lead.get("stage", "inquiry"), events)
+    _check_stage_changes(errors, label, program, lead, events, start, days)
     expect = _expectation(errors, rows, index, row, label, program, days)
     return Scenario(name=name.strip(), line=_line(rows, index), lead=lead, events=events,
                     days=days, expect=expect)
@@ -336,7 +338,18 @@ def _lead(errors: _Errors, row, label: str, program: Program) -> dict[str, str]:
         except (ZoneInfoNotFoundError, ValueError):
             errors.add(lead, "timezone", f"{label}: unknown time zone {tz!r}")
             fields.pop("timezone")
+    try:
+        lead_record(fields)  # as an import or the API would take it
+    except Invalid as exc:
+        key = next((k for k in lead if str(k).strip().lower() == exc.field), "lead")
+        errors.add(lead if key in lead else row, key, f"{label}: lead.{exc.field}: {exc.detail}")
     return fields
+
+
+def lead_record(fields: dict[str, str]) -> dict:
+    """A row's test lead as the live engine stores one (standard fields and `custom`, cleaned
+    as an import cleans them), so `simulate` reads its fields as the live engine does."""
+    return clean_lead_fields({"email": DEFAULT_EMAIL, **fields})
 
 
 def _events(errors: _Errors, row, label: str, program: Program,
@@ -418,20 +431,27 @@ def _track_exists(name: str | None, program: Program) -> bool:
     return any(track.partition("/")[2] == name for track in program.tracks)
 
 
-def _check_stage_changes(errors: _Errors, label: str, stage: str,
-                         events: tuple[ScenarioEvent, ...]) -> None:
-    """A scripted stage change goes through the transition table in the simulation, which
-    would refuse an illegal one: say so here, where the line is known."""
-    for event in events:
-        if event.kind is not EventKind.STAGE:
-            continue
-        try:
-            check_transition(stage, event.detail)
-        except NurtureError as exc:
-            errors.errors.append(ProgramError(errors.file, event.line,
-                                              f"{label}: day {_day_text(event.day)}: {exc.detail}"))
-            continue
-        stage = event.detail
+def _check_stage_changes(errors: _Errors, label: str, program: Program, lead: dict[str, str],
+                         events: tuple[ScenarioEvent, ...], start: datetime, days: int) -> None:
+    """A scripted stage change goes through the transition table in the simulation, from the
+    stage the lead has then (an advance rule may have moved it), which refuses an illegal one:
+    say so here, where the line is known."""
+    if not any(event.kind is EventKind.STAGE for event in events):
+        return
+    try:
+        sim = _walk(program, lead, events, start, days)
+    except Invalid:
+        return  # the lead's fields are wrong: said already
+    for rejected in sim.rejected:
+        words = f"{label}: day {_day_text(_days_from(start, rejected.at))}: {rejected.reason}"
+        advanced = [e for e in sim.path if e.action == "advance" and e.at <= rejected.at]
+        if advanced:
+            words += f" ({advanced[-1].reason}, day {_day_text(_days_from(start, advanced[-1].at))})"
+        errors.errors.append(ProgramError(errors.file, rejected.line, words))
+
+
+def _days_from(start: datetime, at: datetime) -> float:
+    return (at - start) / timedelta(days=1)
 
 
 def _expectation(errors: _Errors, rows, index: int, row, label: str, program: Program,
@@ -594,11 +614,7 @@ def run_scenarios(program: Program, scenarios: Iterable[Scenario], *,
 
 def run_scenario(program: Program, scenario: Scenario, *,
                  start: datetime = DEFAULT_START) -> ScenarioResult:
-    email = scenario.lead.get("email") or "lead@scenario.test"
-    lead = {**scenario.lead, "email": email}
-    scripted = [ScriptedEvent(start + timedelta(days=e.day), email, Event(e.kind, e.detail), e.line)
-                for e in scenario.events]
-    sim = simulate(program, [lead], scripted, start=start, days=scenario.days)[0]
+    sim = _walk(program, scenario.lead, scenario.events, start, scenario.days)
     sent = {entry.asset: _day(entry.at, start) for entry in sim.path if entry.action == "send"}
     state = sim.state
     final = {"track": state.track, "stage": state.stage, "status": state.status.value,
@@ -606,6 +622,15 @@ def run_scenario(program: Program, scenario: Scenario, *,
     exit_day = next((_day(e.at, start) for e in reversed(sim.path) if e.action == "exit"), None)
     differences = _compare(scenario, sent, final, exit_day)
     return ScenarioResult(scenario, differences, sent, final, sim.path)
+
+
+def _walk(program: Program, lead: dict[str, str], events: Iterable[ScenarioEvent],
+          start: datetime, days: int) -> SimLead:
+    """One row through `nurture simulate`'s engine. Raises Invalid on a bad lead field."""
+    record = lead_record(lead)
+    scripted = [ScriptedEvent(start + timedelta(days=e.day), record["email"],
+                              Event(e.kind, e.detail), e.line) for e in events]
+    return simulate(program, [record], scripted, start=start, days=days)[0]
 
 
 def _day(at: datetime, start: datetime) -> int:

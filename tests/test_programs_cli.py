@@ -1,12 +1,15 @@
-"""`nurture program validate|load|show` as a marketer uses them."""
+"""`nurture program validate|load|list|show` as a marketer uses them."""
 
 from __future__ import annotations
 
 import email
 import email.policy
+import json
 import re
+import shutil
 
 import pytest
+from launching import mark_launched
 from sqlalchemy import func, select
 
 from engine.programs.models import ProgramRecord, ProgramVersion
@@ -96,6 +99,74 @@ def test_show_prints_matrix_and_flags_empty_cells(cli, loaded_program):
     assert "it_manager/inquiry" in result.output
     assert "EMPTY" in result.output
     assert "empty cell(s)" in result.output and "it_manager/mql" in result.output
+
+
+def test_show_prints_kind_goal_and_advance_rules(cli, loaded_program, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "400")
+    result = cli("program", "show", loaded_program)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[1:5] == [
+        "kind: inbound", "goal: form_submitted on page demo within 90d of enrolling",
+        "advance inquiry, recycled -> engaged on click, form_submitted, consumed",
+        "advance engaged -> recycled after 90d without a response"]
+    shown = json.loads(cli("program", "show", loaded_program, "--json").output)
+    assert shown["kind"] == "inbound"
+    assert shown["goal"] == {"event": "form_submitted", "page": "demo", "within": "90d",
+                             "text": "form_submitted on page demo within 90d of enrolling"}
+    assert shown["advance"] == lines[3:5]
+
+
+def listed(cli) -> list[dict]:
+    result = cli("program", "list", "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def test_program_list_names_kind_goal_versions_launch_state_and_enrolled_leads(
+        cli, sample_program, db, tmp_path, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "400")
+    assert cli("program", "list").output.strip() == (
+        "no programs (load one with `nurture program load DIR`)")
+    assert listed(cli) == []
+    plain = tmp_path / "plain"  # a second program, with neither kind nor goal
+    shutil.copytree(sample_program, plain)
+    replace_in(plain / "program.yaml", "program: acme-nurture", "program: acme-plain")
+    replace_in(plain / "program.yaml", "kind: inbound\n", "")
+    replace_in(plain / "program.yaml", "goal: {event: form_submitted, page: demo_request, "
+                                       "within: 90d}\n", "")
+    for directory in (plain, sample_program):
+        assert cli("program", "load", directory).exit_code == 0
+    [acme, other] = listed(cli)
+    assert acme == {
+        "program": "acme-nurture", "name": "Acme Cloud perpetual nurture", "kind": "inbound",
+        "goal": {"event": "form_submitted", "page": "demo", "within": "90d",
+                 "text": "form_submitted on page demo within 90d of enrolling"},
+        "version": 1, "live_version": None, "launch_state": "not launched", "enrolled": {}}
+    assert (other["program"], other["kind"], other["goal"]) == ("acme-plain", None, None)
+
+    leads = tmp_path / "leads.csv"
+    leads.write_text("email,title,stage\nada@globex.example,CIO,\nbob@initech.example,CFO,\n"
+                     "cy@globex.example,CIO,sal\n")
+    assert cli("leads", "import", leads, "--program", "acme-nurture").exit_code == 0
+    mark_launched(db, "acme-nurture")
+    acme = listed(cli)[0]
+    assert (acme["launch_state"], acme["live_version"]) == ("live", 1)
+    assert acme["enrolled"] == {"active": 2, "exited": 1}
+    replace_in(sample_program / "program.yaml", "{wait: 3d}", "{wait: 2d}")
+    assert cli("program", "load", sample_program).exit_code == 0
+    acme = listed(cli)[0]
+    assert (acme["version"], acme["live_version"], acme["launch_state"]) == (2, 1, "pending launch")
+
+    text = cli("program", "list").output
+    [acme_row] = [line for line in text.splitlines() if "acme-nurture" in line]
+    for words in ("Acme Cloud perpetual nurture", "inbound",
+                  "form_submitted on page demo within 90d of enrolling",
+                  "version 1 live, 2 pending launch", "2 active, 1 exited"):
+        assert words in acme_row, words
+    [plain_row] = [line for line in text.splitlines() if "acme-plain" in line]
+    assert [cell.strip() for cell in plain_row.split("│")[3:8]] == [
+        "-", "-", "1", "not launched", "none"]
 
 
 def test_show_unknown_program_is_a_clear_error(cli, env):

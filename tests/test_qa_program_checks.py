@@ -12,7 +12,7 @@ import pytest
 from defects import planted
 
 from engine.programs.loader import load_program_dir
-from engine.programs.spec import NonResponders, Rules, Step
+from engine.programs.spec import AdvanceRule, NonResponders, Rules, Step
 from qa.findings import Severity
 from qa.program_checks import check_program, coverage, coverage_findings, review_program
 from qa.scenarios import load_scenarios, run_scenarios
@@ -118,7 +118,7 @@ def test_the_sample_review_passes_with_full_coverage():
     assert review.passed
     assert review.coverage.counts() == {"tracks": {"covered": 8, "total": 8},
                                         "steps": {"covered": 26, "total": 26},
-                                        "rules": {"covered": 12, "total": 12}}
+                                        "rules": {"covered": 14, "total": 14}}
     assert not [f for f in review.findings if f.code.startswith("coverage.")]
 
 
@@ -241,3 +241,76 @@ def test_the_pause_of_non_responders_without_a_target_is_a_rule_to_cover(tiny):
     """)
     assert [(i.name, i.scenarios) for i in cov.of("rule") if "non_responders" in i.name] == [
         ("rules.non_responders: pause", ("silent",))]
+
+
+# -- advance rules ------------------------------------------------------------------------------
+
+def with_advance(*rules: AdvanceRule):
+    return replace(PROGRAM, advance=rules)
+
+
+CLICK = AdvanceRule(("inquiry",), "engaged", on=("click",))
+
+
+def test_an_advance_to_a_stage_without_a_track_parks_leads():
+    found = [f for f in check_program(with_advance(CLICK, AdvanceRule(("inquiry",), "mql",
+                                                                      on=("form_submitted",))))
+             if f.code.startswith("program.advance")]
+    assert [(f.severity, f.location) for f in found] == [(Severity.WARNING, "advance 2")] * 2
+    assert found[0].message == ("advance inquiry -> mql on form_submitted: persona it_manager has "
+                                "no it_manager/mql track, so its leads are parked there with "
+                                "nothing to receive")
+    exits = AdvanceRule(("inquiry",), "sal", on=("form_submitted",), page="demo")
+    assert not [f for f in check_program(with_advance(exits)) if f.code.startswith("program.advance")]
+
+
+def test_an_idle_rule_shorter_than_a_wait_of_its_stage_moves_leads_before_their_next_email():
+    quiet = AdvanceRule(("inquiry",), "engaged", idle=timedelta(days=5))
+    [finding] = [f for f in check_program(with_advance(quiet))
+                 if f.code == "program.advance-idle-short"]
+    # it_manager/inquiry waits a week before benchmark_it; finance/inquiry at most 3 days
+    assert finding.location == "advance 1"
+    assert finding.message == ("advance inquiry -> engaged after 5d without a response: "
+                               "it_manager/inquiry waits 1w between two emails, so a lead "
+                               "following it without a response is moved to engaged before it "
+                               "is sent the next one")
+    week = AdvanceRule(("inquiry",), "engaged", idle=timedelta(weeks=1))
+    assert not [f for f in check_program(with_advance(week)) if f.code.startswith("program.advance")]
+
+
+def test_rules_that_never_apply_are_named():
+    page = AdvanceRule(("inquiry",), "engaged", on=("page_view",), page="pricing")
+    any_page = AdvanceRule(("inquiry",), "engaged", on=("page_view",))
+    short = AdvanceRule(("engaged",), "recycled", idle=timedelta(days=60))
+    long = AdvanceRule(("engaged",), "disqualified", idle=timedelta(days=90))
+    program = with_advance(CLICK, AdvanceRule(("inquiry",), "mql", on=("click",)), page, any_page,
+                           page, long, short)
+    found = [(f.location, f.message) for f in check_program(program)
+             if f.code == "program.advance-shadowed"]
+    assert found == [
+        ("advance 2", ("advance inquiry -> mql on click never applies: earlier rules take every "
+                      "stage and response it names")),
+        ("advance 5", ("advance inquiry -> engaged on page_view page pricing never applies: earlier "
+                      "rules take every stage and response it names")),
+        ("advance 6", ("advance engaged -> disqualified after 90d without a response never "
+                      "applies: shorter idle rules move the lead from its stages first")),
+    ]
+    wider = AdvanceRule(("inquiry", "recycled"), "engaged", on=("click", "consumed"))
+    assert not [f for f in check_program(with_advance(CLICK, wider))
+                if f.code == "program.advance-shadowed"]
+
+
+def test_each_advance_rule_is_a_rule_to_cover(tiny):
+    directory, program = tiny
+    program = replace(program, advance=(
+        AdvanceRule(("inquiry",), "engaged", on=("click",)),
+        AdvanceRule(("engaged",), "recycled", idle=timedelta(days=30))))
+    cov = tiny_coverage(directory, program, """
+      - {name: clicks, events: ["0.5 clicked"], expect: {emails: {e1: 0, e3: 0}, stage: engaged}}
+    """)
+    assert [(i.name, i.detail, i.scenarios) for i in cov.of("rule") if i.name.startswith("advance")] == [
+        ("advance inquiry -> engaged on click", "stage advancement rule 1", ("clicks",)),
+        ("advance engaged -> recycled after 30d without a response", "stage advancement rule 2",
+         ())]
+    assert ("coverage.rule", "advance engaged -> recycled after 30d without a response") in [
+        (f.code, f.location) for f in coverage_findings(cov, "scenarios.yaml")]

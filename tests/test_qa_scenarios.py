@@ -66,7 +66,7 @@ def test_the_program_loader_keeps_the_scenario_table_with_the_files():
 def test_every_scenario_of_the_sample_passes():
     loaded = load_scenarios(SAMPLE / "scenarios.yaml", PROGRAM)
     results = run_scenarios(PROGRAM, loaded.scenarios, start=loaded.start)
-    assert len(results) == 15
+    assert len(results) == 17
     assert [(r.scenario.name, r.differences) for r in results if not r.passed] == []
     assert scenario_findings(results, "scenarios.yaml") == []
 
@@ -195,6 +195,72 @@ def test_a_planted_defect_fails_its_scenario():
          "expected benchmark_it on day 21, it was never sent (in 30 days)")]
 
 
+# -- advance rules and custom fields, as live ---------------------------------------------------
+
+def test_a_response_in_a_row_advances_the_lead_as_the_live_engine_will(tmp_path):
+    result = run_one(tmp_path, """
+        - name: clicks
+          lead: {title: CIO}
+          events: ["3.5 clicked"]
+          expect: {stage: engaged, track: it_manager/engaged, emails: {case_study_it: 3}}
+    """)
+    assert result.passed, result.differences
+    [advance] = [e for e in result.path if e.action == "advance"]
+    assert advance.reason == "advance inquiry -> engaged on click"
+
+
+def test_idle_rules_apply_as_the_simulated_clock_passes(tmp_path):
+    result = run_one(tmp_path, """
+        - name: quiet
+          lead: {title: CIO, stage: engaged}
+          days: 95
+          expect: {stage: recycled, emails: {product_update: "90..91"}}
+    """)
+    assert result.passed, result.differences
+    [advance] = [e for e in result.path if e.action == "advance"]
+    assert (advance.event, advance.at - DEFAULT_START) == ("idle", timedelta(days=90))
+
+
+def test_a_stage_change_an_advance_already_made_is_an_error_at_its_line(tmp_path):
+    errors = errors_of(tmp_path, """
+        scenarios:
+          - name: clicks, then engaged by hand
+            lead: {title: CIO}
+            events:
+              - 3 clicked
+              - 5 stage engaged
+            expect: {stage: engaged}
+    """)
+    assert errors == [("scenarios.yaml:6: scenario 'clicks, then engaged by hand': day 5: lead is "
+                      "already in stage engaged (advance inquiry -> engaged on click, day 3)")]
+
+
+def test_a_custom_field_of_a_row_is_read_by_persona_rules(tmp_path):
+    by_department = replace(PROGRAM, personas={
+        **PROGRAM.personas, "it_manager": replace(PROGRAM.personas["it_manager"],
+                                                  match={"department_in": ["engineering"]})})
+    result = run_one(tmp_path, """
+        - name: engineer
+          lead: {title: Analyst, Department: Engineering}
+          expect: {emails: {welcome_it: 0}}
+    """, program=by_department)
+    assert result.passed, result.differences
+    assert result.final["persona"] == "it_manager"
+
+
+def test_a_bad_custom_field_of_a_row_is_refused_as_an_import_would(tmp_path):
+    errors = errors_of(tmp_path, """
+        scenarios:
+          - name: a
+            lead:
+              title: CIO
+              team size!: 4
+            expect: {stage: inquiry}
+    """)
+    assert errors == [("scenarios.yaml:5: scenario 'a': lead.team size!: bad custom field name "
+                      "'team size!' (letters, digits and _)")]
+
+
 # -- malformed tables ---------------------------------------------------------------------------
 
 def test_bad_yaml_names_its_line(tmp_path):
@@ -300,7 +366,7 @@ def test_duplicate_names_and_an_empty_table_are_refused(tmp_path):
 
 CSV = (
     "name,title,stage,days,events,expect_emails,expect_not_sent,expect_track,expect_exit\n"
-    "reads everything,Head of IT,,30,0.5 opened; 3.5 clicked; 7.5 opened,"
+    "reads everything,Head of IT,,30,0.5 opened; 3.5 opened; 7.5 opened,"
     "welcome_it=0; guide_it=by 3; benchmark_it=14,breakup_it,it_manager/inquiry,none\n"
     "goes to sales,CFO,,20,2 stage sal,welcome_finance=0,cost_guide_finance,,sal\n"
 )
@@ -349,8 +415,8 @@ def invoke(*args: str):
 def test_command_passes_the_sample_and_prints_coverage():
     result = invoke(SAMPLE)
     assert result.exit_code == 0, result.output
-    assert "15 passed, 0 failed" in result.output
-    assert "coverage: tracks 8/8, steps 26/26, rules 12/12" in result.output
+    assert "17 passed, 0 failed" in result.output
+    assert "coverage: tracks 8/8, steps 26/26, rules 14/14" in result.output
     assert "program.empty-cell" in result.output
 
 
@@ -365,7 +431,7 @@ def test_command_fails_on_a_failing_scenario_and_says_why():
     assert review["passed"] is False
     text = CliRunner().invoke(scenarios_command, [str(planted("failing-scenario"))],
                               env={"COLUMNS": "250"}).output
-    assert "14 passed, 1 failed" in text
+    assert "16 passed, 1 failed" in text
     assert "expected benchmark_it on day 21, it was never sent" in text
 
 
@@ -406,7 +472,7 @@ def test_command_runs_a_loaded_program_with_its_table(loaded_program, env):
     result = invoke(loaded_program, "--file", SAMPLE / "scenarios.yaml", "--json")
     assert result.exit_code == 0, result.output
     review = json.loads(result.output)
-    assert len(review["scenarios"]) == 15 and review["passed"]
+    assert len(review["scenarios"]) == 17 and review["passed"]
     missing = invoke("no-such-program", "--file", SAMPLE / "scenarios.yaml")
     assert missing.exit_code == 1
     assert "no program named 'no-such-program'" in missing.output

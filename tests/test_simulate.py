@@ -111,3 +111,72 @@ def test_text_output_shows_each_lead_path(cli, sample_program, leads_csv):
     assert result.exit_code == 0, result.output
     assert "ada@globex.example" in result.stdout and "welcome_it" in result.stdout
     assert "Mon 2026-11-02 09:00 CET" in result.stdout
+
+
+def test_a_custom_column_is_a_field_persona_rules_read(cli, sample_program, tmp_path):
+    path = sample_program / "program.yaml"
+    text = path.read_text()
+    rule = "match: {title_contains: [IT, CIO, infrastructure, sysadmin, DevOps]}"
+    assert rule in text
+    path.write_text(text.replace(rule, "match: {department_in: [engineering]}"))
+    leads = tmp_path / "leads.csv"
+    leads.write_text("email,title,department\nana@globex.example,Analyst, Engineering \n"
+                     "bo@globex.example,Analyst,Sales\n")
+    entries = run(cli, sample_program, leads, "--days", "1", "--start", "2026-11-02")
+    [ana] = of(entries, "ana@globex.example", "send")
+    assert (ana["asset"], ana["track"]) == ("welcome_it", "it_manager/inquiry")
+    [bo] = of(entries, "bo@globex.example", "send")
+    assert (bo["asset"], bo["track"]) == ("welcome_finance", "finance/inquiry")
+
+
+def test_a_click_advances_an_inquiry_to_engaged_with_the_rule_in_words(cli, sample_program,
+                                                                       tmp_path):
+    leads = tmp_path / "leads.csv"
+    leads.write_text("email,title\nada@globex.example,CIO\n")
+    events = tmp_path / "events.csv"
+    events.write_text("day,email,event\n3.5,ada@globex.example,clicked\n")
+    entries = run(cli, sample_program, leads, "--events", events, "--days", "14",
+                  "--start", "2026-11-02")
+    ada = of(entries, "ada@globex.example")
+    at = next(i for i, e in enumerate(ada) if e["action"] == "advance")
+    advance, move, send = ada[at:at + 3]
+    assert advance["at"] == "2026-11-05T12:00:00+00:00" and advance["event"] == "clicked"
+    assert advance["reason"] == "advance inquiry -> engaged on click"
+    assert advance["rule"] == "advance inquiry, recycled -> engaged on click, form_submitted, consumed"
+    assert (move["action"], move["track"], move["reason"]) == ("move", "it_manager/engaged",
+                                                               "stage engaged")
+    assert (send["action"], send["asset"]) == ("send", "case_study_it")
+    assert "checklist_it" not in [e["asset"] for e in ada if e["action"] == "send"]
+
+
+def test_an_engaged_lead_silent_for_the_idle_time_is_recycled_as_time_passes(cli, sample_program,
+                                                                            tmp_path):
+    leads = tmp_path / "leads.csv"
+    leads.write_text("email,title,stage\nada@globex.example,CIO,engaged\n"
+                     "bea@globex.example,CIO,engaged\n")
+    events = tmp_path / "events.csv"
+    events.write_text("day,email,event\n50,bea@globex.example,opened\n")
+    entries = run(cli, sample_program, leads, "--events", events, "--days", "100",
+                  "--start", "2026-11-02")
+    ada = of(entries, "ada@globex.example")
+    [advance] = of(entries, "ada@globex.example", "advance")
+    assert advance["at"] == "2027-01-31T00:00:00+00:00"  # 90 days after entering engaged
+    assert advance["event"] == "idle"
+    assert advance["reason"] == "advance engaged -> recycled after 90d without a response"
+    after = [e for e in ada if e["at"] >= advance["at"] and e["action"] in ("move", "send")]
+    assert [(e["action"], e["track"], e["asset"]) for e in after[:2]] == [
+        ("move", "it_manager/recycled", None), ("send", "it_manager/recycled", "product_update")]
+    assert of(entries, "bea@globex.example", "advance") == []  # her open restarts the 90 days
+
+
+def test_a_scripted_stage_change_an_advance_made_illegal_is_rejected(cli, sample_program,
+                                                                     tmp_path):
+    leads = tmp_path / "leads.csv"
+    leads.write_text("email,title\nada@globex.example,CIO\n")
+    events = tmp_path / "events.csv"
+    events.write_text("day,email,event,detail\n1,ada@globex.example,clicked,\n"
+                      "2,ada@globex.example,stage,engaged\n")
+    entries = run(cli, sample_program, leads, "--events", events, "--days", "5",
+                  "--start", "2026-11-02")
+    [rejected] = of(entries, "ada@globex.example", "rejected")
+    assert rejected["reason"] == "lead is already in stage engaged"

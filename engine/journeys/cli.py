@@ -30,7 +30,10 @@ def simulate(directory, leads_path, events_path, days, start, as_json) -> None:
     Events (column `event`): opened, clicked, page_viewed, form_submitted, consumed (detail:
     email name), stage (detail: stage), persona (detail: persona), unsubscribed, bounced
     (detail: soft or hard, default hard), talk_to_sales. `day` may be fractional (1.5 = noon
-    of day 1). Sends land inside the program's send window in each lead's time zone.
+    of day 1). Sends land inside the program's send window in each lead's time zone. The
+    program's `advance` rules move leads between stages (action `advance`, with the rule in
+    words), idle ones as simulated time passes. Custom columns are fields persona and fit
+    rules read, as in the live engine.
     """
     from engine.leads.importer import read_lead_rows
 

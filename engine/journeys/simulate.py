@@ -11,12 +11,19 @@ from zoneinfo import ZoneInfo
 
 from engine.errors import Invalid, NurtureError
 from engine.journeys.decide import Event, EventKind, decide, new_state
+from engine.leads.models import lead_fields
 from engine.leads.stages import check_transition, parse_stage
+from engine.programs.advance import Advance, advancement, next_idle_check
 from engine.programs.personas import resolve_persona
 from engine.programs.spec import Program
 
 SCRIPTED_EVENTS = {k.value for k in EventKind} - {"enrolled", "due", "program_updated"}
 MAX_EVENT_ROWS = 1_000_000
+# Journey events that are responses, by their kind in the program's rules (scoring, advance).
+RESPONSE_EVENTS = {EventKind.OPENED: "open", EventKind.CLICKED: "click",
+                  EventKind.PAGE_VIEWED: "page_view", EventKind.FORM_SUBMITTED: "form_submitted",
+                  EventKind.CONSUMED: "consumed"}
+IDLE = "idle"  # the cause of an advance by an idle rule, as the path shows it
 
 
 @dataclass(frozen=True)
@@ -37,21 +44,37 @@ class PathEntry:
     reason: str
     event: str
     timezone: str
+    rule: str | None = None  # an advance: the rule that applied, as AdvanceRule.describe()
 
     def to_dict(self) -> dict:
         return {
             "lead": self.lead, "at": self.at.isoformat(), "action": self.action,
             "asset": self.asset, "track": self.track, "reason": self.reason, "event": self.event,
             "local_at": self.at.astimezone(ZoneInfo(self.timezone)).isoformat(),
+            "rule": self.rule,
         }
+
+
+@dataclass(frozen=True)
+class RejectedStage:
+    """A scripted stage change the transition table refused (the lead's stage at that time,
+    after any advance rule, did not allow it)."""
+
+    line: int
+    at: datetime
+    reason: str
 
 
 @dataclass
 class SimLead:
     email: str
-    fields: dict
+    fields: dict  # flat, as lead_fields gives them
     state: object = None
     path: list[PathEntry] = field(default_factory=list)
+    rejected: list[RejectedStage] = field(default_factory=list)
+    last_response_at: datetime | None = None
+    stage_since: datetime | None = None
+    idle_at: datetime | None = None  # when an idle advance rule falls due
 
 
 def parse_start(text: str | None, now: datetime) -> datetime:
@@ -123,48 +146,94 @@ def _scripted(row: list[str], line: int, start, program: Program, emails) -> Scr
 
 def simulate(program: Program, leads: list[dict], events: list[ScriptedEvent], *,
              start: datetime, days: int) -> list[SimLead]:
-    """Fold enrolment, scripted events and due steps over each lead, in time order."""
+    """Fold enrolment, scripted events, due steps and stage advancement over each lead, in time
+    order. A lead is a dict of standard fields and `custom`, as clean_lead_fields returns."""
     end = start + timedelta(days=days)
-    sims = {lead["email"]: SimLead(lead["email"], lead) for lead in leads}
+    sims = {lead["email"]: SimLead(lead["email"], lead_fields(lead, lead.get("custom")))
+            for lead in leads}
     queue: list = []
     sequence = 0
 
-    def push(at: datetime, email: str, event: Event) -> None:
+    def push(at: datetime, email: str, event: Event | None, line: int | None = None) -> None:
+        """`event` None: an idle check."""
         nonlocal sequence
         sequence += 1
-        heapq.heappush(queue, (at, sequence, email, event))
+        heapq.heappush(queue, (at, sequence, email, event, line))
 
     for email in sims:
         push(start, email, Event(EventKind.ENROLLED))
     for scripted in events:
-        push(scripted.at, scripted.email, scripted.event)
+        push(scripted.at, scripted.email, scripted.event, scripted.line)
     while queue:
-        at, _, email, event = heapq.heappop(queue)
+        at, _, email, event, line = heapq.heappop(queue)
         if at > end:
             break
         sim = sims[email]
-        if event.kind is EventKind.DUE and (sim.state.due_at is None or sim.state.due_at > at):
+        if event is None:
+            if at == sim.idle_at:
+                _advance(program, sim, _advancement(program, sim, None, None, at), at, IDLE)
+        elif event.kind is EventKind.DUE and (sim.state.due_at is None or sim.state.due_at > at):
             continue  # superseded: the lead was rescheduled since this wake-up was queued
-        if event.kind is EventKind.ENROLLED:
-            sim.state = new_state(program, persona=resolve_persona(program, sim.fields),
-                                  stage=sim.fields.get("stage") or "inquiry",
-                                  timezone=sim.fields.get("timezone"))
-        elif event.kind is EventKind.STAGE and not _stage_allowed(sim, event, at):
+        elif event.kind is EventKind.STAGE and not _stage_allowed(sim, event.detail, at, line):
             continue
-        decision = decide(program, sim.state, event, at)
-        sim.state = decision.state
-        sim.path += [PathEntry(email, a.at, str(a.kind), a.asset, a.track, a.reason, str(a.cause),
-                               sim.state.timezone) for a in decision.actions]
+        else:
+            if event.kind is EventKind.ENROLLED:
+                sim.state = new_state(program, persona=resolve_persona(program, sim.fields),
+                                      stage=sim.fields.get("stage") or "inquiry",
+                                      timezone=sim.fields.get("timezone"))
+                sim.stage_since = at
+            _decide(program, sim, event, at)
+            kind = RESPONSE_EVENTS.get(event.kind)
+            if kind is not None:
+                advance = _advancement(program, sim, kind, event.detail, at)
+                sim.last_response_at = at
+                _advance(program, sim, advance, at, str(event.kind))
         if sim.state.due_at is not None and sim.state.due_at <= end:
             push(sim.state.due_at, email, Event(EventKind.DUE))
+        idle_at = next_idle_check(program.advance, stage=sim.state.stage,
+                                  last_response_at=sim.last_response_at,
+                                  stage_since=sim.stage_since)
+        if idle_at != sim.idle_at:
+            sim.idle_at = idle_at
+            if idle_at is not None and idle_at <= end:
+                push(idle_at, email, None)
     return list(sims.values())
 
 
-def _stage_allowed(sim: SimLead, event: Event, at: datetime) -> bool:
+def _decide(program: Program, sim: SimLead, event: Event, at: datetime) -> None:
+    stage = sim.state.stage
+    decision = decide(program, sim.state, event, at)
+    sim.state = decision.state
+    if sim.state.stage != stage:
+        sim.stage_since = at
+    sim.path += [PathEntry(sim.email, a.at, str(a.kind), a.asset, a.track, a.reason, str(a.cause),
+                           sim.state.timezone) for a in decision.actions]
+
+
+def _advancement(program: Program, sim: SimLead, kind: str | None, detail: str | None,
+                 at: datetime) -> Advance | None:
+    return advancement(program.advance, stage=sim.state.stage, event_kind=kind, detail=detail,
+                       last_response_at=sim.last_response_at, now=at,
+                       stage_since=sim.stage_since)
+
+
+def _advance(program: Program, sim: SimLead, advance: Advance | None, at: datetime,
+             cause: str) -> None:
+    """Apply an advance rule's stage change, as a stage event through the transition table."""
+    if advance is None or not _stage_allowed(sim, advance.to, at):
+        return
+    sim.path.append(PathEntry(sim.email, at, "advance", None, sim.state.track, advance.reason,
+                              cause, sim.state.timezone, advance.rule.describe()))
+    _decide(program, sim, Event(EventKind.STAGE, advance.to), at)
+
+
+def _stage_allowed(sim: SimLead, stage: str, at: datetime, line: int | None = None) -> bool:
     try:
-        check_transition(sim.state.stage, event.detail)
+        check_transition(sim.state.stage, stage)
     except NurtureError as exc:
         sim.path.append(PathEntry(sim.email, at, "rejected", None, sim.state.track, exc.detail,
                                   "stage", sim.state.timezone))
+        if line is not None:
+            sim.rejected.append(RejectedStage(line, at, exc.detail))
         return False
     return True

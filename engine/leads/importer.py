@@ -41,7 +41,7 @@ from engine.journeys.decide import ActionKind, Decision, Event, EventKind, decid
 from engine.journeys.models import Enrollment
 from engine.journeys.service import action_rows, enrollment_columns, event_row
 from engine.leads.fields import clean_lead_fields, normalise_email
-from engine.leads.models import STANDARD_FIELDS, Lead, LeadEvent, StageChange
+from engine.leads.models import STANDARD_FIELDS, Lead, LeadEvent, StageChange, lead_fields
 from engine.leads.service import set_stage
 from engine.leads.stages import check_transition
 from engine.programs.personas import PersonaResolver
@@ -758,15 +758,15 @@ class _ChunkWriter:
         its next scored response)."""
         if not self.program.scoring.fit:
             return 0.0
-        fields = {**lead["custom"], **lead} if lead["custom"] else lead  # as Lead.fields()
+        fields = lead_fields(lead, lead["custom"])
         return float(sum(a.points for a in fit_awards(self.program.scoring, fields)))
 
     def _enroll(self, leads: list[dict]) -> None:
         """Enroll leads as journeys.service.enroll does, in bulk statements."""
         enrollments, events, sending = [], [], []
         for lead in leads:
-            fields = {**lead["custom"], **lead} if lead["custom"] else lead  # as Lead.fields()
-            key = (self._persona(fields), lead["stage"], lead["timezone"])
+            key = (self._persona(lead_fields(lead, lead["custom"])), lead["stage"],
+                   lead["timezone"])
             template = self._enrollment_rows.get(key) or self._enrollment_template(key)
             lead_id = lead["id"]
             enrollments.append({**template.enrollment, "lead_id": lead_id})

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 
 from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, String, Text
@@ -12,6 +13,17 @@ STANDARD_FIELDS = (
     "email", "first_name", "last_name", "company", "title", "country", "timezone",
     "persona", "stage", "source_channel", "source_offer", "source_partner", "consent",
 )
+
+
+def lead_fields(standard: Mapping[str, object], custom: Mapping[str, object] | None) -> dict:
+    """A lead's fields as persona rules, fit rules and templates read them, for the live
+    engine, `nurture simulate` and QA scenarios alike: one flat mapping of every standard field
+    (None when unset) and every custom field. A custom field never shadows the standard field
+    of the same name: the import and the API refuse such names, and one stored before they did
+    is ignored. Keys of `standard` that are not standard fields (id, custom...) are left out."""
+    fields = dict(custom or {})
+    fields.update((name, standard.get(name)) for name in STANDARD_FIELDS)
+    return fields
 
 
 class Lead(Base):
@@ -42,9 +54,8 @@ class Lead(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     def fields(self) -> dict:
-        """Every field personas can match on: standard columns plus custom ones."""
-        values = {name: getattr(self, name) for name in STANDARD_FIELDS}
-        return {**(self.custom or {}), **values}
+        """Every field personas can match on: standard columns plus custom ones (lead_fields)."""
+        return lead_fields({name: getattr(self, name) for name in STANDARD_FIELDS}, self.custom)
 
 
 class StageChange(Base):

@@ -15,9 +15,9 @@ from jinja2 import TemplateSyntaxError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from engine.config import default_sender
-from engine.errors import Invalid
+from engine.errors import IllegalTransition, Invalid
 from engine.leads.fields import normalise_email
-from engine.leads.stages import STAGES
+from engine.leads.stages import STAGES, check_transition
 from engine.pages.forms import (
     FORM_FIELDS,
     MAX_VISIT_VALUE,
@@ -30,7 +30,10 @@ from engine.pages.forms import (
 from engine.patterns import PatternError, compile_pattern
 from engine.programs.spec import (
     DAYS,
+    PROGRAM_KINDS,
+    AdvanceRule,
     Email,
+    Goal,
     NonResponders,
     Page,
     Persona,
@@ -60,7 +63,7 @@ KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,99}$")
 MATCH_OPS = ("contains", "in", "equals")
 TOP_KEYS = {
     "program", "name", "timezone", "sender", "send_window", "personas", "emails", "pages",
-    "tracks", "rules", "scoring", "sla", "launch",
+    "tracks", "rules", "scoring", "sla", "launch", "kind", "goal", "advance",
 }
 MAX_NOTIFY = 20
 PAGE_KEYS = ("file", "slug", "title", "form")
@@ -74,6 +77,8 @@ FIT_KEYS = ("field", "points", "matches", "in", "at_least", "at_most")
 TRIGGER_KEYS = ("on", "page", "email", "route", "enroll")
 SLA_KEYS = ("mql_response", "opportunity_stalled", "stalled_track", "escalate_to")
 SENDER_KEYS = ("from", "reply_to", "address")
+GOAL_KEYS = ("stage", "event", "page", "email", "within")
+ADVANCE_KEYS = ("from", "to", "on", "idle", "page", "email")
 _jinja = ImmutableSandboxedEnvironment()
 
 
@@ -279,12 +284,16 @@ def _validate(c: _Checker, data: _Map, default_from: str | None) -> Program | No
     sla = _sla(c, sla_map, tracks)
     notify = _launch_notify(c, c.mapping(data, "launch", required=False))
     sender = _sender(c, data, default_from)
+    kind = _kind(c, data)
+    goal = _goal(c, data, pages, emails)
+    advance = _advance(c, data, pages, emails)
     if c.errors or None in (tz, window, personas, emails, pages, tracks, rules, scoring, sla):
         return None
     return Program(
         slug=slug, name=str(data.get("name") or slug), timezone=tz, send_window=window,
         personas=personas, emails=emails, pages=pages, tracks=tracks, rules=rules,
-        sender=sender, scoring=scoring, sla=sla, launch_notify=notify,
+        sender=sender, scoring=scoring, sla=sla, launch_notify=notify, kind=kind, goal=goal,
+        advance=advance,
     )
 
 
@@ -787,8 +796,7 @@ def _triggers(c: _Checker, triggers: _Seq, pages, emails) -> tuple[Trigger, ...]
             c.error(triggers, i, f"{label}: must be a mapping like {{on: page_view, page: pricing, "
                                  "route: sales}")
             continue
-        # YAML 1.1 reads a bare `on` key as the boolean true.
-        keys = {("on" if key is True else key): key for key in trigger}
+        keys = _key_names(trigger)
         values = {name: trigger[key] for name, key in keys.items()}
         for name, key in keys.items():
             if name not in TRIGGER_KEYS:
@@ -805,19 +813,8 @@ def _triggers(c: _Checker, triggers: _Seq, pages, emails) -> tuple[Trigger, ...]
         elif kind is not None and kind not in EVENT_KINDS:
             c.error(trigger, keys["on"], f"{label}: unknown event kind {kind!r} "
                                          f"(expected one of {', '.join(EVENT_KINDS)})")
-        if page is not None and kind in EVENT_KINDS:
-            if kind not in PAGE_KINDS:
-                c.error(trigger, "page", f"{label}: 'page' applies to page_view and form_submitted")
-            elif pages is not None:
-                slug = _page_slug(pages, page)
-                if slug is None:
-                    c.error(trigger, "page", f"{label}: unknown page {page!r}")
-                page = slug
-        if email is not None and kind in EVENT_KINDS:
-            if kind not in EMAIL_KINDS:
-                c.error(trigger, "email", f"{label}: 'email' applies to open, click and consumed")
-            elif emails is not None and email not in emails:
-                c.error(trigger, "email", f"{label}: unknown email {email!r}")
+        if kind in EVENT_KINDS:
+            page, email = _response_target(c, trigger, label, (kind,), page, email, pages, emails)
         route, enroll = values.get("route"), values.get("enroll")
         if "route" in keys and "enroll" in keys:
             c.error(trigger, "enroll", f"{label}: give either 'route' or 'enroll', not both")
@@ -831,6 +828,31 @@ def _triggers(c: _Checker, triggers: _Seq, pages, emails) -> tuple[Trigger, ...]
             c.error(trigger, "enroll", f"{label}: enroll: {enroll!r} is not a program name")
         parsed.append(Trigger(on=str(kind), page=page, email=email, route=route, enroll=enroll))
     return tuple(parsed)
+
+
+def _key_names(mapping) -> dict:
+    """Each key of a mapping by its name: YAML 1.1 reads a bare `on` key as the boolean true."""
+    return {("on" if key is True else key): key for key in mapping}
+
+
+def _response_target(c: _Checker, container, label: str, kinds, page, email, pages,
+                     emails) -> tuple[str | None, str | None]:
+    """The page (as its slug) or email a rule on responses of `kinds` is limited to: a page
+    for page_view and form_submitted, an email for open, click and consumed."""
+    if page is not None:
+        if any(kind not in PAGE_KINDS for kind in kinds):
+            c.error(container, "page", f"{label}: 'page' applies to page_view and form_submitted")
+        elif pages is not None:
+            slug = _page_slug(pages, page)
+            if slug is None:
+                c.error(container, "page", f"{label}: unknown page {page!r}")
+            page = slug
+    if email is not None:
+        if any(kind not in EMAIL_KINDS for kind in kinds):
+            c.error(container, "email", f"{label}: 'email' applies to open, click and consumed")
+        elif emails is not None and email not in emails:
+            c.error(container, "email", f"{label}: unknown email {email!r}")
+    return page, email
 
 
 def _sender(c: _Checker, data, default_from: str | None) -> dict:
@@ -903,3 +925,131 @@ def _sla(c: _Checker, sla, tracks) -> SlaRules:
         c.error(sla, "escalate_to",
                 "sla.escalate_to must be a name or address of at most 200 characters")
     return SlaRules(stalled_track=stalled, escalate_to=escalate_to, **durations)
+
+
+# -- kind, goal and stage advancement ---------------------------------------------------------
+
+def _kind(c: _Checker, data) -> str | None:
+    """`kind: inbound` (outbound, cold, cross-sell, sales-support, or a name of one's own)."""
+    kind = data.get("kind")
+    if kind is not None and (not isinstance(kind, str) or not SLUG.match(kind)):
+        c.error(data, "kind", f"kind must be {', '.join(PROGRAM_KINDS)} or a name of your own "
+                              f"(lower-case letters, digits and '-'), got {kind!r}")
+        return None
+    return kind
+
+
+def _goal(c: _Checker, data, pages, emails) -> Goal | None:
+    """`goal: {stage: opportunity, within: 90d}` or `{event: form_submitted, page: demo}`."""
+    goal = c.mapping(data, "goal", required=False)
+    if goal is None:
+        return None
+    _known_keys(c, goal, GOAL_KEYS, "goal")
+    stage, event = goal.get("stage"), goal.get("event")
+    page, email = (_name(c, goal, key, "goal") for key in ("page", "email"))
+    if (stage is None) == (event is None):
+        c.error(data, "goal", "goal: give either 'stage' (a stage to reach) or 'event' (a "
+                              "response, e.g. {event: form_submitted, page: demo_request})")
+    if stage is not None and stage not in STAGES:
+        c.error(goal, "stage", f"goal.stage: unknown stage {stage!r} "
+                               f"(expected one of {', '.join(STAGES)})")
+    if event is not None and event not in EVENT_KINDS:
+        c.error(goal, "event", f"goal.event: unknown event kind {event!r} "
+                               f"(expected one of {', '.join(EVENT_KINDS)})")
+    if event is None and (page is not None or email is not None):
+        c.error(goal, "page" if page is not None else "email",
+                "goal: 'page' and 'email' apply to an event goal")
+    elif event in EVENT_KINDS:
+        page, email = _response_target(c, goal, "goal", (event,), page, email, pages, emails)
+    within = _duration(c, goal, "within", "goal.within") if "within" in goal else None
+    return Goal(stage=stage, event=event, page=page, email=email, within=within)
+
+
+def _advance(c: _Checker, data, pages, emails) -> tuple[AdvanceRule, ...]:
+    """`advance: [{from: inquiry, to: engaged, on: [click]}, {from: engaged, to: recycled,
+    idle: 90d}]`: each move must be legal in the stage transition table."""
+    rules = _list(c, data, "advance", "advance")
+    parsed = []
+    for i, rule in enumerate(rules):
+        label = f"advance {i + 1}"
+        if not isinstance(rule, dict):
+            c.error(rules, i, f"{label}: must be a mapping like {{from: inquiry, to: engaged, "
+                              "on: [click, form_submitted]}")
+            continue
+        keys = _key_names(rule)
+        for name, key in keys.items():
+            if name not in ADVANCE_KEYS:
+                c.error(rule, key, f"{label}: unknown key {name!r} "
+                                   f"(expected one of {', '.join(ADVANCE_KEYS)})")
+        from_stages = _from_stages(c, rule, label)
+        to = rule.get("to")
+        if to is None:
+            c.error(rules, i, f"{label}: missing 'to' (the stage to move to)")
+        elif to not in STAGES:
+            c.error(rule, "to", f"{label}: unknown stage {to!r} (expected one of {', '.join(STAGES)})")
+        else:
+            _check_moves(c, rule, label, from_stages, to)
+        on = _response_kinds(c, rule, keys.get("on"), label) if "on" in keys else ()
+        idle = _duration(c, rule, "idle", f"{label}.idle") if "idle" in keys else None
+        if ("on" in keys) == ("idle" in keys):
+            c.error(rules, i, f"{label}: give either 'on' (response kinds, e.g. [click, "
+                              "form_submitted]) or 'idle' (a time without response, e.g. 90d)")
+        page, email = (_name(c, rule, key, label) for key in ("page", "email"))
+        if "on" not in keys and (page is not None or email is not None):
+            c.error(rule, "page" if page is not None else "email",
+                    f"{label}: 'page' and 'email' apply to an 'on' rule")
+        elif on:
+            page, email = _response_target(c, rule, label, on, page, email, pages, emails)
+        parsed.append(AdvanceRule(from_stages=from_stages, to=str(to), on=on, page=page,
+                                  email=email, idle=idle))
+    return tuple(parsed)
+
+
+def _name(c: _Checker, mapping, key: str, label: str) -> str | None:
+    """A page or email name given in `mapping`, or None (when absent, or not text: said)."""
+    value = mapping.get(key)
+    if value is not None and not isinstance(value, str):
+        c.error(mapping, key, f"{label}: '{key}' must be a name, got {value!r}")
+        return None
+    return value
+
+
+def _from_stages(c: _Checker, rule, label: str) -> tuple[str, ...]:
+    value = rule.get("from")
+    if value is None:
+        c.error(rule, "from", f"{label}: missing 'from' (a stage, or a list of stages)")
+        return ()
+    stages = value if isinstance(value, list) else [value]
+    if not stages:
+        c.error(rule, "from", f"{label}: 'from' must name at least one stage")
+    for j, stage in enumerate(stages):
+        if stage not in STAGES:
+            where = (stages, j) if isinstance(value, list) else (rule, "from")
+            c.error(*where, f"{label}: unknown stage {stage!r} in 'from' "
+                            f"(expected one of {', '.join(STAGES)})")
+    return tuple(dict.fromkeys(str(stage) for stage in stages if stage in STAGES))
+
+
+def _check_moves(c: _Checker, rule, label: str, from_stages, to: str) -> None:
+    """Every from -> to move the rule makes must be one the stage transition table allows."""
+    for stage in from_stages:
+        if stage == to:
+            c.error(rule, "to", f"{label}: 'to' is {to}, a stage it moves from")
+            continue
+        try:
+            check_transition(stage, to)
+        except IllegalTransition as exc:
+            c.error(rule, "to", f"{label}: {exc.detail}")
+
+
+def _response_kinds(c: _Checker, rule, key, label: str) -> tuple[str, ...]:
+    value = rule[key]
+    kinds = value if isinstance(value, list) else [value]
+    if not kinds:
+        c.error(rule, key, f"{label}: 'on' must name at least one response kind")
+    for j, kind in enumerate(kinds):
+        if kind not in EVENT_KINDS:
+            where = (kinds, j) if isinstance(value, list) else (rule, key)
+            c.error(*where, f"{label}: unknown response kind {kind!r} in 'on' "
+                            f"(expected one of {', '.join(EVENT_KINDS)})")
+    return tuple(dict.fromkeys(str(kind) for kind in kinds if kind in EVENT_KINDS))

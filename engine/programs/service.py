@@ -6,16 +6,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from engine.assets.service import store_program_files
+from engine.journeys.models import Enrollment
 from engine.journeys.service import migrate_enrollments
 from engine.leads.stages import STAGES
 from engine.programs.loader import load_program_dir
 from engine.programs.models import ProgramRecord, ProgramVersion
 from engine.programs.spec import Program
-from engine.programs.store import current_program, version_row
+from engine.programs.store import current_program, list_programs, program_at, version_row
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,44 @@ def _store_assets(session: Session, program_id: int, files: dict[str, str], now:
     program is renderable. Content already stored is not compiled again."""
     store_program_files(session=session, program_id=program_id, files=files, now=now,
                         actor=actor)
+
+
+@dataclass(frozen=True)
+class ProgramSummary:
+    """One line of `nurture program list`: the newest loaded version's kind and goal, the
+    launch state, and the program's enrollments by status."""
+
+    record: ProgramRecord
+    program: Program  # the newest loaded version
+    enrolled: dict[str, int]  # enrollment status -> leads
+
+    @property
+    def launch_state(self) -> str:
+        """not launched; live (the newest version runs); pending launch (an older one runs)."""
+        if self.record.live_version is None:
+            return "not launched"
+        return "live" if self.record.live_version == self.record.current_version else "pending launch"
+
+    def to_dict(self) -> dict:
+        goal = self.program.goal
+        return {
+            "program": self.record.name, "name": self.program.name, "kind": self.program.kind,
+            "goal": {**goal.to_dict(), "text": goal.describe()} if goal else None,
+            "version": self.record.current_version, "live_version": self.record.live_version,
+            "launch_state": self.launch_state, "enrolled": self.enrolled,
+        }
+
+
+def program_summaries(*, session: Session) -> list[ProgramSummary]:
+    """Every loaded program, by name."""
+    counts: dict[int, dict[str, int]] = {}
+    query = (select(Enrollment.program_id, Enrollment.status, func.count())
+             .group_by(Enrollment.program_id, Enrollment.status))
+    for program_id, status, count in session.execute(query):
+        counts.setdefault(program_id, {})[status] = count
+    return [ProgramSummary(record, program_at(session, record.id, record.current_version),
+                           dict(sorted(counts.get(record.id, {}).items())))
+            for record in list_programs(session=session) if record.current_version is not None]
 
 
 def matrix(program: Program) -> list[dict]:

@@ -11,6 +11,8 @@ from engine.pages.forms import FormSpec
 from engine.scoring.rules import FitRule, ScoringRules, SlaRules, Trigger
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+# A program's `kind:` is one of these or a name of the team's own (a slug).
+PROGRAM_KINDS = ("inbound", "outbound", "cold", "cross-sell", "sales-support")
 _DURATION = re.compile(r"(\d+)([mhdw])")
 _UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _UTC = ZoneInfo("UTC")
@@ -143,6 +145,72 @@ class Rules:
     non_responders: NonResponders | None = None
 
 
+def target_text(page: str | None, email: str | None) -> str:
+    """' page demo', ' email guide_it' or '': the page or email a rule is limited to."""
+    return f" page {page}" if page else f" email {email}" if email else ""
+
+
+@dataclass(frozen=True)
+class AdvanceRule:
+    """Move a lead from one of `from_stages` to `to` on a response whose kind is in `on`
+    (on one page or email when given), or after `idle` without any response. Exactly one of
+    `on` and `idle` is set; engine/programs/advance.py applies the rules."""
+
+    from_stages: tuple[str, ...]
+    to: str
+    on: tuple[str, ...] = ()  # response kinds: open, click, page_view, form_submitted, consumed
+    page: str | None = None  # a page slug, for page_view and form_submitted
+    email: str | None = None  # an email key, for open, click and consumed
+    idle: timedelta | None = None
+
+    def describe(self) -> str:
+        when = (f"after {format_duration(self.idle)} without a response" if self.idle
+                else f"on {', '.join(self.on)}{target_text(self.page, self.email)}")
+        return f"advance {', '.join(self.from_stages)} -> {self.to} {when}"
+
+    def to_dict(self) -> dict:
+        data = {"from": list(self.from_stages), "to": self.to}
+        if self.idle:
+            return {**data, "idle": format_duration(self.idle)}
+        data["on"] = list(self.on)
+        return {**data, **{k: v for k, v in (("page", self.page), ("email", self.email)) if v}}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> AdvanceRule:
+        return cls(from_stages=tuple(data["from"]), to=data["to"], on=tuple(data.get("on") or ()),
+                   page=data.get("page"), email=data.get("email"),
+                   idle=parse_duration(data["idle"]) if data.get("idle") else None)
+
+
+@dataclass(frozen=True)
+class Goal:
+    """What a program is for, and what its reports measure: a lead reaching `stage`, or a
+    response of kind `event` (on one page or email when given), within `within` of enrolling
+    when given. Exactly one of `stage` and `event` is set."""
+
+    stage: str | None = None
+    event: str | None = None
+    page: str | None = None  # a page slug
+    email: str | None = None  # an email key
+    within: timedelta | None = None
+
+    def describe(self) -> str:
+        target = target_text(self.page, self.email)
+        what = f"reach stage {self.stage}" if self.stage else f"{self.event}{' on' if target else ''}{target}"
+        return what + (f" within {format_duration(self.within)} of enrolling" if self.within else "")
+
+    def to_dict(self) -> dict:
+        data = {"stage": self.stage, "event": self.event, "page": self.page, "email": self.email,
+                "within": format_duration(self.within) if self.within else None}
+        return {key: value for key, value in data.items() if value is not None}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Goal:
+        within = data.get("within")
+        return cls(stage=data.get("stage"), event=data.get("event"), page=data.get("page"),
+                   email=data.get("email"), within=parse_duration(within) if within else None)
+
+
 @dataclass(frozen=True)
 class Program:
     slug: str
@@ -159,6 +227,9 @@ class Program:
     scoring: ScoringRules = field(default_factory=ScoringRules)
     sla: SlaRules = field(default_factory=SlaRules)
     launch_notify: tuple[str, ...] = ()  # told what the program does when it launches
+    kind: str | None = None  # inbound, outbound, cold, cross-sell, sales-support or a custom name
+    goal: Goal | None = None
+    advance: tuple[AdvanceRule, ...] = ()  # stage advancement rules, in file order
 
     @property
     def default_persona(self) -> str:
@@ -208,6 +279,9 @@ class Program:
             "scoring": _scoring_to_dict(self.scoring),
             "sla": _sla_to_dict(self.sla),
             "launch": {"notify": list(self.launch_notify)},
+            "kind": self.kind,
+            "goal": self.goal.to_dict() if self.goal else None,
+            "advance": [rule.to_dict() for rule in self.advance],
         }
 
     @classmethod
@@ -245,6 +319,10 @@ class Program:
             scoring=_scoring_from_dict(data.get("scoring") or {}),
             sla=_sla_from_dict(data.get("sla") or {}),
             launch_notify=tuple((data.get("launch") or {}).get("notify") or ()),
+            # versions stored before kind, goal and advance existed have none of them
+            kind=data.get("kind"),
+            goal=Goal.from_dict(data["goal"]) if data.get("goal") else None,
+            advance=tuple(AdvanceRule.from_dict(rule) for rule in data.get("advance") or ()),
         )
 
 
