@@ -37,7 +37,7 @@ from pathlib import Path
 from engine.leads.stages import STAGES, TRANSITIONS
 from engine.programs.loader import PROGRAM_FILE, ProgramError
 from engine.programs.service import matrix
-from engine.programs.spec import Program, Step, format_duration
+from engine.programs.spec import Program, Step
 from qa.findings import Finding, Severity
 from qa.scenarios import (
     ScenarioInvalid,
@@ -143,7 +143,8 @@ def long_waits(program: Program) -> list[Finding]:
     for track, steps in program.tracks.items():
         total = timedelta(0)
         for index, step in enumerate(steps):
-            total += step.wait or timedelta(0)
+            if step.wait is not None:
+                total += step.wait.nominal
             if total > YEAR:
                 findings.append(_finding(
                     Severity.WARNING, "program.wait-over-year", _step_name(track, index),
@@ -261,7 +262,7 @@ def _step_label(track: str, index: int) -> str:
 
 
 def _describe(step: Step) -> str:
-    return f"email {step.email}" if step.email else f"wait {format_duration(step.wait)}"
+    return f"email {step.email}" if step.email else f"wait {step.wait}"
 
 
 def _rule_items(program: Program) -> list[CoverageItem]:

@@ -8,6 +8,9 @@ Rules, in one place:
 - The next step is the first email of the track, from the current position, that the lead has not
   received or consumed anywhere. A wait is the gap after the step before it; when an email is
   skipped, the wait that follows it is skipped too, so the next email takes its slot.
+- Waits count days and weeks as calendar days in the lead's time zone (the same wall time N days
+  later, across DST changes), hours and minutes as exact durations. The waits before an email
+  add up: their days first, then their hours and minutes (spec.Wait.after).
 - Sends land inside the program's send window in the lead's time zone; a step processed after the
   window closed (a late scheduler) waits for the next opening.
 - Exits: a stage listed in rules.exit_on_stages, unsubscribe, hard bounce, talk to sales. A stage
@@ -23,11 +26,11 @@ Rules, in one place:
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from enum import StrEnum
 from zoneinfo import ZoneInfo
 
-from engine.programs.spec import Program
+from engine.programs.spec import Program, Wait
 
 
 class Status(StrEnum):
@@ -205,19 +208,21 @@ class _Run:
         goes to the email after it, even when it is skipped after being scheduled.
         """
         steps = self.program.tracks.get(self.state.track or "", ())
-        wait, skipping = timedelta(0), False
+        wait: Wait | None = None
+        skipping = False
         for index in range(self.state.position, len(steps)):
             step = steps[index]
             if step.wait is not None:
                 if not skipping:
-                    wait += step.wait
+                    wait = step.wait if wait is None else wait + step.wait
                 continue
             if step.email in self.state.received:
                 skipping = True
                 continue
+            zone = ZoneInfo(self.state.timezone)
             anchor = self.state.anchor_at or self.now
-            due = self.program.send_window.next_open(max(anchor + wait, self.now),
-                                                     ZoneInfo(self.state.timezone))
+            ends = anchor if wait is None else wait.after(anchor, zone)
+            due = self.program.send_window.next_open(max(ends, self.now), zone)
             self.update(status=Status.ACTIVE, due_at=due, next_email=step.email)
             return
         self.update(status=Status.COMPLETED, due_at=None, next_email=None, position=len(steps))
