@@ -296,6 +296,29 @@ def test_a_response_restarts_the_count(response):
                                   "roi_it"]
 
 
+@pytest.mark.parametrize(("content", "sent"), [
+    ("roi_it", ["welcome_it", "guide_it", "checklist_it", "case_study_it"]),  # skipped, too
+    ("pricing_webinar", ["welcome_it", "guide_it", "checklist_it", "case_study_it", "roi_it"]),
+])
+def test_content_consumed_elsewhere_is_a_response_so_the_lead_is_not_moved(content, sent):
+    lead = Lead(LONG, MONDAY)
+    lead.on(paris(2024, 6, 5, 12), EventKind.CONSUMED, content)  # after the third send
+    lead.wait_until(LATER)
+    assert lead.sent_assets() == sent
+    assert [a.track for a in lead.of_kind(ActionKind.MOVE)] == ["it_manager/inquiry"]
+    assert lead.state.status is Status.COMPLETED
+
+
+def test_content_consumed_elsewhere_resumes_a_paused_non_responder():
+    lead = Lead(LONG_PAUSING, MONDAY)
+    lead.wait_until(paris(2024, 6, 28, 12))
+    assert lead.state.status is Status.PAUSED
+    monday = paris(2024, 7, 1, 10)
+    lead.on(monday, EventKind.CONSUMED, "case_study_it")  # read the case study on the website
+    lead.wait_until(LATER)
+    assert lead.sent()[3:] == [("roi_it", monday)]
+
+
 def test_sends_without_response_count_across_a_stage_change():
     # two sends in inquiry, one in engaged, none opened: roi_it's turn finds a non-responder
     lead = Lead(PROGRAM, MONDAY)

@@ -66,7 +66,6 @@ KIND_WEIGHTS = [
 ALLOWED = {
     EventKind.ENROLLED: {ActionKind.MOVE, ActionKind.PAUSE, ActionKind.SEND, ActionKind.EXIT},
     EventKind.DUE: {ActionKind.SEND, ActionKind.MOVE, ActionKind.PAUSE},
-    EventKind.CONSUMED: set(),
     EventKind.STAGE: {ActionKind.MOVE, ActionKind.PAUSE, ActionKind.SEND, ActionKind.EXIT},
     EventKind.PERSONA: {ActionKind.MOVE, ActionKind.PAUSE, ActionKind.SEND},
     EventKind.UNSUBSCRIBED: {ActionKind.EXIT},

@@ -16,9 +16,10 @@ Rules, in one place:
 - Exits: a stage listed in rules.exit_on_stages, unsubscribe, hard bounce, talk to sales. A stage
   exit (and talk to sales) ends when a stage event brings the lead back to a nurture stage (e.g.
   recycled); unsubscribe and hard bounce are final. Talk to sales always notifies sales.
-- Non-responders: after N sends without an open, click or visit (counted across tracks), the next
-  due step moves the lead to the rule's track, where a new count starts, or pauses it. A response
-  resumes a paused lead in its cell's track.
+- Non-responders: after N sends without a response (an open, click, visit, form or content
+  consumed anywhere; counted across tracks), the next due step moves the lead to the rule's
+  track, where a new count starts, or pauses it. A response resumes a paused lead in its cell's
+  track.
 - A finished track waits; a new program version migrates by step identity (the last email sent)
   and continues with steps appended since, never resending.
 """
@@ -59,7 +60,7 @@ class EventKind(StrEnum):
 
 
 RESPONSES = frozenset({EventKind.OPENED, EventKind.CLICKED, EventKind.PAGE_VIEWED,
-                       EventKind.FORM_SUBMITTED})
+                       EventKind.FORM_SUBMITTED, EventKind.CONSUMED})
 FINAL_EXITS = frozenset({"unsubscribed", "hard_bounce"})
 _UTC = ZoneInfo("UTC")
 
@@ -288,12 +289,11 @@ def _on_response(run: _Run) -> Decision:
 
 def _on_consumed(run: _Run) -> Decision:
     asset = run.event.detail
-    if not asset or asset in run.state.received:
-        return run.done()
-    run.update(received=run.state.received | {asset})
-    if run.state.status is Status.ACTIVE and run.state.next_email == asset:
-        run.schedule()
-    return run.done()
+    if asset and asset not in run.state.received:
+        run.update(received=run.state.received | {asset})
+        if run.state.status is Status.ACTIVE and run.state.next_email == asset:
+            run.schedule()
+    return _on_response(run)
 
 
 def _on_cell_change(run: _Run, **change) -> Decision:
