@@ -42,7 +42,7 @@ from engine.journeys.decide import (
     new_state,
 )
 from engine.programs.loader import load_program_dir
-from engine.programs.spec import Step, parse_duration
+from engine.programs.spec import Step, Wait
 
 ZONES = [None, "Europe/Paris", "Europe/London", "America/New_York", "America/Los_Angeles",
          "Asia/Tokyo", "Asia/Kolkata"]
@@ -71,7 +71,7 @@ def versions(program, count: int) -> list:
         steps = current.tracks[name]
         unused = [e for e in emails if e not in {s.email for s in steps}]
         if unused:
-            steps = (*steps, Step(wait=parse_duration("1w")), Step(email=unused[0]))
+            steps = (*steps, Step(wait=Wait.parse("1w")), Step(email=unused[0]))
         current = replace(current, tracks={**current.tracks, name: steps},
                           version=program.version + number)
         out.append(current)

@@ -151,7 +151,8 @@ def long_waits(program: Program) -> list[Finding]:
     for track, steps in program.tracks.items():
         total = timedelta(0)
         for index, step in enumerate(steps):
-            total += step.wait or timedelta(0)
+            if step.wait is not None:
+                total += step.wait.nominal
             if total > YEAR:
                 findings.append(_finding(
                     Severity.WARNING, "program.wait-over-year", _step_name(track, index),
@@ -239,7 +240,7 @@ def longest_gap(steps: tuple[Step, ...]) -> timedelta:
     """The longest a lead following the steps waits between two emails."""
     longest = gap = timedelta(0)
     for step in steps:
-        gap = timedelta(0) if step.email else gap + step.wait
+        gap = timedelta(0) if step.email else gap + step.wait.nominal
         longest = max(longest, gap)
     return longest
 
@@ -344,7 +345,7 @@ def _step_label(track: str, index: int) -> str:
 
 
 def _describe(step: Step) -> str:
-    return f"email {step.email}" if step.email else f"wait {format_duration(step.wait)}"
+    return f"email {step.email}" if step.email else f"wait {step.wait}"
 
 
 def _rule_items(program: Program) -> list[CoverageItem]:

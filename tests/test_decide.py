@@ -28,7 +28,7 @@ from engine.journeys.decide import (
     new_state,
 )
 from engine.programs.loader import load_program_dir
-from engine.programs.spec import NonResponders, Program, Rules, SendWindow, Step, parse_duration
+from engine.programs.spec import NonResponders, Program, Rules, SendWindow, Step, Wait
 
 PROGRAM = load_program_dir(Path(__file__).resolve().parent / "programs" / "pinned-nurture").program
 PARIS = ZoneInfo("Europe/Paris")
@@ -42,7 +42,7 @@ def paris(*args) -> datetime:
 
 def steps(*items: str) -> tuple[Step, ...]:
     """steps("welcome_it", "3d", "guide_it"): email keys and waits."""
-    return tuple(Step(wait=parse_duration(i)) if i[0].isdigit() else Step(email=i) for i in items)
+    return tuple(Step(wait=Wait.parse(i)) if i[0].isdigit() else Step(email=i) for i in items)
 
 
 def with_tracks(program: Program, version: int | None = None, **tracks) -> Program:
@@ -296,6 +296,29 @@ def test_a_response_restarts_the_count(response):
                                   "roi_it"]
 
 
+@pytest.mark.parametrize(("content", "sent"), [
+    ("roi_it", ["welcome_it", "guide_it", "checklist_it", "case_study_it"]),  # skipped, too
+    ("pricing_webinar", ["welcome_it", "guide_it", "checklist_it", "case_study_it", "roi_it"]),
+])
+def test_content_consumed_elsewhere_is_a_response_so_the_lead_is_not_moved(content, sent):
+    lead = Lead(LONG, MONDAY)
+    lead.on(paris(2024, 6, 5, 12), EventKind.CONSUMED, content)  # after the third send
+    lead.wait_until(LATER)
+    assert lead.sent_assets() == sent
+    assert [a.track for a in lead.of_kind(ActionKind.MOVE)] == ["it_manager/inquiry"]
+    assert lead.state.status is Status.COMPLETED
+
+
+def test_content_consumed_elsewhere_resumes_a_paused_non_responder():
+    lead = Lead(LONG_PAUSING, MONDAY)
+    lead.wait_until(paris(2024, 6, 28, 12))
+    assert lead.state.status is Status.PAUSED
+    monday = paris(2024, 7, 1, 10)
+    lead.on(monday, EventKind.CONSUMED, "case_study_it")  # read the case study on the website
+    lead.wait_until(LATER)
+    assert lead.sent()[3:] == [("roi_it", monday)]
+
+
 def test_sends_without_response_count_across_a_stage_change():
     # two sends in inquiry, one in engaged, none opened: roi_it's turn finds a non-responder
     lead = Lead(PROGRAM, MONDAY)
@@ -455,6 +478,56 @@ def test_a_wait_across_a_dst_weekend_lands_at_the_local_window_opening(
     lead.wait_until(monday_0900_utc + timedelta(days=1))
     assert lead.sent()[:2] == [("welcome_it", enrolled), ("guide_it", monday_0900_utc)]
     assert lead.sent()[1][1].astimezone(tz).time() == time(9)
+
+
+@pytest.mark.parametrize(("timezone", "friday", "monday"), [
+    ("America/New_York", (2026, 3, 6), (2026, 3, 9)),  # EST -> EDT: 72h would be Monday 17:00
+    ("America/New_York", (2026, 10, 30), (2026, 11, 2)),  # EDT -> EST: 72h would be 15:00
+    ("Europe/Paris", (2026, 3, 27), (2026, 3, 30)),  # CET -> CEST
+    ("Europe/Paris", (2026, 10, 23), (2026, 10, 26)),  # CEST -> CET
+])
+def test_a_3d_wait_from_friday_1600_across_a_dst_change_sends_monday_1600_local(
+        timezone, friday, monday):
+    tz = ZoneInfo(timezone)
+    enrolled = datetime(*friday, 16, tzinfo=tz)
+    lead = Lead(PROGRAM, enrolled, timezone=timezone)
+    lead.wait_until(enrolled + timedelta(days=5))
+    assert lead.sent()[:2] == [("welcome_it", enrolled), ("guide_it", datetime(*monday, 16, tzinfo=tz))]
+
+
+@pytest.mark.parametrize(("thursday", "week_later"), [((2026, 3, 5), (2026, 3, 12)),
+                                                      ((2026, 10, 29), (2026, 11, 5))])
+def test_a_week_wait_across_a_dst_change_keeps_the_local_time(thursday, week_later):
+    enrolled = datetime(*thursday, 10, tzinfo=NEW_YORK)
+    lead = Lead(PROGRAM, enrolled, stage="engaged", timezone="America/New_York")
+    lead.wait_until(enrolled + timedelta(days=10))
+    assert lead.sent() == [("case_study_it", enrolled),
+                           ("roi_it", datetime(*week_later, 10, tzinfo=NEW_YORK))]
+
+
+BEFORE_SPRING = datetime(2026, 3, 7, 8, tzinfo=NEW_YORK)  # Saturday 08:00 EST; Sunday is EDT
+BEFORE_FALL = datetime(2026, 10, 31, 8, tzinfo=NEW_YORK)  # Saturday 08:00 EDT; Sunday is EST
+
+
+@pytest.mark.parametrize(("enrolled", "wait", "sent"), [
+    (BEFORE_SPRING, "1d", datetime(2026, 3, 8, 8, tzinfo=NEW_YORK)),
+    (BEFORE_SPRING, "24h", datetime(2026, 3, 8, 9, tzinfo=NEW_YORK)),
+    (BEFORE_SPRING, "30h", datetime(2026, 3, 8, 15, tzinfo=NEW_YORK)),
+    (BEFORE_SPRING, "1d12h", datetime(2026, 3, 8, 20, tzinfo=NEW_YORK)),  # a day, then 12 hours
+    (BEFORE_SPRING, "1w", datetime(2026, 3, 14, 8, tzinfo=NEW_YORK)),
+    (BEFORE_FALL, "1d", datetime(2026, 11, 1, 8, tzinfo=NEW_YORK)),
+    (BEFORE_FALL, "24h", datetime(2026, 11, 1, 7, tzinfo=NEW_YORK)),
+    (BEFORE_FALL, "1d12h", datetime(2026, 11, 1, 20, tzinfo=NEW_YORK)),
+    (BEFORE_FALL, "1w", datetime(2026, 11, 7, 8, tzinfo=NEW_YORK)),
+])
+def test_day_and_week_waits_keep_the_local_time_and_hour_waits_stay_exact(enrolled, wait, sent):
+    every_day = replace(with_tracks(PROGRAM, it_manager__inquiry=steps("welcome_it", wait,
+                                                                        "guide_it")),
+                        send_window=SendWindow(days=frozenset(range(7)), start=time(7),
+                                               end=time(22)))
+    lead = Lead(every_day, enrolled, timezone="America/New_York")
+    lead.wait_until(enrolled + timedelta(days=10))
+    assert lead.sent() == [("welcome_it", enrolled), ("guide_it", sent)]
 
 
 def test_a_window_opening_at_0230_on_the_spring_forward_night_sends_at_0300():

@@ -39,7 +39,7 @@ from engine.programs.spec import (
     Rules,
     SendWindow,
     Step,
-    parse_duration,
+    Wait,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,7 +48,7 @@ PINNED = load_program_dir(ROOT / "tests" / "programs" / "pinned-nurture").progra
 UTC = ZoneInfo("UTC")
 JANUARY = datetime(2024, 1, 1, tzinfo=UTC)
 ZONES = ["Europe/Paris", "America/New_York", "Asia/Kolkata", "Australia/Lord_Howe", "UTC"]
-WAITS = [parse_duration(w) for w in ("30m", "12h", "1d", "3d", "1w")]
+WAITS = [Wait.parse(w) for w in ("30m", "12h", "24h", "1d", "1d12h", "3d", "1w")]
 DST_DAYS = [datetime(2024, 3, 10, tzinfo=UTC), datetime(2024, 3, 31, tzinfo=UTC),
             datetime(2024, 10, 27, tzinfo=UTC), datetime(2024, 11, 3, tzinfo=UTC)]
 SETTINGS = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -66,7 +66,6 @@ KIND_WEIGHTS = [
 ALLOWED = {
     EventKind.ENROLLED: {ActionKind.MOVE, ActionKind.PAUSE, ActionKind.SEND, ActionKind.EXIT},
     EventKind.DUE: {ActionKind.SEND, ActionKind.MOVE, ActionKind.PAUSE},
-    EventKind.CONSUMED: set(),
     EventKind.STAGE: {ActionKind.MOVE, ActionKind.PAUSE, ActionKind.SEND, ActionKind.EXIT},
     EventKind.PERSONA: {ActionKind.MOVE, ActionKind.PAUSE, ActionKind.SEND},
     EventKind.UNSUBSCRIBED: {ActionKind.EXIT},

@@ -17,12 +17,12 @@ from hypothesis import strategies as st
 from launching import mark_launched
 from sqlalchemy import select
 
+from engine.flows.leads import upsert_lead
 from engine.journeys.models import Enrollment
 from engine.journeys.service import run_due
 from engine.journeys.simulate import simulate
 from engine.leads.importer import import_leads, read_lead_rows
 from engine.leads.models import STANDARD_FIELDS, Lead, LeadEvent, lead_fields
-from engine.leads.service import upsert_lead
 from engine.programs.loader import load_program_dir
 from engine.programs.service import load_program
 

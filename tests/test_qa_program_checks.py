@@ -12,7 +12,7 @@ import pytest
 from defects import planted
 
 from engine.programs.loader import load_program_dir
-from engine.programs.spec import AdvanceRule, NonResponders, Rules, Step
+from engine.programs.spec import AdvanceRule, NonResponders, Rules, Step, Wait
 from qa.findings import Severity
 from qa.program_checks import check_program, coverage, coverage_findings, review_program
 from qa.scenarios import load_scenarios, run_scenarios
@@ -75,14 +75,15 @@ def test_a_track_without_steps_is_a_dead_end_but_an_unreachable_one_is_only_unre
 
 
 def test_waits_of_exactly_a_year_pass_and_one_hour_more_is_flagged_where_it_crosses():
-    def waits(*days: float):
+    def waits(*texts: str):
         steps = [Step(email="product_update")]
-        for n in days:
-            steps += [Step(wait=timedelta(days=n)), Step(email="budget_planning_finance")]
+        for text in texts:
+            steps += [Step(wait=Wait.parse(text)), Step(email="budget_planning_finance")]
         return replace(PROGRAM, tracks={**PROGRAM.tracks, "finance/recycled": tuple(steps[:4])})
 
-    assert not [f for f in check_program(waits(200, 165)) if f.code == "program.wait-over-year"]
-    [finding] = [f for f in check_program(waits(200, 165 + 1 / 24))
+    assert not [f for f in check_program(waits("200d", "165d"))
+                if f.code == "program.wait-over-year"]
+    [finding] = [f for f in check_program(waits("200d", "165d1h"))
                  if f.code == "program.wait-over-year"]
     assert finding.location == "track finance/recycled step 4"
 
@@ -213,7 +214,7 @@ def test_a_wait_after_an_email_received_elsewhere_is_not_exercised(tiny):
     directory, program = tiny
     e1, e2, e4 = Step(email="e1"), Step(email="e2"), Step(email="e4")
     program = replace(program, tracks={**program.tracks, "dev/inquiry": (
-        e1, Step(wait=timedelta(days=2)), e2, Step(wait=timedelta(days=1)), e4)})
+        e1, Step(wait=Wait(days=2)), e2, Step(wait=Wait(days=1)), e4)})
     cov = tiny_coverage(directory, program, """
       - {name: read e2 on the site, events: ["0.5 consumed e2", "0.6 opened"],
          expect: {emails: {e1: 0, e4: 2}, not_sent: [e2]}}
@@ -226,7 +227,7 @@ def test_a_wait_after_an_email_received_elsewhere_is_not_exercised(tiny):
 def test_a_trailing_wait_is_exercised_once_the_email_before_it_is_sent(tiny):
     directory, program = tiny
     program = replace(program, tracks={**program.tracks, "dev/engaged": (
-        Step(email="e3"), Step(wait=timedelta(days=5)))})
+        Step(email="e3"), Step(wait=Wait(days=5)))})
     cov = tiny_coverage(directory, program, """
       - {name: engaged, events: ["0.5 opened", "1 stage engaged"], expect: {emails: {e3: 1}}}
     """)

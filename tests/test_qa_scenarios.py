@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from defects import planted
 
 from engine.programs.loader import load_program_dir
-from engine.programs.spec import Step
+from engine.programs.spec import Step, Wait
 from qa.findings import Severity
 from qa.scenarios import (
     DEFAULT_START,
@@ -96,7 +96,7 @@ def test_a_scenario_walks_the_real_decision_logic(tmp_path):
 
 def test_an_email_sent_late_is_named_with_both_days(tmp_path):
     late = with_track("it_manager/inquiry", [Step(email="welcome_it"),
-                                             Step(wait=timedelta(days=4)), Step(email="guide_it")])
+                                             Step(wait=Wait(days=4)), Step(email="guide_it")])
     result = run_one(tmp_path, """
         - name: late guide
           lead: {title: CIO}

@@ -8,14 +8,18 @@ Rules, in one place:
 - The next step is the first email of the track, from the current position, that the lead has not
   received or consumed anywhere. A wait is the gap after the step before it; when an email is
   skipped, the wait that follows it is skipped too, so the next email takes its slot.
+- Waits count days and weeks as calendar days in the lead's time zone (the same wall time N days
+  later, across DST changes), hours and minutes as exact durations. The waits before an email
+  add up: their days first, then their hours and minutes (spec.Wait.after).
 - Sends land inside the program's send window in the lead's time zone; a step processed after the
   window closed (a late scheduler) waits for the next opening.
 - Exits: a stage listed in rules.exit_on_stages, unsubscribe, hard bounce, talk to sales. A stage
   exit (and talk to sales) ends when a stage event brings the lead back to a nurture stage (e.g.
   recycled); unsubscribe and hard bounce are final. Talk to sales always notifies sales.
-- Non-responders: after N sends without an open, click or visit (counted across tracks), the next
-  due step moves the lead to the rule's track, where a new count starts, or pauses it. A response
-  resumes a paused lead in its cell's track.
+- Non-responders: after N sends without a response (an open, click, visit, form or content
+  consumed anywhere; counted across tracks), the next due step moves the lead to the rule's
+  track, where a new count starts, or pauses it. A response resumes a paused lead in its cell's
+  track.
 - A finished track waits; a new program version migrates by step identity (the last email sent)
   and continues with steps appended since, never resending.
 """
@@ -23,11 +27,11 @@ Rules, in one place:
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from enum import StrEnum
 from zoneinfo import ZoneInfo
 
-from engine.programs.spec import Program
+from engine.programs.spec import Program, Wait
 
 
 class Status(StrEnum):
@@ -56,7 +60,7 @@ class EventKind(StrEnum):
 
 
 RESPONSES = frozenset({EventKind.OPENED, EventKind.CLICKED, EventKind.PAGE_VIEWED,
-                       EventKind.FORM_SUBMITTED})
+                       EventKind.FORM_SUBMITTED, EventKind.CONSUMED})
 FINAL_EXITS = frozenset({"unsubscribed", "hard_bounce"})
 _UTC = ZoneInfo("UTC")
 
@@ -205,19 +209,21 @@ class _Run:
         goes to the email after it, even when it is skipped after being scheduled.
         """
         steps = self.program.tracks.get(self.state.track or "", ())
-        wait, skipping = timedelta(0), False
+        wait: Wait | None = None
+        skipping = False
         for index in range(self.state.position, len(steps)):
             step = steps[index]
             if step.wait is not None:
                 if not skipping:
-                    wait += step.wait
+                    wait = step.wait if wait is None else wait + step.wait
                 continue
             if step.email in self.state.received:
                 skipping = True
                 continue
+            zone = ZoneInfo(self.state.timezone)
             anchor = self.state.anchor_at or self.now
-            due = self.program.send_window.next_open(max(anchor + wait, self.now),
-                                                     ZoneInfo(self.state.timezone))
+            ends = anchor if wait is None else wait.after(anchor, zone)
+            due = self.program.send_window.next_open(max(ends, self.now), zone)
             self.update(status=Status.ACTIVE, due_at=due, next_email=step.email)
             return
         self.update(status=Status.COMPLETED, due_at=None, next_email=None, position=len(steps))
@@ -283,12 +289,11 @@ def _on_response(run: _Run) -> Decision:
 
 def _on_consumed(run: _Run) -> Decision:
     asset = run.event.detail
-    if not asset or asset in run.state.received:
-        return run.done()
-    run.update(received=run.state.received | {asset})
-    if run.state.status is Status.ACTIVE and run.state.next_email == asset:
-        run.schedule()
-    return run.done()
+    if asset and asset not in run.state.received:
+        run.update(received=run.state.received | {asset})
+        if run.state.status is Status.ACTIVE and run.state.next_email == asset:
+            run.schedule()
+    return _on_response(run)
 
 
 def _on_cell_change(run: _Run, **change) -> Decision:

@@ -41,6 +41,7 @@ from engine.programs.spec import (
     Rules,
     SendWindow,
     Step,
+    Wait,
     parse_duration,
 )
 from engine.render.message import is_address
@@ -554,7 +555,7 @@ def _steps(c: _Checker, track: str, steps: _Seq, emails) -> list[Step]:
             parsed.append(Step(email=name))
         else:
             try:
-                parsed.append(Step(wait=parse_duration(step["wait"])))
+                parsed.append(Step(wait=Wait.parse(step["wait"])))
             except ValueError as exc:
                 c.error(steps, i, f"track {track} step {i + 1}: {exc}")
     return parsed

@@ -19,12 +19,17 @@ _UTC = ZoneInfo("UTC")
 
 
 def parse_duration(text: str) -> timedelta:
-    """'30m', '12h', '3d', '1w', or combined as '1d12h'. Raises ValueError otherwise."""
+    """'30m', '12h', '3d', '1w', or combined as '1d12h', as an exact duration (a day is 24
+    hours). Raises ValueError otherwise."""
+    return timedelta(seconds=sum(n * _UNITS[u] for n, u in _duration_parts(text)))
+
+
+def _duration_parts(text: str) -> list[tuple[int, str]]:
     value = str(text).strip().lower()
     parts = _DURATION.findall(value)
     if not value or "".join(n + u for n, u in parts) != value:
         raise ValueError(f"bad duration {text!r} (use a number and m, h, d or w, e.g. 3d or 1w)")
-    return timedelta(seconds=sum(int(n) * _UNITS[u] for n, u in parts))
+    return [(int(n), u) for n, u in parts]
 
 
 def format_duration(delta: timedelta) -> str:
@@ -33,6 +38,53 @@ def format_duration(delta: timedelta) -> str:
         if seconds and seconds % _UNITS[unit] == 0:
             return f"{seconds // _UNITS[unit]}{unit}"
     return f"{seconds // 60}m"
+
+
+@dataclass(frozen=True)
+class Wait:
+    """A wait in a track: calendar days (a week is 7) in the lead's time zone, then an exact
+    duration (hours and minutes). `3d` from Friday 16:00 ends Monday 16:00 on the lead's clock,
+    across a DST change; `72h` ends 72 hours later, whatever the clock reads; `1d12h` ends at
+    the same wall time a day later, plus 12 hours."""
+
+    days: int = 0
+    exact: timedelta = timedelta(0)
+
+    @classmethod
+    def parse(cls, text: str) -> Wait:
+        """As parse_duration reads it ('3d', '12h', '1d12h'). Raises ValueError otherwise."""
+        days, seconds = 0, 0
+        for number, unit in _duration_parts(text):
+            if unit in "dw":
+                days += number * (7 if unit == "w" else 1)
+            else:
+                seconds += number * _UNITS[unit]
+        return cls(days=days, exact=timedelta(seconds=seconds))
+
+    def __add__(self, other: Wait) -> Wait:
+        return Wait(self.days + other.days, self.exact + other.exact)
+
+    def __str__(self) -> str:
+        """The form parse() reads back: '1w', '3d', '36h', '1d12h', '0m'."""
+        hours, minutes = divmod(int(self.exact.total_seconds()) // 60, 60)
+        days = (self.days // 7, "w") if self.days % 7 == 0 else (self.days, "d")
+        return "".join(f"{n}{u}" for n, u in (days, (hours, "h"), (minutes, "m")) if n) or "0m"
+
+    @property
+    def nominal(self) -> timedelta:
+        """Its length when no clock change falls inside it (for totals and comparisons)."""
+        return timedelta(days=self.days) + self.exact
+
+    def after(self, start: datetime, tz: ZoneInfo) -> datetime:
+        """When the wait ends if it starts at `start` (aware), in UTC: the wall time of `start`
+        in `tz`, `days` later, then `exact` later. A wall time that a spring-forward jump skips
+        ends at the jump (02:30 ends at 03:00); one that a fall-back repeats ends at its first
+        occurrence."""
+        if self.days:
+            local = start.astimezone(tz)
+            start = _local_instant(local.date() + timedelta(days=self.days), local.time(), tz,
+                                   fold=0)
+        return start.astimezone(_UTC) + self.exact
 
 
 @dataclass(frozen=True)
@@ -121,10 +173,10 @@ class Step:
     """An email to send, or a wait before the next step. Email steps are identified by their email."""
 
     email: str | None = None
-    wait: timedelta | None = None
+    wait: Wait | None = None
 
     def to_dict(self) -> dict:
-        return {"email": self.email} if self.email else {"wait": format_duration(self.wait)}
+        return {"email": self.email} if self.email else {"wait": str(self.wait)}
 
 
 @dataclass(frozen=True)
@@ -305,7 +357,7 @@ class Program:
                    for k, v in data["pages"].items()},
             tracks={
                 k: tuple(
-                    Step(email=s["email"]) if "email" in s else Step(wait=parse_duration(s["wait"]))
+                    Step(email=s["email"]) if "email" in s else Step(wait=Wait.parse(s["wait"]))
                     for s in steps
                 )
                 for k, steps in data["tracks"].items()
