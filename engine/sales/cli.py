@@ -132,16 +132,46 @@ def sla() -> None:
 
 
 @sla.command()
-@_AT
+@click.option("--at", "at", help="Check as of this ISO time (default: now). A time in the "
+                                 "future only previews, unless --record is given.")
+@click.option("--record", is_flag=True,
+              help="Store what a check at a future --at finds (a time now or past always "
+                   "stores).")
 @pass_app
-def check(app: AppContext, at: str | None) -> None:
+def check(app: AppContext, at: str | None, record: bool) -> None:
     """Record new breaches (escalating MQLs, enrolling stalled opportunities in the
-    configured track) and resolve those whose lead moved on. Safe to run again."""
+    configured track) and resolve those whose lead moved on. Safe to run again.
+
+    With --at in the future it is a preview: it prints what a check then would find and
+    stores nothing (no breach, escalation or enrollment), unless --record is given."""
     from engine.sales.sla import check_slas
 
-    with app.db.session() as session:
-        result = check_slas(session=session, now=parse_at(at))
-    console.print(f"SLA check: {result}")
+    now = utcnow()
+    when = parse_at(at) if at else now
+    preview = when > now and not record
+    with app.db.sessionmaker() as session:  # closing it uncommitted rolls back
+        result = check_slas(session=session, now=when)
+        lines = _breach_lines(session, result.new)
+        if not preview:
+            session.commit()
+    if preview:
+        console.print(f"SLA check preview at {when.isoformat()} (a future time: nothing "
+                      f"stored; --record to store it): {result}")
+    else:
+        console.print(f"SLA check: {result}")
+    for line in lines:
+        console.print(line)
+
+
+def _breach_lines(session, breaches) -> list[str]:
+    from sqlalchemy import select
+
+    from engine.leads.models import Lead
+
+    emails = dict(session.execute(select(Lead.id, Lead.email).where(
+        Lead.id.in_([b.lead_id for b in breaches]))).all())
+    return [f"  {emails[b.lead_id]}  {b.kind}  due {b.due_at:%Y-%m-%d %H:%M} UTC  {b.action}"
+            for b in breaches]
 
 
 @sla.command()
