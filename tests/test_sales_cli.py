@@ -302,9 +302,12 @@ def test_notifications_list_mqls_and_escalations_newest_first(cli, db):
     assert rows[1]["reason"] == "score 59 reached the MQL threshold 55"
     assert rows[0]["reason"] == "MQL unanswered for 14 days (SLA 14 days)"
     assert rows[0]["at"] == (MONDAY + 15 * DAY).isoformat()
+    assert [(r["status"], r["recipient"], r["sent_at"]) for r in rows] == [
+        ("pending", None, None)] * 2  # emailed by the worker (tests/test_sales_notify.py)
     out = ok(cli("sales", "notifications"))
     assert out.index(" escalation ") < out.index(" mql ")
     assert "MQL threshold" in out and "(SLA 14 days)" in out
+    assert out.count("\n  waiting to be emailed (by `nurture worker`)\n") == 2
     assert json.loads(ok(cli("sales", "notifications", "--json", "--limit", "1"))) == rows[:1]
 
 

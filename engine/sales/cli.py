@@ -102,7 +102,9 @@ def reject(app: AppContext, email: str, actor: str, reason: str) -> None:
 @_JSON
 @pass_app
 def notifications(app: AppContext, limit: int, as_json: bool) -> None:
-    """The latest sales notifications: MQLs, trigger routes, SLA escalations."""
+    """The latest sales notifications (MQLs, trigger routes, SLA escalations), newest first,
+    each with its email: sent to whom and when, waiting for a retry (why), failed or not sent
+    (why). The worker emails them to the owner, or NURTURE_SALES_EMAIL for a lead nobody owns."""
     from sqlalchemy import select
 
     from engine.leads.models import Lead
@@ -110,7 +112,11 @@ def notifications(app: AppContext, limit: int, as_json: bool) -> None:
 
     with app.db.session() as session:
         rows = [{"at": n.at.isoformat(), "kind": n.kind, "email": email, "owner": n.owner,
-                 "reason": n.reason}
+                 "reason": n.reason, "status": n.status, "recipient": n.recipient,
+                 "sent_at": n.sent_at.isoformat() if n.sent_at else None,
+                 "attempts": n.attempts,
+                 "retry_at": n.retry_at.isoformat() if n.retry_at else None,
+                 "error": n.last_error}
                 for n, email in session.execute(
                     select(SalesNotification, Lead.email)
                     .join(Lead, Lead.id == SalesNotification.lead_id)
@@ -122,8 +128,26 @@ def notifications(app: AppContext, limit: int, as_json: bool) -> None:
     for row in rows:  # lines, not a table: addresses and reasons stay whole in any width
         console.print(f"{row['at'][:16]}  {row['kind']:<10} {row['email']}  owner "
                       f"{row['owner'] or '-'}: {row['reason']}")
+        console.print(f"  {_delivery(row)}")
     if not rows:
         console.print("no sales notification yet")
+
+
+def _delivery(row: dict) -> str:
+    """Where a notification's email stands, in words."""
+    status, error = row["status"], row["error"]
+    if status == "sent":
+        return f"emailed to {row['recipient']} at {row['sent_at'][:16]}"
+    if status == "failed":
+        return f"not emailed to {row['recipient']}: {error}"
+    if status == "skipped":
+        return f"not emailed: {error}"
+    if status == "sending":
+        return f"being emailed (attempt {row['attempts']})"
+    if error:
+        return (f"waiting to be emailed: attempt {row['attempts']} to {row['recipient']} "
+                f"failed ({error}), next try {row['retry_at'][:16]}")
+    return "waiting to be emailed (by `nurture worker`)"
 
 
 @click.group()
