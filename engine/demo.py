@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import os
 import random
+import shlex
 from collections import Counter
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -13,7 +15,8 @@ import click
 from rich.table import Table
 from sqlalchemy import func, select
 
-from engine.cli_context import AppContext, console, pass_app, styled
+from engine.cli_context import AppContext, console, styled
+from engine.config import DEMO_IGNORES, demo_settings
 from engine.db import utcnow
 from engine.sending.sink import free_port
 
@@ -90,16 +93,48 @@ def write_sample_events(path: Path, emails: list[str], seed: int = 7) -> None:
 @click.option("--days", default=30, show_default=True, type=click.IntRange(1, 365))
 @click.option("--program-dir", type=click.Path(exists=True, file_okay=False), default=str(SAMPLE_PROGRAM),
               show_default=True)
-@pass_app
-def demo(app: AppContext, lead_count: int, days: int, program_dir: str) -> None:
+@click.option("--instance", "instance", default="demo-instance", show_default=True,
+              type=click.Path(file_okay=False),
+              help="The demo's own instance directory: its database, Redis, sink, secret key "
+                   "and files. Never NURTURE_INSTANCE, DATABASE_URL, REDIS_URL or SMTP_URL.")
+@click.pass_context
+def demo(context: click.Context, lead_count: int, days: int, program_dir: str,
+         instance: str) -> None:
     """Load the sample program, import sample leads, simulate DAYS days, then deliver the
-    stored journeys for DAYS days (on a simulated clock) through the local SMTP sink."""
+    stored journeys for DAYS days (on a simulated clock) through a local SMTP sink, emailing
+    the sales notifications too.
+
+    Everything happens in an instance directory of its own (--instance): its simulated weeks
+    (sends, clicks, MQLs dated weeks ahead) never reach your database or your instance/. Run
+    it again to continue where it stopped; remove the directory to start over."""
+    app = AppContext()
+    app.settings = demo_settings(instance)
+    context.obj = app  # the commands the demo runs (`qa proof`, `launch`) use the same
+    console.print(f"demo instance: {app.settings.instance_path} (its own database, Redis, sink "
+                  "and files; your own settings and data are not touched)")
+    try:
+        _run(app, lead_count=lead_count, days=days, program_dir=program_dir)
+    finally:
+        app.db.dispose()
+    console.print(f"\nthe demo's data stays in {app.settings.instance_path}: run a command on "
+                  f"it as `{_on_demo(app)} nurture ...` (`nurture inbox`, `nurture sales "
+                  "queue`); remove the directory to start over")
+
+
+def _on_demo(app: AppContext) -> str:
+    """What runs a command on the demo's instance: the settings it ignores are blanked when
+    the environment sets them."""
+    blank = "".join(f" {name}=" for name in DEMO_IGNORES if os.environ.get(name))
+    return f"NURTURE_INSTANCE={shlex.quote(str(app.settings.instance_path))}{blank}"
+
+
+def _run(app: AppContext, *, lead_count: int, days: int, program_dir: str) -> None:
     from engine.journeys.simulate import parse_start, read_events, simulate
     from engine.leads.importer import import_leads, read_lead_rows
     from engine.programs.loader import load_program_dir
     from engine.programs.service import load_program
 
-    work = app.settings.instance_path / "demo"
+    work = app.settings.instance_path
     work.mkdir(parents=True, exist_ok=True)
     now = utcnow()
 
@@ -283,6 +318,8 @@ def _deliver_through_sink(app: AppContext, *, web, clock: _SimulatedClock, days:
     from engine.demo_tracking import Audience
     from engine.flows.tracking import drain_buffer
     from engine.journeys.service import run_due
+    from engine.sales.notify import NotifyOptions
+    from engine.sales.notify import deliver_due as notify_due
     from engine.sending.compose import Signing
     from engine.sending.delivery import DeliveryOptions, deliver_due
     from engine.sending.inbox import list_messages, read_message
@@ -295,6 +332,8 @@ def _deliver_through_sink(app: AppContext, *, web, clock: _SimulatedClock, days:
     settings = app.settings
     options = DeliveryOptions(signing=Signing(secret_key=settings.secret_key,
                                               base_url=settings.base_url))
+    notify = NotifyOptions(sales_email=settings.sales_email, base_url=settings.base_url)
+    notified: Counter = Counter()
     audience = Audience(emails)
     buffer = web.extensions["nurture.recorder"].buffer
     transport = transport_from_settings(settings)
@@ -311,18 +350,23 @@ def _deliver_through_sink(app: AppContext, *, web, clock: _SimulatedClock, days:
             for stored in new:
                 audience.react(stored, sink_dir, at=clock.after(sent_at))
             clock.now = sent_at
-            drain_buffer(db=app.db, buffer=buffer)
+            drain_buffer(db=app.db, buffer=buffer)  # scores: MQLs and triggers notify sales
+            notified.update(notify_due(db=app.db, transport=transport, worker="demo",
+                                       clock=clock, options=notify))
+            seen = len(list_messages(sink_dir))  # the audience reads only its own mail
     finally:
         transport.close()
     console.print(f"tracking: {audience.requests} requests to {settings.base_url} (opens, clicks, "
                   "landing pages), stored through the Redis buffer")
+    console.print(f"sales notifications emailed: {notified['sent']} (to {settings.sales_email}, "
+                  "the sample's sales team)")
     received = list_messages(sink_dir)[before:]
     console.print(f"outbox: {', '.join(f'{n} {k}' for k, n in sorted(totals.items())) or 'nothing due'}"
                   f" (held sends wait for the lead's send window or the frequency cap)")
     console.print(f"sink: {len(received)} message(s) received in {sink_dir}")
     if not received:
         console.print("nothing was due: these journeys already ran ahead in an earlier demo "
-                      "(remove instance/ to start over)")
+                      f"(remove {app.settings.instance_path} to start over)")
         return
     for stored in received[:5]:
         console.print(f"  {stored.received_at[:19]}  {stored.rcpt_tos[0]:<40} {stored.subject}")
@@ -330,7 +374,7 @@ def _deliver_through_sink(app: AppContext, *, web, clock: _SimulatedClock, days:
     console.print("\nheaders of the first message:")
     for name in ("From", "To", "Subject", "Message-ID", "List-Unsubscribe", "List-Unsubscribe-Post"):
         console.print(f"  {name}: {message[name]}")
-    console.print("\nsee them all with `nurture inbox` (and `nurture inbox show N`)")
+    console.print(f"\nsee them all with `{_on_demo(app)} nurture inbox` (and `inbox show N`)")
 
 
 def _next_due(app: AppContext) -> datetime | None:
@@ -375,7 +419,9 @@ def _print_handoff(app: AppContext, *, now: datetime) -> None:
         notes = session.scalars(select(SalesNotification).order_by(SalesNotification.at)).all()
         console.print(f"{len(notes)} sales notification(s); CRM outbox has one item per MQL")
         for note in notes[:5]:
-            console.print(f"  {note.at:%a %d %b %H:%M}  {note.kind}: {note.reason}")
+            email = (f"emailed to {note.recipient}" if note.status == "sent"
+                     else f"email {note.status}")
+            console.print(f"  {note.at:%a %d %b %H:%M}  {note.kind}: {note.reason} ({email})")
         queue = mql_queue(session=session, now=now, limit=1)
         if queue:
             entry = queue_entry(session, queue[0])
@@ -383,5 +429,6 @@ def _print_handoff(app: AppContext, *, now: datetime) -> None:
                                         f", score {entry['score']:g}: the timeline sales sees"))
             for event in entry["timeline"]:
                 console.print(f"  {event['at'][:16]}  {event['what']}")
-            console.print(f"\nnext: `nurture sales queue`, `nurture leads explain "
-                          f"{entry['email']}`, `nurture sales accept {entry['email']} --by you`")
+            console.print(f"\nnext, on the demo's data (`{_on_demo(app)} nurture ...`): "
+                          f"`nurture sales queue`, `nurture leads explain {entry['email']}`, "
+                          f"`nurture sales accept {entry['email']} --by you`")

@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from engine.config import Settings, redis_connection
+from engine.config import Settings, demo_settings, redis_connection
 
 
 def test_defaults_live_under_the_instance_directory(tmp_path):
@@ -67,3 +67,29 @@ def test_redis_url_uses_the_real_server(tmp_path):
         assert "redis_version" in client.info("server")
     finally:
         client.delete(key)
+
+
+def test_sales_email_is_read_trimmed(tmp_path):
+    env = {"NURTURE_INSTANCE": str(tmp_path), "SECRET_KEY": "s"}
+    assert Settings.from_env(env).sales_email is None
+    assert Settings.from_env({**env, "NURTURE_SALES_EMAIL": "  "}).sales_email is None
+    assert Settings.from_env({**env, "NURTURE_SALES_EMAIL": " sales@acme.example "}
+                             ).sales_email == "sales@acme.example"
+
+
+def test_the_demo_keeps_everything_under_its_own_directory(tmp_path, monkeypatch):
+    for name, value in {"DATABASE_URL": "postgresql://u@db.example/prod",
+                        "REDIS_URL": "redis://prod.example:6379/0",
+                        "SMTP_URL": "smtp://mail.example:25", "SECRET_KEY": "production",
+                        "NURTURE_INSTANCE": str(tmp_path / "instance"),
+                        "NURTURE_SINK_DIR": str(tmp_path / "sink")}.items():
+        monkeypatch.setenv(name, value)
+    demo = tmp_path / "demo"
+    settings = demo_settings(demo)
+    assert settings.instance_path == demo
+    assert settings.database_url == f"sqlite:///{demo / 'nurture.db'}"
+    assert (settings.redis_url, settings.smtp_url) == (None, None)
+    assert settings.secret_key == (demo / "secret_key").read_text()
+    assert settings.sink_dir == demo / "sink"
+    assert settings.sales_email == "sales@acme.example"
+    assert not (tmp_path / "instance").exists()

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import re
 
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, func, inspect, select
+
+from engine.leads.models import Lead
+from engine.programs.models import ProgramRecord
 
 
-def test_demo_loads_imports_simulates_and_summarises(cli):
-    result = cli("demo", "--leads", "40", "--days", "30")
+def test_demo_loads_imports_simulates_and_summarises(cli, db, env, tmp_path, monkeypatch):
+    own = tmp_path / "demo"
+    result = cli("demo", "--leads", "40", "--days", "30", "--instance", own)
     assert result.exit_code == 0, result.output
     out = result.stdout
+    assert out.startswith(f"demo instance: {own} (its own database, Redis, sink and files")
     assert "2 personas, 15 emails, 2 landing pages" in out
     assert re.search(r"created 40, updated 0, rejected 3", out)
     assert re.search(r"\d+ sends to 40 leads; 3 sales notification\(s\)", out)
@@ -22,6 +27,24 @@ def test_demo_loads_imports_simulates_and_summarises(cli):
     assert re.search(r"QA passed: 0 blockers, \d+ warning", out)
     assert "launched Acme Cloud perpetual nurture v1" in out
     assert "told sales@acme.example, support@acme.example what the program does" in out
+    # Sales heard of each MQL and trigger by email (the sample's sales team).
+    emailed = re.search(r"sales notifications emailed: (\d+) \(to sales@acme\.example", out)
+    notified = re.search(r"(\d+) sales notification\(s\)", out.split("6. Scores")[1])
+    assert emailed and emailed.group(1) == notified.group(1) != "0"
+    assert "(emailed to sales@acme.example)" in out
+    # Everything is in the demo's own instance: the configured database and instance directory
+    # were not touched, and the demo says how to look at its data.
+    with db.session() as s:
+        assert s.scalar(select(func.count()).select_from(Lead)) == 0
+        assert s.scalar(select(func.count()).select_from(ProgramRecord)) == 0
+    assert not (tmp_path / "instance" / "sink").exists()
+    assert (own / "nurture.db").exists() and (own / "sink" / "index.jsonl").exists()
+    look = f"NURTURE_INSTANCE={own} DATABASE_URL= SECRET_KEY="  # both set by the env fixture
+    assert f"the demo's data stays in {own}: run a command on it as `{look} nurture ...`" in out
+    assert f"see them all with `{look} nurture inbox`" in out
+    monkeypatch.setenv("NURTURE_INSTANCE", str(own))
+    monkeypatch.delenv("DATABASE_URL")
+    monkeypatch.delenv("SECRET_KEY")
     inbox = cli("inbox", "--json", "--limit", "100000")
     assert inbox.exit_code == 0
     # every delivered email, and before them 30 proofs (15 emails x 2 personas), approved
@@ -35,7 +58,9 @@ def test_demo_loads_imports_simulates_and_summarises(cli):
     assert re.search(r"tracked by people: \d+ clicks, \d+ opens", out)
     assert re.search(r"[1-9]\d* sales notification\(s\)", out.split("6. Scores")[1])
     assert "the timeline sales sees" in out
-    again = cli("demo", "--leads", "40", "--days", "30")
+    queue = cli("sales", "queue", "--json")  # on the demo's instance, as the demo says
+    assert queue.exit_code == 0 and '"email"' in queue.stdout
+    again = cli("demo", "--leads", "40", "--days", "30", "--instance", own)
     assert "already launched at its current version" in again.stdout
     # Importing twice changes nothing; a lead scoring made an MQL meanwhile is not sent back
     # to the file's stage (that row is rejected with the illegal transition named).

@@ -121,14 +121,14 @@ def test_good_file_creates_leads_with_history_and_enrollment(cli, db, loaded_pro
 
 
 def test_same_file_twice_changes_nothing(cli, db, loaded_program, tmp_path):
-    path = write(tmp_path, GOOD + "ADA@globex.example,,,Globex Corp,,,,,\n")
+    path = write(tmp_path, GOOD + "ADA@globex.example,,,Globex Corp,,,,,\n")  # a duplicate
     first = run(cli, path)
-    assert counts(first) == {"created": 3, "updated": 1, "unchanged": 0, "rejected": 0}
+    assert counts(first) == {"created": 3, "updated": 0, "unchanged": 0, "rejected": 1}
     before = table_counts(db)
     with db.session() as s:
         stamps = dict(s.execute(select(Lead.email, Lead.updated_at)).all())
     again = run(cli, path)
-    assert counts(again) == {"created": 0, "updated": 0, "unchanged": 4, "rejected": 0}
+    assert counts(again) == {"created": 0, "updated": 0, "unchanged": 3, "rejected": 1}
     assert table_counts(db) == before
     with db.session() as s:
         assert dict(s.execute(select(Lead.email, Lead.updated_at)).all()) == stamps
@@ -150,29 +150,78 @@ def test_upsert_by_email_ignores_case_and_blank_cells_keep_values(cli, db, loade
     assert table_counts(db)["leads"] == 3
 
 
-def test_duplicate_email_in_one_file_later_row_updates_earlier(cli, db, loaded_program, tmp_path):
+def test_a_later_row_with_the_same_email_is_rejected_naming_both_rows(cli, db, loaded_program,
+                                                                      tmp_path):
     path = write(tmp_path, "email,company,title\n"
                            "dup@globex.example,Globex,\n"
                            "other@initech.example,Initech,\n"
                            "DUP@globex.example,,CIO\n"
-                           "dup@globex.example,,CIO\n")
+                           "dup@globex.example,Globex Corp,CIO\n")
     result = run(cli, path)
-    assert counts(result) == {"created": 2, "updated": 1, "unchanged": 1, "rejected": 0}
+    assert counts(result) == {"created": 2, "updated": 0, "unchanged": 0, "rejected": 2}
+    assert ("duplicate emails: 2 row(s) rejected, an earlier row with the same email was "
+            "imported") in result.stdout
+    assert "  rows 1 and 3: dup@globex.example (row 3 rejected)" in result.stdout
+    assert "  rows 1 and 4: dup@globex.example (row 4 rejected)" in result.stdout
+    got = {r["row"]: r for r in rejects(tmp_path / "leads.rejects.csv")}
+    assert set(got) == {"3", "4"}
+    for row in got.values():
+        assert row["column"] == "email"
+        assert row["reason"] == ("duplicate email: row 1 has the same email and was imported; "
+                                 "this row was not")
+    assert (got["3"]["email"], got["4"]["company"]) == ("DUP@globex.example", "Globex Corp")
     dup = lead(db, "dup@globex.example")
-    assert (dup.company, dup.title) == ("Globex", "CIO")
+    assert (dup.company, dup.title) == ("Globex", None)  # the first row, nothing of the others
     assert table_counts(db)["leads"] == 2
     with db.session() as s:
         assert s.scalar(select(func.count()).select_from(StageChange)
                         .where(StageChange.lead_id == dup.id)) == 1
         enrollment = s.scalar(select(Enrollment).where(Enrollment.lead_id == dup.id))
-        assert enrollment.track == "it_manager/inquiry"  # persona from the merged title
+        assert enrollment.track == "finance/inquiry"  # no title: the default persona
+    # The rows that were rejected, merged by hand and imported again, update the lead.
+    again = run(cli, write(tmp_path, "email,company,title\ndup@globex.example,Globex Corp,CIO\n",
+                           "merged.csv"))
+    assert counts(again) == {"created": 0, "updated": 1, "unchanged": 0, "rejected": 0}
+    assert "duplicate" not in again.stdout
+    assert lead(db, "dup@globex.example").title == "CIO"
+
+
+def test_a_row_that_is_rejected_does_not_make_a_later_one_a_duplicate(cli, db, loaded_program,
+                                                                      tmp_path):
+    run(cli, write(tmp_path, "email,stage\nada@globex.example,mql\n", "first.csv"))
+    path = write(tmp_path, "email,stage,timezone,company\n"
+                           "ada@globex.example,inquiry,,Globex\n"  # illegal: mql -> inquiry
+                           "bob@initech.example,,Mars/Olympus,Initech\n"  # bad time zone
+                           "ada@globex.example,sal,,Globex\n"
+                           "bob@initech.example,,,Initech\n"
+                           "bob@initech.example,,,Initech Ltd\n")
+    result = run(cli, path)
+    assert counts(result) == {"created": 1, "updated": 1, "unchanged": 0, "rejected": 3}
+    got = {r["row"]: r["reason"] for r in rejects(tmp_path / "leads.rejects.csv")}
+    assert "illegal stage change mql -> inquiry" in got["1"]
+    assert "unknown time zone" in got["2"]
+    assert got["5"].startswith("duplicate email: row 4 has the same email")
+    assert "rows 4 and 5: bob@initech.example" in result.stdout
+    assert (lead(db, "ada@globex.example").stage, lead(db, "bob@initech.example").company) == (
+        "sal", "Initech")
+
+
+def test_the_summary_lists_20_duplicates_and_counts_the_rest(cli, db, loaded_program, tmp_path):
+    rows = [f"lead{i}@globex.example" for i in range(25)]
+    result = run(cli, write(tmp_path, "email\n" + "\n".join(rows + rows) + "\n"))
+    assert counts(result) == {"created": 25, "updated": 0, "unchanged": 0, "rejected": 25}
+    assert "duplicate emails: 25 row(s) rejected" in result.stdout
+    assert result.stdout.count(" rejected)\n") == 20
+    assert "  rows 1 and 26: lead0@globex.example (row 26 rejected)" in result.stdout
+    assert "  and 5 more, in the rejects file" in result.stdout
+    assert len(rejects(tmp_path / "leads.rejects.csv")) == 25
 
 
 def test_rows_are_committed_per_chunk_and_duplicates_span_chunks(cli, db, loaded_program,
                                                                  tmp_path, monkeypatch):
     monkeypatch.setattr(importer, "CHUNK_ROWS", 2)
     rows = [f"lead{i}@globex.example,Company {i}," for i in range(5)]
-    rows.append("lead0@globex.example,,CFO")  # in the third chunk, created in the first
+    rows.append("lead0@globex.example,,CFO")  # in the third chunk, a duplicate of row 1
     path = write(tmp_path, "email,company,title\n" + "\n".join(rows) + "\n")
 
     original = importer._ChunkWriter.apply
@@ -191,9 +240,35 @@ def test_rows_are_committed_per_chunk_and_duplicates_span_chunks(cli, db, loaded
 
     monkeypatch.setattr(importer._ChunkWriter, "apply", original)
     result = run(cli, path)
-    assert counts(result) == {"created": 1, "updated": 1, "unchanged": 4, "rejected": 0}
-    assert lead(db, "lead0@globex.example").title == "CFO"
+    assert counts(result) == {"created": 1, "updated": 0, "unchanged": 4, "rejected": 1}
+    assert "rows 1 and 6: lead0@globex.example" in result.stdout
+    assert lead(db, "lead0@globex.example").title is None
     assert table_counts(db)["enrollments"] == 5
+
+
+def test_imports_one_after_another_in_one_process_each_see_their_own_duplicates(
+        db, loaded_program, tmp_path, monkeypatch):
+    """The emails an import has seen are its own, even on a pooled connection after an import
+    that failed half-way (the service and the workers keep one Database for many imports)."""
+    monkeypatch.setattr(importer, "CHUNK_ROWS", 2)
+    path = write(tmp_path, "email\n" + "".join(f"lead{i}@globex.example\n" for i in range(5)))
+    now = datetime(2026, 3, 2, 6, 0, tzinfo=UTC)
+    original = importer._ChunkWriter.apply
+
+    def crash_on_second_chunk(self, chunk):
+        if chunk[0].number == 3:
+            raise RuntimeError("power cut")
+        return original(self, chunk)
+
+    monkeypatch.setattr(importer._ChunkWriter, "apply", crash_on_second_chunk)
+    with pytest.raises(RuntimeError):
+        importer.import_leads(db=db, path=path, program="acme-nurture", now=now)
+    monkeypatch.setattr(importer._ChunkWriter, "apply", original)
+    for _ in range(2):
+        summary = importer.import_leads(db=db, path=path, program="acme-nurture", now=now)
+        assert (summary.rejected, summary.duplicate_rows) == (0, 0)
+        assert summary.rows == 5
+    assert table_counts(db)["leads"] == 5
 
 
 def test_bom_semicolons_crlf_and_quoted_newlines(cli, db, loaded_program, tmp_path):
@@ -357,15 +432,18 @@ def test_dry_run_stores_nothing_and_counts_like_the_real_run(cli, db, loaded_pro
                            "ada@globex.example,CIO,mql\n"  # unchanged
                            "bob@initech.example,CFO,engaged\n"  # updated, stage change
                            "carla@umbrella.example,CIO,\n"  # created
-                           "carla@umbrella.example,CTO,\n"  # updated by the later row
-                           "ada@globex.example,,inquiry\n"  # illegal stage change
+                           "carla@umbrella.example,CTO,\n"  # a duplicate
+                           "dan@hooli.example,CTO,mql\n"  # created
+                           "ada@globex.example,,inquiry\n"  # a duplicate
+                           "dan@hooli.example,,inquiry\n"  # a duplicate
                            "nobody,,\n")
     before = table_counts(db)
     with db.session() as s:
         stamps = dict(s.execute(select(Lead.email, Lead.updated_at)).all())
     dry = run(cli, path, "--dry-run")
     assert "nothing stored" in dry.stdout
-    assert counts(dry) == {"created": 1, "updated": 2, "unchanged": 1, "rejected": 2}
+    assert counts(dry) == {"created": 2, "updated": 1, "unchanged": 1, "rejected": 4}
+    assert "rows 3 and 4: carla@umbrella.example" in dry.stdout
     assert (tmp_path / "leads.rejects.csv").exists()  # the rejects file is still written
     assert table_counts(db) == before
     with db.session() as s:

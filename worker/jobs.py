@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import os
 import socket
+from collections import Counter
 from datetime import timedelta
 from functools import cache
 
-from engine.config import Settings, redis_connection
+from engine.config import Settings, default_sender, redis_connection
 from engine.db import Database, utcnow
 from engine.flows.tracking import drain_buffer
 from engine.journeys.service import run_due
@@ -84,6 +85,23 @@ def advance_journeys(db: Database | None = None, batch: int = 1000) -> int:
         processed += count
         if count < batch:
             return processed
+
+
+def deliver_notifications(limit: int = SEND_BATCH) -> str:
+    """Email the sales notifications waiting (MQLs, triggers, SLA escalations), batch after
+    batch, until none is due. Operational mail: no suppression, cap or send window."""
+    from engine.sales.notify import NotifyOptions, deliver_due
+
+    settings = Settings.from_env()
+    options = NotifyOptions(sales_email=settings.sales_email, sender=default_sender(),
+                            base_url=settings.base_url)
+    total: Counter = Counter()
+    while True:
+        outcomes = deliver_due(db=_database(), transport=_transport(), worker=worker_name(),
+                               clock=utcnow, options=options, limit=limit)
+        total.update(outcomes)
+        if outcomes.total() < limit:
+            return ", ".join(f"{n} {kind}" for kind, n in sorted(total.items())) or "nothing due"
 
 
 def store_tracking_events(batch: int = 500) -> int:

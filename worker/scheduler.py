@@ -1,8 +1,10 @@
 """The scheduler tick: advance journeys, then wake the send workers when the outbox has due rows,
-the tracking worker when events wait in the buffer, and the SLA check once a day.
+the notification worker when sales notifications wait to be emailed, the tracking worker when
+events wait in the buffer, and the SLA check once a day.
 
-Ticks may overlap or be missed without harm: run_due, the outbox claim, the buffer drain and
-the SLA check are idempotent, and a job is only queued when none of its kind is waiting.
+Ticks may overlap or be missed without harm: run_due, the outbox and notification claims, the
+buffer drain and the SLA check are idempotent, and a job is only queued when none of its kind
+is waiting.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from sqlalchemy import exists, select
 
 from engine.db import Database, utcnow
+from engine.sales.notify import due_clause as notification_due
 from engine.sending.outbox import due_clause
 from engine.tracking.buffer import EventBuffer
 from worker import queues
@@ -26,6 +29,11 @@ def has_due_sends(db: Database) -> bool:
         return session.scalar(select(exists().where(due_clause(utcnow()))))
 
 
+def has_due_notifications(db: Database) -> bool:
+    with db.session() as session:
+        return session.scalar(select(exists().where(notification_due(utcnow()))))
+
+
 def tick(*, db: Database, redis, batch: int = 1000) -> dict:
     """One scheduler pass. Returns what it did, for the log line."""
     from rq import Queue
@@ -38,7 +46,19 @@ def tick(*, db: Database, redis, batch: int = 1000) -> dict:
                            result_ttl=3600, failure_ttl=7 * 86400)
         queued = True
     return {"advanced": advanced, "send_job_queued": queued,
+            "notification_job_queued": _queue_notifications(db, redis),
             "tracking_job_queued": _queue_tracking(redis), "sla_job_queued": _queue_sla(redis)}
+
+
+def _queue_notifications(db: Database, redis) -> bool:
+    from rq import Queue
+
+    queue = Queue(queues.NOTIFY, connection=redis)
+    if queue.count or not has_due_notifications(db):
+        return False
+    queue.enqueue("worker.jobs.deliver_notifications", job_timeout=SEND_JOB_TIMEOUT,
+                  result_ttl=3600, failure_ttl=7 * 86400)
+    return True
 
 
 def _queue_tracking(redis) -> bool:

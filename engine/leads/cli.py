@@ -27,7 +27,7 @@ from engine.cli_context import (
 from engine.db import utcnow
 from engine.flows import leads as pipeline
 from engine.journeys.service import lead_enrollments
-from engine.leads.importer import import_leads
+from engine.leads.importer import ImportSummary, import_leads
 from engine.leads.models import STANDARD_FIELDS
 from engine.leads.service import (
     change_dict,
@@ -62,7 +62,10 @@ def import_command(app: AppContext, file: str, program: str, dry_run: bool,
     Columns: email (required), first_name, last_name, company, title, country, timezone,
     persona, stage, source_channel, source_offer, source_partner, consent, plus custom columns.
     Header names are case-insensitive; comma, semicolon or tab delimited. A blank cell keeps the
-    stored value. Importing the same file again changes nothing.
+    stored value. Importing the same file again changes nothing. One row per email: when two
+    rows have the same email (any case), the first that imports wins and the later one is
+    rejected as a duplicate, naming both rows (listed after the counts, and in the rejects
+    file); merge them by hand and import that row again.
 
     Rows that cannot be imported are written to the rejects file with row (1 = the first row
     after the header), column, reason and the original cells; the other rows import. Cells that
@@ -86,9 +89,23 @@ def import_command(app: AppContext, file: str, program: str, dry_run: bool,
     counts = (f"created {summary.created}, updated {summary.updated}, "
               f"unchanged {summary.unchanged}, rejected {summary.rejected}")
     console.print(f"dry run, nothing stored: {counts}" if dry_run else counts)
+    _print_duplicates(summary)
     if summary.rejects_path:
         console.print(f"rejected rows: {summary.rejects_path} (row 1 = the first row after the "
                       "header)")
+
+
+def _print_duplicates(summary: ImportSummary) -> None:
+    if not summary.duplicate_rows:
+        return
+    console.print(f"duplicate emails: {summary.duplicate_rows} row(s) rejected, an earlier row "
+                  "with the same email was imported")
+    for duplicate in summary.duplicates:
+        console.print(f"  rows {duplicate.first_row} and {duplicate.row}: {duplicate.email} "
+                      f"(row {duplicate.row} rejected)")
+    unlisted = summary.duplicate_rows - len(summary.duplicates)
+    if unlisted:
+        console.print(f"  and {unlisted} more, in the rejects file")
 
 
 @leads.command("set-stage")

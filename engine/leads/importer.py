@@ -11,6 +11,11 @@ Rows are numbered from 1 = the first row after the header (blank rows count but 
 error messages, the rejects file and the simulator all use that number. A row is one line, or
 several when a quoted value spans lines; every line ends up in exactly one row, even after a
 stray quote (see LeadCsv._runaway_quote), so created + updated + unchanged + rejected = rows.
+
+One email, one row: the first row of an email that imports wins, and a later row with the same
+email is rejected as a duplicate naming that row (in the rejects file and the summary), rather
+than merged over it unseen. This holds across chunks without reading the file twice: a chunk
+committed is never undone by a row further down.
 """
 
 from __future__ import annotations
@@ -23,14 +28,14 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import islice
 from operator import itemgetter
 from pathlib import Path
 from typing import Self, TextIO
 
-from sqlalchemy import Table, insert, select
+from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
@@ -61,6 +66,7 @@ LINE_LIMIT = 100_000
 MAX_ROW_LINES = 1000
 WAL_PAGES_BEFORE_CHECKPOINT = 20_000  # SQLite, see _background_checkpoints (80 MB)
 CHECKPOINT_INTERVAL = 0.02  # seconds
+MAX_DUPLICATES_LISTED = 20  # in the summary; the rejects file has every one
 DELIMITERS = (",", ";", "\t")
 QUOTE = '"'
 ACTOR = "import"
@@ -82,18 +88,34 @@ class LeadRow:
     error: Invalid | None = None  # error.field names the column ("" when the row as a whole)
 
 
+@dataclass(frozen=True, slots=True)
+class Duplicate:
+    """A row rejected because an earlier row of the file, imported, has the same email."""
+
+    email: str
+    first_row: int  # the row imported
+    row: int  # the row rejected
+
+
 @dataclass
 class ImportSummary:
     created: int = 0
     updated: int = 0
     unchanged: int = 0
-    rejected: int = 0
+    rejected: int = 0  # duplicates included
     rejects_path: Path | None = None  # set when a rejects file was written
     dry_run: bool = False
+    duplicate_rows: int = 0
+    duplicates: list[Duplicate] = field(default_factory=list)  # the first MAX_DUPLICATES_LISTED
 
     @property
     def rows(self) -> int:
         return self.created + self.updated + self.unchanged + self.rejected
+
+    def add_duplicate(self, email: str, first_row: int, row: int) -> None:
+        self.duplicate_rows += 1
+        if len(self.duplicates) < MAX_DUPLICATES_LISTED:
+            self.duplicates.append(Duplicate(email, first_row, row))
 
 
 def read_lead_rows(path: str | Path, encoding: str = "utf-8") -> Iterator[LeadRow]:
@@ -426,9 +448,10 @@ def import_leads(*, db: Database, path: str | Path, program: str, now: datetime,
 
     Streams the file in chunks of CHUNK_ROWS rows, one committed transaction per chunk (a crash
     loses at most the chunk in flight; a re-run completes it, as importing twice changes nothing).
-    A blank cell never erases a stored value. Rejected rows go to `rejects_path` (default
-    `<stem>.rejects.csv` beside the file, only created when a row is rejected) and never stop the
-    others. `dry_run` runs the very same work in a single transaction that is rolled back, so its
+    A blank cell never erases a stored value. A row whose email an earlier row of the file
+    was imported for is rejected as a duplicate (`summary.duplicates`). Rejected rows go to
+    `rejects_path` (default `<stem>.rejects.csv` beside the file, only created when a row is
+    rejected) and never stop the others. `dry_run` runs the very same work in a single transaction that is rolled back, so its
     counts are exact and nothing is stored; on SQLite it holds the write lock meanwhile.
     `progress(bytes_read, total_bytes)` is called after each chunk.
 
@@ -447,7 +470,7 @@ def import_leads(*, db: Database, path: str | Path, program: str, now: datetime,
     with LeadCsv(path, encoding) as source:
         rejects = _Rejects(rejects_path, source.header, source.encoding)
         try:
-            with (db.engine.connect() as conn, _long_lived_objects_frozen(),
+            with (db.engine.connect() as conn, _closed_after(conn), _long_lived_objects_frozen(),
                   _background_checkpoints(conn)):
                 writer = _ChunkWriter(conn, record.id, spec, now, summary, rejects)
                 if dry_run:
@@ -467,6 +490,16 @@ def import_leads(*, db: Database, path: str | Path, program: str, now: datetime,
     summary.rejected = rejects.count
     summary.rejects_path = rejects_path if rejects.count else None
     return summary
+
+
+@contextmanager
+def _closed_after(conn: Connection) -> Iterator[None]:
+    """Close the connection's database connection at the end rather than return it to the
+    pool: its temporary table (_ImportedEmails) goes with it, even after a failure."""
+    try:
+        yield
+    finally:
+        conn.invalidate()
 
 
 @contextmanager
@@ -578,6 +611,35 @@ _OUTBOX_KEYS = ("enrollment_id", "lead_id", "program_id", "program_version", "st
                 "due_at", "attempts", "created_at", "updated_at", "message_id")
 
 
+class _ImportedEmails:
+    """The email and row number of each row imported so far, in a temporary table of the
+    import's connection (created in the first chunk's transaction): a later row with one of
+    these emails is a duplicate. In the database rather than in memory, so that memory stays
+    flat however long the file. The table lives as long as the connection, which import_leads
+    closes afterwards instead of returning it to the pool."""
+
+    def __init__(self, conn: Connection):
+        self.conn = conn
+        self.table = Table("import_emails", MetaData(), Column("email", String(254),
+                                                                primary_key=True),
+                           Column("row", Integer, nullable=False), prefixes=["TEMPORARY"])
+        self._created = False
+
+    def rows(self, emails: list[str]) -> dict[str, int]:
+        """The row that imported each of `emails`, for those imported already."""
+        if not self._created:
+            self.table.create(self.conn)
+            self._created = True
+        table = self.table
+        return dict(self.conn.execute(select(table.c.email, table.c.row)
+                                      .where(table.c.email.in_(emails))).all())
+
+    def add(self, rows: dict[str, int]) -> None:
+        if rows:
+            self.conn.execute(insert(self.table),
+                              [{"email": email, "row": row} for email, row in rows.items()])
+
+
 @dataclass(frozen=True)
 class _EnrollmentTemplate:
     """How every lead of one (persona, stage, time zone) enrolls, in driver form, without ids."""
@@ -596,6 +658,7 @@ class _ChunkWriter:
                  summary: ImportSummary, rejects: _Rejects):
         self.conn, self.program_id, self.program, self.now = conn, program_id, program, now
         self.summary, self.rejects = summary, rejects
+        self.imported = _ImportedEmails(conn)
         self._leads = _BulkInsert(conn, _LEADS, _LEAD_KEYS)
         self._stages = _BulkInsert(conn, StageChange.__table__, _STAGE_KEYS)
         self._enrollments = _BulkInsert(conn, Enrollment.__table__, _ENROLLMENT_KEYS)
@@ -612,35 +675,56 @@ class _ChunkWriter:
         self.rejects.add(row, error)
 
     def apply(self, chunk: list[LeadRow]) -> None:
-        groups: dict[str, list[LeadRow]] = {}  # email -> its rows, in file order
+        """Import a chunk's rows in file order: each creates, updates or leaves unchanged the
+        lead of its email, or is rejected (bad values, an illegal stage change, an email an
+        earlier row of the file was imported for). Counts each row once."""
+        rows = []
         for row in chunk:
             error = row.error or self._check(row.fields)
             if error:
                 self.reject(row, error)
-                continue
-            email = row.fields["email"]
-            if email in groups:
-                groups[email].append(row)
             else:
-                groups[email] = [row]
-        if not groups:
+                rows.append(row)
+        if not rows:
             return
-        stored = {lead["email"]: dict(lead) for lead in self.conn.execute(
-            select(*_STORED).where(_LEADS.c.email.in_(list(groups)))).mappings()}
+        emails = list({row.fields["email"] for row in rows})
+        stored = {lead["email"]: {**lead, "custom": lead["custom"] or {}}
+                  for lead in self.conn.execute(
+                      select(*_STORED).where(_LEADS.c.email.in_(emails))).mappings()}
+        imported = self.imported.rows(emails)  # by earlier chunks
         enrolled = self._enrolled_ids([lead["id"] for lead in stored.values()])
-        new, to_enroll, changed = [], [], []
-        for email, rows in groups.items():
+        new, to_enroll, changed, first_rows = [], [], [], {}
+        for row in rows:
+            fields, summary = row.fields, self.summary
+            email = fields["email"]
+            first = imported.get(email) or first_rows.get(email)
+            if first is not None:
+                self.reject(row, Invalid(f"duplicate email: row {first} has the same email and "
+                                         "was imported; this row was not", field="email"))
+                summary.add_duplicate(email, first, row.number)
+                continue
             lead = stored.get(email)
             if lead is None:
-                new.append(self._merge(rows, None))
-                continue
-            merged = self._merge(rows, lead)
-            if merged is None:
-                continue
-            if merged != lead:
-                changed.append((lead, merged, lead["id"] in enrolled))
-            elif lead["id"] not in enrolled:
-                to_enroll.append(merged)
+                new.append({**_NEW_LEAD, **fields})
+                summary.created += 1
+            else:
+                target = fields.get("stage", lead["stage"])
+                if target != lead["stage"]:
+                    try:
+                        check_transition(lead["stage"], target)
+                    except IllegalTransition as exc:
+                        self.reject(row, exc)
+                        continue
+                merged = {**lead, **fields, "custom": {**lead["custom"], **fields["custom"]}}
+                if merged != lead:
+                    changed.append((lead, merged, lead["id"] in enrolled))
+                    summary.updated += 1
+                else:
+                    summary.unchanged += 1
+                    if lead["id"] not in enrolled:
+                        to_enroll.append(merged)
+            first_rows[email] = row.number
+        self.imported.add(first_rows)
         qualified = self._insert_new(new) if new else []
         to_enroll += new
         if to_enroll:
@@ -658,56 +742,6 @@ class _ChunkWriter:
                            f"(expected one of {', '.join(self.program.personas)})",
                            field="persona")
         return None
-
-    def _merge(self, rows: list[LeadRow], stored: dict | None) -> dict | None:
-        """Fold the rows of one email over the stored lead, later rows winning; count each row.
-
-        Returns the resulting lead (standard fields and custom), or None when every row was
-        rejected. For an existing lead, the last row whose stage is a legal change wins the
-        stage; later rows with an illegal stage change are rejected. A row counts as updated
-        when it changes the lead as left by the rows before it, but when the rows of a stored
-        lead leave it as it was, all count as unchanged (importing a file twice changes nothing).
-        """
-        if stored is None and len(rows) == 1:  # the usual case: a new lead, once in the file
-            self.summary.created += 1
-            return {**_NEW_LEAD, **rows[0].fields}
-        if stored is not None:
-            for row in reversed([r for r in rows if "stage" in r.fields]):
-                target = row.fields["stage"]
-                if target == stored["stage"]:
-                    break
-                try:
-                    check_transition(stored["stage"], target)
-                    break
-                except IllegalTransition as exc:
-                    self.reject(row, exc)
-                    rows.remove(row)
-            if not rows:
-                return None
-            merged = dict(stored)
-            merged["custom"] = dict(stored["custom"] or {})
-        else:
-            merged = {**_NEW_LEAD, "custom": {}}
-        labels = []
-        for index, row in enumerate(rows):
-            changed = False
-            for name, value in row.fields.items():
-                if name == "custom":
-                    current = merged["custom"]
-                    for key, item in value.items():
-                        if current.get(key) != item:
-                            current[key] = item
-                            changed = True
-                elif merged[name] != value:
-                    merged[name] = value
-                    changed = True
-            labels.append("created" if stored is None and index == 0
-                          else "updated" if changed else "unchanged")
-        if stored is not None and merged == stored:
-            labels = ["unchanged"] * len(rows)
-        for label in labels:
-            setattr(self.summary, label, getattr(self.summary, label) + 1)
-        return merged
 
     def _enrolled_ids(self, lead_ids: list[int]) -> set[int]:
         if not lead_ids:

@@ -102,7 +102,9 @@ def reject(app: AppContext, email: str, actor: str, reason: str) -> None:
 @_JSON
 @pass_app
 def notifications(app: AppContext, limit: int, as_json: bool) -> None:
-    """The latest sales notifications: MQLs, trigger routes, SLA escalations."""
+    """The latest sales notifications (MQLs, trigger routes, SLA escalations), newest first,
+    each with its email: sent to whom and when, waiting for a retry (why), failed or not sent
+    (why). The worker emails them to the owner, or NURTURE_SALES_EMAIL for a lead nobody owns."""
     from sqlalchemy import select
 
     from engine.leads.models import Lead
@@ -110,7 +112,11 @@ def notifications(app: AppContext, limit: int, as_json: bool) -> None:
 
     with app.db.session() as session:
         rows = [{"at": n.at.isoformat(), "kind": n.kind, "email": email, "owner": n.owner,
-                 "reason": n.reason}
+                 "reason": n.reason, "status": n.status, "recipient": n.recipient,
+                 "sent_at": n.sent_at.isoformat() if n.sent_at else None,
+                 "attempts": n.attempts,
+                 "retry_at": n.retry_at.isoformat() if n.retry_at else None,
+                 "error": n.last_error}
                 for n, email in session.execute(
                     select(SalesNotification, Lead.email)
                     .join(Lead, Lead.id == SalesNotification.lead_id)
@@ -122,8 +128,26 @@ def notifications(app: AppContext, limit: int, as_json: bool) -> None:
     for row in rows:  # lines, not a table: addresses and reasons stay whole in any width
         console.print(f"{row['at'][:16]}  {row['kind']:<10} {row['email']}  owner "
                       f"{row['owner'] or '-'}: {row['reason']}")
+        console.print(f"  {_delivery(row)}")
     if not rows:
         console.print("no sales notification yet")
+
+
+def _delivery(row: dict) -> str:
+    """Where a notification's email stands, in words."""
+    status, error = row["status"], row["error"]
+    if status == "sent":
+        return f"emailed to {row['recipient']} at {row['sent_at'][:16]}"
+    if status == "failed":
+        return f"not emailed to {row['recipient']}: {error}"
+    if status == "skipped":
+        return f"not emailed: {error}"
+    if status == "sending":
+        return f"being emailed (attempt {row['attempts']})"
+    if error:
+        return (f"waiting to be emailed: attempt {row['attempts']} to {row['recipient']} "
+                f"failed ({error}), next try {row['retry_at'][:16]}")
+    return "waiting to be emailed (by `nurture worker`)"
 
 
 @click.group()
@@ -132,16 +156,46 @@ def sla() -> None:
 
 
 @sla.command()
-@_AT
+@click.option("--at", "at", help="Check as of this ISO time (default: now). A time in the "
+                                 "future only previews, unless --record is given.")
+@click.option("--record", is_flag=True,
+              help="Store what a check at a future --at finds (a time now or past always "
+                   "stores).")
 @pass_app
-def check(app: AppContext, at: str | None) -> None:
+def check(app: AppContext, at: str | None, record: bool) -> None:
     """Record new breaches (escalating MQLs, enrolling stalled opportunities in the
-    configured track) and resolve those whose lead moved on. Safe to run again."""
+    configured track) and resolve those whose lead moved on. Safe to run again.
+
+    With --at in the future it is a preview: it prints what a check then would find and
+    stores nothing (no breach, escalation or enrollment), unless --record is given."""
     from engine.sales.sla import check_slas
 
-    with app.db.session() as session:
-        result = check_slas(session=session, now=parse_at(at))
-    console.print(f"SLA check: {result}")
+    now = utcnow()
+    when = parse_at(at) if at else now
+    preview = when > now and not record
+    with app.db.sessionmaker() as session:  # closing it uncommitted rolls back
+        result = check_slas(session=session, now=when)
+        lines = _breach_lines(session, result.new)
+        if not preview:
+            session.commit()
+    if preview:
+        console.print(f"SLA check preview at {when.isoformat()} (a future time: nothing "
+                      f"stored; --record to store it): {result}")
+    else:
+        console.print(f"SLA check: {result}")
+    for line in lines:
+        console.print(line)
+
+
+def _breach_lines(session, breaches) -> list[str]:
+    from sqlalchemy import select
+
+    from engine.leads.models import Lead
+
+    emails = dict(session.execute(select(Lead.id, Lead.email).where(
+        Lead.id.in_([b.lead_id for b in breaches]))).all())
+    return [f"  {emails[b.lead_id]}  {b.kind}  due {b.due_at:%Y-%m-%d %H:%M} UTC  {b.action}"
+            for b in breaches]
 
 
 @sla.command()

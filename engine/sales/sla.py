@@ -2,7 +2,8 @@
 scheduler's daily job).
 
 - An MQL that sales neither accepts nor rejects within `sla.mql_response` is a breach: it is
-  recorded once and escalated (a sales notification naming the owner, or `sla.escalate_to`).
+  recorded once and escalated (a sales notification naming the owner, or `sla.escalate_to`,
+  which engine/sales/notify.py emails).
 - An opportunity without update (stage change or field change) for `sla.opportunity_stalled`
   is stalled: recorded once, and enrolled in `sla.stalled_track` for marketing support.
 A breach is resolved when the lead leaves the stage, a stall also when the opportunity is

@@ -1,7 +1,7 @@
 """capture forms: consent history, submission digests
 
 Revision ID: 0011
-Revises: 0009
+Revises: 0010
 Create Date: 2026-12-04 23:00:00
 
 """
@@ -13,7 +13,7 @@ from alembic import op
 from engine.db import UTCDateTime
 
 revision: str = '0011'
-down_revision: str | Sequence[str] | None = '0009'
+down_revision: str | Sequence[str] | None = '0010'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
