@@ -180,14 +180,33 @@ def _run(app: AppContext, *, lead_count: int, days: int, program_dir: str) -> No
                 console.rule("4. Proofs, QA and launch")
                 if not _proofs_qa_and_launch(app, program.slug):
                     return
-                console.rule(f"5. Deliver {days} days through the local SMTP sink; people "
+                console.rule("5. Visitors from campaigns ask for a demo")
+                _capture(app, program.slug)
+                console.rule(f"6. Deliver {days} days through the local SMTP sink; people "
                              "open and click")
                 _deliver_through_sink(app, web=web, clock=clock, days=days, emails=emails)
         finally:
             web.extensions["nurture.recorder"].close()
             web.extensions["nurture.db"].dispose()
-    console.rule("6. Scores, MQLs and the sales handoff")
+    console.rule("7. Scores, MQLs and the sales handoff")
     _print_handoff(app, now=now + timedelta(days=days))
+
+
+def _capture(app: AppContext, slug: str) -> None:
+    """Visitors post the demo page's form over HTTP: each becomes a lead, enrolled and scored,
+    its source taken from the campaign link and its consent recorded; a demo request goes to
+    sales at once (the sample's trigger)."""
+    from engine.demo_tracking import fill_demo_forms
+    from engine.leads.models import ConsentRecord, Lead
+
+    captured = fill_demo_forms(app.settings.base_url, slug)
+    with app.db.session() as session:
+        for lead in session.scalars(select(Lead).where(Lead.email.in_(captured))):
+            consent = session.scalar(select(ConsentRecord.granted)
+                                     .where(ConsentRecord.lead_id == lead.id))
+            console.print(f"  {lead.email:<28} {lead.title or '':<24} source "
+                          f"{lead.source_channel}/{lead.source_partner}/{lead.source_offer}, "
+                          f"consent {'given' if consent else 'not given'}, stage {lead.stage}")
 
 
 REVIEWER = "review@acme.example"
@@ -390,6 +409,7 @@ def _next_due(app: AppContext) -> datetime | None:
 
 def _print_handoff(app: AppContext, *, now: datetime) -> None:
     """Scores, the filtered bot hits, the MQLs with their notifications, and one MQL's timeline."""
+    from engine.crm.models import CrmOutboxItem
     from engine.leads.models import Lead
     from engine.sales.models import SalesNotification
     from engine.sales.queue import mql_queue, queue_entry
@@ -417,7 +437,9 @@ def _print_handoff(app: AppContext, *, now: datetime) -> None:
                           f"{score - lead.fit_score:.0f}", f"{score:.0f}", lead.stage)
         console.print(table)
         notes = session.scalars(select(SalesNotification).order_by(SalesNotification.at)).all()
-        console.print(f"{len(notes)} sales notification(s); CRM outbox has one item per MQL")
+        crm = session.scalar(select(func.count()).select_from(CrmOutboxItem))
+        console.print(f"{len(notes)} sales notification(s); {crm} CRM outbox item(s) (one per "
+                      "stage change and buying signal)")
         for note in notes[:5]:
             email = (f"emailed to {note.recipient}" if note.status == "sent"
                      else f"email {note.status}")

@@ -6,8 +6,10 @@ drainer, then scoring routes the hottest leads to sales."""
 from __future__ import annotations
 
 import http.client
+import http.cookiejar
 import random
 import threading
+import urllib.request
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Self
@@ -98,6 +100,40 @@ class Audience:
             return response.status, response.getheader("Location")
         finally:
             connection.close()
+
+
+# People who find the demo page through an ad, a partner's listing or a post, and ask for a
+# demo: each becomes a lead with the source of its visit and the consent it gave.
+VISITORS = (
+    ({"utm_source": "linkedin", "utm_medium": "social", "utm_campaign": "q4-demo"},
+     {"first_name": "Mira", "last_name": "Kovac", "company": "Northwind",
+      "job_title": "Head of IT Operations", "team_size": "14", "news": "yes"}),
+    ({"utm_source": "g2", "utm_medium": "review-site", "utm_campaign": "cloud-compare"},
+     {"first_name": "Tomas", "last_name": "Berg", "company": "Fabrikam",
+      "job_title": "CFO", "team_size": "3"}),
+    ({"utm_source": "google", "utm_medium": "cpc", "utm_campaign": "brand"},
+     {"first_name": "Lena", "last_name": "Ortiz", "company": "Contoso",
+      "job_title": "Infrastructure Manager", "team_size": "40", "news": "yes"}),
+)
+
+
+def fill_demo_forms(base_url: str, program: str) -> list[str]:
+    """Each visitor opens the demo page from its campaign link (a browser of its own, with
+    cookies) and posts the form with the page's CSRF token. Returns the emails captured."""
+    captured = []
+    for params, fields in VISITORS:
+        browser = urllib.request.build_opener(
+            urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+        url = f"{base_url}/p/{program}/demo?{urlencode(params)}"
+        page = browser.open(urllib.request.Request(url, headers={"User-Agent": BROWSER}),
+                            timeout=10).read().decode()
+        token = BeautifulSoup(page, "html.parser").find("input", {"name": "csrf_token"})["value"]
+        email = f"{fields['first_name'].lower()}@{fields['company'].lower()}.example"
+        body = urlencode({"csrf_token": token, "email": email, **fields}).encode()
+        browser.open(urllib.request.Request(url, data=body, headers={"User-Agent": BROWSER}),
+                     timeout=10).read()
+        captured.append(email)
+    return captured
 
 
 class _QuietHandler(WSGIRequestHandler):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 from sqlalchemy import create_engine, func, inspect, select
@@ -27,9 +28,16 @@ def test_demo_loads_imports_simulates_and_summarises(cli, db, env, tmp_path, mon
     assert re.search(r"QA passed: 0 blockers, \d+ warning", out)
     assert "launched Acme Cloud perpetual nurture v1" in out
     assert "told sales@acme.example, support@acme.example what the program does" in out
+    # Visitors from campaigns filled in the demo form: leads with their source and consent,
+    # handed to sales by the demo request (tests/test_lifecycle.py has the rest of the story).
+    assert re.search(r"mira@northwind\.example +Head of IT Operations +source "
+                     r"social/linkedin/q4-demo, consent given, stage mql", out)
+    assert re.search(r"tomas@fabrikam\.example +CFO +source review-site/g2/cloud-compare, "
+                     r"consent not given, stage mql", out)
+    assert re.search(r"\d+ CRM outbox item\(s\) \(one per stage change", out)
     # Sales heard of each MQL and trigger by email (the sample's sales team).
     emailed = re.search(r"sales notifications emailed: (\d+) \(to sales@acme\.example", out)
-    notified = re.search(r"(\d+) sales notification\(s\)", out.split("6. Scores")[1])
+    notified = re.search(r"(\d+) sales notification\(s\)", out.split("7. Scores")[1])
     assert emailed and emailed.group(1) == notified.group(1) != "0"
     assert "(emailed to sales@acme.example)" in out
     # Everything is in the demo's own instance: the configured database and instance directory
@@ -56,16 +64,20 @@ def test_demo_loads_imports_simulates_and_summarises(cli, db, env, tmp_path, mon
     # people clicked tracked links over HTTP; scoring handed the hottest to sales
     assert re.search(r"tracking: \d+ requests to http://127\.0\.0\.1:\d+", out)
     assert re.search(r"tracked by people: \d+ clicks, \d+ opens", out)
-    assert re.search(r"[1-9]\d* sales notification\(s\)", out.split("6. Scores")[1])
+    assert re.search(r"[1-9]\d* sales notification\(s\)", out.split("7. Scores")[1])
     assert "the timeline sales sees" in out
     queue = cli("sales", "queue", "--json")  # on the demo's instance, as the demo says
     assert queue.exit_code == 0 and '"email"' in queue.stdout
     again = cli("demo", "--leads", "40", "--days", "30", "--instance", own)
     assert "already launched at its current version" in again.stdout
-    # Importing twice changes nothing; a lead scoring made an MQL meanwhile is not sent back
-    # to the file's stage (that row is rejected with the illegal transition named).
-    assert re.search(r"created 0, updated 0, rejected [3-9]\b", again.stdout)
-    assert "sink: 0 message(s) received" in again.stdout  # nothing is sent twice
+    # Importing again creates nothing; a lead that moved on meanwhile (an MQL, an engaged lead)
+    # is not sent back to the file's stage where the transition table forbids it (that row is
+    # rejected with the illegal transition named).
+    assert re.search(r"created 0, updated \d+, rejected [3-9]\b", again.stdout)
+    sent = [(m["rcpt_tos"][0], m["subject"]) for m in json.loads(
+        cli("inbox", "--json", "--limit", "100000").stdout)
+        if not m["subject"].startswith(("[PROOF]", "Launched:", "Sales alert:"))]
+    assert len(sent) == len(set(sent))  # nothing is sent twice
 
 
 def test_db_upgrade_creates_the_schema(cli, tmp_path, monkeypatch):

@@ -191,7 +191,8 @@ def test_hostile_visit_parameters_are_left_out_not_refused(client, db):
 # -- 3. one path for every field change ---------------------------------------------------------
 
 def one_field_short(db, email: str) -> int:
-    """A lead scoring 58 (CIO: 15; two clicks: 20; a pricing visit: 23) with no company."""
+    """A lead scoring 58 (CIO: 15; two clicks: 20; a pricing visit: 23) with no company: an
+    engaged lead (the sample advances a lead that clicks)."""
     lead_id = make_lead(db, email, title="CIO")
     now = utcnow()
     with db.session() as s:
@@ -199,7 +200,7 @@ def one_field_short(db, email: str) -> int:
         for kind, detail in (("click", "welcome_it"), ("click", "guide_it"),
                              ("page_view", "pricing")):
             response(s, lead, kind, detail, now)
-        assert lead.stage == "inquiry"
+        assert lead.stage == "engaged"
     return lead_id
 
 
@@ -341,3 +342,37 @@ def test_events_are_for_marketers_and_sales_not_reviewers(api, db):
                json={"kind": "opened"}).status_code == 201
     assert api("sales", "POST", "/api/v1/leads/99999/events",
                json={"kind": "opened"}).status_code == 404
+
+
+# -- 9. advance rules, live ---------------------------------------------------------------------
+
+def test_a_click_advances_the_lead_through_the_transition_table_saying_which_rule(api, db):
+    lead_id = make_lead(db, title="CIO")
+    answer = api("marketer", "POST", f"/api/v1/leads/{lead_id}/events",
+                 json={"kind": "clicked", "detail": "welcome_it"})
+    assert answer.status_code == 201
+    [change] = rows(db, StageChange, lead_id=lead_id, to_stage="engaged")
+    assert (change.from_stage, change.reason, change.actor) == (
+        "inquiry", "advance inquiry -> engaged on click", "advance")
+    [item] = rows(db, CrmOutboxItem, lead_id=lead_id)
+    assert (item.payload["to"], item.payload["reason"]) == ("engaged", change.reason)
+    [enrollment] = rows(db, Enrollment, lead_id=lead_id)
+    assert enrollment.track == "it_manager/engaged"
+    api("marketer", "POST", f"/api/v1/leads/{lead_id}/events", json={"kind": "opened"})
+    assert len(rows(db, StageChange, lead_id=lead_id)) == 2  # an open advances nobody
+
+
+def test_a_lead_quiet_for_90_days_is_recycled_by_the_idle_rule(cli, db, loaded_program):
+    lead_id = make_lead(db, title="CIO")
+    with db.session() as s:
+        response(s, s.get(Lead, lead_id), "click", "welcome_it", utcnow())  # now engaged
+    soon = (utcnow() + timedelta(days=89)).isoformat()
+    assert "0 lead(s) moved" in cli("leads", "advance", "--at", soon, "--record").output
+    later = (utcnow() + timedelta(days=91)).isoformat()
+    preview = cli("leads", "advance", "--at", later)
+    assert "ada@globex.example: advance engaged -> recycled after 90d without a response" \
+        in preview.output and "a preview: nothing stored" in preview.output
+    assert rows(db, Lead, id=lead_id)[0].stage == "engaged"
+    assert "1 lead(s) moved" in cli("leads", "advance", "--at", later, "--record").output
+    assert rows(db, Lead, id=lead_id)[0].stage == "recycled"
+    assert "0 lead(s) moved" in cli("leads", "advance", "--at", later, "--record").output

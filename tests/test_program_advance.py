@@ -109,9 +109,9 @@ def test_stored_versions_keep_kind_goal_and_rules_and_old_ones_load_without(tmp_
      "advance 1: missing 'to' (the stage to move to)"),
     ("advance:\n  - {from: inquiry, to: won, on: click}\n", "to: won",
      "advance 1: unknown stage 'won' (expected one of inquiry,"),
-    ("advance:\n  - from: customer\n    to: inquiry\n    idle: 90d\n", "to: inquiry",
-     ("advance 1: illegal stage change customer -> inquiry (from customer: opportunity, "
-     "recycled)")),
+    ("advance:\n  - from: engaged\n    to: inquiry\n    idle: 90d\n", "to: inquiry",
+     ("advance 1: illegal stage change engaged -> inquiry (from engaged: disqualified, mql, "
+     "recycled, sal)")),
     ("advance:\n  - from: [inquiry, disqualified]\n    to: engaged\n    on: click\n", "to: engaged",
      "advance 1: illegal stage change disqualified -> engaged (from disqualified: recycled)"),
     ("advance:\n  - from: [inquiry, engaged]\n    to: engaged\n    on: click\n", "to: engaged",

@@ -27,7 +27,7 @@ STAGES = ("inquiry", "engaged", "mql", "sal", "opportunity", "customer", "recycl
 # README: each stage and the stages it may move to; any other move is refused.
 ALLOWED = {
     "inquiry": {"engaged", "mql", "sal", "recycled", "disqualified"},
-    "engaged": {"inquiry", "mql", "sal", "recycled", "disqualified"},
+    "engaged": {"mql", "sal", "recycled", "disqualified"},
     "mql": {"sal", "recycled", "engaged", "disqualified"},
     "sal": {"opportunity", "recycled", "disqualified"},
     "opportunity": {"customer", "recycled", "disqualified"},

@@ -111,14 +111,17 @@ def store_tracking_events(batch: int = 500) -> int:
 
 
 def check_slas() -> str:
-    """The daily SLA check: record breaches, escalate, enroll stalled opportunities."""
+    """The daily lifecycle check: record SLA breaches, escalate, enroll stalled opportunities;
+    move the leads an `advance` idle rule applies to."""
+    from engine.flows.leads import advance_idle
     from engine.sales.sla import check_slas as check
     from worker.scheduler import SLA_DONE_KEY, SLA_QUEUED_KEY
 
     now = utcnow()
     with _database().session() as session:
         result = check(session=session, now=now)
+        moved = advance_idle(session=session, now=now)
     redis = redis_connection(Settings.from_env())
     redis.set(f"{SLA_DONE_KEY}:{now.date().isoformat()}", 1, ex=2 * 86400)
     redis.delete(SLA_QUEUED_KEY)
-    return str(result)
+    return f"{result}; {len(moved)} lead(s) moved by idle rules"

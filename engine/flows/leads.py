@@ -17,16 +17,19 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from engine.errors import Invalid
 from engine.journeys.decide import Event, EventKind
+from engine.journeys.models import Enrollment
 from engine.journeys.service import apply_event, enroll, lead_enrollments, sync_persona
 from engine.leads.fields import clean_value
-from engine.leads.models import Lead, StageChange
+from engine.leads.models import Lead, LeadEvent, StageChange
 from engine.leads.service import set_stage, write_lead
+from engine.programs.advance import advancement
 from engine.programs.spec import Program
-from engine.programs.store import program_at, running_program
+from engine.programs.store import list_programs, program_at, running_program, running_version
 from engine.sales.service import enroll_elsewhere, hand_to_sales
 from engine.scoring.models import ScoreEvent
 from engine.scoring.rules import is_mql, matching_triggers
@@ -112,6 +115,8 @@ def respond(*, session: Session, lead: Lead, kind: EventKind, detail: str | None
             awards = score_response(session=session, lead=lead, program=program,
                                     kind=scored_as, detail=detail, now=now,
                                     tracking_event_id=tracking_event_id)
+    if scored_as:
+        _advance_on(session, lead, scored_as, detail, now)
     route(session=session, lead=lead, program=program, kind=scored_as, detail=detail, now=now)
     return awards
 
@@ -167,6 +172,57 @@ def _check_detail(session: Session, lead: Lead, kind: EventKind, detail: str | N
     if detail not in known:
         listed = ", ".join(sorted(known)[:20]) or "none: the lead is in no program"
         raise Invalid(f"no {what} {detail!r} in the lead's programs ({listed})", field="detail")
+
+
+def _advance_on(session: Session, lead: Lead, kind: str, detail: str | None,
+                now: datetime) -> None:
+    """The first `advance` rule of the lead's programs (in the order it joined them) that this
+    response fires moves its stage, recorded with the rule in words."""
+    for enrollment in lead_enrollments(session=session, lead_id=lead.id):
+        program = program_at(session, enrollment.program_id, enrollment.program_version)
+        found = advancement(program.advance, stage=lead.stage, event_kind=kind, detail=detail,
+                            now=now)
+        if found is not None:
+            set_stage(session=session, lead=lead, stage=found.to, reason=found.reason,
+                      actor="advance", now=now)
+            return
+
+
+def advance_idle(*, session: Session, now: datetime) -> list[tuple[Lead, str]]:
+    """The `idle` advance rules of every running program, for the leads enrolled in it: a lead
+    without a response for the rule's time (counted from its last response or its entering the
+    stage, whichever is later) moves, recorded with the rule in words, then is routed.
+    Idempotent: a moved lead is in another stage, where the clock starts again. Returns the
+    leads moved and why."""
+    moved = []
+    responded = (select(LeadEvent.lead_id, func.max(LeadEvent.at).label("at"))
+                 .where(LeadEvent.category == "event",
+                        LeadEvent.kind.in_([str(kind) for kind in RESPONSES]))
+                 .group_by(LeadEvent.lead_id).subquery())
+    entered = (select(StageChange.lead_id, func.max(StageChange.at).label("at"))
+               .group_by(StageChange.lead_id).subquery())
+    for record in list_programs(session=session):
+        if record.current_version is None:
+            continue
+        program = program_at(session, record.id, running_version(record))
+        stages = {stage for rule in program.advance if rule.idle for stage in rule.from_stages}
+        if not stages:
+            continue
+        rows = session.execute(
+            select(Lead, responded.c.at, entered.c.at)
+            .join(Enrollment, (Enrollment.lead_id == Lead.id)
+                  & (Enrollment.program_id == record.id))
+            .outerjoin(responded, responded.c.lead_id == Lead.id)
+            .outerjoin(entered, entered.c.lead_id == Lead.id)
+            .where(Lead.stage.in_(sorted(stages))).order_by(Lead.id)).all()
+        for lead, last_response, since in rows:
+            found = advancement(program.advance, stage=lead.stage, event_kind=None,
+                                last_response_at=last_response, stage_since=since, now=now)
+            if found is not None:
+                change_stage(session=session, lead=lead, stage=found.to, reason=found.reason,
+                             actor="advance", now=now)
+                moved.append((lead, found.reason))
+    return moved
 
 
 def change_stage(*, session: Session, lead: Lead, stage: str, reason: str, actor: str,

@@ -229,6 +229,30 @@ def _detail(detail: dict, actor: str) -> str:
     return ", ".join(parts + [f"by {actor}"])
 
 
+@leads.command("advance")
+@click.option("--at", "at", help="As of this ISO time (default: now); a future time only "
+              "previews, unless --record is given.")
+@click.option("--record", is_flag=True, help="With a future --at, store the moves.")
+@pass_app
+def advance_command(app: AppContext, at: str | None, record: bool) -> None:
+    """Apply the programs' idle `advance` rules: each lead without a response for a rule's
+    time moves stage, recorded with the rule in words (the scheduler's daily check does this
+    too; running it again moves nobody twice). A future --at previews and stores nothing."""
+    now = utcnow()
+    when = parse_at(at) if at else now
+    preview = when > now and not record
+    with app.db.sessionmaker() as session:  # closing it uncommitted rolls back
+        moved = [(lead.email, reason)
+                 for lead, reason in pipeline.advance_idle(session=session, now=when)]
+        if not preview:
+            session.commit()
+    for email, reason in moved:
+        console.print(f"{email}: {reason}")
+    console.print(f"{len(moved)} lead(s) moved" + (
+        f" at {when.isoformat()} (a preview: nothing stored; --record to store it)"
+        if preview else ""))
+
+
 @leads.command("event")
 @click.argument("email")
 @click.argument("kind", type=click.Choice([str(k) for k in pipeline.RESPONSES]))

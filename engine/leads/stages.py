@@ -22,7 +22,7 @@ STAGES: tuple[str, ...] = tuple(stage.value for stage in Stage)
 
 TRANSITIONS: dict[str, frozenset[str]] = {
     "inquiry": frozenset({"engaged", "mql", "sal", "recycled", "disqualified"}),
-    "engaged": frozenset({"inquiry", "mql", "sal", "recycled", "disqualified"}),  # gone cold
+    "engaged": frozenset({"mql", "sal", "recycled", "disqualified"}),
     "mql": frozenset({"sal", "engaged", "recycled", "disqualified"}),
     "sal": frozenset({"opportunity", "recycled", "disqualified"}),  # rejected by sales: recycled
     "opportunity": frozenset({"customer", "recycled", "disqualified"}),  # closed won / lost
