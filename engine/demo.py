@@ -342,7 +342,7 @@ def _deliver_through_sink(app: AppContext, *, web, clock: _SimulatedClock, days:
     from engine.sending.compose import Signing
     from engine.sending.delivery import DeliveryOptions, deliver_due
     from engine.sending.inbox import list_messages, read_message
-    from engine.sending.transport import transport_from_settings
+    from engine.sending.smtp import transport_from_settings
 
     end = clock.now + timedelta(days=days)
     totals: Counter = Counter()

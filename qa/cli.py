@@ -214,7 +214,7 @@ def _pending(app: AppContext, program: str):
 
 def _notify(app: AppContext, spec, by: str, now) -> None:
     from engine.launch.service import launch_notice
-    from engine.sending.transport import transport_from_settings
+    from engine.sending.smtp import transport_from_settings
 
     transport = transport_from_settings(app.settings)
     try:

@@ -15,7 +15,7 @@ from engine.cli_context import AppContext, console, echo_json, err_console, pass
 from engine.db import utcnow
 from engine.launch.approvals import AssetApproval, approval_status
 from engine.launch.proofs import SentProofs, proof_dict, send_proofs
-from engine.sending.transport import transport_from_settings
+from engine.sending.smtp import transport_from_settings
 
 
 def split_addresses(value: str) -> list[str]:

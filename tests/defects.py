@@ -53,3 +53,25 @@ def planted(name: str) -> Path:
             raise AssertionError(f"{name}: {old!r} is no longer in the sample's {file}")
         path.write_text(text.replace(old, new, 1))
     return directory
+
+
+def drop_advance(directory: Path) -> Path:
+    """Remove a program's `advance:` rules, in place. For tests of scoring, sales and tracking
+    mechanics, where a click must leave the lead's stage alone (tests/test_lifecycle.py and
+    tests/test_program_advance.py cover the rules, with the sample as shipped)."""
+    path = directory / "program.yaml"
+    lines = path.read_text().splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if line.startswith("advance:")), None)
+    if start is not None:
+        end = next((i for i in range(start + 1, len(lines))
+                    if lines[i].strip() and not lines[i].startswith(" ")), len(lines))
+        path.write_text("".join(lines[:start] + lines[end:]))
+    return directory
+
+
+@cache
+def without_advance() -> Path:
+    """A copy of the sample without its advance rules (see drop_advance)."""
+    directory = _ROOT / "without-advance"
+    shutil.copytree(SAMPLE, directory)
+    return drop_advance(directory)

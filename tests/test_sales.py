@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from defects import drop_advance
 from responses import response
 from sqlalchemy import select
 
@@ -29,8 +30,9 @@ IT_DIRECTOR = {"title": "IT Director", "company": "Globex"}  # it_manager person
 
 
 def load(db, directory: Path, now: datetime = MONDAY) -> None:
+    """The program without its advance rules: here a click scores and leaves the stage alone."""
     with db.session() as s:
-        load_program(session=s, directory=directory, now=now)
+        load_program(session=s, directory=drop_advance(directory), now=now)
 
 
 def add_lead(db, email: str, now: datetime = MONDAY, **fields) -> int:

@@ -14,6 +14,7 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from defects import drop_advance
 from sqlalchemy import func, select
 
 from engine.auth.service import ROLES, create_key
@@ -58,7 +59,8 @@ def clock(monkeypatch):
 @pytest.fixture
 def app(env, clock, db, sample_program):
     with db.session() as s:
-        load_program(session=s, directory=sample_program, now=MONDAY - timedelta(days=1))
+        load_program(session=s, directory=drop_advance(sample_program),  # clicks only score
+                     now=MONDAY - timedelta(days=1))
     app = create_app()
     yield app
     app.extensions["nurture.db"].dispose()

@@ -9,6 +9,7 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from defects import drop_advance
 from redis import exceptions as redis_errors
 from sqlalchemy import func, select
 
@@ -44,7 +45,7 @@ ESCALATE_TO = "sales-manager@acme.example"  # the sample's sla.escalate_to
 @pytest.fixture(autouse=True)
 def program(env, db, sample_program, monkeypatch):
     with db.session() as s:
-        load_program(session=s, directory=sample_program, now=MONDAY - DAY)
+        load_program(session=s, directory=drop_advance(sample_program), now=MONDAY - DAY)
     monkeypatch.setattr("engine.sales.cli.utcnow", lambda: ACCEPTED_AT)
 
 

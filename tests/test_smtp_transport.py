@@ -15,14 +15,8 @@ from smtp_sink import REPLIES, nurture_message, without_trace
 from engine.config import Settings
 from engine.sending.inbox import list_messages
 from engine.sending.sink import Sink, free_port
-from engine.sending.smtp import SMTPTransport, envelope
-from engine.sending.transport import (
-    Outcome,
-    SendResult,
-    Stage,
-    Transport,
-    transport_from_settings,
-)
+from engine.sending.smtp import SMTPTransport, envelope, transport_from_settings
+from engine.sending.transport import Outcome, SendResult, Stage, Transport
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from urllib.parse import quote, urlsplit
 
 import pytest
 from conftest import SAMPLE_PROGRAM, _backends
+from defects import without_advance
 from launching import launch_all
 from sqlalchemy import create_engine, select, text
 
@@ -113,7 +114,8 @@ def world(request, tmp_path_factory, sqlite_template) -> Iterator[World]:
         url = request.getfixturevalue("postgres_url")
     db = Database(url)
     with db.session() as s:
-        load_program(session=s, directory=SAMPLE_PROGRAM, now=MONDAY - timedelta(days=1))
+        # without its advance rules: here a click is measured, it moves no stage
+        load_program(session=s, directory=without_advance(), now=MONDAY - timedelta(days=1))
         launch_all(s)
     settings = Settings(instance_path=tmp / "instance", database_url=url, redis_url=None,
                         secret_key=SECRET, base_url=BASE_URL)

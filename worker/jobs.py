@@ -18,8 +18,9 @@ from engine.sending.compose import Signing
 from engine.sending.delivery import DeliveryOptions, DeliveryReport, deliver_due
 from engine.sending.outbox import LEASE
 from engine.sending.policy import FrequencyCap
+from engine.sending.smtp import transport_from_settings
 from engine.sending.throttle import RedisThrottle
-from engine.sending.transport import Transport, transport_from_settings
+from engine.sending.transport import Transport
 from engine.tracking.buffer import EventBuffer
 
 SEND_BATCH = 200

@@ -29,7 +29,15 @@ from email.utils import getaddresses, parseaddr
 from typing import Self
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from engine.sending.transport import Outcome, RecipientResult, SendResult, Stage, classify
+from engine.config import Settings
+from engine.sending.transport import (
+    Outcome,
+    RecipientResult,
+    SendResult,
+    Stage,
+    Transport,
+    classify,
+)
 
 DEFAULT_TIMEOUT = 30.0
 IDLE_CHECK_SECONDS = 30.0
@@ -274,3 +282,10 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, smtplib.SMTPResponseException):
         return f"{type(exc).__name__}: {exc.smtp_code} {_text(exc.smtp_error)}"
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def transport_from_settings(settings: Settings) -> Transport:
+    """SMTP_URL when set; otherwise the local sink (`nurture sink`) on the configured port."""
+    if settings.smtp_url:
+        return SMTPTransport.from_url(settings.smtp_url)
+    return SMTPTransport(host=settings.sink_host, port=settings.sink_port)

@@ -12,10 +12,7 @@ import re
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from enum import StrEnum
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
-
-if TYPE_CHECKING:
-    from engine.config import Settings
+from typing import Protocol, runtime_checkable
 
 
 class Outcome(StrEnum):
@@ -157,12 +154,3 @@ class Transport(Protocol):
     def send(self, message: EmailMessage) -> SendResult: ...
 
     def close(self) -> None: ...
-
-
-def transport_from_settings(settings: Settings) -> Transport:
-    """SMTP_URL when set; otherwise the local sink (`nurture sink`) on the configured port."""
-    from engine.sending.smtp import SMTPTransport
-
-    if settings.smtp_url:
-        return SMTPTransport.from_url(settings.smtp_url)
-    return SMTPTransport(host=settings.sink_host, port=settings.sink_port)

@@ -37,7 +37,7 @@ from engine.launch.models import Proof
 from engine.launch.proofs import MAX_REVIEWERS, proof_dict, send_proofs
 from engine.programs.loader import SLUG
 from engine.programs.store import current_program
-from engine.sending.transport import transport_from_settings
+from engine.sending.smtp import transport_from_settings
 from engine.web.api import json_body
 from engine.web.auth import require
 from engine.web.csrf import Csrf
