@@ -141,3 +141,14 @@ def leads_cli_clock(monkeypatch):
     minute later at each reading, so that a rewritten timestamp would show."""
     times = (datetime(2026, 3, 2, 6, 0, tzinfo=UTC) + timedelta(minutes=n) for n in count())
     monkeypatch.setattr("engine.leads.cli.utcnow", lambda: next(times))
+
+
+@pytest.fixture
+def keys(db) -> dict[str, str]:
+    """One API key per role, named "<role> bot": {"admin": "nur_...", ...}."""
+    from engine.auth.service import ROLES, create_key
+    from engine.db import utcnow
+
+    with db.session() as s:
+        return {role: create_key(session=s, role=role, name=f"{role} bot", now=utcnow())[1]
+                for role in ROLES}

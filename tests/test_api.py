@@ -28,14 +28,6 @@ def client(app):
     return app.test_client()
 
 
-@pytest.fixture
-def keys(db) -> dict[str, str]:
-    """One key per role, named after it: {"admin": "nur_...", ...}."""
-    made = {}
-    with db.session() as s:
-        for role in ROLES:
-            made[role] = create_key(session=s, role=role, name=f"{role} bot", now=utcnow())[1]
-    return made
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import pytest
 from responses import response
 from sqlalchemy import func, select
 
-from engine.auth.service import create_key
 from engine.crm.models import CrmOutboxItem
 from engine.db import utcnow
 from engine.flows.leads import change_stage, upsert_lead
@@ -42,12 +41,8 @@ def client(app):
 
 
 @pytest.fixture
-def api(app, db):
+def api(app, keys):
     """api(role, method, path, json=...): a request with a key of that role."""
-    keys = {}
-    with db.session() as s:
-        for role in ("admin", "marketer", "sales", "reviewer"):
-            keys[role] = create_key(session=s, role=role, name=f"{role} bot", now=utcnow())[1]
     client = app.test_client()
 
     def call(role: str, method: str, path: str, **kwargs):

@@ -12,8 +12,6 @@ import pytest
 from sqlalchemy import func, select
 
 from engine.assets.service import upload
-from engine.auth.service import ROLES, create_key
-from engine.db import utcnow
 from engine.launch.approvals import REVIEW_PURPOSE, approval_status, reviewer_digest
 from engine.launch.models import Approval, Proof
 from engine.launch.proofs import send_proofs
@@ -289,13 +287,6 @@ def _any_csrf(client, sink) -> str:
 
 # -- the API ------------------------------------------------------------------------------------
 
-@pytest.fixture
-def keys(db) -> dict[str, str]:
-    made = {}
-    with db.session() as s:
-        for role in ROLES:
-            made[role] = create_key(session=s, role=role, name=f"{role} bot", now=utcnow())[1]
-    return made
 
 
 def call(client, keys, role: str | None, method: str, path: str, **kwargs):

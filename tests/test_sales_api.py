@@ -17,9 +17,8 @@ import pytest
 from defects import drop_advance
 from sqlalchemy import func, select
 
-from engine.auth.service import ROLES, create_key
+from engine.auth.service import ROLES
 from engine.crm.models import CrmOutboxItem
-from engine.db import utcnow
 from engine.flows.leads import upsert_lead
 from engine.flows.tracking import store_events
 from engine.leads.models import Lead, StageChange
@@ -66,13 +65,6 @@ def app(env, clock, db, sample_program):
     app.extensions["nurture.db"].dispose()
 
 
-@pytest.fixture
-def keys(db) -> dict[str, str]:
-    made = {}
-    with db.session() as s:
-        for role in ROLES:
-            made[role] = create_key(session=s, role=role, name=f"{role} bot", now=utcnow())[1]
-    return made
 
 
 @pytest.fixture
