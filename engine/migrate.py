@@ -9,6 +9,9 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
+# Every table mapped before a session flushes: a model's foreign key may name a table whose
+# module the caller never imported.
+import engine.models  # noqa: F401
 from engine.config import Settings
 from engine.db import Database
 

@@ -371,3 +371,18 @@ def test_a_lead_quiet_for_90_days_is_recycled_by_the_idle_rule(cli, db, loaded_p
     assert "1 lead(s) moved" in cli("leads", "advance", "--at", later, "--record").output
     assert rows(db, Lead, id=lead_id)[0].stage == "recycled"
     assert "0 lead(s) moved" in cli("leads", "advance", "--at", later, "--record").output
+
+
+def test_recording_an_event_works_in_a_fresh_process(cli, db, env, loaded_program):
+    """As a user runs it: a new interpreter that imported only what the command needs."""
+    import os
+    import subprocess
+    import sys
+
+    make_lead(db, title="CIO")
+    done = subprocess.run([sys.executable, "-m", "engine.cli", "leads", "event",
+                           "ada@globex.example", "consumed", "--detail", "guide_it"],
+                          capture_output=True, text=True, env=os.environ, timeout=60,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "consumed guide_it recorded, +10 points" in done.stdout
