@@ -1,5 +1,6 @@
-"""Helpers for sending tests: the sink's test replies, a message like the engine's, and the
-stored file without the sink's trace headers. Each test module starts its own real sink:
+"""Helpers for sending tests: the sink's test replies, a message like the engine's, the
+stored file without the sink's trace headers, and a disk under the sink that fills up or fails.
+Each test module starts its own real sink:
 
     @pytest.fixture
     def sink(tmp_path):
@@ -9,6 +10,9 @@ stored file without the sink's trace headers. Each test module starts its own re
 
 from __future__ import annotations
 
+import errno
+import os
+import threading
 from email import policy
 from email.message import EmailMessage
 from email.utils import make_msgid
@@ -47,3 +51,90 @@ def without_trace(stored: bytes) -> bytes:
                                   or lines[start][:1] in (b" ", b"\t")):
         start += 1
     return b"\r\n".join(lines[start:])
+
+
+class SinkDisk:
+    """The disk under one directory, filling up or failing for the real system calls made there.
+
+    Wraps os.open, os.write, os.fsync and os.ftruncate (with pytest's monkeypatch), the calls
+    the sink stores with; calls on other files pass through untouched. `fill(room=N)` lets N
+    more bytes be written and then behaves like a full disk: a write that does not fit writes
+    what fits and returns a short count, the next one raises ENOSPC (EDQUOT with `code`).
+    `fail(op, ...)` makes some calls of one operation raise. `free()` ends both.
+    """
+
+    def __init__(self, monkeypatch, directory) -> None:
+        self.directory = os.path.realpath(directory)
+        self.room: int | None = None
+        self.code = errno.ENOSPC
+        self.failures: dict[str, list[int | None]] = {}
+        self.refused = 0  # calls that raised
+        self._fds: set[int] = set()
+        self._lock = threading.Lock()
+        real = {name: getattr(os, name) for name in ("open", "write", "fsync", "ftruncate",
+                                                     "close")}
+
+        def open_(path, flags, mode=0o777, *, dir_fd=None):
+            if not self._inside(path):
+                return real["open"](path, flags, mode, dir_fd=dir_fd)
+            with self._lock:
+                self._raise_if_armed("open")
+                fd = real["open"](path, flags, mode, dir_fd=dir_fd)
+                self._fds.add(fd)
+            return fd
+
+        def write(fd, data):
+            if fd in self._fds:
+                with self._lock:
+                    self._raise_if_armed("write")
+                    if self.room is not None:
+                        if self.room == 0:
+                            self._raise(self.code)
+                        data = memoryview(data)[:self.room]
+                        self.room -= len(data)
+            return real["write"](fd, data)
+
+        def checked(name):
+            def call(fd, *args):
+                if fd in self._fds:
+                    with self._lock:
+                        self._raise_if_armed(name)
+                return real[name](fd, *args)
+            return call
+
+        def close(fd):
+            with self._lock:
+                self._fds.discard(fd)
+            return real["close"](fd)
+
+        for name, wrapper in (("open", open_), ("write", write), ("fsync", checked("fsync")),
+                              ("ftruncate", checked("ftruncate")), ("close", close)):
+            monkeypatch.setattr(os, name, wrapper)
+
+    def fill(self, room: int = 0, code: int = errno.ENOSPC) -> None:
+        self.room, self.code = room, code
+
+    def fail(self, op: str, times: int = 1, code: int = errno.EIO, *, after: int = 0) -> None:
+        """The `times` calls of `op` ("open", "write", "fsync", "ftruncate") after the next
+        `after` ones raise OSError(code)."""
+        self.failures[op] = [None] * after + [code] * times
+
+    def free(self) -> None:
+        self.room = None
+        self.failures.clear()
+
+    def _inside(self, path) -> bool:
+        if isinstance(path, int):
+            return False
+        path = os.path.realpath(os.fsdecode(path))
+        return path == self.directory or os.path.dirname(path) == self.directory
+
+    def _raise_if_armed(self, op: str) -> None:
+        if self.failures.get(op):
+            code = self.failures[op].pop(0)
+            if code is not None:
+                self._raise(code)
+
+    def _raise(self, code: int) -> None:
+        self.refused += 1
+        raise OSError(code, os.strerror(code))

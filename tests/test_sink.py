@@ -187,3 +187,11 @@ def test_sink_command_runs_until_interrupted(tmp_path):
 def test_sink_command_reports_a_busy_port(sink, run):
     result = run("sink", "--port", sink.port, "--dir", sink.directory)
     assert result.exit_code == 1 and "cannot listen" in result.output
+
+
+def test_sink_command_refuses_a_directory_it_cannot_store_in(tmp_path, run):
+    (tmp_path / "a-file").write_text("")
+    result = run("sink", "--port", free_port(), "--dir", tmp_path / "a-file" / "sink")
+    assert result.exit_code == 1, result.output
+    assert f"cannot store messages in {tmp_path / 'a-file' / 'sink'}: Not a directory" in (
+        result.output)

@@ -38,6 +38,8 @@ def sink(app: AppContext, host: str | None, port: int | None, directory: str | N
     """Run a local SMTP server that accepts every message and stores it (until Ctrl-C).
 
     When SMTP_URL is unset, the engine sends here. Read what arrived with `nurture inbox`.
+    A message is synced to disk before it is answered 250; one that cannot be stored (disk
+    full: 452 4.3.1, any other error: 451 4.3.0) is refused for now, and the sender retries.
     """
     from engine.sending.sink import Sink, parse_reply_rule
 
@@ -45,8 +47,13 @@ def sink(app: AppContext, host: str | None, port: int | None, directory: str | N
         rules = dict(parse_reply_rule(rule) for rule in replies)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--reply") from exc
-    server = Sink(_sink_dir(app, directory), host or app.settings.sink_host,
-                  port or app.settings.sink_port, replies=rules)
+    sink_dir = _sink_dir(app, directory)
+    try:
+        server = Sink(sink_dir, host or app.settings.sink_host, port or app.settings.sink_port,
+                      replies=rules)
+    except OSError as exc:
+        raise click.ClickException(f"cannot store messages in {sink_dir}: "
+                                   f"{exc.strerror or exc}") from exc
     try:
         server.start()
     except OSError as exc:
@@ -65,7 +72,10 @@ def sink(app: AppContext, host: str | None, port: int | None, directory: str | N
             pass
     finally:
         server.stop()
-    err_console.print(f"stopped; {server.handler.received} message(s) received")
+    handler = server.handler
+    deferred = (f", {handler.deferred} answered 4xx (not stored, the sender retries)"
+                if handler.deferred else "")
+    err_console.print(f"stopped; {handler.received} message(s) received{deferred}")
 
 
 @click.group(invoke_without_command=True)

@@ -1,7 +1,9 @@
 """Reading the local sink's store: an index of JSON lines and one `.eml` file per message.
 
 The sink (engine.sending.sink) appends one line to `index.jsonl` after the message's file has
-been renamed into place, so every indexed message can be read in full.
+been synced and renamed into place, so every indexed message can be read in full. Readers go by
+the index only: a `.eml` file without a line (left by a crash, or by a storage error that could
+not be cleaned up) is not a stored message; its sender got no 250 and sends it again.
 """
 
 from __future__ import annotations

@@ -5,12 +5,23 @@
         ...
         assert sink.messages()[0].subject == "Hello"
 
-Each message is written to a temporary file and renamed to `NNNNNN-xxxxxxxx.eml` (so a
-reader never sees half a message), then indexed in `index.jsonl` (see engine.sending.inbox).
-The stored file starts with the sink's own Return-Path and Received lines, followed by the
-message exactly as received.
+Each message is written to a temporary file, synced, renamed to `NNNNNN-xxxxxxxx.eml` (so a
+reader never sees half a message) and the directory synced; then its line is appended to
+`index.jsonl` and synced (see engine.sending.inbox), and only then does the sink answer 250.
+Readers see indexed messages only. The stored file starts with the sink's own Return-Path and
+Received lines, followed by the message exactly as received.
 
-Nothing is refused by default. For tests, `replies` answers a fixed SMTP reply at RCPT for
+A message that cannot be stored is answered with a temporary reply, never a 5xx (which tells
+the sender to drop the message): `452 4.3.1` when the disk or quota is full (ENOSPC, EDQUOT),
+`451 4.3.0` for any other storage error or a bug of ours; the sender retries later. Nothing of
+it stays visible: the temporary file is removed, a partly written index line is cut off, and a
+message whose index line failed has its file removed again. If the index line cannot be cut
+off either (a second failure), the file is kept so that no index entry lacks its file; the
+sender's retry may then store it twice. After a crash between the rename and the index line,
+the `.eml` file is an orphan that readers never see (the sender got no 250 and sends again);
+leftover temporary files are removed when the sink starts.
+
+No recipient is refused by default. For tests, `replies` answers a fixed SMTP reply at RCPT for
 matching recipients: {"bounce@": "550 5.1.1 No such user", "later@example.com": "451 4.3.0
 Try later", "@throttled.example": "421 4.7.28 Slow down"}. A key is a full address, a local
 part ending in "@" or a domain starting with "@".
@@ -19,6 +30,8 @@ part ending in "@" or a domain starting with "@".
 from __future__ import annotations
 
 import asyncio
+import errno
+import logging
 import os
 import re
 import socket
@@ -39,7 +52,12 @@ from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 
 from engine.sending.inbox import INDEX_NAME, StoredMessage, list_messages
 
+log = logging.getLogger(__name__)
+
 SERVER_NAME = "nurture-sink"
+INSUFFICIENT_STORAGE = "452 4.3.1 Insufficient system storage"
+LOCAL_ERROR = "451 4.3.0 Local error in processing"
+_STORAGE_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 _REPLY = re.compile(r"^[2-5]\d\d( .*)?$")
 _HEADER_END = b"\r\n\r\n"
 
@@ -54,12 +72,22 @@ def parse_reply_rule(rule: str) -> tuple[str, str]:
     return pattern, reply
 
 
+def storage_reply(exc: OSError) -> str:
+    """The temporary SMTP reply for a message that could not be stored."""
+    return INSUFFICIENT_STORAGE if exc.errno in _STORAGE_FULL else LOCAL_ERROR
+
+
 class MessageStore:
-    """Writes messages and their index entries; one writer per directory."""
+    """Writes messages and their index entries durably; one writer per directory.
+
+    `add` raises OSError when the message could not be stored, leaving nothing of it visible
+    to readers (see the module docstring)."""
 
     def __init__(self, directory: Path | str) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
+        for leftover in self.directory.glob(".*.tmp"):  # a crash in the middle of a write
+            _remove(leftover)
         existing = list_messages(self.directory)
         self._seq = existing[-1].seq if existing else 0
         self._lock = threading.Lock()
@@ -70,24 +98,101 @@ class MessageStore:
         headers = BytesHeaderParser(policy=policy.default).parsebytes(
             content.split(_HEADER_END, 1)[0] + _HEADER_END)
         with self._lock:
-            self._seq += 1
-            name = f"{self._seq:06d}-{uuid.uuid4().hex[:8]}.eml"
+            seq = self._seq + 1
+            name = f"{seq:06d}-{uuid.uuid4().hex[:8]}.eml"
             trace = (f"Return-Path: <{mail_from}>\r\n"
                      f"Received: from {peer or 'unknown'} by {SERVER_NAME} with SMTP;\r\n"
                      f" {format_datetime(now)}\r\n").encode("utf-8", "replace")
-            temporary = self.directory / f".{name}.tmp"
-            with open(temporary, "wb") as handle:
-                handle.write(trace)
-                handle.write(content)
-            os.replace(temporary, self.directory / name)
             stored = StoredMessage(
-                seq=self._seq, file=name, received_at=now.isoformat(timespec="microseconds"),
+                seq=seq, file=name, received_at=now.isoformat(timespec="microseconds"),
                 mail_from=mail_from, rcpt_tos=tuple(rcpt_tos),
                 subject=_header(headers, "Subject"), message_id=_header(headers, "Message-ID"),
                 size=len(content), peer=peer)
-            with open(self.directory / INDEX_NAME, "a", encoding="utf-8") as index:
-                index.write(stored.to_json() + "\n")
+            path = self.directory / name
+            self._write_file(path, trace + content)
+            try:
+                self._append_index((stored.to_json() + "\n").encode("utf-8"))
+            except _IndexTorn:
+                self._seq = seq  # its line may be readable: keep the file and the number
+                raise
+            except BaseException:
+                _remove(path)
+                raise
+            self._seq = seq
         return stored
+
+    def _write_file(self, path: Path, data: bytes) -> None:
+        """Write to a temporary file, sync it, rename it into place and sync the directory."""
+        temporary = path.with_name(f".{path.name}.tmp")
+        try:
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            try:
+                _write_all(fd, data)
+                os.fsync(fd)
+            finally:
+                _close(fd)
+            os.replace(temporary, path)
+            _sync_directory(self.directory)
+        except BaseException:
+            _remove(temporary)
+            _remove(path)
+            raise
+
+    def _append_index(self, line: bytes) -> None:
+        """Append one line and sync it. On failure the index is cut back to its previous end, so
+        no partial line stays; if even that fails, raises _IndexTorn."""
+        fd = os.open(self.directory / INDEX_NAME,
+                     os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            end = os.lseek(fd, 0, os.SEEK_END)
+            if end and os.pread(fd, 1, end - 1) != b"\n":
+                line = b"\n" + line  # a torn last line (a crash): keep ours readable
+            try:
+                _write_all(fd, line)
+                os.fsync(fd)
+                if not end:
+                    _sync_directory(self.directory)  # the index file was just created
+            except OSError as exc:
+                try:
+                    os.ftruncate(fd, end)
+                except OSError:
+                    raise _IndexTorn(exc.errno, exc.strerror) from exc
+                raise
+        finally:
+            _close(fd)
+
+
+class _IndexTorn(OSError):
+    """The index append failed and its partial line could not be cut off."""
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _sync_directory(directory: Path) -> None:
+    """Make a rename or a new file in `directory` durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        _close(fd)
+
+
+def _close(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass  # after fsync there is nothing left to report; before it, an error is in flight
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass  # cleaning up after a storage error: readers do not see this file anyway
 
 
 def _header(headers, name: str) -> str:
@@ -109,6 +214,7 @@ class SinkHandler:
             self.replies[pattern] = reply
         self.connections = 0
         self.received = 0
+        self.deferred = 0  # messages answered 4xx because they could not be stored
         self.noops = 0
 
     def reply_for(self, address: str) -> str | None:
@@ -135,12 +241,31 @@ class SinkHandler:
 
     async def handle_DATA(self, server: SMTPServer, session: Session,
                           envelope: Envelope) -> str:
+        """250 once the message is stored and synced; a temporary reply when it is not.
+
+        Every failure is answered here: an exception escaping to aiosmtpd would be answered
+        "500 Error: ..." (the sender drops the message) and leave the session's state behind."""
         peer = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer or "")
-        stored = self.store.add(mail_from=envelope.mail_from or "",
-                                rcpt_tos=list(envelope.rcpt_tos),
-                                content=envelope.original_content or b"", peer=peer)
+        try:
+            stored = self.store.add(mail_from=envelope.mail_from or "",
+                                    rcpt_tos=list(envelope.rcpt_tos),
+                                    content=envelope.original_content or b"", peer=peer)
+        except OSError as exc:
+            self.deferred += 1
+            log.warning("not stored (sender will retry): %s from %s: %s",
+                        envelope.mail_from, peer, exc)
+            return storage_reply(exc)
+        except Exception:  # a bug of ours: the sender keeps the message and retries
+            self.deferred += 1
+            log.exception("not stored (sender will retry): %s from %s", envelope.mail_from, peer)
+            return LOCAL_ERROR
         self.received += 1
         return f"250 2.0.0 OK stored as {stored.seq}"
+
+    async def handle_exception(self, error: Exception) -> str:
+        """Any other command that fails: aiosmtpd's default would be a 5xx."""
+        log.exception("SMTP session error", exc_info=error)
+        return LOCAL_ERROR
 
 
 class _Authenticator:
