@@ -160,28 +160,54 @@ def test_inbox_show(sink, run):
     assert result.exit_code == 1 and "no stored message '7'" in result.output
 
 
-def test_sink_command_runs_until_interrupted(tmp_path):
-    port = free_port()
+def start_sink_command(tmp_path, port: int, *args) -> subprocess.Popen:
+    """`nurture sink` in a process of its own; returns once it listens."""
     env = {**os.environ, "NURTURE_INSTANCE": str(tmp_path / "instance"), "SECRET_KEY": "x"}
     process = subprocess.Popen(
         [sys.executable, "-m", "engine.cli", "sink", "--port", str(port), "--dir",
-         str(tmp_path / "box"), "--reply", "bounce@=550 5.1.1 No such user"],
+         str(tmp_path / "box"), *args],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first_line = process.stdout.readline()
+    assert f"listening on smtp://127.0.0.1:{port}" in first_line
+    assert str(tmp_path / "box") in first_line
+    return process
+
+
+def interrupt(process: subprocess.Popen) -> str:
+    """Ctrl-C; returns what it wrote on stderr."""
     try:
-        first_line = process.stdout.readline()
-        assert f"listening on smtp://127.0.0.1:{port}" in first_line
-        assert str(tmp_path / "box") in first_line
-        with SMTPTransport("127.0.0.1", port, timeout=5) as transport:
-            assert transport.send(nurture_message("a@example.com")).sent
-            assert transport.send(nurture_message("bounce@example.com")).permanent
         process.send_signal(signal.SIGINT)
         _, err = process.communicate(timeout=10)
     finally:
         if process.poll() is None:
             process.kill()
     assert process.returncode == 0, err
-    assert "1 message(s) received" in err
+    return err
+
+
+def test_sink_command_runs_until_interrupted(tmp_path):
+    port = free_port()
+    process = start_sink_command(tmp_path, port, "--reply", "bounce@=550 5.1.1 No such user")
+    with SMTPTransport("127.0.0.1", port, timeout=5) as transport:
+        assert transport.send(nurture_message("a@example.com")).sent
+        assert transport.send(nurture_message("bounce@example.com")).permanent
+    assert "1 message(s) received" in interrupt(process)
     assert len(list_messages(tmp_path / "box")) == 1
+
+
+def test_sink_command_answers_4xx_while_it_cannot_store_and_says_so(tmp_path):
+    port = free_port()
+    process = start_sink_command(tmp_path, port)
+    box = tmp_path / "box"
+    with SMTPTransport("127.0.0.1", port, timeout=5) as transport:
+        assert transport.send(nurture_message("a@example.com")).sent
+        box.rename(tmp_path / "away")
+        box.write_text("")  # the directory is gone: ENOTDIR
+        refused = transport.send(nurture_message("b@example.com"))
+        assert (refused.code, refused.text) == (451, "4.3.0 Local error in processing")
+    err = interrupt(process)
+    assert "not stored (sender will retry)" in err and "Not a directory" in err
+    assert "1 message(s) received, 1 answered 4xx (not stored, the sender retries)" in err
 
 
 def test_sink_command_reports_a_busy_port(sink, run):
