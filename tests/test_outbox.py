@@ -13,7 +13,14 @@ from engine.journeys.service import run_due
 from engine.leads.importer import import_leads
 from engine.programs.service import load_program
 from engine.sending.models import Delivery, OutboxMessage
-from engine.sending.outbox import claim_due, insert_rows, mark_sent
+from engine.sending.outbox import (
+    claim_due,
+    insert_rows,
+    mark_sent,
+    mark_temporary_failure,
+    renew_claims,
+    renew_lease,
+)
 
 MONDAY = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)  # 09:00 in Paris: inside the window
 
@@ -69,21 +76,34 @@ def test_claims_hold_a_lease_and_expired_leases_are_claimed_again(db, sample_pro
     setup_leads(db, sample_program, count=3)
     with db.session() as s:
         first = claim_due(session=s, worker="w1", now=MONDAY, limit=2)
-    assert len(first) == 2 and all(r.status == Delivery.SENDING and r.attempts == 1 for r in first)
+    assert len(first) == 2 and all(r.status == Delivery.SENDING for r in first)
+    assert {r.attempts for r in first} == {0}  # a claim is no attempt
     with db.session() as s:
         second = claim_due(session=s, worker="w2", now=MONDAY + timedelta(minutes=1))
     assert [r.id for r in second] == [r.id for r in outbox(db) if r.id not in {f.id for f in first}]
-    with db.session() as s:
-        assert mark_sent(session=s, row_id=first[0].id, worker="w1", now=MONDAY)
+    with db.session() as s:  # w1 begins sending first[1], then stalls
+        assert renew_lease(session=s, row_id=first[1].id, worker="w1", now=MONDAY)
+        assert mark_sent(session=s, row_id=first[0].id, worker="w1", now=MONDAY) == 1
     later = MONDAY + timedelta(minutes=10)  # w1's lease on first[1] has expired
     with db.session() as s:
         again = claim_due(session=s, worker="w3", now=later)
     assert {r.id for r in again} == {first[1].id, second[0].id}
-    assert {r.attempts for r in again} == {2}
-    with db.session() as s:  # the worker that lost its lease cannot record an outcome any more
-        assert not mark_sent(session=s, row_id=first[1].id, worker="w1", now=later)
+    assert {r.attempts for r in again} == {0}
+    unknown = {r.id: r.delivery_unknown for r in again}
+    assert unknown == {first[1].id: True, second[0].id: False}  # w1 may have sent first[1]
+    with db.session() as s:  # the worker that lost its claim cannot keep or fail it any more
+        assert not renew_lease(session=s, row_id=first[1].id, worker="w1", now=later)
+        assert renew_claims(session=s, row_ids=[first[1].id], worker="w1", now=later) == 0
+        assert not mark_temporary_failure(session=s, row_id=first[1].id, worker="w1", now=later,
+                                          error="451", retry_at=later)
     statuses = {r.id: r.status for r in outbox(db)}
     assert statuses[first[0].id] == "sent" and statuses[first[1].id] == "sending"
+    with db.session() as s:  # ...but its 250 is recorded: the message left
+        assert mark_sent(session=s, row_id=first[1].id, worker="w1", now=later) == 1
+        assert mark_sent(session=s, row_id=first[1].id, worker="w3", now=later) == 2
+    row = next(r for r in outbox(db) if r.id == first[1].id)
+    assert (row.status, row.deliveries, row.attempts, row.delivery_unknown) == (
+        "sent", 2, 2, True)  # a duplicate, counted and marked
 
 
 def test_concurrent_workers_never_claim_a_row_twice(db, sample_program):

@@ -62,3 +62,33 @@ def test_forecast_lists_queued_sends_and_coming_steps_without_sending(cli, queue
     }
     again = cli("forecast", "--hours", "80", "--json")
     assert json.loads(again.stdout) == lines  # nothing was sent or changed
+
+
+def test_send_runs_show_uncertain_deliveries_and_duplicates_in_the_cli_and_the_api(
+        cli, db, queued, keys, monkeypatch):
+    from sqlalchemy import update
+
+    monkeypatch.setattr("engine.web.api.utcnow", lambda: MONDAY + timedelta(hours=2))
+
+    from engine.sending.models import OutboxMessage
+    from engine.web.app import create_app
+
+    with db.session() as s:
+        s.execute(update(OutboxMessage).where(OutboxMessage.status == "sent")
+                  .values(delivery_unknown=True, deliveries=2))
+    [run] = json.loads(cli("send-runs", "--json").stdout)
+    assert (run["unknown"], run["duplicates"]) == (1, 1)
+    assert "1 send(s) the server may have had twice" in cli("send-runs").stdout
+    app = create_app()
+    answer = app.test_client().get("/api/v1/send-runs?hours=24",
+                                   headers={"Authorization": f"Bearer {keys['marketer']}"})
+    assert answer.status_code == 200
+    [item] = answer.get_json()["items"]
+    assert (item["sent"], item["unknown"], item["duplicates"]) == (1, 1, 1)
+    for bad in ("0", "9999", "x", "-1", "1" * 50):
+        refused = app.test_client().get(f"/api/v1/send-runs?hours={bad}",
+                                        headers={"Authorization": f"Bearer {keys['marketer']}"})
+        assert refused.status_code == 422 and refused.get_json()["field"] == "hours"
+    assert app.test_client().get("/api/v1/send-runs", headers={
+        "Authorization": f"Bearer {keys['sales']}"}).status_code == 403
+    app.extensions["nurture.db"].dispose()

@@ -15,9 +15,10 @@ from engine.flows.tracking import drain_buffer
 from engine.journeys.service import run_due
 from engine.migrate import open_database
 from engine.sending.compose import Signing
-from engine.sending.delivery import DeliveryOptions, DeliveryReport, deliver_due
+from engine.sending.delivery import DeliveryOptions, DeliveryReport, check_lease, deliver_due
 from engine.sending.outbox import LEASE
 from engine.sending.policy import FrequencyCap
+from engine.sending.relay import RelayHealth
 from engine.sending.smtp import transport_from_settings
 from engine.sending.throttle import RedisThrottle
 from engine.sending.transport import Transport
@@ -49,12 +50,15 @@ def _delivery_options() -> DeliveryOptions:
     env = os.environ
     settings = Settings.from_env()
     lease = env.get("NURTURE_SEND_LEASE_SECONDS")
+    redis = redis_connection(settings)
+    relay = settings.smtp_url or f"sink {settings.sink_host}:{settings.sink_port}"
     return DeliveryOptions(
         cap=FrequencyCap(max_sends=int(env.get("NURTURE_FREQUENCY_CAP") or 3)),
         require_consent=env.get("NURTURE_REQUIRE_CONSENT", "").lower() in ("1", "true", "yes"),
         lease=timedelta(seconds=float(lease)) if lease else LEASE,
         signing=Signing(secret_key=settings.secret_key, base_url=settings.base_url),
-        throttle=RedisThrottle(redis_connection(settings),
+        relay=RelayHealth(name=relay.rpartition("@")[2], redis=redis),  # no credentials
+        throttle=RedisThrottle(redis,
                                global_per_minute=_int(env.get("NURTURE_THROTTLE_PER_MINUTE")),
                                per_domain_per_minute=_int(
                                    env.get("NURTURE_THROTTLE_PER_DOMAIN_PER_MINUTE"))),
@@ -65,14 +69,22 @@ def _int(value: str | None) -> int | None:
     return int(value) if value else None
 
 
+def check_send_settings() -> None:
+    """Refuse settings that would send twice (a lease shorter than the SMTP timeout): at the
+    start of `nurture worker`, and of every send job."""
+    check_lease(_delivery_options().lease, _transport())
+
+
 def send_due(limit: int = SEND_BATCH) -> str:
-    """Claim and deliver due outbox rows, batch after batch, until none is due."""
+    """Claim and deliver due outbox rows, batch after batch, until none is due (or the relay
+    is down: the scheduler queues the next job, which probes it)."""
+    check_send_settings()
     total = DeliveryReport()
     while True:
         report = deliver_due(db=_database(), transport=_transport(), worker=worker_name(),
                              clock=utcnow, limit=limit, options=_delivery_options())
         total.counts.update(report.counts)
-        if report.counts.total() < limit:
+        if not report.full:
             return str(total)
 
 

@@ -140,7 +140,8 @@ def inbox_show(ctx: click.Context, key: str, raw: bool) -> None:
 @pass_app
 def send_runs(app: AppContext, hours: int, as_json: bool) -> None:
     """The send runs of the last HOURS hours, by the hour they were due: due, sent, held,
-    failed and skipped, with the reasons."""
+    failed and skipped, with the reasons; `unknown`: sends the server may have had twice (a
+    connection dropped after DATA, or a worker lost mid-send), `duplicates`: sent twice."""
     from engine.db import utcnow
     from engine.sending.reports import send_runs as runs_of
 
@@ -154,13 +155,16 @@ def send_runs(app: AppContext, hours: int, as_json: bool) -> None:
     if not runs:
         console.print(f"no sends were due in the last {hours} hour(s)")
         return
-    table = Table("hour (UTC)", "due", "sent", "held", "failed", "skipped", "pending",
-                  title=f"Send runs, last {hours} hour(s)")
+    columns = ("due", "sent", "held", "failed", "skipped", "pending")
+    table = Table("hour (UTC)", *columns, title=f"Send runs, last {hours} hour(s)")
     for run in runs:
-        c = run.counts
-        table.add_row(run.hour.strftime("%Y-%m-%d %H:00"), *(str(c[k]) for k in (
-            "due", "sent", "held", "failed", "skipped", "pending")))
+        table.add_row(run.hour.strftime("%Y-%m-%d %H:00"), *(str(run.counts[k]) for k in columns))
     console.print(table)
+    unknown = sum(run.counts["unknown"] for run in runs)
+    duplicates = sum(run.counts["duplicates"] for run in runs)
+    if unknown or duplicates:
+        console.print(f"{unknown} send(s) the server may have had twice (a connection dropped "
+                      f"after DATA, or a worker lost mid-send); {duplicates} known duplicate(s)")
     reasons = Counter()
     for run in runs:
         reasons.update(run.reasons)

@@ -3,7 +3,17 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    false,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from engine.db import Base, UTCDateTime, utcnow
@@ -37,7 +47,15 @@ class OutboxMessage(Base):
     step: Mapped[str] = mapped_column(String(100))  # the email's key in the program
     status: Mapped[str] = mapped_column(String(12), default=Delivery.PENDING)
     due_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # SMTP attempts (not claims)
+    deliveries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # 250s got
+    # The server may have the message from an earlier try: the connection dropped after DATA
+    # was sent, or a worker that had begun the send lost its claim. Kept after a later success,
+    # so a possible duplicate stays visible.
+    delivery_unknown: Mapped[bool] = mapped_column(Boolean, default=False,
+                                                   server_default=false())
+    # The claim holder began the SMTP send (and has not recorded its outcome yet).
+    send_started: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     claimed_by: Mapped[str | None] = mapped_column(String(200))
     message_id: Mapped[str] = mapped_column(String(200), unique=True)

@@ -3,16 +3,21 @@
 RQ only carries wake-ups; this table is the source of truth. A send is written here in the same
 transaction as the decision that made it, claimed atomically (FOR UPDATE SKIP LOCKED on
 PostgreSQL; on SQLite one UPDATE ... RETURNING, which holds the write lock for the whole claim),
-and marked right after the SMTP reply. A claim whose lease expired (its worker died) is claimed
-again: if that worker had already had the 250, the resend keeps the same Message-ID, and the row
-counts as ambiguous (attempts > 1 on a sent row).
+and marked right after the SMTP reply. A worker keeps its claims alive while it works
+(`renew_claims`); a claim whose lease expired (its worker died or stalled) is claimed again.
+
+`attempts` counts SMTP attempts, never claims or holds, and the retry ladder climbs with it. A
+250 is always recorded, whoever holds the claim by then (`deliveries` counts them: more than
+one is a duplicate, sent by a worker that had lost its claim). A connection that dropped after
+DATA was sent leaves the row `delivery_unknown`, kept after a later success: the server may
+have had it, so a duplicate is possible, and visible.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -44,7 +49,9 @@ def outbox_rows(*, enrollment_id: int, lead_id: int, program_id: int, program: P
     return [
         {"enrollment_id": enrollment_id, "lead_id": lead_id, "program_id": program_id,
          "program_version": program.version, "step": action.asset, "status": Delivery.PENDING,
-         "due_at": action.at, "attempts": 0, "created_at": now, "updated_at": now,
+         "due_at": action.at, "attempts": 0, "deliveries": 0, "delivery_unknown": False,
+         "send_started": False,
+         "created_at": now, "updated_at": now,
          "message_id": message_id(enrollment_id=enrollment_id, step=action.asset, program=program)}
         for action in decision.actions if action.kind is ActionKind.SEND
     ]
@@ -101,8 +108,12 @@ def claim_due(*, session: Session, worker: str, now: datetime, limit: int = 100,
         candidates = candidates.with_for_update(skip_locked=True)
     claimed = session.execute(
         update(_OUTBOX).where(_OUTBOX.c.id.in_(candidates.scalar_subquery())).values(
-            status=Delivery.SENDING, claimed_by=worker, lease_until=now + lease,
-            attempts=_OUTBOX.c.attempts + 1, updated_at=now,
+            status=Delivery.SENDING, claimed_by=worker, lease_until=now + lease, updated_at=now,
+            # taken over from a worker that had begun sending it: the server may have it
+            delivery_unknown=or_(_OUTBOX.c.delivery_unknown,
+                                 and_(_OUTBOX.c.status == Delivery.SENDING,
+                                      _OUTBOX.c.send_started)),
+            send_started=False,
         ).returning(_OUTBOX.c.id)
     ).scalars().all()
     if not claimed:
@@ -113,13 +124,20 @@ def claim_due(*, session: Session, worker: str, now: datetime, limit: int = 100,
     return list(rows)
 
 
-def _finish(session: Session, row_id: int, worker: str, now: datetime, **values) -> bool:
-    """Record an outcome, only while `worker` still holds the claim (a stale worker is ignored)."""
-    result = session.execute(
-        update(_OUTBOX).where(_OUTBOX.c.id == row_id, _OUTBOX.c.status == Delivery.SENDING,
-                              _OUTBOX.c.claimed_by == worker)
-        .values(lease_until=None, updated_at=now, **values)
-    )
+def _held_by(row_id: int, worker: str):
+    return and_(_OUTBOX.c.id == row_id, _OUTBOX.c.status == Delivery.SENDING,
+                _OUTBOX.c.claimed_by == worker)
+
+
+def _finish(session: Session, row_id: int, worker: str, now: datetime, *, attempted: bool,
+            **values) -> bool:
+    """Record an outcome, only while `worker` still holds the claim (a stale worker is ignored);
+    an SMTP attempt counts when `attempted`."""
+    if attempted:
+        values["attempts"] = _OUTBOX.c.attempts + 1
+    result = session.execute(update(_OUTBOX).where(_held_by(row_id, worker))
+                             .values(lease_until=None, send_started=False, updated_at=now,
+                                     **values))
     return result.rowcount == 1
 
 
@@ -127,42 +145,71 @@ def renew_lease(*, session: Session, row_id: int, worker: str, now: datetime,
                 lease: timedelta = LEASE, links: list[str] | None = None,
                 asset_version_id: int | None = None) -> bool:
     """Extend `worker`'s claim on a row just before sending it, storing the tracked links'
-    destinations and the asset version sent (a click can arrive before the send is marked).
-    False when the claim was lost (its lease expired and another worker took the row over):
-    the row must not be sent."""
-    extra = {"links": links} if links else {}
+    destinations and the asset version sent (a click can arrive before the send is marked),
+    and that the send began. False when the claim was lost (its lease expired and another
+    worker took the row over): the row must not be sent."""
+    extra = {"links": links, "send_started": True} if links else {"send_started": True}
     if asset_version_id is not None:
         extra["asset_version_id"] = asset_version_id
-    result = session.execute(
-        update(_OUTBOX).where(_OUTBOX.c.id == row_id, _OUTBOX.c.status == Delivery.SENDING,
-                              _OUTBOX.c.claimed_by == worker)
-        .values(lease_until=now + lease, updated_at=now, **extra)
-    )
+    result = session.execute(update(_OUTBOX).where(_held_by(row_id, worker))
+                             .values(lease_until=now + lease, updated_at=now, **extra))
     return result.rowcount == 1
 
 
-def mark_sent(*, session: Session, row_id: int, worker: str, now: datetime) -> bool:
-    return _finish(session, row_id, worker, now, status=Delivery.SENT, sent_at=now, last_error=None)
+def renew_claims(*, session: Session, row_ids: list[int], worker: str, now: datetime,
+                 lease: timedelta = LEASE) -> int:
+    """Keep `worker`'s claims alive (its batch, while it works through it): how many it still
+    holds. A claim already taken over stays with the worker that took it."""
+    if not row_ids:
+        return 0
+    result = session.execute(update(_OUTBOX).where(
+        _OUTBOX.c.id.in_(row_ids), _OUTBOX.c.status == Delivery.SENDING,
+        _OUTBOX.c.claimed_by == worker).values(lease_until=now + lease))
+    return result.rowcount
+
+
+def mark_sent(*, session: Session, row_id: int, worker: str, now: datetime) -> int:
+    """A 250: recorded whoever holds the claim now (the message left; throwing the reply away
+    would send it again). Returns how many 250s the row has had: more than one is a duplicate."""
+    session.execute(update(_OUTBOX).where(_OUTBOX.c.id == row_id).values(
+        status=Delivery.SENT, sent_at=func.coalesce(_OUTBOX.c.sent_at, now), lease_until=None,
+        last_error=None, attempts=_OUTBOX.c.attempts + 1, send_started=False,
+        deliveries=_OUTBOX.c.deliveries + 1, claimed_by=worker, updated_at=now))
+    return session.scalar(select(_OUTBOX.c.deliveries).where(_OUTBOX.c.id == row_id))
 
 
 def mark_temporary_failure(*, session: Session, row_id: int, worker: str, now: datetime,
-                           error: str, retry_at: datetime) -> bool:
-    return _finish(session, row_id, worker, now, status=Delivery.FAILED_TEMP, due_at=retry_at,
-                   last_error=error[:2000])
+                           error: str, retry_at: datetime, unknown: bool = False) -> bool:
+    """A temporary failure of an SMTP attempt; `unknown`: the connection dropped after DATA."""
+    extra = {"delivery_unknown": True} if unknown else {}
+    return _finish(session, row_id, worker, now, attempted=True, status=Delivery.FAILED_TEMP,
+                   due_at=retry_at, last_error=error[:2000], **extra)
 
 
 def mark_permanent_failure(*, session: Session, row_id: int, worker: str, now: datetime,
-                           error: str) -> bool:
-    return _finish(session, row_id, worker, now, status=Delivery.FAILED_PERM,
-                   last_error=error[:2000])
+                           error: str, attempted: bool = True) -> bool:
+    """Failed for good: refused by the server (an attempt), or unsendable (not one)."""
+    return _finish(session, row_id, worker, now, attempted=attempted,
+                   status=Delivery.FAILED_PERM, last_error=error[:2000])
 
 
 def mark_skipped(*, session: Session, row_id: int, worker: str, now: datetime, reason: str) -> bool:
-    return _finish(session, row_id, worker, now, status=Delivery.SKIPPED, skip_reason=reason[:200])
+    return _finish(session, row_id, worker, now, attempted=False, status=Delivery.SKIPPED,
+                   skip_reason=reason[:200])
+
+
+def release_held(*, session: Session, reason: str, now: datetime) -> int:
+    """Rows held for `reason` (a relay that did not answer) are due now."""
+    result = session.execute(update(_OUTBOX).where(
+        _OUTBOX.c.status == Delivery.PENDING, _OUTBOX.c.due_at > now,
+        _OUTBOX.c.last_error.startswith(f"held: {reason}", autoescape=True))
+        .values(due_at=now, updated_at=now))
+    return result.rowcount
 
 
 def mark_held(*, session: Session, row_id: int, worker: str, now: datetime, until: datetime,
               reason: str) -> bool:
-    """Back to pending, due again at `until` (send window, frequency cap), with the reason."""
-    return _finish(session, row_id, worker, now, status=Delivery.PENDING, due_at=until,
-                   last_error=f"held: {reason}"[:2000])
+    """Back to pending, due again at `until` (send window, frequency cap, a relay that does not
+    answer), with the reason; no attempt is charged."""
+    return _finish(session, row_id, worker, now, attempted=False, status=Delivery.PENDING,
+                   due_at=until, last_error=f"held: {reason}"[:2000])

@@ -20,7 +20,9 @@ HELD_PREFIX = "held: "
 
 @dataclass
 class SendRun:
-    """The sends scheduled in one hour, and what became of them."""
+    """The sends scheduled in one hour, and what became of them. `unknown`: rows whose
+    delivery is uncertain (the server may have had an earlier try, see engine/sending/outbox);
+    `duplicates`: 250s beyond the first (a message the recipient got twice)."""
 
     hour: datetime
     counts: Counter = field(default_factory=Counter)  # due, sent, held, failed, skipped, ...
@@ -55,6 +57,8 @@ def send_runs(*, session: Session, since: datetime, until: datetime) -> list[Sen
         outcome, reason = _outcome(row)
         run.counts["due"] += 1
         run.counts[outcome] += 1
+        run.counts["unknown"] += row.delivery_unknown
+        run.counts["duplicates"] += max(0, row.deliveries - 1)
         if reason:
             run.reasons[f"{outcome}: {reason[:120]}"] += 1
     return [runs[hour] for hour in sorted(runs)]

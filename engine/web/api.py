@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from datetime import timedelta
 from typing import Annotated, Any
 
 from flask import Blueprint, current_app, request, url_for
@@ -46,6 +47,7 @@ from engine.leads.stages import STAGES
 from engine.programs.loader import SLUG
 from engine.programs.service import matrix, side_tracks
 from engine.programs.store import current_program, list_programs
+from engine.sending.reports import send_runs
 from engine.web.auth import current_principal, require
 from engine.web.errors import problem
 
@@ -332,6 +334,23 @@ def get_enrollments(lead_id: str):
         items = [_enrollment_dict(e, names)
                  for e in lead_enrollments(session=session, lead_id=lead.id)]
     return {"lead_id": lead.id, "items": items}
+
+
+# -- sending ------------------------------------------------------------------------------------
+
+@api.get("/send-runs")
+@require(Permission.PROGRAMS_READ)
+def get_send_runs():
+    """The send runs of the last `hours` hours (1 to 8,784), as `nurture send-runs --json`:
+    due, sent, held, failed, skipped, pending, unknown and duplicates per hour, and reasons."""
+    raw = request.args.get("hours", "24")
+    if not re.fullmatch(r"[0-9]{1,4}", raw) or not 1 <= int(raw) <= 24 * 366:
+        raise Invalid("hours must be a whole number from 1 to 8784", field="hours")
+    now = utcnow()
+    with _db().session() as session:
+        runs = send_runs(session=session, since=now - timedelta(hours=int(raw)), until=now)
+    return {"items": [{"hour": r.hour.isoformat(), **r.counts, "reasons": dict(r.reasons)}
+                      for r in runs]}
 
 
 # -- programs -----------------------------------------------------------------------------------
