@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -41,8 +42,13 @@ def make_engine(url: str, **kwargs) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
-        # pysqlite's own transaction handling defers BEGIN; take it over so BEGIN IMMEDIATE works.
-        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN"))
+        # A transaction takes the write lock when it begins (BEGIN IMMEDIATE), waiting for it
+        # up to busy_timeout. A deferred one that read and then writes fails at once, with no
+        # wait, when another connection wrote meanwhile (SQLITE_BUSY_SNAPSHOT in WAL mode): an
+        # unsubscribe while workers send would answer "database is locked". See Database for
+        # the sessions that read in a deferred one.
+        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql(
+            "BEGIN" if conn.get_execution_options().get(DEFERRED) else "BEGIN IMMEDIATE"))
         return engine
     return create_engine(url, pool_pre_ping=True, **kwargs)
 
@@ -57,18 +63,42 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.close()
 
 
+DEFERRED = "nurture_deferred"
+
+
 class Database:
-    """One engine and session factory per configured URL."""
+    """One engine and session factories per configured URL.
+
+    On SQLite a session's transaction takes the write lock when it begins (see make_engine),
+    but two kinds read in a deferred one, holding no lock until they write: `reading()`, for
+    long work that only reads (the QA gate fetching links), and a session opened while another
+    of this thread is open (the outer one holds the write lock: an inner one that waited for it
+    would wait for itself)."""
 
     def __init__(self, url: str):
         self.url = url
         self.engine = make_engine(url)
         self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
+        self._deferred = sessionmaker(self.engine.execution_options(**{DEFERRED: True}),
+                                      expire_on_commit=False)
+        self._open = threading.local()
 
     @contextmanager
     def session(self) -> Iterator[Session]:
         """A session in a transaction: committed on success, rolled back on any error."""
-        with self.sessionmaker() as session, session.begin():
+        depth = getattr(self._open, "depth", 0)
+        self._open.depth = depth + 1
+        try:
+            with (self._deferred if depth else self.sessionmaker)() as session, session.begin():
+                yield session
+        finally:
+            self._open.depth = depth
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        """A session for long work that only reads: on SQLite it holds no write lock. What it
+        writes by mistake is rolled back."""
+        with self._deferred() as session:  # closing it rolls back
             yield session
 
     def dispose(self) -> None:

@@ -64,7 +64,7 @@ def run_gate_for(app: AppContext, program: str, *, offline: bool, out: str | Non
         raise click.ClickException(f"NURTURE_QA_ALLOW_HOSTS: {exc}") from None
 
     now = utcnow()
-    with app.db.session() as session:
+    with app.db.reading() as session:  # link checks may take minutes: no write lock
         target = load_target(session=session, program=program)
         out_dir = Path(out) if out else (app.settings.instance_path / "qa"
                                          / target.loaded.program.slug / now.strftime("%Y%m%dT%H%M%S"))

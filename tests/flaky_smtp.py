@@ -19,9 +19,21 @@ class FlakyHandler:
     def __init__(self) -> None:
         self.data_delay = 0.0  # seconds before answering DATA
         self.drop_after_data = 0  # the next N messages: received, then the connection drops
+        self.drop_every = 0  # every Nth message: received, then the connection drops
         self.refuse_data = 0  # the next N messages: 451 at DATA
         self.received: list[str] = []  # Message-IDs handed over (dropped ones included)
+        self.rcpt_to: list[str] = []  # recipients of the messages handed over
+        self.refuse_rcpt: dict[str, str] = {}  # address prefix -> reply, e.g. a 550
+        self.temporary_every = 0  # every Nth message: 451 at DATA
+        self._count = 0
         self._lock = threading.Lock()
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options) -> str:
+        for prefix, reply in self.refuse_rcpt.items():
+            if address.startswith(prefix):
+                return reply
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server, session, envelope) -> str:
         if self.data_delay:
@@ -29,12 +41,15 @@ class FlakyHandler:
         message_id = BytesHeaderParser().parsebytes(envelope.original_content or b"")[
             "Message-ID"]
         with self._lock:
-            if self.refuse_data:
-                self.refuse_data -= 1
+            self._count += 1
+            if self.refuse_data or (self.temporary_every
+                                    and self._count % self.temporary_every == 0):
+                self.refuse_data = max(0, self.refuse_data - 1)
                 return "451 4.3.0 Try again later"
             self.received.append(str(message_id))
-            if self.drop_after_data:
-                self.drop_after_data -= 1
+            self.rcpt_to += envelope.rcpt_tos
+            if self.drop_after_data or (self.drop_every and self._count % self.drop_every == 1):
+                self.drop_after_data = max(0, self.drop_after_data - 1)
                 server.transport.close()  # the message is here; the reply never leaves
         return "250 2.0.0 OK"
 

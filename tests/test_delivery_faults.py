@@ -182,3 +182,59 @@ def test_a_worker_claims_no_more_rows_than_it_sends_within_its_lease(db, program
                              limit=100, options=options)
     assert report.counts == {"sent": 3} and report.full  # half a lease's worth
     assert pace.seconds_per_row < 1.0  # it learnt that it is faster
+
+
+def test_a_flaky_server_and_unsubscribes_mid_run_lose_nothing_and_leak_nothing(db, program):
+    """Three workers with a short lease against a server that is slow, refuses some messages
+    for a while, drops the connection after some, and refuses some addresses for good; some
+    leads unsubscribe while it runs. The queue drains: every row sent once (or, after a dropped
+    connection, marked), refused addresses failed and suppressed, nothing sent to a lead after
+    it unsubscribed."""
+    from engine.sending.suppression import suppress
+
+    add_leads(db, 30)
+    clock = Clock(MONDAY)
+    lock = threading.Lock()
+    unsubscribed: dict[str, int] = {}  # address -> how many messages it had got by then
+
+    def tick() -> None:  # the workers' shared clock: a minute passes at each round
+        with lock:
+            clock.now += timedelta(minutes=1)
+
+    with FlakyServer() as server:
+        handler = server.handler
+        handler.data_delay, handler.temporary_every, handler.drop_every = 0.05, 4, 7
+        handler.refuse_rcpt = {f"lead{n}@": "550 5.1.1 No such user" for n in range(25, 30)}
+
+        def work(name: str) -> None:
+            with SMTPTransport("127.0.0.1", server.port, timeout=5) as transport:
+                options = DeliveryOptions(lease=timedelta(seconds=0.5))
+                for _ in range(60):
+                    deliver_due(db=db, transport=transport, worker=name, clock=clock, limit=3,
+                                options=options)
+                    tick()
+
+        workers = [threading.Thread(target=work, args=(f"w{n}",)) for n in range(3)]
+        for worker in workers:
+            worker.start()
+        for n in range(20, 25):  # leave while it runs
+            address = f"lead{n}@globex.example"
+            with db.session() as s:
+                suppress(session=s, email=address, reason="unsubscribed", source="test",
+                         now=clock.now)
+            unsubscribed[address] = handler.rcpt_to.count(address)
+        for worker in workers:
+            worker.join(timeout=120)
+        received = Counter(handler.received)
+        got = Counter(handler.rcpt_to)
+    by_status = Counter(r.status for r in rows(db))
+    assert by_status["pending"] == by_status["sending"] == by_status["failed_temp"] == 0
+    for row in rows(db):
+        if row.status == "sent":
+            assert received[row.message_id] == 1 or row.delivery_unknown, row.step
+        assert received[row.message_id] <= 1 or row.delivery_unknown
+    refused = [r for r in rows(db) if r.status == "failed_perm"]
+    assert len(refused) == 5 and all(r.attempts == 1 for r in refused)
+    for address, before in unsubscribed.items():
+        assert got[address] == before  # nothing after the unsubscribe
+    assert by_status["sent"] + by_status["skipped"] + by_status["failed_perm"] == 30
