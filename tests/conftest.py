@@ -79,6 +79,17 @@ def database_url(request, tmp_path, sqlite_template) -> str:
         return
     url = request.getfixturevalue("postgres_url")
     yield url
+    _empty(url)
+
+
+@pytest.fixture
+def postgres_only_url(postgres_url) -> str:
+    """For tests of what only PostgreSQL is deployed for (several hosts): emptied after."""
+    yield postgres_url
+    _empty(postgres_url)
+
+
+def _empty(url: str) -> None:
     engine = create_engine(url)
     with engine.begin() as conn:
         tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)

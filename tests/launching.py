@@ -4,7 +4,9 @@ launch it without the gate, recorded as such (users go through `nurture launch`)
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 
 from engine.db import Database
@@ -12,6 +14,24 @@ from engine.launch.service import launch_unchecked
 from engine.programs.models import ProgramRecord
 
 LAUNCHED_AT = datetime(2020, 1, 1, tzinfo=UTC)
+
+
+def open_all_day_in_utc(directory: Path) -> None:
+    """For tests whose workers use the real clock: the program's send window opens all day,
+    every day, in UTC. Skips the test in the minutes around midnight, when it is closed."""
+    now = datetime.now(UTC)
+    if (now.hour == 23 and now.minute >= 55) or (now.hour == 0 and now.minute < 3):
+        pytest.skip("too close to midnight, when the all-day send window is closed")
+    spec = directory / "program.yaml"
+    lines = []
+    for line in spec.read_text(encoding="utf-8").splitlines():
+        if line.startswith("timezone:"):
+            line = "timezone: UTC"
+        elif line.startswith("send_window:"):
+            line = ('send_window: {days: [mon, tue, wed, thu, fri, sat, sun], '
+                    'from: "00:00", to: "23:59"}')
+        lines.append(line)
+    spec.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def mark_launched(db: Database, name: str = "acme-nurture") -> None:

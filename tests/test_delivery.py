@@ -172,6 +172,28 @@ def test_a_throttling_reply_backs_off_the_domain(db, program, sink, transport, t
     assert sink.messages() == []
 
 
+def test_with_redis_down_set_limits_hold_sends_and_no_limits_let_them_go(db, program, sink,
+                                                                         transport):
+    from engine.config import Settings, redis_connection
+    from engine.sending.delivery import DeliveryOptions
+    from engine.sending.sink import free_port
+    from engine.sending.throttle import UNCHECKED_RETRY, RedisThrottle
+
+    down = redis_connection(Settings.from_env({  # nobody listens; as the worker's, no retries
+        "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "SECRET_KEY": "x"}), timeout=0.5)
+    add(db, "ada@globex.example")
+    clock = Clock(MONDAY + timedelta(seconds=5))
+    limited = DeliveryOptions(throttle=RedisThrottle(down, global_per_minute=100))
+    report = deliver_due(db=db, transport=transport, worker="w1", clock=clock, options=limited)
+    assert report.counts == {"held": 1}  # the shared limit cannot be checked: it waits
+    [row] = rows(db).values()
+    assert (row.status, row.attempts, row.due_at) == ("pending", 0, clock.now + UNCHECKED_RETRY)
+    clock.now += UNCHECKED_RETRY
+    unlimited = DeliveryOptions(throttle=RedisThrottle(down))
+    report = deliver_due(db=db, transport=transport, worker="w1", clock=clock, options=unlimited)
+    assert report.counts == {"sent": 1} and len(sink.messages()) == 1
+
+
 def test_list_unsubscribe_carries_a_signed_one_click_url_only(db, program, sink, transport):
     from engine.sending.compose import Signing
     from engine.sending.delivery import DeliveryOptions

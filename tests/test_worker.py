@@ -75,3 +75,24 @@ def test_scheduler_queues_one_send_job_and_a_worker_delivers_everything(
     with db.session() as s:
         assert set(s.scalars(select(OutboxMessage.status))) == {"sent"}
     assert not tick(db=db, redis=redis)["send_job_queued"]
+
+
+@pytest.mark.parametrize("reason", ["stop requested", "time is up"])
+def test_a_send_job_ends_after_the_batch_in_hand(db, sample_program, sink, monkeypatch, reason):
+    clock = MONDAY + timedelta(seconds=5)
+    monkeypatch.setattr("worker.jobs.utcnow", lambda: clock)
+    with db.session() as s:
+        load_program(session=s, directory=sample_program, now=MONDAY)
+        launch_all(s)
+        for i in range(5):
+            upsert_lead(session=s, fields={"email": f"lead{i}@globex.example"}, now=MONDAY,
+                        actor="test", program="acme-nurture")
+    if reason == "stop requested":
+        monkeypatch.setattr(jobs, "STOPPING", type(jobs.STOPPING)())
+        jobs.STOPPING.set()  # as SIGTERM to `nurture worker` does
+    else:
+        monkeypatch.setattr(jobs, "JOB_BUDGET_SECONDS", -1)
+    assert jobs.send_due(limit=2).startswith("2 sent")
+    assert len(sink.messages()) == 2  # the rest wait for the next job, unclaimed
+    with db.session() as s:
+        assert sorted(s.scalars(select(OutboxMessage.status))) == ["pending"] * 3 + ["sent"] * 2

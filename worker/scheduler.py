@@ -18,7 +18,7 @@ from engine.tracking.buffer import EventBuffer
 from worker import queues
 from worker.jobs import advance_journeys
 
-SEND_JOB_TIMEOUT = 600  # seconds
+SEND_JOB_TIMEOUT = 1800  # seconds; a send job ends itself long before (jobs.JOB_BUDGET_SECONDS)
 SLA_DONE_KEY = "nurture:sla:done"  # + ":<UTC date>": set by the job once that day's check ran
 SLA_QUEUED_KEY = "nurture:sla:queued"  # held while a check is queued or running
 SLA_RETRY_SECONDS = 3600  # a check that failed or was lost is queued again after this
