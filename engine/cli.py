@@ -71,13 +71,14 @@ def _register() -> None:
     from engine.leads.cli import leads
     from engine.programs.cli import program
     from engine.render.cli import render
+    from engine.reports.cli import report
     from engine.sales.cli import sales, sla
     from engine.sending.bounces_cli import bounces
     from engine.sending.cli import forecast, inbox, send_runs, sink
     from engine.tracking.cli import tracking
 
     for command in (program, leads, simulate, apikey, demo, assets, render, sink, inbox,
-                    send_runs, forecast, bounces, sales, sla, tracking):
+                    send_runs, forecast, bounces, sales, sla, tracking, report):
         main.add_command(command)
     for entry in entry_points(group="nurture.commands"):  # worker/, qa/
         main.add_command(entry.load(), entry.name)

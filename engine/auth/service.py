@@ -46,16 +46,19 @@ class Permission(StrEnum):
     LEADS_STAGE = "leads:stage"
     LEADS_EVENTS = "leads:events"  # responses seen by another channel
     ASSETS_WRITE = "assets:write"
+    REPORTS_READ = "reports:read"
 
 
 ROLE_PERMISSIONS: dict[str, frozenset[Permission]] = {
     Role.ADMIN: frozenset(Permission),
     Role.MARKETER: frozenset({Permission.PROGRAMS_READ, Permission.LEADS_READ,
                               Permission.LEADS_WRITE, Permission.LEADS_STAGE,
-                              Permission.LEADS_EVENTS, Permission.ASSETS_WRITE}),
+                              Permission.LEADS_EVENTS, Permission.ASSETS_WRITE,
+                              Permission.REPORTS_READ}),
     Role.SALES: frozenset({Permission.LEADS_READ, Permission.LEADS_STAGE,
-                           Permission.LEADS_EVENTS}),
-    Role.REVIEWER: frozenset({Permission.PROGRAMS_READ, Permission.LEADS_READ}),
+                           Permission.LEADS_EVENTS, Permission.REPORTS_READ}),
+    Role.REVIEWER: frozenset({Permission.PROGRAMS_READ, Permission.LEADS_READ,
+                              Permission.REPORTS_READ}),
 }
 
 

@@ -59,6 +59,8 @@ def parse_query(*, program: str | None, start: str | None, end: str | None,
     """From strings as typed: `start` and `end` are ISO dates (whole days in `tz`, `end`
     included) or times; unset, the last 30 days up to now."""
     zone_name = (tz or "UTC").strip()
+    if len(zone_name) > 64:
+        raise Invalid("a time zone name is at most 64 characters", field="tz")
     try:
         zone = ZoneInfo(zone_name)
     except (ZoneInfoNotFoundError, ValueError):
@@ -77,8 +79,9 @@ def parse_query(*, program: str | None, start: str | None, end: str | None,
     if split is not None and split not in SPLITS:
         raise Invalid(f"unknown split {split!r} (expected one of {', '.join(SPLITS)})",
                       field="split")
-    if program is not None and not program.strip():
-        raise Invalid("program must not be empty", field="program")
+    if program is not None and not 0 < len(program.strip()) <= 200:
+        raise Invalid("program must be a program's name (1 to 200 characters)",
+                      field="program")
     return ReportQuery(start=since, end=until, program=program, by=by, split=split,
                        tz=zone_name)
 

@@ -47,6 +47,10 @@ from engine.leads.stages import STAGES
 from engine.programs.loader import SLUG
 from engine.programs.service import matrix, side_tracks
 from engine.programs.store import current_program, list_programs
+from engine.reports import NAMES as REPORT_NAMES
+from engine.reports import build_report
+from engine.reports.output import to_csv as report_csv
+from engine.reports.query import parse_query as parse_report_query
 from engine.sending.reports import send_runs
 from engine.web.auth import current_principal, require
 from engine.web.errors import problem
@@ -351,6 +355,31 @@ def get_send_runs():
         runs = send_runs(session=session, since=now - timedelta(hours=int(raw)), until=now)
     return {"items": [{"hour": r.hour.isoformat(), **r.counts, "reasons": dict(r.reasons)}
                       for r in runs]}
+
+
+# -- reports ------------------------------------------------------------------------------------
+
+@api.get("/reports/<name>")
+@require(Permission.REPORTS_READ)
+def get_report(name: str):
+    """Report `name` as `nurture report` builds it: `program`, `from`, `to`, `by`, `split`,
+    `tz`; `format=csv` gives one table (`table=KEY`, default the first)."""
+    if name not in REPORT_NAMES:
+        raise NotFound(f"no report named {name!r} (reports: {', '.join(REPORT_NAMES)})")
+    args = request.args
+    output = args.get("format", "json")
+    if output not in ("json", "csv"):
+        raise Invalid("format must be json or csv", field="format")
+    query = parse_report_query(program=args.get("program"), start=args.get("from"),
+                               end=args.get("to"), by=args.get("by"), split=args.get("split"),
+                               tz=args.get("tz"), now=utcnow())
+    with _db().reading() as session:
+        built = build_report(name, session, query)
+    if output == "csv":
+        return current_app.response_class(
+            report_csv(built, args.get("table")), mimetype="text/csv",
+            headers={"Content-Disposition": f'attachment; filename="{name}.csv"'})
+    return built.to_dict()
 
 
 # -- programs -----------------------------------------------------------------------------------

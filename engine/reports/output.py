@@ -1,0 +1,174 @@
+"""Reports as people and scripts read them: tables in the terminal, JSON, CSV (one table), and
+a self-contained HTML page whose charts are SVG drawn here (pygal), each beside its table.
+Nothing in the page is fetched when it is viewed."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+
+from jinja2 import Environment
+from markupsafe import Markup
+from rich.console import Console
+from rich.table import Table as RichTable
+
+from engine.errors import Invalid
+from engine.reports.model import Chart, Column, Report, Table
+
+MAX_CHART_POINTS = 60  # x labels in one chart; a longer table is charted in its first rows
+
+
+def formatted(value, column: Column) -> str:
+    if value is None:
+        return "-"
+    if column.kind == "count":
+        return f"{value:,}"
+    if column.kind == "rate":
+        return f"{value:.1%}"
+    if column.kind in ("hours", "days"):
+        return f"{value:,.1f}"
+    return str(value)
+
+
+def to_terminal(report: Report, console: Console) -> None:
+    console.print(f"[bold]{_escape(report.title)}[/bold]  {_escape(_subtitle(report))}")
+    for table in report.tables:
+        shown = RichTable(title=_escape(table.title), title_justify="left")
+        for column in table.columns:
+            label = f"{column.label} ({column.kind})" if column.kind in ("hours", "days") \
+                else column.label
+            shown.add_column(_escape(label), justify="left" if column.kind == "text" else "right",
+                             overflow="fold")
+        for row in table.rows:
+            shown.add_row(*(_escape(formatted(row.get(c.key), c)) for c in table.columns))
+        console.print(shown if table.rows else f"{_escape(table.title)}: nothing in this period")
+        for note in table.notes:
+            console.print(f"  {_escape(note)}", style="dim")
+    for note in report.notes:
+        console.print(_escape(note), style="dim")
+
+
+def to_json(report: Report) -> str:
+    return json.dumps(report.to_dict(), indent=2, ensure_ascii=True)
+
+
+def to_csv(report: Report, table_key: str | None = None) -> str:
+    """One table (the first unless `table_key` names another) with a header row of keys.
+    Text cells that a spreadsheet would read as a formula are neutralised."""
+    table = _pick(report, table_key)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow([column.key for column in table.columns])
+    for row in table.rows:
+        writer.writerow([_csv_cell(row.get(column.key)) for column in table.columns])
+    return out.getvalue()
+
+
+def _pick(report: Report, table_key: str | None) -> Table:
+    if table_key is None:
+        return report.tables[0]
+    for table in report.tables:
+        if table.key == table_key:
+            return table
+    known = ", ".join(table.key for table in report.tables)
+    raise Invalid(f"report {report.name} has no table {table_key!r} (tables: {known})",
+                  field="table")
+
+
+def _csv_cell(value) -> object:
+    if value is None:
+        return ""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
+def to_html(report: Report) -> str:
+    sections = [{"table": table, "svg": chart_svg(table) if table.chart and table.rows else None,
+                 "rows": [[formatted(row.get(c.key), c) for c in table.columns]
+                          for row in table.rows]}
+                for table in report.tables]
+    return _PAGE.render(report=report, subtitle=_subtitle(report), sections=sections)
+
+
+def chart_svg(table: Table) -> Markup:
+    """The table's chart as inline SVG, without pygal's script (nothing runs in the page)."""
+    import pygal
+
+    chart: Chart = table.chart
+    style = pygal.style.Style(background="white", plot_background="white",
+                              font_family="system-ui, sans-serif")
+    kind = pygal.Line if chart.kind == "line" else pygal.Bar
+    drawn = kind(js=[], disable_xml_declaration=True, width=720, height=360, style=style,
+                 x_label_rotation=30, legend_at_bottom=True, print_values=False,
+                 explicit_size=True)
+    drawn.title = chart.title
+    rows = table.rows[:MAX_CHART_POINTS]
+    drawn.x_labels = [str(row.get(chart.x) if row.get(chart.x) is not None else "")
+                      for row in rows]
+    labels = {column.key: column.label for column in table.columns}
+    for key in chart.series:
+        drawn.add(labels.get(key, key), [row.get(key) for row in rows])
+    svg = drawn.render(is_unicode=True)
+    return Markup(re.sub(r"<script\b.*?</script>", "", svg, flags=re.DOTALL))
+
+
+def _subtitle(report: Report) -> str:
+    query = report.query
+    parts = [query.program or "all programs", query.describe(), f"time zone {query.tz}"]
+    if query.by:
+        parts.append(f"by {query.by}")
+    if query.split:
+        parts.append(f"split by {query.split.replace('_', ' ')}")
+    return " · ".join(parts)
+
+
+def _escape(text: str) -> str:
+    """Rich markup in data (a persona named [red]) prints as typed."""
+    from rich.markup import escape
+
+    return escape(text)
+
+
+_PAGE = Environment(autoescape=True).from_string("""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{{ report.title }}</title>
+<style>
+body { font: 14px/1.45 system-ui, sans-serif; margin: 2rem auto; max-width: 1200px;
+       padding: 0 1rem; color: #1d2330; }
+h1 { font-size: 1.5rem; margin-bottom: .2rem; }
+.sub { color: #5a6372; margin-top: 0; }
+section { margin: 2rem 0; }
+.pair { display: flex; flex-wrap: wrap; gap: 1.5rem; align-items: flex-start; }
+.chart { flex: 1 1 480px; max-width: 720px; }
+.chart svg { width: 100%; height: auto; }
+.data { flex: 1 1 360px; overflow-x: auto; }
+table { border-collapse: collapse; }
+th, td { padding: .25rem .6rem; border-bottom: 1px solid #e3e6eb; text-align: right;
+         white-space: nowrap; }
+th { background: #f4f6f8; }
+td.text, th.text { text-align: left; }
+.note { color: #5a6372; font-size: .9rem; margin: .3rem 0; }
+</style></head>
+<body>
+<h1>{{ report.title }}</h1>
+<p class="sub">{{ subtitle }} · generated {{ report.generated_at.strftime("%Y-%m-%d %H:%M UTC") }}</p>
+{% for note in report.notes %}<p class="note">{{ note }}</p>{% endfor %}
+{% for section in sections %}{% set table = section.table %}
+<section id="{{ table.key }}">
+<h2>{{ table.title }}</h2>
+<div class="pair">
+{% if section.svg %}<figure class="chart" aria-label="{{ table.chart.title }}">{{ section.svg }}</figure>{% endif %}
+<div class="data">
+{% if section.rows %}
+<table><thead><tr>{% for column in table.columns %}<th scope="col" class="{{ column.kind }}">{{ column.label }}</th>{% endfor %}</tr></thead>
+<tbody>{% for row in section.rows %}<tr>{% for cell in row %}<td class="{{ table.columns[loop.index0].kind }}">{{ cell }}</td>{% endfor %}</tr>{% endfor %}</tbody></table>
+{% else %}<p class="note">Nothing in this period.</p>{% endif %}
+{% for note in table.notes %}<p class="note">{{ note }}</p>{% endfor %}
+</div></div></section>
+{% endfor %}
+</body></html>
+""")
