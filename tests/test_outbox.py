@@ -16,6 +16,7 @@ from engine.sending.models import Delivery, OutboxMessage
 from engine.sending.outbox import (
     claim_due,
     insert_rows,
+    mark_refused,
     mark_sent,
     mark_temporary_failure,
     renew_claims,
@@ -104,6 +105,24 @@ def test_claims_hold_a_lease_and_expired_leases_are_claimed_again(db, sample_pro
     row = next(r for r in outbox(db) if r.id == first[1].id)
     assert (row.status, row.deliveries, row.attempts, row.delivery_unknown) == (
         "sent", 2, 2, True)  # a duplicate, counted and marked
+
+
+def test_a_refusal_is_recorded_whoever_holds_the_claim_but_never_undoes_a_send(
+        db, sample_program):
+    setup_leads(db, sample_program, count=2)
+    with db.session() as s:
+        stalled, done = claim_due(session=s, worker="w1", now=MONDAY, limit=2)
+    later = MONDAY + timedelta(minutes=10)  # w1's leases expired: w2 took both rows over
+    with db.session() as s:
+        assert len(claim_due(session=s, worker="w2", now=later)) == 2
+        mark_sent(session=s, row_id=done.id, worker="w2", now=later)
+    with db.session() as s:  # w1's 550s arrive late
+        mark_refused(session=s, row_id=stalled.id, worker="w1", now=later, error="550 5.1.1")
+        mark_refused(session=s, row_id=done.id, worker="w1", now=later, error="550 5.1.1")
+    rows = {r.id: r for r in outbox(db)}
+    assert (rows[stalled.id].status, rows[stalled.id].attempts, rows[stalled.id].last_error) == (
+        "failed_perm", 1, "550 5.1.1")  # not left for w2 to find suppressed and skip
+    assert rows[done.id].status == "sent"
 
 
 def test_concurrent_workers_never_claim_a_row_twice(db, sample_program):

@@ -210,8 +210,8 @@ def _deliver(*, db: Database, transport: Transport, row_id: int, worker: str, cl
         error = f"{result.code or ''} {result.text}".strip()
         row = session.get(OutboxMessage, row_id)
         if result.permanent:
-            outbox.mark_permanent_failure(session=session, row_id=row_id, worker=worker, now=now,
-                                          error=error)
+            outbox.mark_refused(session=session, row_id=row_id, worker=worker, now=now,
+                                error=error)
             if result.hard_bounces:
                 record_bounce(session=session, email=recipient, kind="hard", now=now,
                               source=f"smtp: {error}"[:200], reason=error)

@@ -193,6 +193,16 @@ def mark_permanent_failure(*, session: Session, row_id: int, worker: str, now: d
                    status=Delivery.FAILED_PERM, last_error=error[:2000])
 
 
+def mark_refused(*, session: Session, row_id: int, worker: str, now: datetime,
+                 error: str) -> None:
+    """A permanent refusal from the server: like a 250, recorded whoever holds the claim now
+    (unless the row was sent meanwhile), so the address it suppresses and the row agree."""
+    session.execute(update(_OUTBOX).where(_OUTBOX.c.id == row_id,
+                                          _OUTBOX.c.status != Delivery.SENT).values(
+        status=Delivery.FAILED_PERM, lease_until=None, last_error=error[:2000],
+        attempts=_OUTBOX.c.attempts + 1, send_started=False, claimed_by=worker, updated_at=now))
+
+
 def mark_skipped(*, session: Session, row_id: int, worker: str, now: datetime, reason: str) -> bool:
     return _finish(session, row_id, worker, now, attempted=False, status=Delivery.SKIPPED,
                    skip_reason=reason[:200])
