@@ -1,0 +1,210 @@
+"""Attribution: where the MQLs, SALs, opportunities and customers of a period came from, by
+first touch and by the last touch before they reached the stage.
+
+Definitions:
+- A lead *reached* a stage in a period when its stage history has a change to that stage at a
+  moment of the period (from the history, never today's stage). It counts once per stage and
+  period, at its first such change there; a lead that reaches the stage again in another
+  period counts there too.
+- The *source* is one source field: source_channel, or source_offer / source_partner when the
+  query splits by that field (the split column then holds the lead's own value of it).
+- A *touch* is a form submission that carries a source: the posted field of that name
+  (source_channel, source_offer, source_partner) or, failing it, the UTM parameter the form
+  map reads for it by default (utm_medium, utm_campaign, utm_source). A form posts these as
+  hidden fields; the visit's own UTM tags are written to the lead (see below), not to the
+  submission.
+- *First touch*: the source the lead was first recorded with. That is the lead's own source
+  field: the engine fills it from the first source it learns (import, API, or the visit of
+  the first form) and a form never overwrites it. When it is empty, the earliest touch;
+  else "(none)".
+- *Last touch*: the source of the latest touch at or before the stage change; without one,
+  the first touch.
+- Shares are of the stage's leads in the same period (and split).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from datetime import UTC, datetime
+
+from sqlalchemy import case, func, select
+from sqlalchemy.orm import Session
+
+from engine.leads.models import Lead, StageChange
+from engine.leads.stages import Stage
+from engine.pages.forms import DEFAULT_SOURCE, SOURCE_FIELDS
+from engine.pages.models import FormSubmission
+from engine.reports.model import Chart, Column, Report, Table, dimension_columns, rate
+from engine.reports.query import Bucket, ReportQuery
+from engine.reports.scope import UNSET, scoped_leads
+
+STAGES = (Stage.MQL, Stage.SAL, Stage.OPPORTUNITY, Stage.CUSTOMER)
+TOUCHES = ("first", "last")
+MAX_SERIES = 8  # sources charted one by one; the rest are summed as "other"
+OTHER = "other"
+
+
+def build(session: Session, query: ReportQuery, *, now: datetime | None = None) -> Report:
+    field = query.split if query.split in SOURCE_FIELDS else "source_channel"
+    buckets = query.buckets()
+    counts = _counts(session, query, buckets, field)
+    name = field.removeprefix("source_")
+    report = Report(name="attribution", title=f"Attribution by {name}", query=query,
+                    generated_at=now or datetime.now(UTC),
+                    tables=[_long_table(query, buckets, counts, name),
+                            *(_chart_table(query, buckets, counts, name, touch)
+                              for touch in TOUCHES)])
+    report.notes.append(
+        f"First touch: the lead's own {field} (the first source recorded for it), else its "
+        "earliest form submission carrying one. Last touch: the latest form submission "
+        f"carrying a {name} at or before the stage change, else the first touch.")
+    report.notes.append(
+        f"A form submission carries a {name} only when the form posts it (a hidden field "
+        f"{field} or {DEFAULT_SOURCE[field][0]}); the visit's UTM tags are kept on the lead "
+        "only, so without such fields last touch equals first touch.")
+    return report
+
+
+# Counts[(bucket, split, stage)][touch][source] = leads
+Counts = dict[tuple[int, str, str], dict[str, Counter]]
+
+
+def _counts(session: Session, query: ReportQuery, buckets: list[Bucket], field: str) -> Counts:
+    scope = scoped_leads(session, query).subquery()
+    changes = (select(StageChange.lead_id, StageChange.to_stage.label("stage"),
+                      StageChange.at, scope.c.split,
+                      _bucket_of(StageChange.at, buckets).label("bucket"))
+               .join(scope, scope.c.lead_id == StageChange.lead_id)
+               .where(StageChange.to_stage.in_(STAGES), StageChange.at >= query.start,
+                      StageChange.at < query.end)
+               .subquery())
+    reached = (select(changes.c.lead_id, changes.c.stage, changes.c.bucket, changes.c.split,
+                      func.min(changes.c.at).label("at"))
+               .group_by(changes.c.lead_id, changes.c.stage, changes.c.bucket, changes.c.split)
+               .subquery())
+    touch = _touch_source(field)
+    earliest = (select(touch).where(FormSubmission.lead_id == reached.c.lead_id,
+                                    touch.is_not(None))
+                .order_by(FormSubmission.created_at, FormSubmission.id).limit(1)
+                .scalar_subquery())
+    latest = (select(touch).where(FormSubmission.lead_id == reached.c.lead_id,
+                                  touch.is_not(None), FormSubmission.created_at <= reached.c.at)
+              .order_by(FormSubmission.created_at.desc(), FormSubmission.id.desc()).limit(1)
+              .scalar_subquery())
+    touches = (select(reached.c.bucket, reached.c.split, reached.c.stage,
+                      func.coalesce(_blank_as_null(getattr(Lead, field)), earliest, UNSET)
+                      .label("first"),
+                      latest.label("latest"))
+               .join(Lead, Lead.id == reached.c.lead_id)
+               .subquery())
+    rows = session.execute(
+        select(touches.c.bucket, touches.c.split, touches.c.stage, touches.c.first,
+               touches.c.latest, func.count().label("n"))
+        .group_by(touches.c.bucket, touches.c.split, touches.c.stage, touches.c.first,
+                  touches.c.latest))
+    counts: Counts = defaultdict(lambda: {touch: Counter() for touch in TOUCHES})
+    for row in rows:
+        found = counts[(row.bucket, row.split, row.stage)]
+        found["first"][row.first] += row.n
+        found["last"][row.latest or row.first] += row.n
+    return counts
+
+
+def _touch_source(field: str):
+    """A form submission's value of `field`: posted under its own name, else under the UTM
+    parameter the form map reads for it by default; None when blank or absent."""
+    names = (field, *DEFAULT_SOURCE[field])
+    return func.coalesce(*(_blank_as_null(FormSubmission.fields[name].as_string())
+                           for name in names))
+
+
+def _blank_as_null(value):
+    return func.nullif(func.trim(value), "")
+
+
+# -- tables -----------------------------------------------------------------------------------
+
+def _groups(query: ReportQuery, buckets: list[Bucket], counts: Counts):
+    """(bucket, split, stage) in report order, every stage of every bucket and split."""
+    splits = sorted({split for _, split, _ in counts}) or [UNSET]
+    for index in range(len(buckets)):
+        for split in splits:
+            for stage in STAGES:
+                yield index, split, str(stage)
+
+
+def _long_table(query: ReportQuery, buckets: list[Bucket], counts: Counts, name: str) -> Table:
+    rows = []
+    for index, split, stage in _groups(query, buckets, counts):
+        found = counts.get((index, split, stage))
+        if not found:
+            continue
+        total = sum(found["first"].values())
+        sources = set(found["first"]) | set(found["last"])
+        for source in sorted(sources, key=lambda s: (-found["first"][s], -found["last"][s],
+                                                      s == UNSET, s)):
+            first, last = found["first"][source], found["last"][source]
+            rows.append({**_dimensions(query, buckets, index, split), "stage": stage,
+                         "source": source, "leads": total,
+                         "first_touch": first, "first_touch_share": rate(first, total),
+                         "last_touch": last, "last_touch_share": rate(last, total)})
+    return Table(
+        key="attribution", title=f"Leads reaching each stage by {name}, first and last touch",
+        columns=dimension_columns(query) + [
+            Column("stage", "stage", "text"), Column("source", name, "text"),
+            Column("leads", "leads reaching the stage"),
+            Column("first_touch", "first touch"),
+            Column("first_touch_share", "first touch share", "rate"),
+            Column("last_touch", "last touch"),
+            Column("last_touch_share", "last touch share", "rate")],
+        rows=rows,
+        notes=["Each lead counts once per stage and period; shares are of the stage's leads."])
+
+
+def _chart_table(query: ReportQuery, buckets: list[Bucket], counts: Counts, name: str,
+                 touch: str) -> Table:
+    """One row per stage, one column per source (the MAX_SERIES largest; the rest summed as
+    other): the bars of the chart."""
+    overall: Counter = Counter()
+    for found in counts.values():
+        overall.update(found[touch])
+    ranked = sorted(overall, key=lambda s: (-overall[s], s == UNSET, s))
+    shown = ranked if len(ranked) <= MAX_SERIES else ranked[:MAX_SERIES - 1]
+    rest = len(ranked) > len(shown)
+    keys = {source: f"source:{source}" for source in shown}
+    rows = []
+    for index, split, stage in _groups(query, buckets, counts):
+        found = counts.get((index, split, stage), {touch: Counter()})[touch]
+        row = {**_dimensions(query, buckets, index, split), "stage": stage}
+        row.update({keys[source]: found[source] for source in shown})
+        if rest:
+            row[OTHER] = sum(n for source, n in found.items() if source not in keys)
+        row["leads"] = sum(found.values())
+        rows.append(row)
+    series = tuple(keys.values()) + ((OTHER,) if rest else ())
+    title = f"Leads reaching each stage by {touch}-touch {name}"
+    return Table(
+        key=f"{touch}_touch", title=title,
+        columns=dimension_columns(query) + [Column("stage", "stage", "text")]
+        + [Column(key, source) for source, key in keys.items()]
+        + ([Column(OTHER, f"other {name}s")] if rest else []) + [Column("leads", "leads")],
+        rows=rows, chart=Chart("bar", "stage", series, title) if series else None,
+        notes=[f"Beyond the {MAX_SERIES - 1} largest, sources are summed as other."]
+        if rest else [])
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+def _bucket_of(at, buckets: list[Bucket]):
+    """The index of the bucket holding `at` (callers keep `at` within the period)."""
+    return case(*[(at < bucket.end, index) for index, bucket in enumerate(buckets)],
+                else_=len(buckets) - 1)
+
+
+def _dimensions(query: ReportQuery, buckets: list[Bucket], index: int, split: str) -> dict:
+    row = {}
+    if query.by:
+        row["period"] = buckets[index].label
+    if query.split:
+        row["split"] = split
+    return row
