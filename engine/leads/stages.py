@@ -19,6 +19,8 @@ class Stage(StrEnum):
 
 
 STAGES: tuple[str, ...] = tuple(stage.value for stage in Stage)
+# The way forward, in order; recycled and disqualified are detours off it.
+SUCCESS_PATH: tuple[str, ...] = ("inquiry", "engaged", "mql", "sal", "opportunity", "customer")
 
 TRANSITIONS: dict[str, frozenset[str]] = {
     "inquiry": frozenset({"engaged", "mql", "sal", "recycled", "disqualified"}),

@@ -27,16 +27,24 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from datetime import UTC, datetime
 
-from sqlalchemy import case, func, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from engine.leads.models import Lead, StageChange
 from engine.leads.stages import Stage
 from engine.pages.forms import DEFAULT_SOURCE, SOURCE_FIELDS
 from engine.pages.models import FormSubmission
-from engine.reports.model import Chart, Column, Report, Table, dimension_columns, rate
+from engine.reports.model import (
+    Chart,
+    Column,
+    Report,
+    Table,
+    dimension_columns,
+    dimensions,
+    rate,
+)
 from engine.reports.query import Bucket, ReportQuery
-from engine.reports.scope import UNSET, scoped_leads
+from engine.reports.scope import UNSET, bucket_index, scoped_leads
 
 STAGES = (Stage.MQL, Stage.SAL, Stage.OPPORTUNITY, Stage.CUSTOMER)
 TOUCHES = ("first", "last")
@@ -73,7 +81,7 @@ def _counts(session: Session, query: ReportQuery, buckets: list[Bucket], field: 
     scope = scoped_leads(session, query).subquery()
     changes = (select(StageChange.lead_id, StageChange.to_stage.label("stage"),
                       StageChange.at, scope.c.split,
-                      _bucket_of(StageChange.at, buckets).label("bucket"))
+                      bucket_index(StageChange.at, buckets).label("bucket"))
                .join(scope, scope.c.lead_id == StageChange.lead_id)
                .where(StageChange.to_stage.in_(STAGES), StageChange.at >= query.start,
                       StageChange.at < query.end)
@@ -144,7 +152,7 @@ def _long_table(query: ReportQuery, buckets: list[Bucket], counts: Counts, name:
         for source in sorted(sources, key=lambda s: (-found["first"][s], -found["last"][s],
                                                       s == UNSET, s)):
             first, last = found["first"][source], found["last"][source]
-            rows.append({**_dimensions(query, buckets, index, split), "stage": stage,
+            rows.append({**dimensions(query, buckets[index].label, split), "stage": stage,
                          "source": source, "leads": total,
                          "first_touch": first, "first_touch_share": rate(first, total),
                          "last_touch": last, "last_touch_share": rate(last, total)})
@@ -175,7 +183,7 @@ def _chart_table(query: ReportQuery, buckets: list[Bucket], counts: Counts, name
     rows = []
     for index, split, stage in _groups(query, buckets, counts):
         found = counts.get((index, split, stage), {touch: Counter()})[touch]
-        row = {**_dimensions(query, buckets, index, split), "stage": stage}
+        row = {**dimensions(query, buckets[index].label, split), "stage": stage}
         row.update({keys[source]: found[source] for source in shown})
         if rest:
             row[OTHER] = sum(n for source, n in found.items() if source not in keys)
@@ -195,16 +203,3 @@ def _chart_table(query: ReportQuery, buckets: list[Bucket], counts: Counts, name
 
 # -- helpers ----------------------------------------------------------------------------------
 
-def _bucket_of(at, buckets: list[Bucket]):
-    """The index of the bucket holding `at` (callers keep `at` within the period)."""
-    return case(*[(at < bucket.end, index) for index, bucket in enumerate(buckets)],
-                else_=len(buckets) - 1)
-
-
-def _dimensions(query: ReportQuery, buckets: list[Bucket], index: int, split: str) -> dict:
-    row = {}
-    if query.by:
-        row["period"] = buckets[index].label
-    if query.split:
-        row["split"] = split
-    return row

@@ -63,9 +63,17 @@ from engine.leads.models import Lead, LeadEvent
 from engine.pages.models import FormSubmission
 from engine.programs.models import ProgramRecord
 from engine.programs.store import program_at, running_version
-from engine.reports.model import Chart, Column, Report, Table, dimension_columns, rate
-from engine.reports.query import Bucket, ReportQuery
-from engine.reports.scope import UNSET, program_id, scoped_leads
+from engine.reports.model import (
+    Chart,
+    Column,
+    Report,
+    Table,
+    dimension_columns,
+    dimensions,
+    rate,
+)
+from engine.reports.query import ReportQuery
+from engine.reports.scope import UNSET, bucket_label, program_id, scoped_leads
 from engine.sending.models import Delivery, OutboxMessage
 from engine.tracking.links import HONEYPOT
 from engine.tracking.models import TrackingEvent
@@ -114,14 +122,6 @@ def _out_at(row) -> ColumnElement:
     return func.coalesce(row.sent_at, row.updated_at)
 
 
-def _bucket_label(column, buckets: list[Bucket]) -> ColumnElement:
-    """The label of the bucket holding `column` (already within the query's period)."""
-    if len(buckets) == 1:
-        return literal(buckets[0].label)
-    return case(*[(column < bucket.end, bucket.label) for bucket in buckets[:-1]],
-                else_=buckets[-1].label)
-
-
 def _persona(enrollment) -> ColumnElement:
     """As the `persona` split reads it (engine/reports/scope.py): the lead's own, else the one
     the enrollment matched."""
@@ -142,7 +142,7 @@ def _sends(session: Session, query: ReportQuery):
                OutboxMessage.program_version.label("program_version"),
                OutboxMessage.step.label("step"),
                OutboxMessage.asset_version_id.label("asset_version_id"),
-               _bucket_label(out_at, query.buckets()).label("period"),
+               bucket_label(out_at, query.buckets()).label("period"),
                scope.c.split.label("split"), _persona(Enrollment).label("persona"),
                case((and_(failed, not_(gave_up)), 1), else_=0).label("refused"),
                case((and_(failed, gave_up), 1), else_=0).label("gave_up"))
@@ -283,15 +283,6 @@ def _metrics(counts: dict[str, int]) -> dict:
             "bot_clicks": counts["bot_clicks"]}
 
 
-def _dimensions(query: ReportQuery, period: str, split: str) -> dict:
-    row = {}
-    if query.by:
-        row["period"] = period
-    if query.split:
-        row["split"] = split
-    return row
-
-
 def _rolled_up(query: ReportQuery, per_email: dict[tuple, dict[str, int]],
                key_of) -> list[tuple[tuple, dict[str, int]]]:
     """Sum the per-email counts under key_of(key) (prefixed by period and split), ordered by
@@ -311,7 +302,7 @@ def _email_table(session: Session, query: ReportQuery, per_email, names: dict[in
     rows = []
     for key, counts in _rolled_up(query, per_email, lambda k: (names.get(k[3], ""), k[5], k[6])):
         period, split, program, step, version_id = key
-        rows.append({**_dimensions(query, period, split), "program": program, "email": step,
+        rows.append({**dimensions(query, period, split), "program": program, "email": step,
                      "version": versions.get(version_id, "-"), **_metrics(counts)})
     return Table(
         key="emails", title="Per email",
@@ -337,7 +328,7 @@ def _track_table(session: Session, query: ReportQuery, per_email, names: dict[in
             holding = [name for name, steps in spec.tracks.items()
                        if any(s.email == step for s in steps)]
             tracks[(program, version, step)] = ", ".join(holding) or "(in no track)"
-    rows = [{**_dimensions(query, period, split), "program": program, "track": track,
+    rows = [{**dimensions(query, period, split), "program": program, "track": track,
              **_metrics(counts)}
             for (period, split, program, track), counts in _rolled_up(
                 query, per_email, lambda k: (names.get(k[3], ""), tracks[(k[3], k[4], k[5])]))]
@@ -352,7 +343,7 @@ def _track_table(session: Session, query: ReportQuery, per_email, names: dict[in
 
 
 def _persona_table(query: ReportQuery, per_email, names: dict[int, str]) -> Table:
-    rows = [{**_dimensions(query, period, split), "program": program, "persona": persona,
+    rows = [{**dimensions(query, period, split), "program": program, "persona": persona,
              **_metrics(counts)}
             for (period, split, program, persona), counts in _rolled_up(
                 query, per_email, lambda k: (names.get(k[3], ""), k[2]))]
@@ -386,7 +377,7 @@ def _link_table(session: Session, query: ReportQuery, sends, names: dict[int, st
     found = sorted(session.execute(grouped).all(), key=lambda r: (
         order.get(r[0], -1), str(r[1]), names.get(r[2], ""), r[3],
         -2 if r[4] is None else r[4]))
-    rows = [{**_dimensions(query, period, split), "program": names.get(program, ""),
+    rows = [{**dimensions(query, period, split), "program": names.get(program, ""),
              "email": step, "link": _link_label(index), "url": _url_label(index, url),
              "clicks": int(human or 0), "unique_clicks": int(unique or 0),
              "bot_clicks": int(bot or 0)}
@@ -431,7 +422,7 @@ def _page_table(session: Session, query: ReportQuery, names: dict[int, str]) -> 
         for name, value in found.items():
             counts[key][name] += int(value or 0)
     order = {bucket.label: i for i, bucket in enumerate(query.buckets())}
-    rows = [{**_dimensions(query, period, split), "program": program, "page": page, **found}
+    rows = [{**dimensions(query, period, split), "program": program, "page": page, **found}
             for (period, split, program, page), found in sorted(
                 counts.items(), key=lambda item: (order.get(item[0][0], -1), item[0][1:]))]
     return Table(
@@ -458,7 +449,7 @@ def _page_events(session: Session, query: ReportQuery,
     event = TrackingEvent
     in_period = and_(event.at >= query.start, event.at < query.end)
     human = event.bot.is_(False)
-    visits = (select(_bucket_label(event.at, buckets).label("period"), scope.c.split,
+    visits = (select(bucket_label(event.at, buckets).label("period"), scope.c.split,
                      event.url, case((human, 1), else_=0).label("human"),
                      case((human, event.lead_id)).label("visitor"),
                      case((human, 0), else_=1).label("bot"))
@@ -476,7 +467,7 @@ def _page_events(session: Session, query: ReportQuery,
 
     pages = _pages_in_scope(session, program)
     if pages:
-        clicks = (select(_bucket_label(event.at, buckets).label("period"), scope.c.split,
+        clicks = (select(bucket_label(event.at, buckets).label("period"), scope.c.split,
                          _page_of(event.url, pages).label("page"))
                   .join(scope, scope.c.lead_id == event.lead_id)
                   .where(event.kind == "click", human, in_period)).subquery("page_clicks")
@@ -490,7 +481,7 @@ def _page_events(session: Session, query: ReportQuery,
     submitted = FormSubmission
     after_email = case((_last_send(submitted.lead_id, submitted.created_at,
                                    submitted.program_id).is_not(None), 1), else_=0)
-    forms = (select(_bucket_label(submitted.created_at, buckets).label("period"),
+    forms = (select(bucket_label(submitted.created_at, buckets).label("period"),
                     scope.c.split, submitted.program_id, submitted.page,
                     after_email.label("after_email"))
              .join(scope, scope.c.lead_id == submitted.lead_id)

@@ -53,16 +53,22 @@ from engine.errors import NotFound
 from engine.journeys.decide import EventKind
 from engine.journeys.models import Enrollment
 from engine.leads.models import Lead, LeadEvent, StageChange
-from engine.leads.stages import Stage
+from engine.leads.stages import SUCCESS_PATH
 from engine.programs.models import ProgramRecord
 from engine.programs.spec import Goal
 from engine.programs.store import list_programs, program_at, running_version
-from engine.reports.model import Chart, Column, Report, Table, dimension_columns, rate
-from engine.reports.query import Bucket, ReportQuery
-from engine.reports.scope import UNSET, scoped_leads
+from engine.reports.model import (
+    Chart,
+    Column,
+    Report,
+    Table,
+    dimension_columns,
+    dimensions,
+    rate,
+)
+from engine.reports.query import ReportQuery
+from engine.reports.scope import UNSET, bucket_label, scoped_leads
 
-SUCCESS_PATH: tuple[str, ...] = (Stage.INQUIRY, Stage.ENGAGED, Stage.MQL, Stage.SAL,
-                                 Stage.OPPORTUNITY, Stage.CUSTOMER)
 # A goal's event kind (as program files name responses) -> the kind the lead's log records.
 LOGGED_AS = {"open": EventKind.OPENED, "click": EventKind.CLICKED,
              "page_view": EventKind.PAGE_VIEWED, "form_submitted": EventKind.FORM_SUBMITTED,
@@ -133,13 +139,6 @@ def _programs(session: Session, query: ReportQuery) -> tuple[list[Measured], lis
 
 # -- counting ---------------------------------------------------------------------------------
 
-def _bucket_label(column, buckets: list[Bucket]) -> ColumnElement:
-    if len(buckets) == 1:
-        return literal(buckets[0].label)
-    return case(*[(column < bucket.end, bucket.label) for bucket in buckets[:-1]],
-                else_=buckets[-1].label)
-
-
 def _in_time(at, since, within: timedelta | None, dialect: str) -> ColumnElement[bool]:
     """`at` no later than `within` after `since` (always, without a limit)."""
     if within is None:
@@ -189,7 +188,7 @@ def _counts(session: Session, query: ReportQuery, program: Measured,
     reached = _reached(program.goal, dialect)
     time_left = (true() if program.goal.within is None
                  else Enrollment.created_at > now - program.goal.within)
-    rows = (select(_bucket_label(Enrollment.created_at, query.buckets()).label("period"),
+    rows = (select(bucket_label(Enrollment.created_at, query.buckets()).label("period"),
                    scope.c.split,
                    func.coalesce(Lead.persona, Enrollment.state["persona"].as_string(),
                                  UNSET).label("persona"),
@@ -220,15 +219,6 @@ def _metrics(found: dict[str, int]) -> dict:
             "rate": rate(found["reached"], found["enrolled"]), "waiting": found["waiting"]}
 
 
-def _dimensions(query: ReportQuery, period: str, split: str) -> dict:
-    row = {}
-    if query.by:
-        row["period"] = period
-    if query.split:
-        row["split"] = split
-    return row
-
-
 def _summed(counts: dict[tuple, dict[str, int]], key_of) -> dict[tuple, dict[str, int]]:
     sums: dict[tuple, dict[str, int]] = defaultdict(lambda: dict.fromkeys(COUNTS, 0))
     for key, found in counts.items():
@@ -254,7 +244,7 @@ def _goal_table(query: ReportQuery, measured: list[Measured],
                 sums.setdefault((bucket.label, UNSET, program.record.name),
                                 dict.fromkeys(COUNTS, 0))
     goals = {program.record.name: program.goal.describe() for program in measured}
-    rows = [{**_dimensions(query, period, split), "program": program, "goal": goals[program],
+    rows = [{**dimensions(query, period, split), "program": program, "goal": goals[program],
              **_metrics(found)}
             for (period, split, program), found in _ordered(query, sums)]
     return Table(
@@ -270,7 +260,7 @@ def _goal_table(query: ReportQuery, measured: list[Measured],
 def _rollup_table(query: ReportQuery, counts: dict[tuple, dict[str, int]], *, key: str,
                   title: str, index: int, column: Column) -> Table:
     sums = _summed(counts, lambda k: (k[0], k[1], k[4], k[index]))
-    rows = [{**_dimensions(query, period, split), "program": program, column.key: value,
+    rows = [{**dimensions(query, period, split), "program": program, column.key: value,
              **_metrics(found)}
             for (period, split, program, value), found in _ordered(query, sums)]
     return Table(

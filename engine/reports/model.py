@@ -78,3 +78,13 @@ def dimension_columns(query: ReportQuery) -> list[Column]:
     if query.split:
         columns.append(Column("split", query.split.replace("_", " "), "text"))
     return columns
+
+
+def dimensions(query: ReportQuery, period: str, split: str) -> dict:
+    """The first values of a row of a grouped or split table (see dimension_columns)."""
+    row = {}
+    if query.by:
+        row["period"] = period
+    if query.split:
+        row["split"] = split
+    return row

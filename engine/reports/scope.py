@@ -3,14 +3,14 @@ split by: one place, so every report scopes and splits alike."""
 
 from __future__ import annotations
 
-from sqlalchemy import Select, func, literal, select
+from sqlalchemy import ColumnElement, Select, case, func, literal, select
 from sqlalchemy.orm import Session
 
 from engine.errors import NotFound
 from engine.journeys.models import Enrollment
 from engine.leads.models import Lead
 from engine.programs.models import ProgramRecord
-from engine.reports.query import ReportQuery
+from engine.reports.query import Bucket, ReportQuery
 
 UNSET = "(none)"  # the split value of a lead that has none
 
@@ -45,3 +45,17 @@ def _split_value(query: ReportQuery):
     if query.split == "persona":
         return func.coalesce(Lead.persona, Enrollment.state["persona"].as_string(), UNSET)
     return func.coalesce(getattr(Lead, query.split), UNSET)
+
+
+def bucket_index(at, buckets: list[Bucket]) -> ColumnElement:
+    """The index of the bucket holding `at` (callers keep `at` within the period)."""
+    return case(*[(at < bucket.end, index) for index, bucket in enumerate(buckets)],
+                else_=len(buckets) - 1)
+
+
+def bucket_label(at, buckets: list[Bucket]) -> ColumnElement:
+    """The label of the bucket holding `at` (callers keep `at` within the period)."""
+    if len(buckets) == 1:
+        return literal(buckets[0].label)
+    return case(*[(at < bucket.end, bucket.label) for bucket in buckets[:-1]],
+                else_=buckets[-1].label)

@@ -38,9 +38,17 @@ from engine.leads.models import Lead, StageChange
 from engine.leads.stages import Stage
 from engine.programs.models import ProgramRecord
 from engine.programs.store import program_at, running_version
-from engine.reports.model import Chart, Column, Report, Table, dimension_columns, rate
+from engine.reports.model import (
+    Chart,
+    Column,
+    Report,
+    Table,
+    dimension_columns,
+    dimensions,
+    rate,
+)
 from engine.reports.query import Bucket, ReportQuery
-from engine.reports.scope import UNSET, scoped_leads
+from engine.reports.scope import UNSET, bucket_index, scoped_leads
 from engine.sales.models import SlaBreach
 from engine.sales.sla import MQL_UNANSWERED, OPPORTUNITY_STALLED
 from engine.scoring.rules import SlaRules
@@ -99,7 +107,7 @@ def _mql_tables(session: Session, query: ReportQuery, buckets: list[Bucket],
                           or_(left.at > entered.at,
                               and_(left.at == entered.at, left.id > entered.id)))
                    .scalar_subquery())
-    entries = (select(_bucket_of(entered.at, buckets).label("bucket"),
+    entries = (select(bucket_index(entered.at, buckets).label("bucket"),
                       scope.c.split.label("split"),
                       func.coalesce(Lead.owner, UNSET).label("owner"),
                       entered.at.label("entered_at"), answered_at.label("answered_at"),
@@ -159,7 +167,7 @@ def _mql_tables(session: Session, query: ReportQuery, buckets: list[Bucket],
 
 def _mql_row(query: ReportQuery, buckets: list[Bucket], index: int, split: str,
              counts: dict, owner: str | None = None) -> dict:
-    row = _dimensions(query, buckets, index, split)
+    row = dimensions(query, buckets[index].label, split)
     row["_bucket"] = index
     if owner is not None:
         row["owner"] = owner
@@ -186,7 +194,7 @@ def _sla_seconds(lead_id, slas: dict[int, tuple[str, timedelta]]):
 
 def _breach_table(session: Session, query: ReportQuery, buckets: list[Bucket]) -> Table:
     scope = scoped_leads(session, query).subquery()
-    breaches = (select(_bucket_of(SlaBreach.detected_at, buckets).label("bucket"),
+    breaches = (select(bucket_index(SlaBreach.detected_at, buckets).label("bucket"),
                        scope.c.split.label("split"), SlaBreach.kind.label("kind"),
                        SlaBreach.resolved_at.is_not(None).label("resolved"))
                 .join(scope, scope.c.lead_id == SlaBreach.lead_id)
@@ -204,7 +212,7 @@ def _breach_table(session: Session, query: ReportQuery, buckets: list[Bucket]) -
         for split in splits:
             for kind in kinds:
                 detected, resolved = found.get((index, split, kind), (0, 0))
-                table_rows.append({**_dimensions(query, buckets, index, split), "kind": kind,
+                table_rows.append({**dimensions(query, buckets[index].label, split), "kind": kind,
                                    "detected": detected, "resolved": resolved,
                                    "open": detected - resolved})
     return Table(
@@ -224,7 +232,7 @@ def _stalled_table(session: Session, query: ReportQuery, buckets: list[Bucket]) 
            .where(StageChange.lead_id == SlaBreach.lead_id,
                   StageChange.to_stage == Stage.CUSTOMER, StageChange.at >= SlaBreach.since)
            .exists())
-    stalls = (select(_bucket_of(SlaBreach.detected_at, buckets).label("bucket"),
+    stalls = (select(bucket_index(SlaBreach.detected_at, buckets).label("bucket"),
                      scope.c.split.label("split"), SlaBreach.action.label("action"),
                      SlaBreach.resolved_at.is_not(None).label("resolved"), won.label("won"))
               .join(scope, scope.c.lead_id == SlaBreach.lead_id)
@@ -243,7 +251,7 @@ def _stalled_table(session: Session, query: ReportQuery, buckets: list[Bucket]) 
                                             Column("resolved", "resolved"),
                                             Column("open", "still stalled"),
                                             Column("won", "won since")],
-        rows=[{**_dimensions(query, buckets, r.bucket, r.split), "action": r.action,
+        rows=[{**dimensions(query, buckets[r.bucket].label, r.split), "action": r.action,
                "stalled": int(r.n), "resolved": int(r.resolved),
                "open": int(r.n) - int(r.resolved), "won": int(r.won)} for r in rows],
         notes=[("Opportunities without update for sla.opportunity_stalled, by the action "
@@ -252,21 +260,6 @@ def _stalled_table(session: Session, query: ReportQuery, buckets: list[Bucket]) 
 
 
 # -- helpers --------------------------------------------------------------------------------
-
-def _bucket_of(at, buckets: list[Bucket]):
-    """The index of the bucket holding `at` (callers keep `at` within the period)."""
-    return case(*[(at < bucket.end, index) for index, bucket in enumerate(buckets)],
-                else_=len(buckets) - 1)
-
-
-def _dimensions(query: ReportQuery, buckets: list[Bucket], index: int, split: str) -> dict:
-    row = {}
-    if query.by:
-        row["period"] = buckets[index].label
-    if query.split:
-        row["split"] = split
-    return row
-
 
 def _epoch(at):
     """Seconds since 1970 of a stored UTC time, on SQLite and PostgreSQL alike."""
