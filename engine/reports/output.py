@@ -14,6 +14,7 @@ from markupsafe import Markup
 from rich.console import Console
 from rich.table import Table as RichTable
 
+from engine.cli_context import styled
 from engine.errors import Invalid
 from engine.reports.model import Chart, Column, Report, Table
 
@@ -33,21 +34,35 @@ def formatted(value, column: Column) -> str:
 
 
 def to_terminal(report: Report, console: Console) -> None:
-    console.print(f"[bold]{_escape(report.title)}[/bold]  {_escape(_subtitle(report))}")
+    """Each table at its natural width (wider than the terminal if it must: a report piped to
+    a file or a pager stays one row per line)."""
+    console.print(styled((report.title, "bold"), f"  {_subtitle(report)}"))
     for table in report.tables:
-        shown = RichTable(title=_escape(table.title), title_justify="left")
-        for column in table.columns:
-            label = f"{column.label} ({column.kind})" if column.kind in ("hours", "days") \
-                else column.label
-            shown.add_column(_escape(label), justify="left" if column.kind == "text" else "right",
-                             overflow="fold")
-        for row in table.rows:
-            shown.add_row(*(_escape(formatted(row.get(c.key), c)) for c in table.columns))
-        console.print(shown if table.rows else f"{_escape(table.title)}: nothing in this period")
+        if not table.rows:
+            console.print(f"{table.title}: nothing in this period")
+        else:
+            shown = RichTable(title=table.title, title_justify="left")
+            for column in table.columns:
+                unit = f" ({column.kind})" if column.kind in ("hours", "days") else ""
+                shown.add_column(column.label + unit, no_wrap=True,
+                                 justify="left" if column.kind == "text" else "right")
+            for row in table.rows:
+                shown.add_row(*(formatted(row.get(c.key), c) for c in table.columns))
+            _print_wide(console, shown)
         for note in table.notes:
-            console.print(f"  {_escape(note)}", style="dim")
+            console.print(f"  {note}", style="dim")
     for note in report.notes:
-        console.print(_escape(note), style="dim")
+        console.print(note, style="dim")
+
+
+def _print_wide(console: Console, table: RichTable) -> None:
+    natural = console.measure(table, options=console.options.update(width=10_000)).maximum
+    width = console.width
+    console.width = max(width, natural)  # rich never prints wider than the console
+    try:
+        console.print(table, crop=False)
+    finally:
+        console.width = width
 
 
 def to_json(report: Report) -> str:
@@ -125,13 +140,6 @@ def _subtitle(report: Report) -> str:
     return " · ".join(parts)
 
 
-def _escape(text: str) -> str:
-    """Rich markup in data (a persona named [red]) prints as typed."""
-    from rich.markup import escape
-
-    return escape(text)
-
-
 _PAGE = Environment(autoescape=True).from_string("""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -142,10 +150,9 @@ body { font: 14px/1.45 system-ui, sans-serif; margin: 2rem auto; max-width: 1200
 h1 { font-size: 1.5rem; margin-bottom: .2rem; }
 .sub { color: #5a6372; margin-top: 0; }
 section { margin: 2rem 0; }
-.pair { display: flex; flex-wrap: wrap; gap: 1.5rem; align-items: flex-start; }
-.chart { flex: 1 1 480px; max-width: 720px; }
+.chart { max-width: 720px; margin: 0 0 1rem; }
 .chart svg { width: 100%; height: auto; }
-.data { flex: 1 1 360px; overflow-x: auto; }
+.data { overflow-x: auto; }
 table { border-collapse: collapse; }
 th, td { padding: .25rem .6rem; border-bottom: 1px solid #e3e6eb; text-align: right;
          white-space: nowrap; }
@@ -160,7 +167,6 @@ td.text, th.text { text-align: left; }
 {% for section in sections %}{% set table = section.table %}
 <section id="{{ table.key }}">
 <h2>{{ table.title }}</h2>
-<div class="pair">
 {% if section.svg %}<figure class="chart" aria-label="{{ table.chart.title }}">{{ section.svg }}</figure>{% endif %}
 <div class="data">
 {% if section.rows %}
@@ -168,7 +174,7 @@ td.text, th.text { text-align: left; }
 <tbody>{% for row in section.rows %}<tr>{% for cell in row %}<td class="{{ table.columns[loop.index0].kind }}">{{ cell }}</td>{% endfor %}</tr>{% endfor %}</tbody></table>
 {% else %}<p class="note">Nothing in this period.</p>{% endif %}
 {% for note in table.notes %}<p class="note">{{ note }}</p>{% endfor %}
-</div></div></section>
+</div></section>
 {% endfor %}
 </body></html>
 """)
