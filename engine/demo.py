@@ -190,6 +190,29 @@ def _run(app: AppContext, *, lead_count: int, days: int, program_dir: str) -> No
             web.extensions["nurture.db"].dispose()
     console.rule("7. Scores, MQLs and the sales handoff")
     _print_handoff(app, now=now + timedelta(days=days))
+    console.rule("8. The quarterly review")
+    _write_review(app, program.slug, end=now + timedelta(days=days))
+
+
+def _write_review(app: AppContext, slug: str, *, end: datetime) -> None:
+    """The review report of the simulated quarter (the one holding its last day) as an HTML
+    page with charts; its headline figures printed here."""
+    from engine.reports import build_report
+    from engine.reports.output import to_html, to_terminal
+    from engine.reports.query import parse_query
+
+    query = parse_query(program=slug, start=None, end=end.isoformat(), now=end)
+    with app.db.reading() as session:
+        review = build_report("review", session, query)
+    path = app.settings.instance_path / "reports" / f"review-{review.title.split()[-1]}.html"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(to_html(review), encoding="utf-8")
+    headline = replace(review, tables=[review.table("headline")], notes=[])
+    to_terminal(headline, console)
+    console.print(f"the review, with the funnel, velocity, SLA, engagement, goal and "
+                  f"attribution reports and their charts: {path}")
+    console.print(f"again for any period: {_on_demo(app)} nurture report review {slug} "
+                  f"--to {end:%Y-%m-%d} --html review.html")
 
 
 def _capture(app: AppContext, slug: str) -> None:
