@@ -191,12 +191,12 @@ def _run(app: AppContext, *, lead_count: int, days: int, program_dir: str) -> No
     console.rule("7. Scores, MQLs and the sales handoff")
     _print_handoff(app, now=now + timedelta(days=days))
     console.rule("8. The quarterly review")
-    _write_review(app, program.slug, end=now + timedelta(days=days))
+    _write_review(app, program.slug, end=now + timedelta(days=days / 2))
 
 
 def _write_review(app: AppContext, slug: str, *, end: datetime) -> None:
-    """The review report of the simulated quarter (the one holding its last day) as an HTML
-    page with charts; its headline figures printed here."""
+    """The review report of the simulated quarter (the one holding `end`, the middle of the
+    simulated days) as an HTML page with charts; its headline figures printed here."""
     from engine.reports import build_report
     from engine.reports.output import to_html, to_terminal
     from engine.reports.query import parse_query

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 from sqlalchemy import create_engine, func, inspect, select
 
@@ -40,6 +41,12 @@ def test_demo_loads_imports_simulates_and_summarises(cli, db, env, tmp_path, mon
     notified = re.search(r"(\d+) sales notification\(s\)", out.split("7. Scores")[1])
     assert emailed and emailed.group(1) == notified.group(1) != "0"
     assert "(emailed to sales@acme.example)" in out
+    # It ends with the quarterly review of the simulated quarter, written as a page with charts.
+    review = re.search(r"attribution reports and their charts: (\S+review-(\d{4}-Q\d)\.html)", out)
+    assert review and "Quarterly review " + review.group(2) in out
+    assert re.search(r"emails sent +│ +\d[\d,]* +│", out)
+    page = Path(review.group(1)).read_text(encoding="utf-8")
+    assert page.count("<svg") >= 5 and "<script" not in page
     # Everything is in the demo's own instance: the configured database and instance directory
     # were not touched, and the demo says how to look at its data.
     with db.session() as s:

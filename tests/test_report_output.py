@@ -142,3 +142,21 @@ def test_the_api_needs_a_key(env):
         assert app.test_client().get("/api/v1/reports/sla").status_code == 401
     finally:
         app.extensions["nurture.db"].dispose()
+
+
+def test_the_review_sets_the_quarter_against_the_one_before(cli, mqls):
+    shown = cli("report", "review", "acme-nurture", "--to", "2026-02-15", "--json")
+    assert shown.exit_code == 0, shown.output
+    review = json.loads(shown.output)
+    assert review["title"] == "Quarterly review 2026-Q1"
+    assert (review["query"]["from"], review["query"]["to"]) == ("2026-01-01T00:00:00+00:00",
+                                                                "2026-04-01T00:00:00+00:00")
+    headline = {row["figure"]: row for row in review["tables"][0]["rows"]}
+    assert headline["MQLs"] == {"figure": "MQLs", "this": "2", "previous": "0", "change": "new"}
+    # ada answered in 2 days, bob never (overdue long since): 1 of 2 within the SLA
+    assert headline["MQLs answered within the SLA"]["this"] == "50.0%"
+    assert headline["entered sal"]["this"] == "1"
+    keys = [table["key"] for table in review["tables"]]
+    for part in ("funnel.funnel", "velocity.time_in_stage", "sla.mql_response",
+                 "engagement.emails", "goal.goal", "attribution.attribution"):
+        assert part in keys

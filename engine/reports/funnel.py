@@ -49,15 +49,13 @@ from sqlalchemy import Select, and_, case, exists, func, literal, select, union_
 from sqlalchemy.orm import Session, aliased
 
 from engine.leads.models import StageChange
-from engine.reports.model import Chart, Column, Report, Table, dimension_columns, rate
+from engine.leads.stages import SUCCESS_PATH
+from engine.reports.model import Chart, Column, Report, Table, dimension_columns, dimensions, rate
 from engine.reports.query import ReportQuery
-from engine.reports.scope import scoped_leads
+from engine.reports.scope import bucket_index, scoped_leads
 from engine.reports.stage_history import (
     DETOURS,
     NEXT_STAGE,
-    SUCCESS_PATH,
-    bucket_index,
-    dimensions,
     split_values,
 )
 
@@ -226,7 +224,7 @@ class _Figures:
         for index, bucket in enumerate(self.buckets):
             for split in self.splits:
                 for stage in stages:
-                    rows.append({**dimensions(self.query, bucket, split), "stage": stage,
+                    rows.append({**dimensions(self.query, bucket.label, split), "stage": stage,
                                  **figures((index, split, stage))})
         return rows
 

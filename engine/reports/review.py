@@ -19,7 +19,8 @@ from engine.reports.model import Column, Report, Table, rate
 from engine.reports.query import ReportQuery, quarter_of
 
 PARTS = ("funnel", "velocity", "sla", "engagement", "goal", "attribution")
-CHANGE_NOTE = "Change: rates in points, days in days, counts in percent of the previous quarter."
+CHANGE_NOTE = ("Change: rates in points, days and hours as such, counts in percent of the "
+               "previous quarter.")
 
 
 def build(session: Session, query: ReportQuery, *, now: datetime | None = None) -> Report:
@@ -80,14 +81,16 @@ def _figures(parts) -> list[tuple[str, str, Figure]]:
             stage = row.get("stage")
             figures.append((f"entered {stage}", "count", _stage_value("funnel", stage,
                                                                       "entered")))
-    velocity = _first_table_with(parts["velocity"][0], "median")
+    velocity = _first_table_with(parts["velocity"][0], "median_days")
     if velocity is not None:
         for row in velocity.rows:
             stage = row.get("stage")
             if stage:
                 figures.append((f"median days in {stage}", "days",
-                                _stage_value("velocity", stage, "median")))
+                                _stage_value("velocity", stage, "median_days")))
     figures += [
+        ("median hours from MQL to sales response", "hours",
+         _first_row("velocity", "mql_response", "median_hours")),
         ("MQLs", "count", _sum("sla", "mql_response", "mqls")),
         ("MQLs answered within the SLA", "rate", _sla_share),
         ("emails sent", "count", _sum("engagement", "emails", "sent")),
@@ -112,6 +115,13 @@ def _stage_value(name: str, stage: str, column: str) -> Figure:
     return read
 
 
+def _first_row(name: str, table: str, column: str) -> Figure:
+    def read(reports: dict[str, Report]):
+        rows = reports[name].table(table).rows
+        return rows[0].get(column) if rows else None
+    return read
+
+
 def _sum(name: str, table: str, column: str) -> Figure:
     return lambda reports: sum(row.get(column) or 0 for row in reports[name].table(table).rows)
 
@@ -131,7 +141,7 @@ def _shown(value, kind: str) -> str:
         return "-"
     if kind == "rate":
         return f"{value:.1%}"
-    if kind == "days":
+    if kind in ("days", "hours"):
         return f"{value:,.1f}"
     return f"{value:,}"
 
@@ -141,6 +151,6 @@ def _change(now, then, kind: str) -> str:
         return "-"
     if kind == "rate":
         return f"{(now - then) * 100:+.1f} pts"
-    if kind == "days":
-        return f"{now - then:+.1f} days"
+    if kind in ("days", "hours"):
+        return f"{now - then:+.1f} {kind}"
     return f"{(now - then) / then:+.0%}" if then else ("new" if now else "-")

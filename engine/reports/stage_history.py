@@ -15,27 +15,15 @@ import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, Float, Select, case, cast, func, literal, or_, select
+from sqlalchemy import ColumnElement, Float, Select, cast, func, or_, select
 from sqlalchemy.orm import Session
 
-from engine.leads.stages import Stage
-from engine.reports.query import Bucket, ReportQuery
+from engine.leads.stages import SUCCESS_PATH, Stage
+from engine.reports.query import ReportQuery
 from engine.reports.scope import UNSET
 
-# The success path, in order; recycled and disqualified are detours from it.
-SUCCESS_PATH: tuple[str, ...] = tuple(str(stage) for stage in (
-    Stage.INQUIRY, Stage.ENGAGED, Stage.MQL, Stage.SAL, Stage.OPPORTUNITY, Stage.CUSTOMER))
 DETOURS: tuple[str, ...] = (str(Stage.RECYCLED), str(Stage.DISQUALIFIED))
 NEXT_STAGE: dict[str, str] = dict(itertools.pairwise(SUCCESS_PATH))
-
-
-def bucket_index(column: ColumnElement, buckets: Sequence[Bucket]) -> ColumnElement:
-    """The index in `buckets` of the bucket holding `column`'s instant (buckets are contiguous,
-    [start, end) in UTC); callers keep the instant within the query's period."""
-    if len(buckets) == 1:
-        return literal(0)
-    return case(*((column < bucket.end, index) for index, bucket in enumerate(buckets[:-1])),
-                else_=len(buckets) - 1)
 
 
 def seconds_between(session: Session, later: ColumnElement,
@@ -82,16 +70,6 @@ def spreads(session: Session, rows: Select, keys: Sequence[str],
         if rank == (9 * n + 9) // 10:
             entry["p90"] = value
     return {key: Spread(**entry) for key, entry in found.items()}
-
-
-def dimensions(query: ReportQuery, bucket: Bucket, split: str) -> dict:
-    """The leading values of a row: period and split as dimension_columns(query) lists them."""
-    row = {}
-    if query.by:
-        row["period"] = bucket.label
-    if query.split:
-        row["split"] = split
-    return row
 
 
 def split_values(query: ReportQuery, seen: Iterable[str]) -> list[str]:

@@ -34,13 +34,11 @@ from sqlalchemy.orm import Session, aliased
 
 from engine.leads.models import StageChange
 from engine.leads.stages import STAGES, Stage
-from engine.reports.model import Chart, Column, Report, Table, dimension_columns
+from engine.reports.model import Chart, Column, Report, Table, dimension_columns, dimensions
 from engine.reports.query import ReportQuery
-from engine.reports.scope import scoped_leads
+from engine.reports.scope import bucket_index, scoped_leads
 from engine.reports.stage_history import (
     Spread,
-    bucket_index,
-    dimensions,
     seconds_between,
     split_values,
     spreads,
@@ -105,7 +103,7 @@ class _Figures:
                 for stage in stages:
                     key = (index, split, stage)
                     spread = found.get(key, Spread())
-                    rows.append({**dimensions(self.query, bucket, split),
+                    rows.append({**dimensions(self.query, bucket.label, split),
                                  **({label: stage} if label else {}), count: spread.count,
                                  median: spread.median, p90: spread.p90,
                                  **(extra(key) if extra else {})})
