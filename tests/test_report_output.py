@@ -160,3 +160,22 @@ def test_the_review_sets_the_quarter_against_the_one_before(cli, mqls):
     for part in ("funnel.funnel", "velocity.time_in_stage", "sla.mql_response",
                  "engagement.emails", "goal.goal", "attribution.attribution"):
         assert part in keys
+
+
+def test_a_wide_table_prints_at_its_natural_width_and_leaves_the_console_as_it_was():
+    from engine.cli_context import SafeConsole
+    from engine.reports.output import to_terminal
+
+    out = io.StringIO()
+    console = SafeConsole(file=out)
+    before = console._width  # None: rich measures the terminal at each print
+    columns = [Column(f"column_{n}", f"a long column label {n}") for n in range(8)]
+    table = Table("wide", "Wide", columns, rows=[{c.key: 123456 for c in columns}])
+    report = Report("sla", "Wide", parse_query(program=None, start=None, end=None,
+                                               now=datetime.now(UTC)),
+                    datetime.now(UTC), [table])
+    to_terminal(report, console)
+    lines = out.getvalue().splitlines()
+    assert max(len(line) for line in lines) > 150  # one row per line, not folded
+    assert any("a long column label 7" in line for line in lines)
+    assert console._width == before  # later output is not printed that wide

@@ -57,12 +57,12 @@ def to_terminal(report: Report, console: Console) -> None:
 
 def _print_wide(console: Console, table: RichTable) -> None:
     natural = console.measure(table, options=console.options.update(width=10_000)).maximum
-    width = console.width
-    console.width = max(width, natural)  # rich never prints wider than the console
+    fixed = console._width  # None: rich measures the terminal; put back exactly as it was
+    console.width = max(console.width, natural)  # rich never prints wider than the console
     try:
         console.print(table, crop=False)
     finally:
-        console.width = width
+        console._width = fixed
 
 
 def to_json(report: Report) -> str:
