@@ -3,8 +3,8 @@ split by: one place, so every report scopes and splits alike."""
 
 from __future__ import annotations
 
-from sqlalchemy import ColumnElement, Select, case, func, literal, select
-from sqlalchemy.orm import Session
+from sqlalchemy import JSON, ColumnElement, Select, case, exists, func, literal, select, type_coerce
+from sqlalchemy.orm import InstrumentedAttribute, Session, aliased
 
 from engine.errors import NotFound
 from engine.journeys.models import Enrollment
@@ -27,23 +27,29 @@ def program_id(session: Session, query: ReportQuery) -> int | None:
 def scoped_leads(session: Session, query: ReportQuery) -> Select:
     """A subquery-ready select of (lead_id, split) for the leads in scope: enrolled in the
     report's program (any program when none is named). `split` is the lead's value of the
-    query's split (persona: the lead's own, else the one its enrollment matched), or UNSET."""
+    query's split (persona: the lead's own, else the one its enrollment matched: in the
+    program, or the lead's first), or UNSET. No aggregate over every enrollment: the database
+    can start from the rows a report counts and look each lead up."""
     program = program_id(session, query)
-    first = (select(Enrollment.lead_id, func.min(Enrollment.id).label("enrollment_id"))
-             .group_by(Enrollment.lead_id))
-    if program is not None:
-        first = first.where(Enrollment.program_id == program)
-    first = first.subquery()
-    return (select(Lead.id.label("lead_id"), _split_value(query).label("split"))
-            .join(first, first.c.lead_id == Lead.id)
-            .join(Enrollment, Enrollment.id == first.c.enrollment_id))
+    if program is not None:  # one enrollment per lead and program
+        return (select(Lead.id.label("lead_id"),
+                       _split_value(query, Enrollment.state).label("split"))
+                .join(Enrollment, (Enrollment.lead_id == Lead.id)
+                      & (Enrollment.program_id == program)))
+    first = aliased(Enrollment)
+    first_state = (select(first.state).where(first.lead_id == Lead.id).order_by(first.id)
+                   .limit(1).scalar_subquery())
+    return (select(Lead.id.label("lead_id"), _split_value(query, first_state).label("split"))
+            .where(exists().where(Enrollment.lead_id == Lead.id)))
 
 
-def _split_value(query: ReportQuery):
+def _split_value(query: ReportQuery, state):
     if query.split is None:
         return literal(UNSET)
     if query.split == "persona":
-        return func.coalesce(Lead.persona, Enrollment.state["persona"].as_string(), UNSET)
+        persona = (state["persona"] if isinstance(state, InstrumentedAttribute)
+                   else type_coerce(state, JSON)["persona"]).as_string()
+        return func.coalesce(Lead.persona, persona, UNSET)
     return func.coalesce(getattr(Lead, query.split), UNSET)
 
 
