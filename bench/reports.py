@@ -978,10 +978,6 @@ def generate(url: str, leads: int, events: int, seed: int, event_log: bool) -> N
         cur.execute(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE")
         rebuild = drop_keys(cur, tables)
         writer = Writer(cur)
-        switch = sys.getswitchinterval()
-        sys.setswitchinterval(0.0005)  # the COPY thread gets the GIL back soon after I/O
-        gc.disable()  # millions of rows wait in memory: the cycle collector would walk them
-        # again and again (the rows make no cycles)
         sink = Sink(writer.put)
         world = World(seed=seed, leads=leads, programs=programs, sink=sink,
                       intensity=intensity, event_log=event_log)
@@ -991,22 +987,27 @@ def generate(url: str, leads: int, events: int, seed: int, event_log: bool) -> N
         started = time.perf_counter()
         with Progress(*columns) as progress:
             task = progress.add_task("leads and their lives", total=leads, rate="")
-            flushed_day = START // DAY
-            for index in range(leads):
-                created = world.created_at(index)
-                world.lead(index + 1, created)
-                day = created // DAY
-                if day >= flushed_day + 28:  # four weeks of days are complete: write them
-                    sink.flush(day)
-                    flushed_day = day
-                if index % 2000 == 1999:
-                    rows = sum(sink.counts.values())
-                    progress.update(task, completed=index + 1, rate=f"{rows:,} rows "
-                                    f"({rows / (time.perf_counter() - started):,.0f}/s)")
-            sink.flush(math.inf)
-            writer.close()
-            sys.setswitchinterval(switch)
-            gc.enable()
+            switch = sys.getswitchinterval()
+            sys.setswitchinterval(0.0005)  # the COPY thread gets the GIL back soon after I/O
+            gc.disable()  # millions of rows wait in memory: the cycle collector would walk
+            try:  # them again and again (they make no cycles)
+                flushed_day = START // DAY
+                for index in range(leads):
+                    created = world.created_at(index)
+                    world.lead(index + 1, created)
+                    day = created // DAY
+                    if day >= flushed_day + 28:  # four weeks of days are complete: write them
+                        sink.flush(day)
+                        flushed_day = day
+                    if index % 2000 == 1999:
+                        rows = sum(sink.counts.values())
+                        progress.update(task, completed=index + 1, rate=f"{rows:,} rows "
+                                        f"({rows / (time.perf_counter() - started):,.0f}/s)")
+                sink.flush(math.inf)
+                writer.close()
+            finally:
+                sys.setswitchinterval(switch)
+                gc.enable()
             progress.update(task, completed=leads)
             generated = time.perf_counter() - started
             task = progress.add_task("indexes and keys", total=len(rebuild), rate="")
