@@ -1102,13 +1102,13 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
 
-def best_of(repeat: int, run) -> tuple[float, list[float]]:
+def best_of(repeat: int, run) -> tuple[float | None, list[float]]:
     times = []
     for _ in range(repeat):
         started = time.perf_counter()
         run()
         times.append(time.perf_counter() - started)
-    return min(times), times
+    return (min(times) if times else None), times  # --repeat 1: no more runs
 
 
 def last_full_quarter(engine, zone: ZoneInfo) -> tuple[datetime, datetime]:
