@@ -79,18 +79,6 @@ def wait_for(ping: Callable[[], object], outage: Outage, error: Exception,
             return
 
 
-def run_through_outages(run: Callable[[], None], ping: Callable[[], object], outage: Outage,
-                        sleep: Callable[[float], None] = time.sleep) -> None:
-    """Run `run` until it returns; when Redis going away stops it, wait for Redis and run it
-    again (a job it was running is done again by the next send job: rows are claimed in the
-    database, not in Redis)."""
-    while True:
-        try:
-            return run()
-        except REDIS_DOWN as error:
-            wait_for(ping, outage, error, sleep)
-
-
 class Watch(threading.Thread):
     """Pings Redis every `every` seconds so an outage is reported (once) and its end too,
     even while the worker sits idle in RQ's own reconnect loop."""
