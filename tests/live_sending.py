@@ -1,5 +1,5 @@
-"""For tests that run real `nurture` processes on the real clock: the command line, and leads
-whose first email is due now."""
+"""For tests that run real `nurture` processes on the real clock: the command line, leads
+whose first email is due now, and how many emails have been sent."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ from datetime import timedelta
 from pathlib import Path
 
 from launching import launch_all, open_all_day_in_utc
-from sqlalchemy import exists, select
+from sqlalchemy import exists, func, select
 
 from engine.db import Database, utcnow
 from engine.leads.importer import import_leads
 from engine.programs.models import ProgramRecord
 from engine.programs.service import load_program
+from engine.sending.models import OutboxMessage
 
 
 def nurture(*args: str) -> list[str]:
@@ -41,3 +42,8 @@ def leads_due_now(db: Database, program: Path, directory: Path, count: int,
                            now=now - timedelta(minutes=1))
     assert summary.created == count, summary
 
+
+
+def sent_count(db: Database) -> int:
+    with db.session() as s:
+        return s.scalar(select(func.count()).where(OutboxMessage.status == "sent"))

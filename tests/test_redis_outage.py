@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 from flaky_smtp import FlakyServer
-from live_sending import leads_due_now, nurture
+from live_sending import leads_due_now, nurture, sent_count
 from redis_server import RedisServer
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from engine.sending.models import OutboxMessage
 from worker.outage import FIRST_WAIT, LONGEST_WAIT, Outage, wait_for
@@ -25,10 +25,6 @@ MORE = 50
 OUTAGE_SECONDS = 3
 TIME_LIMIT = 120
 
-
-def _sent(db) -> int:
-    with db.session() as s:
-        return s.scalar(select(func.count()).where(OutboxMessage.status == "sent"))
 
 
 def _wait_until(condition, what: str, limit: float = TIME_LIMIT) -> None:
@@ -64,9 +60,9 @@ def test_the_scheduler_and_a_worker_outlive_two_redis_outages_mid_send(
                            for log in (worker_log, scheduler_log))
 
             # 1. Mid-job: Redis dies while the send job runs and is still down when it ends.
-            _wait_until(lambda: _sent(db) >= 20, "sending to get under way")
+            _wait_until(lambda: sent_count(db) >= 20, "sending to get under way")
             redis.stop()
-            _wait_until(lambda: _sent(db) == EMAILS, "the job to send everything without Redis")
+            _wait_until(lambda: sent_count(db) == EMAILS, "the job to send everything without Redis")
             time.sleep(1)  # the job ends: RQ cannot record it and its worker quits
             redis.start()
             _wait_until(lambda: both_said(1), "both processes to see Redis again", limit=60)
@@ -77,7 +73,7 @@ def test_the_scheduler_and_a_worker_outlive_two_redis_outages_mid_send(
             _wait_until(lambda: both_said(2), "both processes to see Redis again", limit=60)
             # Both carry on: new leads are sent.
             leads_due_now(db, sample_program, tmp_path, MORE, prefix="late")
-            _wait_until(lambda: _sent(db) == EMAILS + MORE, "the new leads' emails")
+            _wait_until(lambda: sent_count(db) == EMAILS + MORE, "the new leads' emails")
             alive = {name: process.poll() is None for name, process in processes.items()}
             for process in processes.values():
                 process.send_signal(signal.SIGTERM)  # a stop request still stops them

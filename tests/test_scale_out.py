@@ -11,9 +11,9 @@ import time
 from collections import Counter
 
 import pytest
-from live_sending import leads_due_now, nurture
+from live_sending import leads_due_now, nurture, sent_count
 from redis_server import RedisServer
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from engine.db import Database
 from engine.sending.models import OutboxMessage
@@ -44,10 +44,10 @@ def test_two_workers_and_a_scheduler_deliver_5000_emails_exactly_once(
                 processes.append(subprocess.Popen(nurture(*args), env=env, stdout=log,
                                                   stderr=subprocess.STDOUT, cwd=tmp_path))
         begin = time.monotonic()
-        while _count_sent(db) < EMAILS:
+        while sent_count(db) < EMAILS:
             assert all(p.poll() is None for p in processes), "a process exited"
             if time.monotonic() - begin > TIME_LIMIT:
-                pytest.fail(f"{_count_sent(db)} of {EMAILS} sent after {TIME_LIMIT}s "
+                pytest.fail(f"{sent_count(db)} of {EMAILS} sent after {TIME_LIMIT}s "
                             f"(logs in {tmp_path})")
             time.sleep(0.5)
         elapsed = time.monotonic() - begin
@@ -77,6 +77,3 @@ def test_two_workers_and_a_scheduler_deliver_5000_emails_exactly_once(
           f"({EMAILS / elapsed:.0f}/s), split {sorted(by_worker.values())}")
 
 
-def _count_sent(db: Database) -> int:
-    with db.session() as s:
-        return s.scalar(select(func.count()).where(OutboxMessage.status == "sent"))
