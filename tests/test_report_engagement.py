@@ -39,24 +39,18 @@ the pending first emails of hal and ivy (who only posted forms).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import uuid
-from copy import deepcopy
 from datetime import UTC, datetime
-from functools import cache
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select
+from stored_programs import store_program as stored_program
 
 from engine.assets.models import Asset, AssetVersion
 from engine.flows.leads import upsert_lead
 from engine.journeys.models import Enrollment
 from engine.leads.models import Lead
 from engine.pages.models import FormSubmission
-from engine.programs.loader import load_program_dir
-from engine.programs.models import ProgramRecord, ProgramVersion
 from engine.reports import build_report
 from engine.reports.engagement import build
 from engine.reports.query import parse_query
@@ -65,7 +59,6 @@ from engine.sending.models import Delivery, OutboxMessage
 from engine.tracking.models import TrackingEvent
 from engine.tracking.unsubscribe import unsubscribe
 
-SAMPLE = Path(__file__).resolve().parent.parent / "assets" / "acme-nurture"
 NOW = datetime(2026, 5, 10, 12, 0, tzinfo=UTC)
 NY = "America/New_York"
 
@@ -74,24 +67,8 @@ def at(text: str) -> datetime:
     return datetime.fromisoformat(text).replace(tzinfo=UTC)
 
 
-@cache
-def sample_definition() -> dict:
-    return load_program_dir(SAMPLE).program.to_dict()
-
-
 def store_program(session, name: str, goal: dict | None = None) -> int:
-    """A launched program: the sample's definition under another name (and goal)."""
-    definition = {**deepcopy(sample_definition()), "program": name, "goal": goal}
-    digest = hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()
-    record = ProgramRecord(name=name, current_version=1, live_version=1,
-                           launched_at=at("2026-01-01T00:00"), created_at=at("2026-01-01T00:00"))
-    session.add(record)
-    session.flush()
-    session.add(ProgramVersion(program_id=record.id, version=1, content_hash=digest,
-                               definition=definition, files={}, source="tests",
-                               created_at=at("2026-01-01T00:00")))
-    session.flush()
-    return record.id
+    return stored_program(session, name, goal, at=at("2026-01-01T00:00"))
 
 
 class World:

@@ -38,26 +38,19 @@ acme-plain has no goal: not measured; max is enrolled in it.
 
 from __future__ import annotations
 
-import hashlib
-import json
-from copy import deepcopy
 from datetime import UTC, datetime
-from functools import cache
-from pathlib import Path
 
 import pytest
+from stored_programs import store_program as stored_program
 
 from engine.errors import NotFound
 from engine.flows.leads import change_stage, respond, upsert_lead
 from engine.journeys.decide import EventKind
 from engine.leads.models import Lead
-from engine.programs.loader import load_program_dir
-from engine.programs.models import ProgramRecord, ProgramVersion
 from engine.reports import build_report
 from engine.reports.goal import build
 from engine.reports.query import parse_query
 
-SAMPLE = Path(__file__).resolve().parent.parent / "assets" / "acme-nurture"
 NOW = datetime(2026, 4, 25, 12, 0, tzinfo=UTC)
 NY = "America/New_York"
 METRICS = ("enrolled", "reached", "rate", "waiting")
@@ -67,24 +60,8 @@ def at(text: str) -> datetime:
     return datetime.fromisoformat(text).replace(tzinfo=UTC)
 
 
-@cache
-def sample_definition() -> dict:
-    return load_program_dir(SAMPLE).program.to_dict()
-
-
-def store_program(session, name: str, goal: dict | None) -> int:
-    """A launched program: the sample's definition under another name and goal."""
-    definition = {**deepcopy(sample_definition()), "program": name, "goal": goal}
-    digest = hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()
-    record = ProgramRecord(name=name, current_version=1, live_version=1,
-                           launched_at=at("2025-12-01T00:00"), created_at=at("2025-12-01T00:00"))
-    session.add(record)
-    session.flush()
-    session.add(ProgramVersion(program_id=record.id, version=1, content_hash=digest,
-                               definition=definition, files={}, source="tests",
-                               created_at=at("2025-12-01T00:00")))
-    session.flush()
-    return record.id
+def store_program(session, name: str, goal: dict | None = None) -> int:
+    return stored_program(session, name, goal, at=at("2025-12-01T00:00"))
 
 
 def enroll(s, name: str, when: str, program: str, **fields) -> Lead:
