@@ -52,10 +52,11 @@ def _quarter_name(query: ReportQuery) -> str:
 
 def _headline(parts: dict[str, tuple[Report, Report]], quarter: str, before: str) -> Table:
     this, previous = _pairs(parts)
-    rows = [{"figure": label, "this": _shown(figure(this), kind),
-             "previous": _shown(figure(previous), kind),
-             "change": _change(figure(this), figure(previous), kind)}
-            for label, kind, figure in _figures(parts)]
+    rows = []
+    for label, kind, figure in _figures(parts):
+        now, then = figure(this), figure(previous)
+        rows.append({"figure": label, "this": _shown(now, kind), "previous": _shown(then, kind),
+                     "change": _change(now, then, kind)})
     columns = [Column("figure", "figure", "text"), Column("this", quarter, "text"),
                Column("previous", before, "text"), Column("change", "change", "text")]
     return Table(key="headline", title=f"{quarter} against {before}", columns=columns,
