@@ -69,7 +69,7 @@ from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
-from engine.leads.stages import TRANSITIONS
+from engine.leads.stages import NOT_ON_PATH, TRANSITIONS, path_level_after
 
 SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
 PRIVATE_DB = "nurture_bench_reports"
@@ -180,7 +180,8 @@ COLUMNS = {
                "status", "due_at", "attempts", "deliveries", "delivery_unknown", "send_started",
                "lease_until", "claimed_by", "message_id", "last_error", "skip_reason",
                "sent_at", "links", "asset_version_id", "created_at", "updated_at"),
-    "stage_changes": ("id", "lead_id", "from_stage", "to_stage", "at", "reason", "actor"),
+    "stage_changes": ("id", "lead_id", "from_stage", "to_stage", "at", "reason", "actor",
+                      "path_level"),
     "tracking_events": ("id", "event_key", "kind", "lead_id", "outbox_id", "link_index", "url",
                         "at", "user_agent", "ip", "bot", "bot_reason"),
     "lead_events": ("id", "lead_id", "program_id", "at", "category", "kind", "detail", "actor"),
@@ -443,13 +444,15 @@ class World:
 
     def stage_rows(self, ctx: Lead, changes: list[tuple], actor: str) -> None:
         add = self.sink.add
+        level = NOT_ON_PATH
         for t, before, after in changes:
             if before is None:
                 reason, by = "created", actor
             else:
                 reason, by = (RECYCLED_WHY[before] if after == "recycled" else WHY[after])
                 by = by or ctx.owner or "sales"
-            add("stage_changes", t, [None, ctx.id, before, after, ts(t), reason, by])
+            level = path_level_after(level, after)
+            add("stage_changes", t, [None, ctx.id, before, after, ts(t), reason, by, level])
             if after == "mql" and ctx.owner:
                 self.notify(ctx, t + 30, "mql", "score reached the MQL threshold (55)")
 

@@ -37,6 +37,7 @@ from datetime import UTC, datetime
 
 from engine.journeys.models import Enrollment
 from engine.leads.models import Lead, StageChange
+from engine.leads.service import record_stage_change
 from engine.programs.models import ProgramRecord
 from engine.reports.query import ReportQuery, parse_query
 
@@ -94,8 +95,10 @@ def write_history(db) -> None:
             s.flush()
             previous = None
             for stage, at, actor in history:
-                s.add(StageChange(lead_id=lead.id, from_stage=previous, to_stage=stage, at=at,
-                                  reason="fixture", actor=actor))
+                record_stage_change(s, StageChange(lead_id=lead.id, from_stage=previous,
+                                                   to_stage=stage, at=at, reason="fixture",
+                                                   actor=actor))
+                s.flush()
                 previous = stage
             s.add(Enrollment(lead_id=lead.id, program_id=programs[program], program_version=1,
                              status="active", track="welcome",

@@ -58,3 +58,36 @@ def test_notifications_recorded_before_0010_are_not_emailed_and_new_ones_are(tmp
     before = "recorded before sales notifications were emailed (migration 0010)"
     assert [tuple(row) for row in rows] == [("mql", "skipped", 0, before),
                                             ("escalation", "pending", 0, None)]
+
+
+def test_stage_histories_recorded_before_0013_get_their_path_levels(tmp_path):
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    upgrade(url, "0012")
+    engine = create_engine(url)
+    histories = {  # lead: its stages in time order (inserted out of order below)
+        1: ["inquiry", "engaged", "mql", "recycled", "mql", "sal"],
+        2: ["inquiry", "mql", "engaged", "mql", "sal"],  # skipped engaged, then went back
+        3: ["mql", "sal"],  # created as an MQL: never on the path
+    }
+    with engine.begin() as conn:
+        for lead in histories:
+            conn.execute(text("INSERT INTO leads (id, email, stage, custom, created_at, "
+                              "updated_at, fit_score, behaviour_score) VALUES "
+                              "(:id, :email, 'inquiry', '{}', :now, :now, 0, 0)"),
+                         {"id": lead, "email": f"l{lead}@globex.example", "now": NOW})
+        for day in range(6, 0, -1):
+            for lead, stages in histories.items():
+                if day <= len(stages):
+                    conn.execute(text(
+                        "INSERT INTO stage_changes (lead_id, to_stage, at, reason, actor) "
+                        "VALUES (:lead, :stage, :at, 'old', 'm')"),
+                        {"lead": lead, "stage": stages[day - 1],
+                         "at": f"2026-11-0{day} 08:00:00"})
+    upgrade(url)
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT lead_id, to_stage, path_level FROM stage_changes "
+                                 "ORDER BY lead_id, at")).all()
+    engine.dispose()
+    levels = {lead: [level for row_lead, _, level in rows if row_lead == lead]
+              for lead in histories}
+    assert levels == {1: [0, 1, 2, 2, 2, 3], 2: [0, 0, 1, 2, 3], 3: [-1, -1]}

@@ -9,7 +9,8 @@ and this one says what a program without sla.stalled_track records).
 
 Timeline (UTC; the report runs in America/New_York, months Jan-Mar 2026, now = Apr 1 12:00):
   fay  mql 2025-12-31 23:00 (18:00 Dec 31 in New York: before the period), accepted Jan 2
-  zed  mql Jan 5, in no program: out of every report's scope (breached Jan 24: not counted)
+  zed  mql Jan 5, in no program: counted when no program is named (the default SLA), never
+       in acme-nurture's reports; unanswered, breached Jan 24
   ada  mql Jan 10 12:00, accepted by rita Jan 12 12:00 (2 days: within), opportunity Jan 13
        12:00, stalled (due Jan 20) found Jan 24, customer Feb 2 12:00 (won; resolved Feb 5)
   bob  mql Jan 20 12:00, breach found Jan 24, accepted by sam Jan 25 12:00 (5 days: late;
@@ -167,13 +168,13 @@ def test_mqls_answered_within_the_sla_per_month_in_new_york(db, timeline):
     got = report(db, by="month")
     table = got.table("mql_response")
     # January: ada within (2 days), bob late (5), cy unanswered and overdue (entered 22:00 Jan
-    #   31 in New York): share 1 / (1 + 1 + 1). fay (Dec 31 in New York) and zed (no program)
-    #   are not counted.
+    #   31 in New York), zed (no program: every lead counts when no program is named)
+    #   unanswered and overdue: share 1 / (1 + 1 + 2). fay (Dec 31 in New York) is December's.
     # February: dee within (exactly 3 days), hal within (1 day), hal again late (7 days): 2/3.
     # March: gil (23:00 Mar 31 in New York) unanswered, due Apr 4, so not overdue on Apr 1: no
     #   outcome known yet, no share. ike (01:00 Apr 1 in New York) is April's.
     assert rows(table, "period", *MQL) == [
-        ("2026-01", 3, 1, 1, 1, 1, pytest.approx(1 / 3)),
+        ("2026-01", 4, 1, 1, 2, 2, 0.25),
         ("2026-02", 3, 2, 1, 0, 0, pytest.approx(2 / 3)),
         ("2026-03", 1, 0, 0, 1, 0, None),
     ]
@@ -185,11 +186,12 @@ def test_mqls_answered_within_the_sla_per_month_in_new_york(db, timeline):
 
 def test_per_owner_the_owner_being_the_leads_owner_now(db, timeline):
     table = report(db, by="month").table("mql_response_by_owner")
-    # ada: rita's; bob and hal: sam's (they accepted them); cy, dee (rejected), gil: nobody's.
+    # ada: rita's; bob and hal: sam's (they accepted them); cy, zed, dee (rejected), gil:
+    # nobody's.
     assert rows(table, "period", "owner", *MQL) == [
         ("2026-01", RITA, 1, 1, 0, 0, 0, 1.0),
         ("2026-01", SAM, 1, 0, 1, 0, 0, 0.0),
-        ("2026-01", "(none)", 1, 0, 0, 1, 1, 0.0),
+        ("2026-01", "(none)", 2, 0, 0, 2, 2, 0.0),
         ("2026-02", SAM, 2, 1, 1, 0, 0, 0.5),
         ("2026-02", "(none)", 1, 1, 0, 0, 0, 1.0),
         ("2026-03", "(none)", 1, 0, 0, 1, 0, None),
@@ -198,18 +200,18 @@ def test_per_owner_the_owner_being_the_leads_owner_now(db, timeline):
 
 def test_split_by_owner_for_the_quarter(db, timeline):
     got = report(db, by="quarter", split="owner")
-    # (none): cy overdue, dee within, gil waiting: 1 / (1 + 1). rita: ada within.
+    # (none): cy and zed overdue, dee within, gil waiting: 1 / (1 + 2). rita: ada within.
     # sam: bob late, hal within, hal late: 1 / 3.
     assert rows(got.table("mql_response"), "period", "split", *MQL) == [
-        ("2026-Q1", "(none)", 3, 1, 0, 2, 1, 0.5),
+        ("2026-Q1", "(none)", 4, 1, 0, 3, 2, pytest.approx(1 / 3)),
         ("2026-Q1", RITA, 1, 1, 0, 0, 0, 1.0),
         ("2026-Q1", SAM, 3, 1, 2, 0, 0, pytest.approx(1 / 3)),
     ]
     # Breaches detected Jan 1 - Mar 31 in New York, by the owner of their lead now:
-    # (none): cy's, open. rita: ada's and kit's stalls, resolved. sam: bob's and hal's MQL
-    # breaches, resolved; bob's stall, open. zed's is out of scope.
+    # (none): cy's and zed's, open. rita: ada's and kit's stalls, resolved. sam: bob's and
+    # hal's MQL breaches, resolved; bob's stall, open.
     assert rows(got.table("breaches"), "split", "kind", "detected", "resolved", "open") == [
-        ("(none)", "mql_unanswered", 1, 0, 1),
+        ("(none)", "mql_unanswered", 2, 0, 2),
         ("(none)", "opportunity_stalled", 0, 0, 0),
         (RITA, "mql_unanswered", 0, 0, 0),
         (RITA, "opportunity_stalled", 2, 2, 0),
@@ -220,11 +222,11 @@ def test_split_by_owner_for_the_quarter(db, timeline):
 
 def test_open_and_resolved_breaches_by_month_of_detection(db, timeline):
     table = report(db, by="month").table("breaches")
-    # January: bob's MQL breach (resolved Feb 5); ada's stall (resolved Feb 5) and kit's (found
+    # January: bob's MQL breach (resolved Feb 5) and zed's (open); ada's stall (resolved Feb 5) and kit's (found
     #   at midnight Jan 1 in New York, resolved Feb 24). February: cy's (open) and hal's
     #   (resolved Mar 1) MQL breaches, bob's stall (open). March: none.
     assert rows(table, "period", "kind", "detected", "resolved", "open") == [
-        ("2026-01", "mql_unanswered", 1, 1, 0),
+        ("2026-01", "mql_unanswered", 2, 1, 1),
         ("2026-01", "opportunity_stalled", 2, 2, 0),
         ("2026-02", "mql_unanswered", 2, 1, 1),
         ("2026-02", "opportunity_stalled", 1, 0, 1),
@@ -250,7 +252,8 @@ def test_stalled_opportunities_by_what_marketing_did(db, timeline):
 def test_one_period_without_a_split_has_one_row_and_no_chart(db, timeline):
     got = report(db, program="acme-nurture")
     table = got.table("mql_response")
-    # All seven MQL entries: within ada, dee, hal; late bob, hal; unanswered cy (overdue), gil.
+    # All seven MQL entries of the program (zed is in none): within ada, dee, hal; late bob,
+    # hal; unanswered cy (overdue), gil.
     assert rows(table, *MQL) == [(7, 3, 2, 2, 1, pytest.approx(3 / 6))]
     assert table.chart is None and table.columns[0].key == "mqls"
     assert got.to_dict()["tables"][0]["rows"] == table.rows
@@ -258,7 +261,7 @@ def test_one_period_without_a_split_has_one_row_and_no_chart(db, timeline):
 
 def test_a_split_by_persona_without_periods_charts_by_split(db, timeline):
     table = report(db, split="persona").table("mql_response")
-    assert rows(table, "split", "mqls", "within_sla") == [("it_manager", 7, 3)]
+    assert rows(table, "split", "mqls", "within_sla") == [("(none)", 1, 0), ("it_manager", 7, 3)]
     assert table.chart.x == "split"
 
 

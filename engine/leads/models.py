@@ -3,10 +3,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime
 
-from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, String, Text
+from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, SmallInteger, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from engine.db import Base, UTCDateTime, utcnow
+from engine.leads.stages import NOT_ON_PATH
 
 # Columns a lead file may carry besides custom ones, in the order `leads show` prints them.
 STANDARD_FIELDS = (
@@ -62,14 +63,19 @@ class StageChange(Base):
     """Append-only history of a lead's lifecycle stage."""
 
     __tablename__ = "stage_changes"
+    __table_args__ = (Index("ix_stage_changes_at", "at"),
+                      Index("ix_stage_changes_lead_at", "lead_id", "at"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    lead_id: Mapped[int] = mapped_column(ForeignKey("leads.id", ondelete="CASCADE"), index=True)
+    lead_id: Mapped[int] = mapped_column(ForeignKey("leads.id", ondelete="CASCADE"))
     from_stage: Mapped[str | None] = mapped_column(String(20))
     to_stage: Mapped[str] = mapped_column(String(20))
     at: Mapped[datetime] = mapped_column(UTCDateTime)
     reason: Mapped[str] = mapped_column(Text)
     actor: Mapped[str] = mapped_column(String(200))
+    # The lead's level on the success path after this change (engine/leads/stages.py
+    # path_level_after): set when the change is recorded (record_stage_change).
+    path_level: Mapped[int] = mapped_column(SmallInteger, server_default=str(NOT_ON_PATH))
 
 
 class LeadEvent(Base):

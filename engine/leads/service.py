@@ -15,7 +15,7 @@ from engine.journeys.decide import Event, EventKind
 from engine.journeys.service import apply_event
 from engine.leads.fields import clean_lead_fields, normalise_email
 from engine.leads.models import STANDARD_FIELDS, Lead, LeadEvent, StageChange
-from engine.leads.stages import check_transition, parse_stage
+from engine.leads.stages import NOT_ON_PATH, check_transition, parse_stage, path_level_after
 
 
 def get_lead(*, session: Session, email: str) -> Lead:
@@ -52,8 +52,9 @@ def write_lead(*, session: Session, fields: dict, now: datetime, actor: str) -> 
         lead = Lead(**clean, stage=stage or "inquiry", created_at=now, updated_at=now)
         session.add(lead)
         session.flush()
-        session.add(StageChange(lead_id=lead.id, from_stage=None, to_stage=lead.stage, at=now,
-                                reason="created", actor=actor))
+        record_stage_change(session, StageChange(lead_id=lead.id, from_stage=None,
+                                                 to_stage=lead.stage, at=now, reason="created",
+                                                 actor=actor))
         return Written(lead, created=True, changed=True)
     custom = {**(lead.custom or {}), **clean.pop("custom")}
     changes = {k: v for k, v in clean.items() if getattr(lead, k) != v}
@@ -76,9 +77,9 @@ def set_stage(*, session: Session, lead: Lead, stage: str, reason: str, actor: s
     if not reason or not reason.strip():
         raise Invalid("a reason is required for a stage change", field="reason")
     check_transition(lead.stage, target)
-    change = StageChange(lead_id=lead.id, from_stage=lead.stage, to_stage=target, at=now,
-                         reason=reason.strip(), actor=actor)
-    session.add(change)
+    change = record_stage_change(session, StageChange(
+        lead_id=lead.id, from_stage=lead.stage, to_stage=target, at=now, reason=reason.strip(),
+        actor=actor))
     lead.stage = target
     lead.updated_at = now
     apply_event(session=session, lead=lead, event=Event(EventKind.STAGE, detail=target), now=now,
@@ -86,6 +87,18 @@ def set_stage(*, session: Session, lead: Lead, stage: str, reason: str, actor: s
     tell_crm(session=session, lead_id=lead.id, email=lead.email, kind=STAGE_CHANGE, now=now,
              **{"from": change.from_stage, "to": target, "reason": change.reason,
                 "actor": actor, **(crm or {})})
+    return change
+
+
+def record_stage_change(session: Session, change: StageChange) -> StageChange:
+    """Add `change` to its lead's history with the lead's path level after it (from the
+    latest change before it). Changes are recorded in time order, as they happen."""
+    level = session.scalar(select(StageChange.path_level)
+                           .where(StageChange.lead_id == change.lead_id)
+                           .order_by(StageChange.at.desc(), StageChange.id.desc()).limit(1))
+    change.path_level = path_level_after(NOT_ON_PATH if level is None else level,
+                                         change.to_stage)
+    session.add(change)
     return change
 
 

@@ -21,6 +21,17 @@ class Stage(StrEnum):
 STAGES: tuple[str, ...] = tuple(stage.value for stage in Stage)
 # The way forward, in order; recycled and disqualified are detours off it.
 SUCCESS_PATH: tuple[str, ...] = ("inquiry", "engaged", "mql", "sal", "opportunity", "customer")
+NOT_ON_PATH = -1  # the path level of a lead that has not entered inquiry yet
+
+
+def path_level_after(level: int, to_stage: str) -> int:
+    """A lead's path level after entering `to_stage`, given its level before: the index in
+    SUCCESS_PATH of the furthest stage it reached in order, one stage after the other (detours
+    in between allowed), or NOT_ON_PATH. Stored on each stage change, so reports read where a
+    lead stood on the path without replaying its history."""
+    if to_stage in SUCCESS_PATH and SUCCESS_PATH.index(to_stage) == level + 1:
+        return level + 1
+    return level
 
 TRANSITIONS: dict[str, frozenset[str]] = {
     "inquiry": frozenset({"engaged", "mql", "sal", "recycled", "disqualified"}),

@@ -44,7 +44,7 @@ from engine.reports.model import (
     rate,
 )
 from engine.reports.query import Bucket, ReportQuery
-from engine.reports.scope import UNSET, bucket_index, scoped_leads
+from engine.reports.scope import UNSET, Scope, bucket_index
 
 STAGES = (Stage.MQL, Stage.SAL, Stage.OPPORTUNITY, Stage.CUSTOMER)
 TOUCHES = ("first", "last")
@@ -78,11 +78,11 @@ Counts = dict[tuple[int, str, str], dict[str, Counter]]
 
 
 def _counts(session: Session, query: ReportQuery, buckets: list[Bucket], field: str) -> Counts:
-    scope = scoped_leads(session, query).subquery()
-    changes = (select(StageChange.lead_id, StageChange.to_stage.label("stage"),
-                      StageChange.at, scope.c.split,
-                      bucket_index(StageChange.at, buckets).label("bucket"))
-               .join(scope, scope.c.lead_id == StageChange.lead_id)
+    scope = Scope(session, query)
+    changes = (scope.join(select(StageChange.lead_id, StageChange.to_stage.label("stage"),
+                                 StageChange.at, scope.split.label("split"),
+                                 bucket_index(StageChange.at, buckets).label("bucket")),
+                          StageChange.lead_id)
                .where(StageChange.to_stage.in_(STAGES), StageChange.at >= query.start,
                       StageChange.at < query.end)
                .subquery())

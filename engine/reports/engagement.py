@@ -73,7 +73,7 @@ from engine.reports.model import (
     rate,
 )
 from engine.reports.query import ReportQuery
-from engine.reports.scope import UNSET, bucket_label, program_id, scoped_leads
+from engine.reports.scope import UNSET, Scope, bucket_label, program_id
 from engine.sending.models import Delivery, OutboxMessage
 from engine.tracking.links import HONEYPOT
 from engine.tracking.models import TrackingEvent
@@ -131,22 +131,22 @@ def _persona(enrollment) -> ColumnElement:
 def _sends(session: Session, query: ReportQuery):
     """One row per email that went out in the period and is in scope, with its bucket, split
     value, persona and how it ended at send time (refused, or given up)."""
-    scope = scoped_leads(session, query).subquery()
+    scope = Scope(session, query)
     out_at = _out_at(OutboxMessage)
     failed = OutboxMessage.status == Delivery.FAILED_PERM
     gave_up = func.coalesce(OutboxMessage.last_error, "").startswith(GAVE_UP)
     program = program_id(session, query)
     sends = (
-        select(OutboxMessage.id.label("id"), OutboxMessage.lead_id.label("lead_id"),
-               OutboxMessage.program_id.label("program_id"),
-               OutboxMessage.program_version.label("program_version"),
-               OutboxMessage.step.label("step"),
-               OutboxMessage.asset_version_id.label("asset_version_id"),
-               bucket_label(out_at, query.buckets()).label("period"),
-               scope.c.split.label("split"), _persona(Enrollment).label("persona"),
-               case((and_(failed, not_(gave_up)), 1), else_=0).label("refused"),
-               case((and_(failed, gave_up), 1), else_=0).label("gave_up"))
-        .join(scope, scope.c.lead_id == OutboxMessage.lead_id)
+        scope.join(select(
+            OutboxMessage.id.label("id"), OutboxMessage.lead_id.label("lead_id"),
+            OutboxMessage.program_id.label("program_id"),
+            OutboxMessage.program_version.label("program_version"),
+            OutboxMessage.step.label("step"),
+            OutboxMessage.asset_version_id.label("asset_version_id"),
+            bucket_label(out_at, query.buckets()).label("period"),
+            scope.split.label("split"), _persona(Enrollment).label("persona"),
+            case((and_(failed, not_(gave_up)), 1), else_=0).label("refused"),
+            case((and_(failed, gave_up), 1), else_=0).label("gave_up")), OutboxMessage.lead_id)
         .join(Enrollment, Enrollment.id == OutboxMessage.enrollment_id)
         .join(Lead, Lead.id == OutboxMessage.lead_id)
         .where(_went_out(OutboxMessage), out_at >= query.start, out_at < query.end))
@@ -443,17 +443,17 @@ def _page_table(session: Session, query: ReportQuery, names: dict[int, str]) -> 
 def _page_events(session: Session, query: ReportQuery,
                  names: dict[int, str]) -> Iterable[tuple[tuple, dict[str, int]]]:
     """((period, split, program name, page slug), counts) from visits, clicks and forms."""
-    scope = scoped_leads(session, query).subquery()
+    scope = Scope(session, query)
     buckets, program = query.buckets(), program_id(session, query)
     prefix = f"/p/{query.program}/" if query.program else "/p/"
     event = TrackingEvent
     in_period = and_(event.at >= query.start, event.at < query.end)
     human = event.bot.is_(False)
-    visits = (select(bucket_label(event.at, buckets).label("period"), scope.c.split,
-                     event.url, case((human, 1), else_=0).label("human"),
-                     case((human, event.lead_id)).label("visitor"),
-                     case((human, 0), else_=1).label("bot"))
-              .join(scope, scope.c.lead_id == event.lead_id)
+    visits = (scope.join(select(bucket_label(event.at, buckets).label("period"),
+                                scope.split.label("split"), event.url,
+                                case((human, 1), else_=0).label("human"),
+                                case((human, event.lead_id)).label("visitor"),
+                                case((human, 0), else_=1).label("bot")), event.lead_id)
               .where(event.kind == "page_view", in_period,
                      event.url.startswith(prefix, autoescape=True))).subquery("visits")
     grouped = (select(visits.c.period, visits.c.split, visits.c.url, func.sum(visits.c.human),
@@ -467,9 +467,9 @@ def _page_events(session: Session, query: ReportQuery,
 
     pages = _pages_in_scope(session, program)
     if pages:
-        clicks = (select(bucket_label(event.at, buckets).label("period"), scope.c.split,
-                         _page_of(event.url, pages).label("page"))
-                  .join(scope, scope.c.lead_id == event.lead_id)
+        clicks = (scope.join(select(bucket_label(event.at, buckets).label("period"),
+                                    scope.split.label("split"),
+                                    _page_of(event.url, pages).label("page")), event.lead_id)
                   .where(event.kind == "click", human, in_period)).subquery("page_clicks")
         grouped = (select(clicks.c.period, clicks.c.split, clicks.c.page, func.count())
                    .where(clicks.c.page.is_not(None))
@@ -481,10 +481,10 @@ def _page_events(session: Session, query: ReportQuery,
     submitted = FormSubmission
     after_email = case((_last_send(submitted.lead_id, submitted.created_at,
                                    submitted.program_id).is_not(None), 1), else_=0)
-    forms = (select(bucket_label(submitted.created_at, buckets).label("period"),
-                    scope.c.split, submitted.program_id, submitted.page,
-                    after_email.label("after_email"))
-             .join(scope, scope.c.lead_id == submitted.lead_id)
+    forms = (scope.join(select(bucket_label(submitted.created_at, buckets).label("period"),
+                               scope.split.label("split"), submitted.program_id,
+                               submitted.page, after_email.label("after_email")),
+                        submitted.lead_id)
              .where(submitted.created_at >= query.start, submitted.created_at < query.end))
     if program is not None:
         forms = forms.where(submitted.program_id == program)

@@ -45,14 +45,14 @@ from __future__ import annotations
 from collections import defaultdict
 from datetime import UTC, datetime
 
-from sqlalchemy import Select, and_, case, exists, func, literal, select, union_all
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy import ColumnElement, Select, and_, case, func, select
+from sqlalchemy.orm import Session
 
 from engine.leads.models import StageChange
-from engine.leads.stages import SUCCESS_PATH
+from engine.leads.stages import STAGES, SUCCESS_PATH
 from engine.reports.model import Chart, Column, Report, Table, dimension_columns, dimensions, rate
 from engine.reports.query import ReportQuery
-from engine.reports.scope import bucket_index, scoped_leads
+from engine.reports.scope import Scope, bucket_index
 from engine.reports.stage_history import (
     DETOURS,
     NEXT_STAGE,
@@ -61,7 +61,15 @@ from engine.reports.stage_history import (
 
 SC = StageChange
 INQUIRY, RECYCLED, DISQUALIFIED = SUCCESS_PATH[0], *DETOURS
+BEFORE = -1  # the "bucket" of the changes before the period
+# Detour moves counted per success-path stage: (from, to), None standing for the stage.
+DETOUR_MOVES = {"left_recycled": (None, RECYCLED), "left_disqualified": (None, DISQUALIFIED),
+                "back_recycled": (RECYCLED, None)}
 Key = tuple  # (bucket index, split value, stage)
+
+
+def _count(condition) -> ColumnElement:
+    return func.sum(case((condition, 1), else_=0))
 
 
 def build(session: Session, query: ReportQuery) -> Report:
@@ -79,20 +87,16 @@ def build(session: Session, query: ReportQuery) -> Report:
 
 
 class _Figures:
-    """The funnel's figures, aggregated by the database, then laid out per bucket and split."""
+    """The funnel's figures, aggregated by the database, then laid out per bucket and split.
+    Two reads of the stage history: every change up to the end (flows, and the balances they
+    add up to), and the period's changes (conversions, inquiry cohorts, detours)."""
 
     def __init__(self, session: Session, query: ReportQuery) -> None:
         self.query = query
         self.buckets = query.buckets()
-        self.scope = scoped_leads(session, query).subquery("scope")
-        self.bucket = bucket_index(SC.at, self.buckets).label("bucket")
-        self.in_period = and_(SC.at >= query.start, SC.at < query.end)
-        self.path = self._path()
-        self.changes, self.leads_moved = self._moves(session)
-        self.opening = self._opening(session)
-        self.entered = self._converted(session, self._first_entries())
-        self.entered_in_order = self._converted(session, self._first_entries(in_order=True))
-        self.cohort, self.reached, self.reached_in_order = self._reached(session)
+        self.scope = Scope(session, query)
+        self.changes, self.opening = self._moves(session)
+        self._entries(session)
         self.splits = split_values(query, [key[1] for key in self.changes]
                                    + [split for split, _ in self.opening])
         self.balances = self._balances()
@@ -100,98 +104,112 @@ class _Figures:
     # --- queries ---------------------------------------------------------------------------
 
     def _moves(self, session: Session) -> tuple[dict, dict]:
-        """Changes and distinct leads per (bucket, split, from_stage, to_stage)."""
-        rows = session.execute(
-            select(self.bucket, self.scope.c.split, SC.from_stage, SC.to_stage,
-                   func.count(), func.count(SC.lead_id.distinct()))
-            .join(self.scope, self.scope.c.lead_id == SC.lead_id).where(self.in_period)
-            .group_by(self.bucket, self.scope.c.split, SC.from_stage, SC.to_stage))
-        changes, leads = {}, {}
-        for bucket, split, from_stage, to_stage, n_changes, n_leads in rows:
-            changes[bucket, split, from_stage, to_stage] = n_changes
-            leads[bucket, split, from_stage, to_stage] = n_leads
-        return changes, leads
+        """Changes per (bucket, split, from_stage, to_stage) in the period, and leads per
+        (split, stage) as it opens. A lead's stage at an instant is the to_stage of its latest
+        change before it, and each change records the stage it left, so the leads in a stage
+        as the period opens are its entries before then minus its exits."""
+        start = self.query.start
+        bucket = case((SC.at < start, BEFORE), else_=bucket_index(SC.at, self.buckets))
+        rows = session.execute(self.scope.join(
+            select(bucket.label("bucket"), self.scope.split.label("split"), SC.from_stage,
+                   SC.to_stage, func.count()), SC.lead_id)
+            .where(SC.at < self.query.end)
+            .group_by(bucket, self.scope.split, SC.from_stage, SC.to_stage))
+        changes, opening = {}, defaultdict(int)
+        for bucket_at, split, from_stage, to_stage, n in rows:
+            if bucket_at != BEFORE:
+                changes[bucket_at, split, from_stage, to_stage] = n
+                continue
+            opening[split, to_stage] += n
+            if from_stage is not None:
+                opening[split, from_stage] -= n
+        return changes, {key: n for key, n in opening.items() if n}
 
-    def _opening(self, session: Session) -> dict[tuple[str, str], int]:
-        """Leads per (split, stage) as the period opens: each one's latest row before it."""
-        latest = (select(SC.lead_id, SC.to_stage, self.scope.c.split,
-                         func.row_number().over(partition_by=SC.lead_id,
-                                                order_by=(SC.at.desc(), SC.id.desc()))
-                         .label("latest"))
-                  .join(self.scope, self.scope.c.lead_id == SC.lead_id)
-                  .where(SC.at < self.query.start).subquery("latest"))
-        rows = session.execute(select(latest.c.split, latest.c.to_stage, func.count())
-                               .where(latest.c.latest == 1)
-                               .group_by(latest.c.split, latest.c.to_stage))
-        return {(split, stage): n for split, stage, n in rows}
+    def _entries(self, session: Session) -> None:
+        """Everything counted from the period's changes, in one statement: one row per lead and
+        bucket with its first and last entry into each stage (and its first in-order entry),
+        then one sum per figure. A change after the period cannot count for an entry in it,
+        and every figure here starts from an entry in the period, so no earlier row is read.
+        - entered / entered in order: a first (in-order) entry into the stage in the bucket; an
+          entry is in order at or after the lead's in-order arrival at the stage, that is when
+          its path level after it is at least the stage's;
+        - converted: the lead's last entry into the next stage in the period is at or after
+          its first (in-order) entry into the stage in the bucket;
+        - the inquiry cohort, and of it those whose last entry into a stage is at or after
+          their inquiry entry (reached at all), or whose path level by the end is at least the
+          stage's (reached in order: levels never go down);
+        - detours: leads that moved from a stage to recycled or disqualified, or back."""
+        per_lead = self._per_lead().subquery("per_lead")
+        lead = per_lead.c
+        figures = [func.count(lead.first_0).label("cohort")]
+        for i, stage in enumerate(STAGES):
+            figures.append(func.count(lead[f"first_{i}"]).label(f"entered_{i}"))
+        for i, stage in enumerate(SUCCESS_PATH):
+            figures.append(func.count(lead[f"in_order_{i}"]).label(f"entered_in_order_{i}"))
+            figures.append(_count(lead[f"last_{i}"] >= lead.first_0).label(f"reached_{i}"))
+            figures.append(_count(and_(lead.first_0.is_not(None), lead.level >= i))
+                           .label(f"reached_in_order_{i}"))
+            for move in DETOUR_MOVES:
+                figures.append(func.sum(lead[f"{move}_{i}"]).label(f"{move}_{i}"))
+            if stage in NEXT_STAGE:
+                following = lead[f"last_{i + 1}"]
+                figures.append(_count(following >= lead[f"first_{i}"]).label(f"converted_{i}"))
+                figures.append(_count(following >= lead[f"in_order_{i}"])
+                               .label(f"converted_in_order_{i}"))
+        rows = session.execute(select(lead.bucket, lead.split, *figures)
+                               .group_by(lead.bucket, lead.split)).mappings()
+        self.entered, self.entered_in_order, self.leads_moved = {}, {}, {}
+        self.cohort, self.reached, self.reached_in_order = {}, {}, {}
+        for row in rows:
+            bucket, split = row["bucket"], row["split"]
+            self.cohort[bucket, split] = row["cohort"]
+            for i, stage in enumerate(STAGES):
+                key = (bucket, split, stage)
+                converted = row.get(f"converted_{i}") or 0
+                self.entered[key] = (row[f"entered_{i}"], int(converted))
+                if stage not in SUCCESS_PATH:
+                    continue
+                self.entered_in_order[key] = (row[f"entered_in_order_{i}"],
+                                              int(row.get(f"converted_in_order_{i}") or 0))
+                self.reached[key] = int(row[f"reached_{i}"] or 0)
+                self.reached_in_order[key] = int(row[f"reached_in_order_{i}"] or 0)
+                for move, (from_stage, to_stage) in DETOUR_MOVES.items():
+                    moved = (from_stage or stage, to_stage or stage)
+                    self.leads_moved[(bucket, split, *moved)] = int(row[f"{move}_{i}"] or 0)
 
-    def _path(self):
-        """Per lead active in the period and success-path stage it arrived at in order by the
-        end: (lead_id, stage, t), t the in-order arrival (see the module's docstring)."""
-        active = (select(SC.lead_id).join(self.scope, self.scope.c.lead_id == SC.lead_id)
-                  .where(self.in_period).distinct())
-        levels = []
-        for stage in SUCCESS_PATH:
-            level = (select(SC.lead_id, func.min(SC.at).label("t"))
-                     .where(SC.to_stage == stage, SC.at < self.query.end))
-            if levels:
-                previous = levels[-1]
-                level = level.join(previous, and_(previous.c.lead_id == SC.lead_id,
-                                                  SC.at >= previous.c.t))
-            else:
-                level = level.where(SC.lead_id.in_(active))
-            levels.append(level.group_by(SC.lead_id).cte(f"arrived_{stage}"))
-        return union_all(*(select(level.c.lead_id, literal(stage).label("stage"), level.c.t)
-                           for stage, level in zip(SUCCESS_PATH, levels, strict=True))
-                         ).cte("path")
-
-    def _first_entries(self, *, in_order: bool = False) -> Select:
-        """Per (bucket, lead, split, stage): the lead's first entry into the stage in the
-        bucket (in order: its first entry at or after its in-order arrival there)."""
-        first = (select(self.bucket, SC.lead_id, self.scope.c.split,
-                        SC.to_stage.label("stage"), func.min(SC.at).label("first_at"))
-                 .join(self.scope, self.scope.c.lead_id == SC.lead_id).where(self.in_period))
-        if in_order:
-            first = first.join(self.path, and_(self.path.c.lead_id == SC.lead_id,
-                                               self.path.c.stage == SC.to_stage,
-                                               SC.at >= self.path.c.t))
-        return first.group_by(self.bucket, SC.lead_id, self.scope.c.split, SC.to_stage)
-
-    def _converted(self, session: Session, entries: Select) -> dict[Key, tuple[int, int]]:
-        """(entered, converted to the next stage by the end) per (bucket, split, stage)."""
-        first = entries.subquery("first")
-        later = aliased(StageChange)
-        next_stage = case(*((first.c.stage == stage, following)
-                            for stage, following in NEXT_STAGE.items()), else_=None)
-        converted = exists().where(later.lead_id == first.c.lead_id,
-                                   later.to_stage == next_stage,
-                                   later.at >= first.c.first_at, later.at < self.query.end)
-        rows = session.execute(
-            select(first.c.bucket, first.c.split, first.c.stage, func.count(),
-                   func.sum(case((converted, 1), else_=0)))
-            .group_by(first.c.bucket, first.c.split, first.c.stage))
-        return {(bucket, split, stage): (n, int(done or 0))
-                for bucket, split, stage, n, done in rows}
-
-    def _reached(self, session: Session) -> tuple[dict, dict, dict]:
-        """The inquiry cohort per (bucket, split), and per (bucket, split, stage) how many of
-        it reached the stage by the end, at all and in order."""
-        cohort = self._first_entries().where(SC.to_stage == INQUIRY).subquery("cohort")
-        group = (cohort.c.bucket, cohort.c.split)
-        sizes = {(bucket, split): n for bucket, split, n in session.execute(
-            select(*group, func.count()).group_by(*group))}
-        later = aliased(StageChange)
-        at_all = session.execute(
-            select(*group, later.to_stage, func.count(later.lead_id.distinct()))
-            .join(later, and_(later.lead_id == cohort.c.lead_id,
-                              later.at >= cohort.c.first_at, later.at < self.query.end))
-            .where(later.to_stage.in_(SUCCESS_PATH)).group_by(*group, later.to_stage))
-        in_order = session.execute(
-            select(*group, self.path.c.stage, func.count())
-            .join(self.path, self.path.c.lead_id == cohort.c.lead_id)
-            .group_by(*group, self.path.c.stage))
-        return (sizes, {(bucket, split, stage): n for bucket, split, stage, n in at_all},
-                {(bucket, split, stage): n for bucket, split, stage, n in in_order})
+    def _per_lead(self) -> Select:
+        """Per lead and bucket of the period: its first entry into each stage (first_i, i the
+        stage's index in STAGES), its first in-order entry into each success-path stage
+        (in_order_i), 1 when it made each detour move, and over the whole period its last
+        entry into each success-path stage (last_i) and its path level by the end (level)."""
+        stage_index = {stage: i for i, stage in enumerate(STAGES)}
+        into = {stage: SC.to_stage == stage for stage in STAGES}
+        columns = [func.min(case((into[stage], SC.at))).label(f"first_{i}")
+                   for stage, i in stage_index.items()]
+        for i, stage in enumerate(SUCCESS_PATH):
+            columns += [
+                func.min(case((and_(into[stage], SC.path_level >= i), SC.at)))
+                .label(f"in_order_{i}"),
+                func.max(case((into[stage], SC.at))).label(f"last_{i}")]
+            for move, (from_stage, to_stage) in DETOUR_MOVES.items():
+                made = and_(SC.from_stage == (from_stage or stage),
+                            SC.to_stage == (to_stage or stage))
+                columns.append(func.max(case((made, 1), else_=0)).label(f"{move}_{i}"))
+        bucket = bucket_index(SC.at, self.buckets).label("bucket")
+        split = self.scope.split.label("split")
+        per_bucket = (self.scope.join(
+            select(bucket, SC.lead_id, split, func.max(SC.path_level).label("level"), *columns),
+            SC.lead_id)
+            .where(SC.at >= self.query.start, SC.at < self.query.end)
+            .group_by(bucket, SC.lead_id, split))
+        if len(self.buckets) == 1:
+            return per_bucket
+        # Conversions and levels count up to the end of the period, whichever bucket: take
+        # each lead's last entries and level over all of its buckets.
+        one = per_bucket.subquery("per_bucket")
+        whole_period = {f"last_{i}" for i in range(len(SUCCESS_PATH))} | {"level"}
+        return select(*(func.max(column).over(partition_by=one.c.lead_id).label(column.name)
+                        if column.name in whole_period else column for column in one.c))
 
     # --- layout ----------------------------------------------------------------------------
 

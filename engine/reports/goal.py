@@ -67,7 +67,7 @@ from engine.reports.model import (
     rate,
 )
 from engine.reports.query import ReportQuery
-from engine.reports.scope import UNSET, bucket_label, scoped_leads
+from engine.reports.scope import UNSET, Scope, bucket_label
 
 # A goal's event kind (as program files name responses) -> the kind the lead's log records.
 LOGGED_AS = {"open": EventKind.OPENED, "click": EventKind.CLICKED,
@@ -184,18 +184,19 @@ def _counts(session: Session, query: ReportQuery, program: Measured,
             now: datetime) -> dict[tuple, dict[str, int]]:
     """(period, split, persona, source channel) -> enrolled, reached, waiting."""
     dialect = session.get_bind().dialect.name
-    scope = scoped_leads(session, replace(query, program=program.record.name)).subquery()
+    scope = Scope(session, replace(query, program=program.record.name))
     reached = _reached(program.goal, dialect)
     time_left = (true() if program.goal.within is None
                  else Enrollment.created_at > now - program.goal.within)
-    rows = (select(bucket_label(Enrollment.created_at, query.buckets()).label("period"),
-                   scope.c.split,
-                   func.coalesce(Lead.persona, Enrollment.state["persona"].as_string(),
-                                 UNSET).label("persona"),
-                   func.coalesce(Lead.source_channel, UNSET).label("source"),
-                   case((reached, 1), else_=0).label("reached"),
-                   case((~reached & time_left, 1), else_=0).label("waiting"))
-            .join(scope, scope.c.lead_id == Enrollment.lead_id)
+    rows = (scope.join(
+                select(bucket_label(Enrollment.created_at, query.buckets()).label("period"),
+                       scope.split.label("split"),
+                       func.coalesce(Lead.persona, Enrollment.state["persona"].as_string(),
+                                     UNSET).label("persona"),
+                       func.coalesce(Lead.source_channel, UNSET).label("source"),
+                       case((reached, 1), else_=0).label("reached"),
+                       case((~reached & time_left, 1), else_=0).label("waiting")),
+                Enrollment.lead_id)
             .join(Lead, Lead.id == Enrollment.lead_id)
             .where(Enrollment.program_id == program.record.id,
                    Enrollment.created_at >= query.start, Enrollment.created_at < query.end)

@@ -3,7 +3,7 @@ split by: one place, so every report scopes and splits alike."""
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, ColumnElement, Select, case, exists, func, literal, select, type_coerce
+from sqlalchemy import JSON, ColumnElement, Select, case, func, literal, select, type_coerce
 from sqlalchemy.orm import InstrumentedAttribute, Session, aliased
 
 from engine.errors import NotFound
@@ -24,13 +24,33 @@ def program_id(session: Session, query: ReportQuery) -> int | None:
     return found
 
 
-def scoped_leads(session: Session, query: ReportQuery) -> Select:
-    """A subquery-ready select of (lead_id, split) for the leads in scope: enrolled in the
-    report's program (any program when none is named). `split` is the lead's value of the
-    query's split (persona: the lead's own, else the one its enrollment matched: in the
-    program, or the lead's first), or UNSET. No aggregate over every enrollment: the database
-    can start from the rows a report counts and look each lead up."""
-    program = program_id(session, query)
+class Scope:
+    """The leads a report counts (those enrolled in its program; every lead when no program is
+    named: the whole funnel, and every MQL the SLA check holds to the default SLA) and the
+    value each is split by, joined to a report's select by a lead id column. Unsplit and for
+    every lead, nothing is joined: a report reads only the rows it counts."""
+
+    def __init__(self, session: Session, query: ReportQuery) -> None:
+        program = program_id(session, query)
+        self.leads = (None if program is None and query.split is None
+                      else _scoped_leads(query, program).subquery("scope"))
+
+    @property
+    def split(self) -> ColumnElement:
+        """The split value of the lead of each joined row (UNSET when not split)."""
+        return literal(UNSET) if self.leads is None else self.leads.c.split
+
+    def join(self, rows: Select, lead_id) -> Select:
+        """`rows` narrowed to the leads in scope (`lead_id`: the column naming the lead)."""
+        if self.leads is None:
+            return rows.where(lead_id.is_not(None))  # an anonymous visit is no lead's
+        return rows.join(self.leads, self.leads.c.lead_id == lead_id)
+
+
+def _scoped_leads(query: ReportQuery, program: int | None) -> Select:
+    """(lead_id, split) for the leads in scope. `split` is the lead's value of the query's
+    split (persona: the lead's own, else the one its enrollment matched: in the program, or
+    the lead's first), or UNSET."""
     if program is not None:  # one enrollment per lead and program
         return (select(Lead.id.label("lead_id"),
                        _split_value(query, Enrollment.state).label("split"))
@@ -39,8 +59,7 @@ def scoped_leads(session: Session, query: ReportQuery) -> Select:
     first = aliased(Enrollment)
     first_state = (select(first.state).where(first.lead_id == Lead.id).order_by(first.id)
                    .limit(1).scalar_subquery())
-    return (select(Lead.id.label("lead_id"), _split_value(query, first_state).label("split"))
-            .where(exists().where(Enrollment.lead_id == Lead.id)))
+    return select(Lead.id.label("lead_id"), _split_value(query, first_state).label("split"))
 
 
 def _split_value(query: ReportQuery, state):

@@ -48,7 +48,7 @@ from engine.reports.model import (
     rate,
 )
 from engine.reports.query import Bucket, ReportQuery
-from engine.reports.scope import UNSET, bucket_index, scoped_leads
+from engine.reports.scope import UNSET, Scope, bucket_index
 from engine.sales.models import SlaBreach
 from engine.sales.sla import MQL_UNANSWERED, OPPORTUNITY_STALLED
 from engine.scoring.rules import SlaRules
@@ -99,7 +99,7 @@ def _program_slas(session: Session) -> dict[int, tuple[str, timedelta]]:
 
 def _mql_tables(session: Session, query: ReportQuery, buckets: list[Bucket],
                 slas: dict[int, tuple[str, timedelta]], now: datetime) -> tuple[Table, Table]:
-    scope = scoped_leads(session, query).subquery()
+    scope = Scope(session, query)
     entered = StageChange
     left = aliased(StageChange)
     answered_at = (select(func.min(left.at))
@@ -107,13 +107,13 @@ def _mql_tables(session: Session, query: ReportQuery, buckets: list[Bucket],
                           or_(left.at > entered.at,
                               and_(left.at == entered.at, left.id > entered.id)))
                    .scalar_subquery())
-    entries = (select(bucket_index(entered.at, buckets).label("bucket"),
-                      scope.c.split.label("split"),
-                      func.coalesce(Lead.owner, UNSET).label("owner"),
-                      entered.at.label("entered_at"), answered_at.label("answered_at"),
-                      _sla_seconds(entered.lead_id, slas).label("sla"))
-               .select_from(entered)
-               .join(scope, scope.c.lead_id == entered.lead_id)
+    entries = (scope.join(select(bucket_index(entered.at, buckets).label("bucket"),
+                                 scope.split.label("split"),
+                                 func.coalesce(Lead.owner, UNSET).label("owner"),
+                                 entered.at.label("entered_at"),
+                                 answered_at.label("answered_at"),
+                                 _sla_seconds(entered.lead_id, slas).label("sla"))
+                          .select_from(entered), entered.lead_id)
                .join(Lead, Lead.id == entered.lead_id)
                .where(entered.to_stage == Stage.MQL, entered.at >= query.start,
                       entered.at < query.end)
@@ -193,11 +193,11 @@ def _sla_seconds(lead_id, slas: dict[int, tuple[str, timedelta]]):
 # -- breaches -------------------------------------------------------------------------------
 
 def _breach_table(session: Session, query: ReportQuery, buckets: list[Bucket]) -> Table:
-    scope = scoped_leads(session, query).subquery()
-    breaches = (select(bucket_index(SlaBreach.detected_at, buckets).label("bucket"),
-                       scope.c.split.label("split"), SlaBreach.kind.label("kind"),
-                       SlaBreach.resolved_at.is_not(None).label("resolved"))
-                .join(scope, scope.c.lead_id == SlaBreach.lead_id)
+    scope = Scope(session, query)
+    breaches = (scope.join(select(bucket_index(SlaBreach.detected_at, buckets).label("bucket"),
+                                  scope.split.label("split"), SlaBreach.kind.label("kind"),
+                                  SlaBreach.resolved_at.is_not(None).label("resolved")),
+                           SlaBreach.lead_id)
                 .where(SlaBreach.detected_at >= query.start, SlaBreach.detected_at < query.end)
                 .subquery())
     rows = session.execute(
@@ -227,15 +227,15 @@ def _breach_table(session: Session, query: ReportQuery, buckets: list[Bucket]) -
 
 
 def _stalled_table(session: Session, query: ReportQuery, buckets: list[Bucket]) -> Table:
-    scope = scoped_leads(session, query).subquery()
+    scope = Scope(session, query)
     won = (select(StageChange.id)
            .where(StageChange.lead_id == SlaBreach.lead_id,
                   StageChange.to_stage == Stage.CUSTOMER, StageChange.at >= SlaBreach.since)
            .exists())
-    stalls = (select(bucket_index(SlaBreach.detected_at, buckets).label("bucket"),
-                     scope.c.split.label("split"), SlaBreach.action.label("action"),
-                     SlaBreach.resolved_at.is_not(None).label("resolved"), won.label("won"))
-              .join(scope, scope.c.lead_id == SlaBreach.lead_id)
+    stalls = (scope.join(select(bucket_index(SlaBreach.detected_at, buckets).label("bucket"),
+                                scope.split.label("split"), SlaBreach.action.label("action"),
+                                SlaBreach.resolved_at.is_not(None).label("resolved"),
+                                won.label("won")), SlaBreach.lead_id)
               .where(SlaBreach.kind == OPPORTUNITY_STALLED,
                      SlaBreach.detected_at >= query.start, SlaBreach.detected_at < query.end)
               .subquery())

@@ -36,7 +36,7 @@ from engine.leads.models import StageChange
 from engine.leads.stages import STAGES, Stage
 from engine.reports.model import Chart, Column, Report, Table, dimension_columns, dimensions
 from engine.reports.query import ReportQuery
-from engine.reports.scope import bucket_index, scoped_leads
+from engine.reports.scope import Scope, bucket_index
 from engine.reports.stage_history import (
     Spread,
     seconds_between,
@@ -68,7 +68,7 @@ class _Figures:
     def __init__(self, session: Session, query: ReportQuery) -> None:
         self.session, self.query = session, query
         self.buckets = query.buckets()
-        self.scope = scoped_leads(session, query).subquery("scope")
+        self.scope = Scope(session, query)
 
     def _stays(self):
         """Stays that ended in the period: bucket, split, stage, the actor of the change that
@@ -80,10 +80,11 @@ class _Figures:
                           or_(before.at < ended.at, and_(before.at == ended.at,
                                                          before.id < ended.id)))
                    .scalar_subquery())
-        stays = (select(bucket_index(ended.at, self.buckets).label("bucket"),
-                        self.scope.c.split, ended.from_stage.label("stage"), ended.actor,
-                        ended.at.label("ended_at"), started.label("started_at"))
-                 .join(self.scope, self.scope.c.lead_id == ended.lead_id)
+        stays = (self.scope.join(
+                    select(bucket_index(ended.at, self.buckets).label("bucket"),
+                           self.scope.split.label("split"), ended.from_stage.label("stage"),
+                           ended.actor, ended.at.label("ended_at"),
+                           started.label("started_at")), ended.lead_id)
                  .where(ended.at >= self.query.start, ended.at < self.query.end,
                         ended.from_stage.is_not(None))
                  .subquery("stays"))
@@ -196,10 +197,10 @@ class _Figures:
         inquiry = (select(SC.lead_id, func.min(SC.at).label("inquiry_at"))
                    .where(SC.to_stage == INQUIRY, SC.lead_id.in_(reaching))
                    .group_by(SC.lead_id).subquery("inquiry"))
-        reached = (select(bucket_index(first.c.reached_at, self.buckets).label("bucket"),
-                          self.scope.c.split, literal(name).label("stage"),
-                          first.c.reached_at, inquiry.c.inquiry_at)
-                   .join(self.scope, self.scope.c.lead_id == first.c.lead_id)
+        reached = (self.scope.join(
+                      select(bucket_index(first.c.reached_at, self.buckets).label("bucket"),
+                             self.scope.split.label("split"), literal(name).label("stage"),
+                             first.c.reached_at, inquiry.c.inquiry_at), first.c.lead_id)
                    .outerjoin(inquiry, inquiry.c.lead_id == first.c.lead_id)
                    .subquery("reached"))
         spread = spreads(self.session,
