@@ -181,7 +181,7 @@ COLUMNS = {
                "lease_until", "claimed_by", "message_id", "last_error", "skip_reason",
                "sent_at", "links", "asset_version_id", "created_at", "updated_at"),
     "stage_changes": ("id", "lead_id", "from_stage", "to_stage", "at", "reason", "actor",
-                      "path_level"),
+                      "from_at", "path_level"),
     "tracking_events": ("id", "event_key", "kind", "lead_id", "outbox_id", "link_index", "url",
                         "at", "user_agent", "ip", "bot", "bot_reason"),
     "lead_events": ("id", "lead_id", "program_id", "at", "category", "kind", "detail", "actor"),
@@ -444,7 +444,7 @@ class World:
 
     def stage_rows(self, ctx: Lead, changes: list[tuple], actor: str) -> None:
         add = self.sink.add
-        level = NOT_ON_PATH
+        level, since = NOT_ON_PATH, None
         for t, before, after in changes:
             if before is None:
                 reason, by = "created", actor
@@ -452,7 +452,9 @@ class World:
                 reason, by = (RECYCLED_WHY[before] if after == "recycled" else WHY[after])
                 by = by or ctx.owner or "sales"
             level = path_level_after(level, after)
-            add("stage_changes", t, [None, ctx.id, before, after, ts(t), reason, by, level])
+            add("stage_changes", t, [None, ctx.id, before, after, ts(t), reason, by,
+                                     None if since is None else ts(since), level])
+            since = t
             if after == "mql" and ctx.owner:
                 self.notify(ctx, t + 30, "mql", "score reached the MQL threshold (55)")
 

@@ -85,9 +85,14 @@ def test_stage_histories_recorded_before_0013_get_their_path_levels(tmp_path):
                          "at": f"2026-11-0{day} 08:00:00"})
     upgrade(url)
     with engine.connect() as conn:
-        rows = conn.execute(text("SELECT lead_id, to_stage, path_level FROM stage_changes "
+        rows = conn.execute(text("SELECT lead_id, from_at, path_level FROM stage_changes "
                                  "ORDER BY lead_id, at")).all()
     engine.dispose()
     levels = {lead: [level for row_lead, _, level in rows if row_lead == lead]
               for lead in histories}
     assert levels == {1: [0, 1, 2, 2, 2, 3], 2: [0, 0, 1, 2, 3], 3: [-1, -1]}
+    # each change knows when the lead entered the stage it left: its previous change
+    since = {lead: [at and at[:10] for row_lead, at, _ in rows if row_lead == lead]
+             for lead in histories}
+    assert since[3] == [None, "2026-11-01"]
+    assert since[1] == [None] + [f"2026-11-0{day}" for day in range(1, 6)]

@@ -64,6 +64,7 @@ class StageChange(Base):
 
     __tablename__ = "stage_changes"
     __table_args__ = (Index("ix_stage_changes_at", "at"),
+                      Index("ix_stage_changes_to_at", "to_stage", "at"),
                       Index("ix_stage_changes_lead_at", "lead_id", "at"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -73,8 +74,11 @@ class StageChange(Base):
     at: Mapped[datetime] = mapped_column(UTCDateTime)
     reason: Mapped[str] = mapped_column(Text)
     actor: Mapped[str] = mapped_column(String(200))
-    # The lead's level on the success path after this change (engine/leads/stages.py
-    # path_level_after): set when the change is recorded (record_stage_change).
+    # Set when the change is recorded (engine/leads/service.py record_stage_change), so that
+    # reports read a stay or a path without replaying the lead's history: when the lead
+    # entered from_stage (its previous change; None for the first), and its level on the
+    # success path after this change (engine/leads/stages.py path_level_after).
+    from_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     path_level: Mapped[int] = mapped_column(SmallInteger, server_default=str(NOT_ON_PATH))
 
 
@@ -82,7 +86,9 @@ class LeadEvent(Base):
     """Append-only log per lead: what happened (category event) and what the engine did (action)."""
 
     __tablename__ = "lead_events"
-    __table_args__ = (Index("ix_lead_events_lead_at", "lead_id", "id"),)
+    # by kind: a report reads one kind of event (forms, bounces...), for a lead or for all
+    __table_args__ = (Index("ix_lead_events_lead_at", "lead_id", "id"),
+                      Index("ix_lead_events_kind_lead", "kind", "lead_id", "at"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
     lead_id: Mapped[int] = mapped_column(ForeignKey("leads.id", ondelete="CASCADE"))

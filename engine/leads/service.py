@@ -91,12 +91,15 @@ def set_stage(*, session: Session, lead: Lead, stage: str, reason: str, actor: s
 
 
 def record_stage_change(session: Session, change: StageChange) -> StageChange:
-    """Add `change` to its lead's history with the lead's path level after it (from the
-    latest change before it). Changes are recorded in time order, as they happen."""
-    level = session.scalar(select(StageChange.path_level)
-                           .where(StageChange.lead_id == change.lead_id)
-                           .order_by(StageChange.at.desc(), StageChange.id.desc()).limit(1))
-    change.path_level = path_level_after(NOT_ON_PATH if level is None else level,
+    """Add `change` to its lead's history with when the lead entered the stage it leaves and
+    its path level after it, both from the latest change before it. Changes are recorded in
+    time order, as they happen."""
+    previous = session.execute(
+        select(StageChange.at, StageChange.path_level)
+        .where(StageChange.lead_id == change.lead_id)
+        .order_by(StageChange.at.desc(), StageChange.id.desc()).limit(1)).first()
+    change.from_at = previous.at if previous else None
+    change.path_level = path_level_after(previous.path_level if previous else NOT_ON_PATH,
                                          change.to_stage)
     session.add(change)
     return change

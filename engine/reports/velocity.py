@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import and_, func, literal, or_, select
+from sqlalchemy import func, literal, select
 from sqlalchemy.orm import Session, aliased
 
 from engine.leads.models import StageChange
@@ -72,23 +72,17 @@ class _Figures:
 
     def _stays(self):
         """Stays that ended in the period: bucket, split, stage, the actor of the change that
-        ended it, ended_at and started_at (the lead's previous change)."""
-        ended = aliased(StageChange, name="ended")
-        before = aliased(StageChange, name="before")
-        started = (select(func.max(before.at))
-                   .where(before.lead_id == ended.lead_id,
-                          or_(before.at < ended.at, and_(before.at == ended.at,
-                                                         before.id < ended.id)))
-                   .scalar_subquery())
-        stays = (self.scope.join(
+        ended it, ended_at and started_at (the lead's previous change, which each change
+        records as from_at)."""
+        ended = SC
+        return (self.scope.join(
                     select(bucket_index(ended.at, self.buckets).label("bucket"),
                            self.scope.split.label("split"), ended.from_stage.label("stage"),
                            ended.actor, ended.at.label("ended_at"),
-                           started.label("started_at")), ended.lead_id)
-                 .where(ended.at >= self.query.start, ended.at < self.query.end,
-                        ended.from_stage.is_not(None))
-                 .subquery("stays"))
-        return stays
+                           ended.from_at.label("started_at")), ended.lead_id)
+                .where(ended.at >= self.query.start, ended.at < self.query.end,
+                       ended.from_stage.is_not(None))
+                .subquery("stays"))
 
     def _layout(self, found: dict, names: tuple[str | None, str, str, str],
                 stages: tuple[str, ...],
@@ -187,21 +181,24 @@ class _Figures:
     def _milestone(self, target: str, name: str) -> tuple[dict, dict]:
         """Spreads of the days from inquiry to the first entry into `target`, per (bucket,
         split, name), and the count of leads that reached it without an inquiry entry."""
-        reaching = select(SC.lead_id).where(SC.to_stage == target, SC.at >= self.query.start,
-                                            SC.at < self.query.end)
-        first = (select(SC.lead_id, func.min(SC.at).label("reached_at"))
-                 .where(SC.to_stage == target, SC.lead_id.in_(reaching))
-                 .group_by(SC.lead_id)
-                 .having(func.min(SC.at) >= self.query.start,
-                         func.min(SC.at) < self.query.end).subquery("first_reached"))
-        inquiry = (select(SC.lead_id, func.min(SC.at).label("inquiry_at"))
-                   .where(SC.to_stage == INQUIRY, SC.lead_id.in_(reaching))
-                   .group_by(SC.lead_id).subquery("inquiry"))
+        reaching = (select(SC.lead_id).where(SC.to_stage == target, SC.at >= self.query.start,
+                                             SC.at < self.query.end)
+                    .distinct().subquery("reaching"))
+        earlier = aliased(StageChange, name="earlier")
+
+        def first_entry(stage: str):  # looked up per lead reaching the target (an index read)
+            return (select(func.min(earlier.at))
+                    .where(earlier.lead_id == reaching.c.lead_id, earlier.to_stage == stage)
+                    .scalar_subquery())
+
+        firsts = select(reaching.c.lead_id, first_entry(target).label("reached_at"),
+                        first_entry(INQUIRY).label("inquiry_at")).subquery("firsts")
+        first = (select(firsts).where(firsts.c.reached_at >= self.query.start)
+                 .subquery("first_reached"))
         reached = (self.scope.join(
                       select(bucket_index(first.c.reached_at, self.buckets).label("bucket"),
                              self.scope.split.label("split"), literal(name).label("stage"),
-                             first.c.reached_at, inquiry.c.inquiry_at), first.c.lead_id)
-                   .outerjoin(inquiry, inquiry.c.lead_id == first.c.lead_id)
+                             first.c.reached_at, first.c.inquiry_at), first.c.lead_id)
                    .subquery("reached"))
         spread = spreads(self.session,
                          select(reached.c.bucket, reached.c.split, reached.c.stage,
