@@ -20,6 +20,7 @@ from engine.assets.models import AssetVersion
 from engine.assets.service import INVALID, current_versions
 from engine.launch.approvals import approval_status
 from engine.launch.models import Waiver
+from engine.launch.service import may_be_waived
 from engine.programs.loader import SCENARIO_FILES, LoadedProgram, ProgramInvalid, load_program_dir
 from engine.programs.models import ProgramRecord
 from engine.programs.store import current_program, version_row
@@ -262,9 +263,11 @@ def rendered_assets(loaded: LoadedProgram, base_url: str) -> dict[str, str]:
 
 
 def waivers_for(*, session: Session, program_id: int) -> dict[str, dict]:
+    """The program's waivers that count: one of an approval finding, stored before such
+    waivers were refused, does not stand in for a reviewer's approval."""
     rows = session.scalars(select(Waiver).where(Waiver.program_id == program_id))
     return {w.finding_key: {"reason": w.reason, "by": w.by, "at": w.at.isoformat()}
-            for w in rows}
+            for w in rows if may_be_waived(w.finding_key)}
 
 
 _ORDER = {Severity.BLOCKER: 0, Severity.WARNING: 1, Severity.INFO: 2}
