@@ -267,6 +267,17 @@ def test_invalid_fields_rerender_with_422(client, db, form):
     assert form_events(db, lead_id) == []
 
 
+@pytest.mark.parametrize("character", ["\x85", "\x9b"])
+def test_a_control_character_is_named_without_advice_about_files(client, db, character):
+    token = csrf(client)
+    response = client.post(DEMO, data={"csrf_token": token, "email": "a@example.com",
+                                       "first_name": f"Ada{character}Lovelace"})
+    assert response.status_code == 422
+    assert f"control character U+{ord(character):04X} at position 4" in response.text
+    assert "--encoding" not in response.text  # advice for `nurture leads import` alone
+    assert count(db, FormSubmission) == 0
+
+
 def test_invalid_message_is_escaped(client):
     token = csrf(client)
     response = client.post(DEMO, data={"csrf_token": token, "email": "<img src=x>"})
