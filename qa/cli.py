@@ -164,9 +164,10 @@ def launch(app: AppContext, program: str, by: str, offline: bool, no_screenshots
     program does. Loads and uploads after a launch wait for the next one."""
     from engine.assets.models import AssetVersion
     from engine.launch.service import pending_lines, record_launch
+    from engine.programs.loader import is_program_dir
     from engine.programs.models import ProgramRecord
 
-    if Path(program).is_dir():
+    if is_program_dir(program):
         raise click.BadParameter("launch a loaded program by name (`nurture program load DIR` "
                                  "first)", param_hint="PROGRAM")
     pending = _pending(app, program)

@@ -21,7 +21,13 @@ from engine.assets.service import INVALID, current_versions
 from engine.launch.approvals import approval_status
 from engine.launch.models import Waiver
 from engine.launch.service import may_be_waived
-from engine.programs.loader import SCENARIO_FILES, LoadedProgram, ProgramInvalid, load_program_dir
+from engine.programs.loader import (
+    SCENARIO_FILES,
+    LoadedProgram,
+    ProgramInvalid,
+    is_program_dir,
+    load_program_dir,
+)
 from engine.programs.models import ProgramRecord
 from engine.programs.store import current_program, version_row
 from engine.render.compile import compile_asset
@@ -97,11 +103,11 @@ class Target:
 
 
 def load_target(*, session: Session | None, program: str) -> Target:
-    """A directory path, else the name of a loaded program (its current version, with the
-    current version of each email and page). Raises ProgramInvalid or NotFound."""
-    path = Path(program)
-    if path.is_dir():
-        return Target(loaded=load_program_dir(path))
+    """A program directory (one holding program.yaml), else the name of a loaded program (its
+    current version, with the current version of each email and page). Raises ProgramInvalid
+    or NotFound."""
+    if is_program_dir(program):
+        return Target(loaded=load_program_dir(program))
     if session is None:
         raise ProgramInvalid([])
     record, spec = current_program(session=session, name=program)

@@ -240,6 +240,23 @@ def test_an_approval_waiver_stored_before_they_were_refused_does_not_let_the_lau
         assert s.scalar(select(ProgramRecord.launched_at)) is None
 
 
+def test_a_loaded_program_is_checked_and_launched_by_name_beside_a_subdirectory_of_that_name(
+        cli, db, sample_program, tmp_path, monkeypatch):
+    _load(db, sample_program)
+    _approve_everything(db, tmp_path)
+    (tmp_path / "work" / "acme-nurture").mkdir(parents=True)  # no program.yaml: not a program
+    monkeypatch.chdir(tmp_path / "work")
+
+    checked = cli("qa", "run", "acme-nurture", "--offline", "--no-screenshots",
+                  "--out", str(tmp_path / "r0"), "--json")
+    assert checked.exit_code == 0, checked.output
+    assert json.loads(checked.stdout)["version"] == 1  # the loaded program's version
+    launched = cli("launch", "acme-nurture", "--by", "maria", "--offline", "--no-screenshots",
+                   "--out", str(tmp_path / "r1"))
+    assert launched.exit_code == 0, launched.output
+    assert "launched Acme Cloud perpetual nurture v1" in launched.stdout
+
+
 @pytest.mark.parametrize("args, message", [
     (["qa", "waive", "acme-nurture", "", "--reason", "r", "--by", "m"], "finding key"),
     (["qa", "waive", "acme-nurture", "k", "--reason", "  ", "--by", "m"], "reason"),
