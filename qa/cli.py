@@ -135,7 +135,8 @@ def run(app: AppContext, program: str, out: str | None, offline: bool, no_screen
 @pass_app
 def waive(app: AppContext, program: str, finding_key: str, reason: str, by: str) -> None:
     """Accept one finding of a loaded PROGRAM, named by its key (the report lists each
-    finding's key), with a reason; recorded, and shown as waived in every later report."""
+    finding's key), with a reason; recorded, and shown as waived in every later report.
+    Approval findings (approval.*) cannot be waived: a reviewer approves the proof."""
     from engine.launch.service import waive as record_waiver
     from engine.programs.store import current_program
 
@@ -163,9 +164,10 @@ def launch(app: AppContext, program: str, by: str, offline: bool, no_screenshots
     program does. Loads and uploads after a launch wait for the next one."""
     from engine.assets.models import AssetVersion
     from engine.launch.service import pending_lines, record_launch
+    from engine.programs.loader import is_program_dir
     from engine.programs.models import ProgramRecord
 
-    if Path(program).is_dir():
+    if is_program_dir(program):
         raise click.BadParameter("launch a loaded program by name (`nurture program load DIR` "
                                  "first)", param_hint="PROGRAM")
     pending = _pending(app, program)
@@ -191,7 +193,8 @@ def launch(app: AppContext, program: str, by: str, offline: bool, no_screenshots
     if blockers:
         print_report(report, paths)
         err_console.print(f"not launched: {len(blockers)} blocker(s) remain; fix them, or waive "
-                          "one with `nurture qa waive PROGRAM KEY --reason ... --by ...`")
+                          "one with `nurture qa waive PROGRAM KEY --reason ... --by ...`"
+                          + _approval_advice(blockers))
         raise SystemExit(1)
     counts = report.counts()
     spec = target.loaded.program
@@ -201,6 +204,15 @@ def launch(app: AppContext, program: str, by: str, offline: bool, no_screenshots
                                 "sends start now, with the versions above"))
     if spec.launch_notify:
         _notify(app, spec, by, now)
+
+
+def _approval_advice(blockers) -> str:
+    from engine.launch.service import may_be_waived
+
+    if all(may_be_waived(f.key) for f in blockers):
+        return ""
+    return ("; approval blockers cannot be waived: a reviewer approves the proof "
+            "(`nurture qa proof PROGRAM --to REVIEWER`)")
 
 
 def _pending(app: AppContext, program: str):

@@ -1,7 +1,8 @@
 """What every QA check returns: findings with a severity, a code, where, and a message.
 
 The launch gate reads findings; it never re-checks. A blocker stops a launch unless a reviewer
-waives that exact finding (by its `key`) with a reason.
+waives that exact finding (by its `key`) with a reason; an approval finding is cleared only by a
+reviewer approving the proof.
 """
 
 from __future__ import annotations

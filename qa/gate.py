@@ -20,7 +20,14 @@ from engine.assets.models import AssetVersion
 from engine.assets.service import INVALID, current_versions
 from engine.launch.approvals import approval_status
 from engine.launch.models import Waiver
-from engine.programs.loader import SCENARIO_FILES, LoadedProgram, ProgramInvalid, load_program_dir
+from engine.launch.service import may_be_waived
+from engine.programs.loader import (
+    SCENARIO_FILES,
+    LoadedProgram,
+    ProgramInvalid,
+    is_program_dir,
+    load_program_dir,
+)
 from engine.programs.models import ProgramRecord
 from engine.programs.store import current_program, version_row
 from engine.render.compile import compile_asset
@@ -96,11 +103,11 @@ class Target:
 
 
 def load_target(*, session: Session | None, program: str) -> Target:
-    """A directory path, else the name of a loaded program (its current version, with the
-    current version of each email and page). Raises ProgramInvalid or NotFound."""
-    path = Path(program)
-    if path.is_dir():
-        return Target(loaded=load_program_dir(path))
+    """A program directory (one holding program.yaml), else the name of a loaded program (its
+    current version, with the current version of each email and page). Raises ProgramInvalid
+    or NotFound."""
+    if is_program_dir(program):
+        return Target(loaded=load_program_dir(program))
     if session is None:
         raise ProgramInvalid([])
     record, spec = current_program(session=session, name=program)
@@ -262,9 +269,11 @@ def rendered_assets(loaded: LoadedProgram, base_url: str) -> dict[str, str]:
 
 
 def waivers_for(*, session: Session, program_id: int) -> dict[str, dict]:
+    """The program's waivers that count: one of an approval finding, stored before such
+    waivers were refused, does not stand in for a reviewer's approval."""
     rows = session.scalars(select(Waiver).where(Waiver.program_id == program_id))
     return {w.finding_key: {"reason": w.reason, "by": w.by, "at": w.at.isoformat()}
-            for w in rows}
+            for w in rows if may_be_waived(w.finding_key)}
 
 
 _ORDER = {Severity.BLOCKER: 0, Severity.WARNING: 1, Severity.INFO: 2}

@@ -11,7 +11,7 @@ import click
 from rich.table import Table
 
 from engine.cli_context import AppContext, console, echo_json, err_console, parse_at, styled
-from engine.programs.loader import ProgramInvalid, load_program_dir
+from engine.programs.loader import ProgramInvalid, is_program_dir, load_program_dir
 from engine.programs.spec import Program
 from qa.findings import Severity
 from qa.program_checks import ProgramReview, review_program
@@ -41,10 +41,10 @@ def scenarios(program: str, scenario_file: str | None, start: str | None, as_jso
 
 
 def _load(program: str, scenario_file: str | None) -> tuple[Program, Path | None]:
-    """A directory, else the current version of a loaded program (which needs --file: the
-    scenario table is not stored with the program)."""
+    """A program directory, else the current version of a loaded program (which needs --file:
+    the scenario table is not stored with the program)."""
     path = Path(program)
-    if path.is_dir():
+    if is_program_dir(path):
         try:
             return load_program_dir(path).program, path
         except ProgramInvalid as exc:

@@ -193,12 +193,14 @@ def test_invalid_lead_fields_are_422_naming_the_field(admin, payload, field):
     ({"first_name": "Jo\x1b[2J"}, "first_name", "U+001B"),
     ({"title": "CFO\rCEO"}, "title", "U+000D"),
     ({"notes": "\x9b31m"}, "notes", "U+009B"),
+    ({"last_name": "Love\x85lace"}, "last_name", "U+0085"),
     ({"custom": {"notes": "a\x7f"}}, "custom.notes", "U+007F"),
 ])
 def test_control_characters_in_lead_fields_are_422_naming_the_field(admin, payload, field, code):
     body = assert_problem(admin.post("/api/v1/leads", json={"email": "a@example.com", **payload}),
                           422, field)
     assert f"control character {code}" in body["detail"]
+    assert "--encoding" not in body["detail"]  # advice for `nurture leads import` alone
     assert admin.get("/api/v1/leads").get_json()["total"] == 0
 
 

@@ -196,6 +196,67 @@ def test_unapproved_emails_block_the_launch_until_a_reviewer_approves_them(
     assert launched.exit_code == 0, launched.output
 
 
+UNAPPROVED_WELCOME = f"approval.missing:{WELCOME}:welcome_it v1"
+
+
+def _launch_refused_on_the_unapproved_welcome(cli, tmp_path) -> None:
+    refused = cli("launch", "acme-nurture", "--by", "maria", "--offline", "--no-screenshots",
+                  "--out", str(tmp_path / "launch"))
+    assert refused.exit_code == 1
+    assert f"approval.missing  {WELCOME}  welcome_it v1" in refused.stdout
+    assert "1 blocker(s)" in refused.stdout and "0 waived" in refused.stdout
+    assert "approval blockers cannot be waived" in " ".join(refused.stderr.split())
+
+
+@pytest.mark.parametrize("key", [UNAPPROVED_WELCOME, f"approval.rejected:{WELCOME}:welcome_it v1",
+                                 "  approval.not-loaded:program.yaml:program"])
+def test_an_approval_finding_cannot_be_waived_a_reviewer_must_approve(cli, db, sample_program,
+                                                                      tmp_path, key):
+    _load(db, sample_program)
+    approve_everything(db, tmp_path / "proofs", MONDAY, leaving_out=("welcome_it",))
+
+    refused = cli("qa", "waive", "acme-nurture", key, "--reason", "no time for a proof",
+                  "--by", "maria")
+
+    assert refused.exit_code == 1
+    message = " ".join(refused.output.split())
+    assert "key: an approval finding cannot be waived: a reviewer must approve" in message
+    assert "nurture qa proof" in message
+    with db.session() as s:
+        assert s.scalar(select(func.count()).select_from(Waiver)) == 0
+    _launch_refused_on_the_unapproved_welcome(cli, tmp_path)
+
+
+def test_an_approval_waiver_stored_before_they_were_refused_does_not_let_the_launch_pass(
+        cli, db, sample_program, tmp_path):
+    _load(db, sample_program)
+    approve_everything(db, tmp_path / "proofs", MONDAY, leaving_out=("welcome_it",))
+    with db.session() as s:
+        s.add(Waiver(program_id=s.scalar(select(ProgramRecord.id)), finding_key=UNAPPROVED_WELCOME,
+                     reason="no time for a proof", by="maria", at=MONDAY))
+
+    _launch_refused_on_the_unapproved_welcome(cli, tmp_path)
+    with db.session() as s:
+        assert s.scalar(select(ProgramRecord.launched_at)) is None
+
+
+def test_a_loaded_program_is_checked_and_launched_by_name_beside_a_subdirectory_of_that_name(
+        cli, db, sample_program, tmp_path, monkeypatch):
+    _load(db, sample_program)
+    _approve_everything(db, tmp_path)
+    (tmp_path / "work" / "acme-nurture").mkdir(parents=True)  # no program.yaml: not a program
+    monkeypatch.chdir(tmp_path / "work")
+
+    checked = cli("qa", "run", "acme-nurture", "--offline", "--no-screenshots",
+                  "--out", str(tmp_path / "r0"), "--json")
+    assert checked.exit_code == 0, checked.output
+    assert json.loads(checked.stdout)["version"] == 1  # the loaded program's version
+    launched = cli("launch", "acme-nurture", "--by", "maria", "--offline", "--no-screenshots",
+                   "--out", str(tmp_path / "r1"))
+    assert launched.exit_code == 0, launched.output
+    assert "launched Acme Cloud perpetual nurture v1" in launched.stdout
+
+
 @pytest.mark.parametrize("args, message", [
     (["qa", "waive", "acme-nurture", "", "--reason", "r", "--by", "m"], "finding key"),
     (["qa", "waive", "acme-nurture", "k", "--reason", "  ", "--by", "m"], "reason"),

@@ -480,6 +480,9 @@ def test_control_characters_are_rejected_naming_the_column(cli, db, loaded_progr
     got = rejects(tmp_path / "leads.rejects.csv")
     assert [(r["row"], r["column"]) for r in got] == [("1", "company"), ("2", "notes")]
     assert all(f"control character {code}" in r["reason"] for r in got)
+    c1_control = code == "U+009B"  # what a cp1252 file read as UTF-8 or latin-1 holds
+    assert all(("(a cp1252 file needs --encoding cp1252)" in r["reason"]) == c1_control
+               for r in got)
     assert lead(db, "carla@umbrella.example").custom == {"notes": "tab\there,\r\nand lines\nkept"}
 
 

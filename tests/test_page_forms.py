@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.errors import Invalid
 from engine.pages.forms import (
     Consent,
     FormSpec,
@@ -104,7 +105,19 @@ def test_posted_fields_map_to_lead_fields_and_the_rest_stays_out():
               "stage": "customer", "first_name_2": "x", "job_title_list": ["a", "b"]}
     assert lead_fields(spec, posted) == {"first_name": "Ada", "title": "CTO",
                                          "custom": {"team_size": "40"}}
-    assert lead_fields(spec, {"first_name": "", "job_title": ["a", "b"]}) == {"custom": {}}
+    assert lead_fields(spec, {"first_name": "", "job_title": "  "}) == {"custom": {}}
+
+
+@pytest.mark.parametrize("posted, field, detail", [
+    ({"job_title": ["CIO", "CTO"]}, "job_title", "posted more than once"),
+    ({"job_title": "x" * 301}, "job_title", "value longer than 300 characters"),
+    ({"size": "4\x1b0"}, "size", "control character U+001B at position 2"),
+])
+def test_a_value_the_lead_cannot_take_is_refused_naming_the_posted_field(posted, field, detail):
+    spec = FormSpec(fields={"job_title": "title", "size": "custom.team_size"})
+    with pytest.raises(Invalid) as refused:
+        lead_fields(spec, posted)
+    assert refused.value.field == field and refused.value.detail.startswith(detail)
 
 
 def test_the_visit_gives_the_source_by_the_map():

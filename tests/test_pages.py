@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 
 from engine.db import utcnow
 from engine.flows.leads import upsert_lead
-from engine.leads.models import LeadEvent
+from engine.leads.models import Lead, LeadEvent
 from engine.pages import service as pages_service
 from engine.pages.models import FormSubmission
 from engine.pages.service import page_token
@@ -265,6 +265,38 @@ def test_invalid_fields_rerender_with_422(client, db, form):
     assert response.headers["Content-Security-Policy"] == CSP
     assert count(db, FormSubmission) == 0
     assert form_events(db, lead_id) == []
+
+
+@pytest.mark.parametrize("character", ["\x85", "\x9b"])
+def test_a_control_character_is_named_without_advice_about_files(client, db, character):
+    token = csrf(client)
+    response = client.post(DEMO, data={"csrf_token": token, "email": "a@example.com",
+                                       "first_name": f"Ada{character}Lovelace"})
+    assert response.status_code == 422
+    assert f"first_name: control character U+{ord(character):04X} at position 4" in response.text
+    assert "--encoding" not in response.text  # advice for `nurture leads import` alone
+    assert count(db, FormSubmission) == 0
+
+
+@pytest.mark.parametrize("form, message", [
+    ({"first_name": "x" * 201}, "first_name: value longer than 200 characters"),
+    ({"job_title": "x" * 301}, "job_title: value longer than 300 characters"),  # lead field: title
+    ({"team_size": "4\x1b0"}, "team_size: control character U+001B at position 2"),
+    ({"message": "x" * 1001}, "message: longer than 1000 characters"),
+    ({"first_name": ["Ada", "Grace"]}, "first_name: posted more than once"),
+    ({"job_title": ["CIO", "CTO"]}, "job_title: posted more than once"),
+    ({"email": ["b@example.com", "c@example.com"]}, "email: posted more than once"),
+])
+def test_a_refused_form_names_the_field_as_the_form_does_and_stores_nothing(client, db, form,
+                                                                             message):
+    lead_id = make_lead(db, first_name="Ada")
+    token = csrf(client)
+    response = client.post(DEMO, data={"csrf_token": token, "email": "ada@example.com", **form})
+    assert response.status_code == 422
+    assert message in response.text
+    assert count(db, FormSubmission) == 0 and form_events(db, lead_id) == []
+    with db.session() as s:
+        assert s.scalars(select(Lead.first_name)).all() == ["Ada"]
 
 
 def test_invalid_message_is_escaped(client):

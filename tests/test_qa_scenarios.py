@@ -476,3 +476,12 @@ def test_command_runs_a_loaded_program_with_its_table(loaded_program, env):
     missing = invoke("no-such-program", "--file", SAMPLE / "scenarios.yaml")
     assert missing.exit_code == 1
     assert "no program named 'no-such-program'" in missing.output
+
+
+def test_a_loaded_program_is_found_by_name_beside_a_subdirectory_of_that_name(
+        loaded_program, env, tmp_path, monkeypatch):
+    (tmp_path / "work" / loaded_program).mkdir(parents=True)  # no program.yaml: not a program
+    monkeypatch.chdir(tmp_path / "work")
+    result = invoke(loaded_program, "--file", SAMPLE / "scenarios.yaml", "--json")
+    assert result.exit_code == 0, result.output
+    assert len(json.loads(result.output)["scenarios"]) == 17

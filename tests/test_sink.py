@@ -9,6 +9,8 @@ import signal
 import subprocess
 import sys
 import threading
+from email import policy
+from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
@@ -158,6 +160,18 @@ def test_inbox_show(sink, run):
     assert result.output.startswith("Return-Path: <news@acme.example>")
     result = run("inbox", "--dir", sink.directory, "show", "7")
     assert result.exit_code == 1 and "no stored message '7'" in result.output
+
+
+@pytest.mark.parametrize("subtype", ["plain", "html"])
+def test_inbox_show_prints_the_body_with_its_line_ends_as_newlines(sink, run, subtype):
+    message = EmailMessage(policy=policy.default)
+    message["From"], message["To"], message["Subject"] = "news@acme.example", "a@example.com", "Hi"
+    message.set_content("Hallo Jürgen,\n\nhere is the guide.\n", subtype=subtype)
+    send_all(sink, [message])  # SMTP carries every line with CR LF
+    result = run("inbox", "--dir", sink.directory, "show", "1")
+    assert result.exit_code == 0, result.output
+    assert "\nHallo Jürgen,\n\nhere is the guide.\n" in result.output
+    assert "\\x0d" not in result.output
 
 
 def start_sink_command(tmp_path, port: int, *args) -> subprocess.Popen:

@@ -29,15 +29,26 @@ from engine.sending.outbox import adopt_launched_version
 
 MAX_KEY = 1000
 MAX_REASON = 2000
+# The gate's approval findings (approval.missing, approval.rejected, approval.not-loaded) say
+# a reviewer has not approved what would be sent: only a reviewer's approval clears them.
+APPROVAL_FINDINGS = "approval."
+
+
+def may_be_waived(finding_key: str) -> bool:
+    return not finding_key.startswith(APPROVAL_FINDINGS)
 
 
 def waive(*, session: Session, program_id: int, finding_key: str, reason: str, by: str,
           now: datetime) -> Waiver:
     """Accept a named finding for this program, with a reason (recorded; a new waiver of the
-    same finding replaces the old one's reason)."""
+    same finding replaces the old one's reason). Approval findings are refused."""
     key, reason, by = (finding_key or "").strip(), (reason or "").strip(), (by or "").strip()
     if not key or len(key) > MAX_KEY:
         raise Invalid(f"a finding key of 1 to {MAX_KEY} characters is required", field="key")
+    if not may_be_waived(key):
+        raise Invalid("an approval finding cannot be waived: a reviewer must approve the email "
+                      "(send a proof with `nurture qa proof PROGRAM --to REVIEWER`; the reviewer "
+                      "approves it from the proof's link, /review/<token>)", field="key")
     if not reason or len(reason) > MAX_REASON:
         raise Invalid(f"a reason of 1 to {MAX_REASON} characters is required", field="reason")
     if not by:

@@ -36,6 +36,16 @@ _LIMITS = {name: Lead.__table__.c[name].type.length for name in STANDARD_FIELDS
            if getattr(Lead.__table__.c[name].type, "length", None)} | {"email": 254}
 
 
+class MisdecodedText(Invalid):
+    """A character that, in a file, most likely means the file was read in the wrong encoding.
+    `encoding_advice` is for the file import to add (it has --encoding); the API and forms show
+    the field and the character only."""
+
+    def __init__(self, detail: str, *, field: str, encoding_advice: str):
+        super().__init__(detail, field=field)
+        self.encoding_advice = encoding_advice
+
+
 @lru_cache(maxsize=1)
 def _timezones() -> frozenset[str]:
     return frozenset(available_timezones())
@@ -93,15 +103,22 @@ def clean_value(key: str, value):
         if "\x00" in value:
             raise Invalid("NUL character", field=key)
         if BAD_TEXT.search(value):
-            raise Invalid("bytes that are not valid UTF-8 (re-run with --encoding latin-1?)",
-                          field=key)
+            raise MisdecodedText("bytes that are not valid UTF-8", field=key,
+                                 encoding_advice="re-run with --encoding latin-1?")
         control = _CONTROL.search(value)
         if control:
-            code = ord(control.group())
-            hint = " (a cp1252 file needs --encoding cp1252)" if code >= 0x80 else ""
-            raise Invalid(f"control character U+{code:04X} at position {control.start() + 1}: "
-                          f"only tab and line breaks are allowed{hint}", field=key)
+            _refuse_control(key, control)
     return value
+
+
+def _refuse_control(key: str, control: re.Match) -> None:
+    code = ord(control.group())
+    detail = (f"control character U+{code:04X} at position {control.start() + 1}: only tab "
+              "and line breaks are allowed")
+    if code >= 0x80:  # a C1 control: mostly a cp1252 file read as latin-1
+        raise MisdecodedText(detail, field=key, encoding_advice="a cp1252 file needs "
+                                                                "--encoding cp1252")
+    raise Invalid(detail, field=key)
 
 
 def clean_lead_fields(raw: dict) -> dict:

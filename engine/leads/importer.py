@@ -45,7 +45,7 @@ from engine.flows.leads import follow_through, reassess
 from engine.journeys.decide import ActionKind, Decision, Event, EventKind, decide, new_state
 from engine.journeys.models import Enrollment
 from engine.journeys.service import action_rows, enrollment_columns, event_row
-from engine.leads.fields import clean_lead_fields, normalise_email
+from engine.leads.fields import MisdecodedText, clean_lead_fields, normalise_email
 from engine.leads.models import STANDARD_FIELDS, Lead, LeadEvent, StageChange, lead_fields
 from engine.leads.service import set_stage
 from engine.leads.stages import check_transition
@@ -426,13 +426,20 @@ class _Rejects:
                                 errors="surrogateescape", newline="")
             self._writer = csv.writer(self._handle)
             self._writer.writerow(["row", "column", "reason", *map(spreadsheet_safe, self.header)])
-        cells = [error.field or "", error.detail, *row.values]
+        cells = [error.field or "", _reason(error), *row.values]
         self._writer.writerow([row.number, *map(spreadsheet_safe, cells)])
         self.count += 1
 
     def close(self) -> None:
         if self._handle is not None:
             self._handle.close()
+
+
+def _reason(error: Invalid) -> str:
+    """Why a row is rejected, with the --encoding advice a file alone may need."""
+    if isinstance(error, MisdecodedText):
+        return f"{error.detail} ({error.encoding_advice})"
+    return error.detail
 
 
 def default_rejects_path(path: str | Path) -> Path:

@@ -23,6 +23,7 @@ DEFAULT_SOURCE = {"source_channel": ("utm_medium",), "source_offer": ("utm_campa
                   "source_partner": ("utm_source",)}
 REFERRAL = "referral"  # the channel of a visit that came from another site without UTM tags
 MAX_VISIT_VALUE = 200
+POSTED_TWICE = "posted more than once"
 
 
 @dataclass(frozen=True)
@@ -69,17 +70,29 @@ class FormSpec:
 
 def lead_fields(spec: FormSpec, posted: dict) -> dict:
     """The lead fields a submission fills in (standard, and custom as `custom`), by the map;
-    what the map does not name stays in the submission only."""
+    what the map does not name stays in the submission only. Raises Invalid naming the posted
+    field, as the page's form names it, for a value its lead field cannot take or for a field
+    posted more than once (a lead field holds one value)."""
     found: dict = {"custom": {}}
     for name, target in spec.fields.items():
         value = posted.get(name)
-        if value in (None, "") or isinstance(value, list):
+        if isinstance(value, list):
+            raise Invalid(POSTED_TWICE, field=name)
+        value = _lead_value(name, target, value or "")
+        if not value:
             continue
         if target.startswith("custom."):
             found["custom"][target.removeprefix("custom.")] = value
         else:
             found[target] = value
     return found
+
+
+def _lead_value(name: str, target: str, value: str) -> str:
+    try:
+        return clean_value(target, value)
+    except Invalid as exc:  # the visitor knows the form's name for it, not the lead field's
+        raise Invalid(exc.detail, field=name) from None
 
 
 def visit_params(args: dict[str, str], referrer: str | None, own_host: str) -> dict[str, str]:

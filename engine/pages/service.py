@@ -15,6 +15,7 @@ from engine.errors import Invalid, NotFound
 from engine.leads.fields import BAD_TEXT, MAX_FIELD_LENGTH, normalise_email
 from engine.leads.models import Lead
 from engine.leads.service import get_lead_by_id
+from engine.pages.forms import POSTED_TWICE
 from engine.programs.spec import Page, Program
 from engine.programs.store import current_program, running_program
 from engine.render.personalise import (
@@ -152,15 +153,14 @@ def clean_fields(form: dict[str, list[str]]) -> tuple[str, dict]:
         if not name or len(name) > MAX_FIELD_NAME or BAD_TEXT.search(name):
             raise Invalid("invalid field name", field="form")
         if len(values) > MAX_FORM_FIELDS:
-            raise Invalid(f"{name[:50]}: too many values", field=name[:50])
+            raise Invalid("too many values", field=name[:50])
         for value in values:
             if len(value) > MAX_FIELD_LENGTH:
-                raise Invalid(f"{name[:50]} is longer than {MAX_FIELD_LENGTH} characters",
-                              field=name[:50])
+                raise Invalid(f"longer than {MAX_FIELD_LENGTH} characters", field=name[:50])
             if BAD_TEXT.search(value):
-                raise Invalid(f"{name[:50]} contains invalid characters", field=name[:50])
+                raise Invalid("contains invalid characters", field=name[:50])
         cleaned[name] = values[0] if len(values) == 1 else list(values)
     raw_email = cleaned.pop("email", None)
     if isinstance(raw_email, list):
-        raise Invalid("email given more than once", field="email")
+        raise Invalid(POSTED_TWICE, field="email")
     return normalise_email(raw_email), cleaned

@@ -201,6 +201,13 @@ class _Checker:
             self.errors.append(ProgramError(file, line, f"{label}: template syntax error: {exc.message}"))
 
 
+def is_program_dir(path: str | Path) -> bool:
+    """Whether `path` names a program's directory (it holds program.yaml). A command taking a
+    directory or a loaded program's name reads any other argument as a name: the folder it is
+    run from may well have a subdirectory named like a loaded program."""
+    return (Path(path) / PROGRAM_FILE).is_file()
+
+
 def load_program_dir(directory: str | Path) -> LoadedProgram:
     """Parse and validate a program directory. Raises ProgramInvalid listing every error."""
     directory = Path(directory)

@@ -89,10 +89,16 @@ def read_message(directory: Path | str, stored: StoredMessage) -> EmailMessage:
 
 
 def text_part(message: EmailMessage) -> str:
-    """The plain-text body; failing that, the HTML one; empty when there is neither."""
+    """The plain-text body; failing that, the HTML one; empty when there is neither. Its lines
+    end in \n: decoded, a MIME part keeps the CR LF of mail, and a terminal printer that shows
+    control characters would show the CR at the end of every line."""
     part = message.get_body(preferencelist=("plain", "html"))
     if part is None:
         return ""
+    return _decoded(part).replace("\r\n", "\n")
+
+
+def _decoded(part: EmailMessage) -> str:
     try:
         return part.get_content()
     except (LookupError, ValueError):  # unknown charset or broken encoding

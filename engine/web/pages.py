@@ -143,8 +143,8 @@ def page(program: str, slug: str):
             submit_form(session=session, found=found, form=request.form.to_dict(flat=False),
                         visit=_visit(), remote_addr=request.remote_addr,
                         now=current_app.extensions["nurture.clock"]())
-    except Invalid as exc:
-        body = _with_message(_render(found, nonce, lead, token), exc.detail)
+    except Invalid as exc:  # "field: detail", the field as the page's form names it
+        body = _with_message(_render(found, nonce, lead, token), str(exc))
         return CSRF.with_cookie(Response(body, status=422, mimetype="text/html"), nonce)
     # Built from our own route and values only: never a URL taken from the request.
     target = url_for("pages.page", program=program, slug=slug, submitted=1,
