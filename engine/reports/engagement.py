@@ -152,7 +152,8 @@ def _sends(session: Session, query: ReportQuery):
         .where(_went_out(OutboxMessage), out_at >= query.start, out_at < query.end))
     if program is not None:
         sends = sends.where(OutboxMessage.program_id == program)
-    return sends.subquery("sends")
+    # computed once: the per-email counts and the per-send flags below both read it
+    return sends.cte("sends").prefix_with("MATERIALIZED")
 
 
 def _last_send(lead_id, at, program=None) -> ColumnElement:
