@@ -194,6 +194,8 @@ def test_invalid_lead_fields_are_422_naming_the_field(admin, payload, field):
     ({"title": "CFO\rCEO"}, "title", "U+000D"),
     ({"notes": "\x9b31m"}, "notes", "U+009B"),
     ({"last_name": "Love\x85lace"}, "last_name", "U+0085"),
+    ({"last_name": "Lovelace\x85"}, "last_name", "U+0085"),  # str.strip() would drop it
+    ({"company": "\x1cGlobex"}, "company", "U+001C"),
     ({"custom": {"notes": "a\x7f"}}, "custom.notes", "U+007F"),
 ])
 def test_control_characters_in_lead_fields_are_422_naming_the_field(admin, payload, field, code):

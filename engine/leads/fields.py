@@ -95,17 +95,17 @@ def clean_value(key: str, value):
         return value
     if not isinstance(value, str):
         raise Invalid("must be text, a number or a boolean", field=key)
-    value = value.strip()
+    untrimmed, value = value, value.strip()
     limit = _LIMITS.get(key, MAX_FIELD_LENGTH)
     if len(value) > limit:
         raise Invalid(f"value longer than {limit} characters", field=key)
-    if _SUSPECT_TEXT.search(value):
-        if "\x00" in value:
+    if _SUSPECT_TEXT.search(untrimmed):  # strip() takes some controls (U+0085, U+001C...)
+        if "\x00" in untrimmed:
             raise Invalid("NUL character", field=key)
-        if BAD_TEXT.search(value):
+        if BAD_TEXT.search(untrimmed):
             raise MisdecodedText("bytes that are not valid UTF-8", field=key,
                                  encoding_advice="re-run with --encoding latin-1?")
-        control = _CONTROL.search(value)
+        control = _CONTROL.search(untrimmed)
         if control:
             _refuse_control(key, control)
     return value
@@ -139,11 +139,12 @@ def clean_lead_fields(raw: dict) -> dict:
                     custom[custom_key] = clean_value(f"custom.{custom_key}", custom_value)
             continue
         if type(value) is str:  # the CSV case: inline the common path of _check_value
+            suspect = _SUSPECT_TEXT.search(value)
+            if suspect or len(value) > _LIMITS.get(key, MAX_FIELD_LENGTH):
+                clean_value(key, value)  # raises the error naming the field (CR LF passes)
             value = value.strip()
             if not value:
                 continue
-            if len(value) > _LIMITS.get(key, MAX_FIELD_LENGTH) or _SUSPECT_TEXT.search(value):
-                clean_value(key, value)  # raises the error naming the field (CR LF passes)
         elif value is None:
             continue
         else:
