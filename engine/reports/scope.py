@@ -3,8 +3,8 @@ split by: one place, so every report scopes and splits alike."""
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, ColumnElement, Select, case, func, literal, select, type_coerce
-from sqlalchemy.orm import InstrumentedAttribute, Session, aliased
+from sqlalchemy import ColumnElement, Select, case, func, literal, select
+from sqlalchemy.orm import Session, aliased
 
 from engine.errors import NotFound
 from engine.journeys.models import Enrollment
@@ -56,19 +56,21 @@ def _scoped_leads(query: ReportQuery, program: int | None) -> Select:
                        _split_value(query, Enrollment.state).label("split"))
                 .join(Enrollment, (Enrollment.lead_id == Lead.id)
                       & (Enrollment.program_id == program)))
+    if query.split != "persona":
+        return select(Lead.id.label("lead_id"), _split_value(query, None).label("split"))
+    first_id = (select(Enrollment.lead_id, func.min(Enrollment.id).label("id"))
+                .group_by(Enrollment.lead_id).subquery("first_enrollment"))
     first = aliased(Enrollment)
-    first_state = (select(first.state).where(first.lead_id == Lead.id).order_by(first.id)
-                   .limit(1).scalar_subquery())
-    return select(Lead.id.label("lead_id"), _split_value(query, first_state).label("split"))
+    return (select(Lead.id.label("lead_id"), _split_value(query, first.state).label("split"))
+            .outerjoin(first_id, first_id.c.lead_id == Lead.id)
+            .outerjoin(first, first.id == first_id.c.id))
 
 
 def _split_value(query: ReportQuery, state):
     if query.split is None:
         return literal(UNSET)
     if query.split == "persona":
-        persona = (state["persona"] if isinstance(state, InstrumentedAttribute)
-                   else type_coerce(state, JSON)["persona"]).as_string()
-        return func.coalesce(Lead.persona, persona, UNSET)
+        return func.coalesce(Lead.persona, state["persona"].as_string(), UNSET)
     return func.coalesce(getattr(Lead, query.split), UNSET)
 
 
