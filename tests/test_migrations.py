@@ -96,3 +96,42 @@ def test_stage_histories_recorded_before_0013_get_their_path_levels(tmp_path):
              for lead in histories}
     assert since[3] == [None, "2026-11-01"]
     assert since[1] == [None] + [f"2026-11-0{day}" for day in range(1, 6)]
+
+
+def test_sends_tracked_before_0014_get_their_engagement_figures(tmp_path):
+    """Also: rebuilding the outbox table on SQLite (batch migrations) keeps the events' links
+    to their sends (with foreign keys on, dropping the old table set them to NULL)."""
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    upgrade(url, "0013")
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO programs (id, name, current_version, created_at) "
+                          "VALUES (1, 'p', 1, :now)"), {"now": NOW})
+        conn.execute(text("INSERT INTO leads (id, email, stage, custom, created_at, updated_at, "
+                          "fit_score, behaviour_score) VALUES "
+                          "(1, 'ada@globex.example', 'inquiry', '{}', :now, :now, 0, 0)"),
+                     {"now": NOW})
+        conn.execute(text("INSERT INTO enrollments (id, lead_id, program_id, program_version, "
+                          "status, track, state, created_at, updated_at) VALUES "
+                          "(1, 1, 1, 1, 'active', 't', '{}', :now, :now)"), {"now": NOW})
+        for send, step in ((1, "one"), (2, "two"), (3, "three")):
+            conn.execute(text(
+                "INSERT INTO outbox (id, enrollment_id, lead_id, program_id, program_version, "
+                "step, status, due_at, attempts, message_id, created_at, updated_at) VALUES "
+                "(:id, 1, 1, 1, 1, :step, 'sent', :now, 1, :step, :now, :now)"),
+                {"id": send, "step": step, "now": NOW})
+        events = [(1, "open", False), (1, "click", True), (1, "click", True),
+                  (2, "open", True), (2, "view", True), (2, "click", False)]
+        for number, (send, kind, bot) in enumerate(events):
+            conn.execute(text("INSERT INTO tracking_events (event_key, kind, lead_id, "
+                              "outbox_id, at, bot) VALUES (:key, :kind, 1, :send, :now, :bot)"),
+                         {"key": str(number), "kind": kind, "send": send, "now": NOW,
+                          "bot": bot})
+    upgrade(url)
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT id, opened, clicked, bot_opens, bot_clicks "
+                                 "FROM outbox ORDER BY id")).all()
+    engine.dispose()
+    # 1: a person's open, two machine clicks; 2: machines opened it, a person clicked (an open
+    # too); 3: nothing happened
+    assert [tuple(row) for row in rows] == [(1, 1, 0, 0, 2), (2, 1, 1, 2, 0), (3, 0, 0, 0, 0)]

@@ -779,6 +779,25 @@ def test_a_scanner_clicking_every_link_at_once_counts_for_nothing(world):
     assert_not_a_person(world, email, events[0])
 
 
+def test_each_send_keeps_what_its_recipient_and_the_machines_did(world):
+    """The engagement report reads these figures from the send, not from its events."""
+    email = deliver(world)
+
+    def figures():
+        with world.db.session() as s:
+            row = s.get(OutboxMessage, email.outbox_id)
+            return row.opened, row.clicked, row.bot_opens, row.bot_clicks
+
+    get(world, email.clicks[1], at=MONDAY + timedelta(seconds=3))  # a scanner's click
+    get(world, email.pixel, agent="Mozilla/5.0", ip="17.58.101.12")  # Apple's prefetch
+    drain(world)
+    assert figures() == (False, False, 1, 1)
+    get(world, email.clicks[1], at=LATER)  # a person's click: an open too (images blocked)
+    get(world, email.clicks[1], at=LATER + timedelta(seconds=1))
+    drain(world)
+    assert figures() == (True, True, 1, 1)
+
+
 @pytest.mark.xfail(strict=True, reason=(
     "bug: tracking.service._store judges a click once, with the clicks already stored and "
     "those of its own batch: when a drain (or the direct store while Redis is down) falls "

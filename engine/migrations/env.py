@@ -29,9 +29,29 @@ def run_migrations_online() -> None:
 
 
 def _run(connection) -> None:
+    if connection.dialect.name == "sqlite":
+        _without_foreign_key_actions(connection)
     context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
     with context.begin_transaction():
         context.run_migrations()
+    if connection.dialect.name == "sqlite":
+        _check_foreign_keys(connection)
+
+
+def _without_foreign_key_actions(connection) -> None:
+    """A batch migration rebuilds a SQLite table: it copies the rows, then drops the old
+    table. With foreign keys on, that DROP fires every referencing key's ON DELETE (SET NULL,
+    CASCADE) on rows that are not going away. SQLite takes this pragma outside a transaction
+    only, so it is set on the driver's connection before the migrations begin one."""
+    connection.connection.dbapi_connection.execute("PRAGMA foreign_keys=OFF")
+
+
+def _check_foreign_keys(connection) -> None:
+    broken = connection.connection.dbapi_connection.execute("PRAGMA foreign_key_check").fetchall()
+    connection.connection.dbapi_connection.execute("PRAGMA foreign_keys=ON")
+    if broken:
+        raise RuntimeError(f"the migrations left rows whose foreign keys point nowhere: "
+                           f"{broken[:5]}")
 
 
 if context.is_offline_mode():

@@ -14,7 +14,8 @@ class TrackingEvent(Base):
     process, so replaying a buffered event after a crash stores it once."""
 
     __tablename__ = "tracking_events"
-    __table_args__ = (Index("ix_tracking_events_lead_at", "lead_id", "at"),)
+    __table_args__ = (Index("ix_tracking_events_lead_at", "lead_id", "at"),
+                      Index("ix_tracking_events_kind_at", "kind", "at"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
     event_key: Mapped[str] = mapped_column(String(40), unique=True)

@@ -10,7 +10,7 @@ import logging
 import uuid
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from engine.journeys.decide import EventKind
@@ -20,6 +20,7 @@ from engine.tracking.bots import LINKS_AT_ONCE, Hit, bot_reason
 from engine.tracking.models import TrackingEvent
 
 KINDS = ("open", "click", "view", "page_view")
+OPENS = ("open", "view")  # a view in the browser is an open
 FOLLOWED_CLICK = timedelta(seconds=30)  # a page visit this soon after a click came from it
 log = logging.getLogger(__name__)
 # What a person's event means to a journey (a view in the browser is an open).
@@ -69,8 +70,43 @@ def record_hit(session: Session, event: dict,
                             url=event.get("url"), at=at, user_agent=event.get("ua") or None,
                             ip=event.get("ip") or None, bot=reason is not None, bot_reason=reason)
     session.add(tracked)
+    if row is not None:
+        _count_on_send(row, event["kind"], bot=reason is not None)
     session.flush()
     return lead, tracked
+
+
+def _count_on_send(row: OutboxMessage, kind: str, *, bot: bool) -> None:
+    """Keep the send's own figures (OutboxMessage.opened...) as its events are stored; the
+    counts are added by the database, so drains running at once lose none."""
+    if bot:
+        if kind in OPENS:
+            row.bot_opens = OutboxMessage.bot_opens + 1
+        elif kind == "click":
+            row.bot_clicks = OutboxMessage.bot_clicks + 1
+        return
+    row.opened = True  # a click counts as an open: images may be blocked
+    if kind == "click":
+        row.clicked = True
+
+
+COUNT_TRACKED_SENDS = f"""
+        UPDATE outbox SET opened = counted.opened, clicked = counted.clicked,
+               bot_opens = counted.bot_opens, bot_clicks = counted.bot_clicks
+        FROM (SELECT outbox_id,
+                     max(CASE WHEN NOT bot THEN 1 ELSE 0 END) = 1 AS opened,
+                     max(CASE WHEN NOT bot AND kind = 'click' THEN 1 ELSE 0 END) = 1 AS clicked,
+                     sum(CASE WHEN bot AND kind IN {OPENS} THEN 1 ELSE 0 END) AS bot_opens,
+                     sum(CASE WHEN bot AND kind = 'click' THEN 1 ELSE 0 END) AS bot_clicks
+              FROM tracking_events WHERE outbox_id IS NOT NULL AND kind != 'page_view'
+              GROUP BY outbox_id) AS counted
+        WHERE outbox.id = counted.outbox_id"""
+
+
+def count_tracked_sends(connection) -> None:
+    """Set every send's figures from its stored events, as _count_on_send keeps them: for
+    rows stored before the figures were kept (migration 0014) or written in bulk."""
+    connection.execute(text(COUNT_TRACKED_SENDS))
 
 
 def response_of(event: dict, session: Session) -> tuple[EventKind, str | None]:
