@@ -31,7 +31,7 @@ Definitions:
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import (
@@ -67,7 +67,7 @@ from engine.reports.model import (
     rate,
 )
 from engine.reports.query import ReportQuery
-from engine.reports.scope import UNSET, Scope, bucket_label
+from engine.reports.scope import UNSET, bucket_label, split_value
 
 # A goal's event kind (as program files name responses) -> the kind the lead's log records.
 LOGGED_AS = {"open": EventKind.OPENED, "click": EventKind.CLICKED,
@@ -184,26 +184,25 @@ def _counts(session: Session, query: ReportQuery, program: Measured,
             now: datetime) -> dict[tuple, dict[str, int]]:
     """(period, split, persona, source channel) -> enrolled, reached, waiting."""
     dialect = session.get_bind().dialect.name
-    scope = Scope(session, replace(query, program=program.record.name))
-    reached = _reached(program.goal, dialect)
     time_left = (true() if program.goal.within is None
                  else Enrollment.created_at > now - program.goal.within)
-    rows = (scope.join(
-                select(bucket_label(Enrollment.created_at, query.buckets()).label("period"),
-                       scope.split.label("split"),
-                       func.coalesce(Lead.persona, Enrollment.state["persona"].as_string(),
-                                     UNSET).label("persona"),
-                       func.coalesce(Lead.source_channel, UNSET).label("source"),
-                       case((reached, 1), else_=0).label("reached"),
-                       case((~reached & time_left, 1), else_=0).label("waiting")),
-                Enrollment.lead_id)
+    # The program's enrollments are its scope: the split is read from each one and its lead.
+    rows = (select(bucket_label(Enrollment.created_at, query.buckets()).label("period"),
+                   split_value(query, Enrollment.state).label("split"),
+                   func.coalesce(Lead.persona, Enrollment.state["persona"].as_string(),
+                                 UNSET).label("persona"),
+                   func.coalesce(Lead.source_channel, UNSET).label("source"),
+                   case((_reached(program.goal, dialect), 1), else_=0).label("reached"),
+                   case((time_left, 1), else_=0).label("time_left"))
             .join(Lead, Lead.id == Enrollment.lead_id)
             .where(Enrollment.program_id == program.record.id,
                    Enrollment.created_at >= query.start, Enrollment.created_at < query.end)
-            ).subquery("enrolled")
+            # computed once: reached is read twice below (reached, and waiting)
+            .cte("enrolled").prefix_with("MATERIALIZED"))
     keys = (rows.c.period, rows.c.split, rows.c.persona, rows.c.source)
+    waiting = case(((rows.c.reached == 0) & (rows.c.time_left == 1), 1), else_=0)
     grouped = select(*keys, func.count(), func.sum(rows.c.reached),
-                     func.sum(rows.c.waiting)).group_by(*keys)
+                     func.sum(waiting)).group_by(*keys)
     return {tuple(row[:4]): dict(zip(COUNTS, (int(v or 0) for v in row[4:]), strict=True))
             for row in session.execute(grouped)}
 

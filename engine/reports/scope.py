@@ -53,20 +53,21 @@ def _scoped_leads(query: ReportQuery, program: int | None) -> Select:
     the lead's first), or UNSET."""
     if program is not None:  # one enrollment per lead and program
         return (select(Lead.id.label("lead_id"),
-                       _split_value(query, Enrollment.state).label("split"))
+                       split_value(query, Enrollment.state).label("split"))
                 .join(Enrollment, (Enrollment.lead_id == Lead.id)
                       & (Enrollment.program_id == program)))
     if query.split != "persona":
-        return select(Lead.id.label("lead_id"), _split_value(query, None).label("split"))
+        return select(Lead.id.label("lead_id"), split_value(query, None).label("split"))
     first_id = (select(Enrollment.lead_id, func.min(Enrollment.id).label("id"))
                 .group_by(Enrollment.lead_id).subquery("first_enrollment"))
     first = aliased(Enrollment)
-    return (select(Lead.id.label("lead_id"), _split_value(query, first.state).label("split"))
+    return (select(Lead.id.label("lead_id"), split_value(query, first.state).label("split"))
             .outerjoin(first_id, first_id.c.lead_id == Lead.id)
             .outerjoin(first, first.id == first_id.c.id))
 
 
-def _split_value(query: ReportQuery, state):
+def split_value(query: ReportQuery, state):
+    """The split value of a lead (Lead's columns) whose enrollment state is `state`."""
     if query.split is None:
         return literal(UNSET)
     if query.split == "persona":

@@ -78,7 +78,10 @@ def record_hit(session: Session, event: dict,
 
 def _count_on_send(row: OutboxMessage, kind: str, *, bot: bool) -> None:
     """Keep the send's own figures (OutboxMessage.opened...) as its events are stored; the
-    counts are added by the database, so drains running at once lose none."""
+    counts are added by the database, so drains running at once lose none. A page visit
+    that came from the email is the page's, not the email's."""
+    if kind not in (*OPENS, "click"):
+        return
     if bot:
         if kind in OPENS:
             row.bot_opens = OutboxMessage.bot_opens + 1
