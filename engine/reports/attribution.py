@@ -99,11 +99,11 @@ def _counts(session: Session, query: ReportQuery, buckets: list[Bucket], field: 
                                   touch.is_not(None), FormSubmission.created_at <= reached.c.at)
               .order_by(FormSubmission.created_at.desc(), FormSubmission.id.desc()).limit(1)
               .scalar_subquery())
+    on_lead = (select(_blank_as_null(getattr(Lead, field))).where(Lead.id == reached.c.lead_id)
+               .scalar_subquery())  # looked up per row: a report reads few of all the leads
     touches = (select(reached.c.bucket, reached.c.split, reached.c.stage,
-                      func.coalesce(_blank_as_null(getattr(Lead, field)), earliest, UNSET)
-                      .label("first"),
+                      func.coalesce(on_lead, earliest, UNSET).label("first"),
                       latest.label("latest"))
-               .join(Lead, Lead.id == reached.c.lead_id)
                .subquery())
     rows = session.execute(
         select(touches.c.bucket, touches.c.split, touches.c.stage, touches.c.first,
