@@ -164,3 +164,23 @@ def test_each_change_records_the_leads_level_on_the_success_path(cli, db):
     # ann: inquiry 0, engaged 1, mql 2, recycled 2, mql 2, sal 3; bob, created as an MQL: off
     # the path whatever comes after
     assert levels == {"ann": [0, 1, 2, 2, 2, 3], "bob": [-1, -1, -1]}
+
+
+def test_leads_created_by_an_import_start_on_the_path_as_the_others_do(cli, db, tmp_path,
+                                                                      loaded_program):
+    """The import writes its new leads' first changes in bulk, not through set_stage."""
+    path = tmp_path / "leads.csv"
+    path.write_text("email,stage\ncy@globex.example,inquiry\ndee@globex.example,mql\n",
+                    encoding="utf-8")
+    result = cli("leads", "import", str(path), "--program", loaded_program)
+    assert result.exit_code == 0, result.output
+    with db.session() as s:
+        rows = dict(s.execute(select(Lead.email, StageChange.path_level)
+                              .join(Lead, Lead.id == StageChange.lead_id)).all())
+    assert rows == {"cy@globex.example": 0, "dee@globex.example": -1}
+    assert cli("leads", "set-stage", "cy@globex.example", "engaged", "--reason", "t").exit_code == 0
+    with db.session() as s:
+        levels = s.scalars(select(StageChange.path_level).join(Lead, Lead.id == StageChange.lead_id)
+                           .where(Lead.email == "cy@globex.example")
+                           .order_by(StageChange.id)).all()
+    assert levels == [0, 1]

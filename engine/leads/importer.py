@@ -48,7 +48,7 @@ from engine.journeys.service import action_rows, enrollment_columns, event_row
 from engine.leads.fields import MisdecodedText, clean_lead_fields, normalise_email
 from engine.leads.models import STANDARD_FIELDS, Lead, LeadEvent, StageChange, lead_fields
 from engine.leads.service import set_stage
-from engine.leads.stages import check_transition
+from engine.leads.stages import NOT_ON_PATH, check_transition, path_level_after
 from engine.programs.personas import PersonaResolver
 from engine.programs.spec import Program
 from engine.programs.store import running_program
@@ -608,7 +608,8 @@ class _BulkInsert:
 
 
 _LEAD_KEYS = (*STANDARD_FIELDS, "custom", "created_at", "updated_at", "fit_score", "behaviour_score")
-_STAGE_KEYS = ("lead_id", "from_stage", "to_stage", "at", "reason", "actor")
+_STAGE_KEYS = ("lead_id", "from_stage", "to_stage", "at", "reason", "actor", "from_at",
+               "path_level")
 _ENROLLMENT_KEYS = ("lead_id", "program_id", "created_at", "status", "track", "due_at", "state",
                     "program_version", "updated_at")
 _EVENT_KEYS = ("lead_id", "program_id", "at", "category", "kind", "detail", "actor")
@@ -773,11 +774,13 @@ class _ChunkWriter:
         query = select(_LEADS.c.email, _LEADS.c.id).where(
             _LEADS.c.email.in_([lead["email"] for lead in leads]))
         ids = dict(self.conn.execute(query).all())
-        first = {"from_stage": None, "at": now, "reason": REASON, "actor": ACTOR}
+        first = {"from_stage": None, "at": now, "reason": REASON, "actor": ACTOR,
+                 "from_at": None}  # a new lead's first change, as record_stage_change writes it
         stage_rows = []
         for lead in leads:
             lead_id = lead["id"] = ids[lead["email"]]
-            stage_rows.append({**first, "lead_id": lead_id, "to_stage": lead["stage"]})
+            stage_rows.append({**first, "lead_id": lead_id, "to_stage": lead["stage"],
+                               "path_level": path_level_after(NOT_ON_PATH, lead["stage"])})
         self._stages(self.conn, stage_rows)
         rules = self.program.scoring
         if rules.threshold is None:

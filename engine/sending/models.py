@@ -69,10 +69,10 @@ class OutboxMessage(Base):
     # What the recipient did with it, kept as each tracking event is stored (engine/tracking/
     # service.py), so reports read a send, not its events: a person's open (a view in the
     # browser or a click counts), a person's click, and the events filtered as a machine's.
-    opened: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
-    clicked: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
-    bot_opens: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
-    bot_clicks: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    opened: Mapped[bool] = mapped_column(Boolean, server_default=false())
+    clicked: Mapped[bool] = mapped_column(Boolean, server_default=false())
+    bot_opens: Mapped[int] = mapped_column(Integer, server_default="0")
+    bot_clicks: Mapped[int] = mapped_column(Integer, server_default="0")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
