@@ -44,7 +44,7 @@ from engine.reports.model import (
     rate,
 )
 from engine.reports.query import Bucket, ReportQuery
-from engine.reports.scope import UNSET, Scope, bucket_index
+from engine.reports.scope import UNSET, Scope, bucket_index, lead_value
 
 STAGES = (Stage.MQL, Stage.SAL, Stage.OPPORTUNITY, Stage.CUSTOMER)
 TOUCHES = ("first", "last")
@@ -99,8 +99,7 @@ def _counts(session: Session, query: ReportQuery, buckets: list[Bucket], field: 
                                   touch.is_not(None), FormSubmission.created_at <= reached.c.at)
               .order_by(FormSubmission.created_at.desc(), FormSubmission.id.desc()).limit(1)
               .scalar_subquery())
-    on_lead = (select(_blank_as_null(getattr(Lead, field))).where(Lead.id == reached.c.lead_id)
-               .scalar_subquery())  # looked up per row: a report reads few of all the leads
+    on_lead = lead_value(_blank_as_null(getattr(Lead, field)), reached.c.lead_id)
     touches = (select(reached.c.bucket, reached.c.split, reached.c.stage,
                       func.coalesce(on_lead, earliest, UNSET).label("first"),
                       latest.label("latest"))

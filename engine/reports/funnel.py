@@ -45,14 +45,14 @@ from __future__ import annotations
 from collections import defaultdict
 from datetime import UTC, datetime
 
-from sqlalchemy import ColumnElement, Select, and_, case, func, select
+from sqlalchemy import Select, and_, case, func, select
 from sqlalchemy.orm import Session
 
 from engine.leads.models import StageChange
 from engine.leads.stages import STAGES, SUCCESS_PATH
 from engine.reports.model import Chart, Column, Report, Table, dimension_columns, dimensions, rate
 from engine.reports.query import ReportQuery
-from engine.reports.scope import Scope, bucket_index
+from engine.reports.scope import Scope, bucket_index, count_where
 from engine.reports.stage_history import (
     DETOURS,
     NEXT_STAGE,
@@ -66,10 +66,6 @@ BEFORE = -1  # the "bucket" of the changes before the period
 DETOUR_MOVES = {"left_recycled": (None, RECYCLED), "left_disqualified": (None, DISQUALIFIED),
                 "back_recycled": (RECYCLED, None)}
 Key = tuple  # (bucket index, split value, stage)
-
-
-def _count(condition) -> ColumnElement:
-    return func.sum(case((condition, 1), else_=0))
 
 
 def build(session: Session, query: ReportQuery) -> Report:
@@ -146,15 +142,15 @@ class _Figures:
             figures.append(func.count(lead[f"first_{i}"]).label(f"entered_{i}"))
         for i, stage in enumerate(SUCCESS_PATH):
             figures.append(func.count(lead[f"in_order_{i}"]).label(f"entered_in_order_{i}"))
-            figures.append(_count(lead[f"last_{i}"] >= lead.first_0).label(f"reached_{i}"))
-            figures.append(_count(and_(lead.first_0.is_not(None), lead.level >= i))
+            figures.append(count_where(lead[f"last_{i}"] >= lead.first_0).label(f"reached_{i}"))
+            figures.append(count_where(and_(lead.first_0.is_not(None), lead.level >= i))
                            .label(f"reached_in_order_{i}"))
             for move in DETOUR_MOVES:
                 figures.append(func.sum(lead[f"{move}_{i}"]).label(f"{move}_{i}"))
             if stage in NEXT_STAGE:
                 following = lead[f"last_{i + 1}"]
-                figures.append(_count(following >= lead[f"first_{i}"]).label(f"converted_{i}"))
-                figures.append(_count(following >= lead[f"in_order_{i}"])
+                figures.append(count_where(following >= lead[f"first_{i}"]).label(f"converted_{i}"))
+                figures.append(count_where(following >= lead[f"in_order_{i}"])
                                .label(f"converted_in_order_{i}"))
         rows = session.execute(select(lead.bucket, lead.split, *figures)
                                .group_by(lead.bucket, lead.split)).mappings()

@@ -75,6 +75,17 @@ def split_value(query: ReportQuery, state):
     return func.coalesce(getattr(Lead, query.split), UNSET)
 
 
+def lead_value(column, lead_id) -> ColumnElement:
+    """A column of the lead named by `lead_id`, looked up per row: a report reads few of all
+    the leads, where a join would hash every one."""
+    return select(column).where(Lead.id == lead_id).scalar_subquery()
+
+
+def count_where(condition) -> ColumnElement:
+    """How many rows of a group meet `condition` (0, never NULL)."""
+    return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
+
+
 def bucket_index(at, buckets: list[Bucket]) -> ColumnElement:
     """The index of the bucket holding `at` (callers keep `at` within the period)."""
     return case(*[(at < bucket.end, index) for index, bucket in enumerate(buckets)],

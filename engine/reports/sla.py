@@ -48,7 +48,7 @@ from engine.reports.model import (
     rate,
 )
 from engine.reports.query import Bucket, ReportQuery
-from engine.reports.scope import UNSET, Scope, bucket_index
+from engine.reports.scope import UNSET, Scope, bucket_index, count_where, lead_value
 from engine.sales.models import SlaBreach
 from engine.sales.sla import MQL_UNANSWERED, OPPORTUNITY_STALLED
 from engine.scoring.rules import SlaRules
@@ -108,7 +108,7 @@ def _mql_tables(session: Session, query: ReportQuery, buckets: list[Bucket],
                    .scalar_subquery())
     entries = (scope.join(select(bucket_index(entered.at, buckets).label("bucket"),
                                  scope.split.label("split"),
-                                 func.coalesce(_owner(entered.lead_id), UNSET).label("owner"),
+                                 func.coalesce(lead_value(Lead.owner, entered.lead_id), UNSET).label("owner"),
                                  entered.at.label("entered_at"),
                                  answered_at.label("answered_at"),
                                  _sla_seconds(entered.lead_id, slas).label("sla"))
@@ -123,10 +123,10 @@ def _mql_tables(session: Session, query: ReportQuery, buckets: list[Bucket],
     rows = session.execute(
         select(entries.c.bucket, entries.c.split, entries.c.owner,
                func.count().label("mqls"),
-               _count(and_(~unanswered, took <= entries.c.sla)).label("within_sla"),
-               _count(and_(~unanswered, took > entries.c.sla)).label("late"),
-               _count(unanswered).label("unanswered"),
-               _count(overdue).label("overdue"))
+               count_where(and_(~unanswered, took <= entries.c.sla)).label("within_sla"),
+               count_where(and_(~unanswered, took > entries.c.sla)).label("late"),
+               count_where(unanswered).label("unanswered"),
+               count_where(overdue).label("overdue"))
         .group_by(entries.c.bucket, entries.c.split, entries.c.owner)).all()
 
     dims = dimension_columns(query)
@@ -176,11 +176,6 @@ def _mql_row(query: ReportQuery, buckets: list[Bucket], index: int, split: str,
     return row
 
 
-def _owner(lead_id):
-    """The lead's owner now, looked up per row: a report reads few of all the leads."""
-    return select(Lead.owner).where(Lead.id == lead_id).scalar_subquery()
-
-
 def _sla_seconds(lead_id, slas: dict[int, tuple[str, timedelta]]):
     """The lead's MQL response SLA in seconds: that of the first program it was enrolled in
     with an sla: section, else the default."""
@@ -206,7 +201,7 @@ def _breach_table(session: Session, query: ReportQuery, buckets: list[Bucket]) -
                 .subquery())
     rows = session.execute(
         select(breaches.c.bucket, breaches.c.split, breaches.c.kind, func.count().label("n"),
-               _count(breaches.c.resolved).label("resolved"))
+               count_where(breaches.c.resolved).label("resolved"))
         .group_by(breaches.c.bucket, breaches.c.split, breaches.c.kind)).all()
     found = {(r.bucket, r.split, r.kind): (int(r.n), int(r.resolved)) for r in rows}
     splits = sorted({split for _, split, _ in found}) or [UNSET]
@@ -245,7 +240,7 @@ def _stalled_table(session: Session, query: ReportQuery, buckets: list[Bucket]) 
               .subquery())
     rows = session.execute(
         select(stalls.c.bucket, stalls.c.split, stalls.c.action, func.count().label("n"),
-               _count(stalls.c.resolved).label("resolved"), _count(stalls.c.won).label("won"))
+               count_where(stalls.c.resolved).label("resolved"), count_where(stalls.c.won).label("won"))
         .group_by(stalls.c.bucket, stalls.c.split, stalls.c.action)
         .order_by(stalls.c.bucket, stalls.c.split, func.count().desc(), stalls.c.action)).all()
     return Table(
@@ -268,10 +263,6 @@ def _stalled_table(session: Session, query: ReportQuery, buckets: list[Bucket]) 
 def _epoch(at):
     """Seconds since 1970 of a stored UTC time, on SQLite and PostgreSQL alike."""
     return extract("epoch", at)
-
-
-def _count(condition):
-    return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
 
 
 def _duration(value: timedelta) -> str:
