@@ -73,7 +73,7 @@ from engine.reports.model import (
     rate,
 )
 from engine.reports.query import ReportQuery
-from engine.reports.scope import UNSET, Scope, bucket_label, program_id
+from engine.reports.scope import UNSET, Scope, bucket_label, persona_of, program_id
 from engine.sending.models import Delivery, OutboxMessage
 from engine.tracking.links import HONEYPOT
 from engine.tracking.models import TrackingEvent
@@ -129,12 +129,6 @@ def _out_between(row, start, end) -> ColumnElement[bool]:
                and_(row.sent_at.is_(None), row.updated_at >= start, row.updated_at < end))
 
 
-def _persona(enrollment) -> ColumnElement:
-    """As the `persona` split reads it (engine/reports/scope.py): the lead's own, else the one
-    the enrollment matched."""
-    return func.coalesce(Lead.persona, enrollment.state["persona"].as_string(), UNSET)
-
-
 def _sends(session: Session, query: ReportQuery):
     """One row per email that went out in the period and is in scope, with its bucket, split
     value, persona and how it ended at send time (refused, or given up)."""
@@ -151,7 +145,7 @@ def _sends(session: Session, query: ReportQuery):
             OutboxMessage.step.label("step"),
             OutboxMessage.asset_version_id.label("asset_version_id"),
             bucket_label(out_at, query.buckets()).label("period"),
-            scope.split.label("split"), _persona(Enrollment).label("persona"),
+            scope.split.label("split"), persona_of(Enrollment.state).label("persona"),
             case((and_(failed, not_(gave_up)), 1), else_=0).label("refused"),
             case((and_(failed, gave_up), 1), else_=0).label("gave_up"),
             *(case((OutboxMessage.opened, 1), else_=0).label("opens"),

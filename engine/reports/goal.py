@@ -67,7 +67,7 @@ from engine.reports.model import (
     rate,
 )
 from engine.reports.query import ReportQuery
-from engine.reports.scope import UNSET, bucket_label, split_value
+from engine.reports.scope import UNSET, bucket_label, persona_of, split_value
 
 # A goal's event kind (as program files name responses) -> the kind the lead's log records.
 LOGGED_AS = {"open": EventKind.OPENED, "click": EventKind.CLICKED,
@@ -189,8 +189,7 @@ def _counts(session: Session, query: ReportQuery, program: Measured,
     # The program's enrollments are its scope: the split is read from each one and its lead.
     rows = (select(bucket_label(Enrollment.created_at, query.buckets()).label("period"),
                    split_value(query, Enrollment.state).label("split"),
-                   func.coalesce(Lead.persona, Enrollment.state["persona"].as_string(),
-                                 UNSET).label("persona"),
+                   persona_of(Enrollment.state).label("persona"),
                    func.coalesce(Lead.source_channel, UNSET).label("source"),
                    case((_reached(program.goal, dialect), 1), else_=0).label("reached"),
                    case((time_left, 1), else_=0).label("time_left"))

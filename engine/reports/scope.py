@@ -71,8 +71,13 @@ def split_value(query: ReportQuery, state):
     if query.split is None:
         return literal(UNSET)
     if query.split == "persona":
-        return func.coalesce(Lead.persona, state["persona"].as_string(), UNSET)
+        return persona_of(state)
     return func.coalesce(getattr(Lead, query.split), UNSET)
+
+
+def persona_of(state) -> ColumnElement:
+    """A lead's persona: its own, else the one its enrollment (`state`) matched, else UNSET."""
+    return func.coalesce(Lead.persona, state["persona"].as_string(), UNSET)
 
 
 def lead_value(column, lead_id) -> ColumnElement:
