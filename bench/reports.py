@@ -22,9 +22,10 @@ a quarter against the 1 s goal, with its memory and, on request, its query plans
    form submissions (with UTM fields), sales notifications, SLA breaches, suppressions.
    About 4 rows of other tables per tracking event: 1M leads and 10M events are ~42M rows,
    ~10 GB. Foreign keys and secondary indexes are dropped for the load and rebuilt after it
-   from their own definitions, and each send's engagement figures are counted from its events
-   (engine/tracking/service.py), in the same transaction (the schema stays the migrations', and
-   a failed load leaves nothing); then VACUUM ANALYZE, as autovacuum would have done. With
+   from their own definitions, each send's engagement figures are counted from its events
+   (engine/tracking/service.py) and the responses logged are put on their emails
+   (engine/sending/responses.py), in the same transaction (the schema stays the migrations',
+   and a failed load leaves nothing); then VACUUM ANALYZE, as autovacuum would have done. With
    --reuse a database that holds leads is used as it is.
 2. Baseline, in the same run: count(*) of the stage changes (and of the tracking events) in the
    quarter, best of 3: what the cheapest question about that quarter costs on this server.
@@ -67,10 +68,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import create_engine, event, text
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from engine.leads.stages import NOT_ON_PATH, TRANSITIONS, path_level_after
+from engine.sending.responses import mark_all_responses
 from engine.tracking.service import COUNT_TRACKED_SENDS
 
 SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
@@ -181,7 +184,7 @@ COLUMNS = {
     "outbox": ("id", "enrollment_id", "lead_id", "program_id", "program_version", "step",
                "status", "due_at", "attempts", "deliveries", "delivery_unknown", "send_started",
                "lease_until", "claimed_by", "message_id", "last_error", "skip_reason",
-               "sent_at", "links", "asset_version_id", "created_at", "updated_at"),
+               "sent_at", "links", "asset_version_id", "created_at", "updated_at", "persona"),
     "stage_changes": ("id", "lead_id", "from_stage", "to_stage", "at", "reason", "actor",
                       "from_at", "path_level"),
     "tracking_events": ("id", "event_key", "kind", "lead_id", "outbox_id", "link_index", "url",
@@ -594,7 +597,7 @@ class World:
         self.sink.add("outbox", created, [
             None, state.enrollment, ctx.id, program.id, 1, email, "pending", ts(due), 0, 0,
             False, False, None, None, message_id, None, None, None, None, None, ts(created),
-            ts(created)])
+            ts(created), ctx.persona])
 
     def send(self, ctx: Lead, state: Journey, track: str, email: str, due: float) -> None:
         r, program, add = self.r, state.program, self.sink.add
@@ -622,7 +625,8 @@ class World:
                ts(sent_at) if sent_at else None,
                program.links_json[email].replace("{t}", f"{ctx.id:x}.{state.enrollment:x}")
                if attempts else None,
-               program.versions[email] if attempts else None, ts(created), ts(updated)]
+               program.versions[email] if attempts else None, ts(created), ts(updated),
+               ctx.persona]
         add("outbox", created, row)
         state.last_email, state.anchor = email, due
         if status == "failed_perm" and attempts == 1:  # a bad address: suppressed, journeys end
@@ -1025,6 +1029,7 @@ def generate(url: str, leads: int, events: int, seed: int, event_log: bool) -> N
                 cur.execute(statement)
                 progress.advance(task)
             cur.execute(COUNT_TRACKED_SENDS)  # what the tracking drain keeps on each send
+            mark_all_responses(_OnCursor(cur))  # what recording a response keeps on its email
             rebuilt = time.perf_counter() - rebuilt
         for table in tables:
             cur.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
@@ -1044,6 +1049,17 @@ def generate(url: str, leads: int, events: int, seed: int, event_log: bool) -> N
               f"({sink.counts[table] / seconds if seconds else 0:>9,.0f} rows/s)")
     print(f"indexes and keys rebuilt in {rebuilt:.1f} s, VACUUM ANALYZE {vacuumed:.1f} s; "
           f"data ready in {time.perf_counter() - began:.1f} s")
+
+
+class _OnCursor:
+    """A SQLAlchemy statement run on the load's own cursor (in its transaction)."""
+
+    def __init__(self, cursor) -> None:
+        self.cursor = cursor
+
+    def execute(self, statement) -> None:
+        self.cursor.execute(str(statement.compile(dialect=postgresql.dialect(),
+                                                  compile_kwargs={"literal_binds": True})))
 
 
 # -- the database ----------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from engine.pages.models import FormSubmission
 from engine.pages.service import page_token
 from engine.sales.models import SalesNotification
 from engine.scoring.models import ScoreEvent
+from engine.sending.models import OutboxMessage
 from engine.web.app import create_app
 
 DEMO = "/p/acme-nurture/demo"
@@ -88,6 +89,24 @@ def count(db, model) -> int:
 
 
 # -- 1. a form submission scores, triggers and counts as a response ----------------------------
+
+def test_a_form_is_put_on_the_email_of_its_program_sent_last_before_it(client, db):
+    lead_id = make_lead(db)
+    sent_at = utcnow() - timedelta(hours=1)
+    with db.session() as s:
+        enrollment = s.scalar(select(Enrollment).where(Enrollment.lead_id == lead_id))
+        first = OutboxMessage(enrollment_id=enrollment.id, lead_id=lead_id,
+                              program_id=enrollment.program_id, program_version=1,
+                              step="welcome_it", status="sent", attempts=1, due_at=sent_at,
+                              sent_at=sent_at, message_id="<first@tests>")
+        s.add(first)
+        s.flush()
+        first_id = first.id
+    token = page_token(secret_key="test-secret", lead_id=lead_id)
+    assert post_form(client, f"{DEMO}?t={token}", email="ada@globex.example").status_code == 303
+    assert post_form(client, email="bo@initech.example").status_code == 303  # no email before
+    assert [f.outbox_id for f in rows(db, FormSubmission)] == [first_id, None]
+
 
 def test_a_known_leads_demo_request_scores_and_goes_to_sales(client, db):
     lead_id = make_lead(db, first_name="Ada", company="Globex")

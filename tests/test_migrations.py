@@ -135,3 +135,51 @@ def test_sends_tracked_before_0014_get_their_engagement_figures(tmp_path):
     # 1: a person's open, two machine clicks; 2: machines opened it, a person clicked (an open
     # too); 3: nothing happened
     assert [tuple(row) for row in rows] == [(1, 1, 0, 0, 2), (2, 1, 1, 2, 0), (3, 0, 0, 0, 0)]
+
+
+def test_sends_stored_before_0015_get_their_persona_and_the_responses_put_on_them(tmp_path):
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    upgrade(url, "0014")
+    engine = create_engine(url)
+    day = "2026-11-0{} 08:00:00".format
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO programs (id, name, current_version, created_at) "
+                          "VALUES (1, 'p', 1, :now)"), {"now": NOW})
+        conn.execute(text("INSERT INTO leads (id, email, stage, custom, created_at, updated_at, "
+                          "fit_score, behaviour_score) VALUES "
+                          "(1, 'ada@globex.example', 'inquiry', '{}', :now, :now, 0, 0)"),
+                     {"now": NOW})
+        conn.execute(text("INSERT INTO enrollments (id, lead_id, program_id, program_version, "
+                          "status, track, state, created_at, updated_at) VALUES "
+                          "(1, 1, 1, 1, 'active', 't', :state, :now, :now)"),
+                     {"now": NOW, "state": '{"persona": "it_manager"}'})
+        for send, sent in ((1, 1), (2, 3), (3, 5), (4, None)):  # 4 is still waiting
+            conn.execute(text(
+                "INSERT INTO outbox (id, enrollment_id, lead_id, program_id, program_version, "
+                "step, status, due_at, attempts, message_id, sent_at, created_at, updated_at) "
+                "VALUES (:id, 1, 1, 1, 1, :step, :status, :now, 1, :mid, :sent, :now, :now)"),
+                {"id": send, "step": f"s{send}", "mid": f"<m{send}@x>", "now": day(1),
+                 "status": "sent" if sent else "pending", "sent": sent and day(sent)})
+        log = [(2, "bounced", '{"detail": "hard"}'),  # after send 1
+               (4, "unsubscribed", '{"detail": null}'),  # after send 2
+               (6, "unsubscribed", '{"detail": "complaint"}'),  # after send 3
+               (7, "bounced", '{"detail": "soft", "message_id": "<m1@x>"}')]  # names send 1
+        for at, kind, detail in log:
+            conn.execute(text("INSERT INTO lead_events (lead_id, at, category, kind, detail, "
+                              "actor) VALUES (1, :at, 'event', :kind, :detail, 't')"),
+                         {"at": day(at), "kind": kind, "detail": detail})
+        for lead, at in ((1, 4), (None, 4), (1, 1)):  # the last: before any email went out
+            conn.execute(text("INSERT INTO form_submissions (program_id, page, lead_id, email, "
+                              "fields, created_at) VALUES (1, 'demo', :lead, 'a@b.c', '{}', "
+                              ":at)"), {"lead": lead, "at": day(at) if at > 1 else "2026-10-31 08:00:00"})
+    upgrade(url)
+    with engine.connect() as conn:
+        sends = conn.execute(text("SELECT id, persona, hard_bounced, unsubscribed, complained, "
+                                  "soft_bounced FROM outbox ORDER BY id")).all()
+        forms = conn.execute(text("SELECT outbox_id FROM form_submissions ORDER BY id")).all()
+    engine.dispose()
+    assert [tuple(row) for row in sends] == [(1, "it_manager", 1, 0, 0, 1),
+                                             (2, "it_manager", 0, 1, 0, 0),
+                                             (3, "it_manager", 0, 0, 1, 0),
+                                             (4, "it_manager", 0, 0, 0, 0)]
+    assert [row[0] for row in forms] == [2, None, None]

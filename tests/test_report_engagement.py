@@ -5,9 +5,10 @@ bounces and complaints are recorded through the engine's own functions (unsubscr
 record_bounce), so they are stored as in production. The program version, the sends (outbox
 rows the enrollment made, then set to how the send ended), the asset versions, the tracking
 events (with their bot flag) and the form submissions are written as rows: running a mail
-server, the tracking drain and the page renderer would only slow the test down. The sends'
-own figures (opened, clicked, bot counts), which the drain keeps, are then counted from the
-events as migration 0014 does.
+server, the tracking drain and the page renderer would only slow the test down; each form
+is put on the email it followed as the form door does. The sends' own figures (opened,
+clicked, bot counts), which the drain keeps, are then counted from the events as migration
+0014 does.
 
 The report runs in New York time, March and April 2026:
   start  2026-03-01 05:00Z (midnight EST)   March | April 2026-04-01 04:00Z (midnight EDT)
@@ -58,6 +59,7 @@ from engine.reports.engagement import build
 from engine.reports.query import parse_query
 from engine.sending.bounces import record_bounce
 from engine.sending.models import Delivery, OutboxMessage
+from engine.sending.responses import email_before_form
 from engine.tracking.models import TrackingEvent
 from engine.tracking.service import count_tracked_sends
 from engine.tracking.unsubscribe import unsubscribe
@@ -96,6 +98,7 @@ class World:
             row = OutboxMessage(
                 enrollment_id=enrollment.id, lead_id=lead.id, program_id=enrollment.program_id,
                 program_version=enrollment.program_version, step=step,
+                persona=enrollment.state["persona"],
                 status=Delivery.PENDING, due_at=at("2026-01-01T00:00"),
                 message_id=f"<{enrollment.id}.{step}@tests>",
                 created_at=at("2026-01-01T00:00"), updated_at=at("2026-01-01T00:00"))
@@ -129,8 +132,11 @@ class World:
 
     def form(self, name: str, program_id: int, page: str, when: str) -> None:
         lead = self.leads[name]
-        self.s.add(FormSubmission(program_id=program_id, page=page, lead_id=lead.id,
-                                  email=lead.email, fields={}, created_at=at(when)))
+        submission = FormSubmission(program_id=program_id, page=page, lead_id=lead.id,
+                                    email=lead.email, fields={}, created_at=at(when))
+        self.s.add(submission)
+        self.s.flush()
+        submission.outbox_id = email_before_form(self.s, submission)  # as the form door does
 
 
 DEMO_URL = "https://acme.example/p/acme-nurture/demo?t=tok"

@@ -17,6 +17,7 @@ from engine.leads.models import ConsentRecord, Lead
 from engine.pages.forms import lead_fields, source_fields
 from engine.pages.models import FormSubmission
 from engine.pages.service import FoundPage, clean_fields
+from engine.sending.responses import email_before_form
 
 SAME_SUBMISSION = timedelta(hours=1)  # the same form posted again within this is a repeat
 
@@ -56,6 +57,7 @@ def submit_form(*, session: Session, found: FoundPage, form: dict[str, list[str]
                                 digest=digest, created_at=now)
     session.add(submission)
     session.flush()
+    submission.outbox_id = email_before_form(session, submission)
     respond(session=session, lead=lead, kind=EventKind.FORM_SUBMITTED, detail=found.page.slug,
             now=now, actor=actor)
     return submission

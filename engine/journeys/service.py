@@ -22,6 +22,7 @@ from engine.programs.personas import resolve_persona
 from engine.programs.spec import Program
 from engine.programs.store import program_at
 from engine.sending.outbox import insert_rows, outbox_rows
+from engine.sending.responses import mark_response
 
 
 def event_row(*, lead_id: int, program_id: int | None, event: Event, now: datetime,
@@ -84,7 +85,9 @@ def enroll(*, session: Session, lead: Lead, program_id: int, program: Program, n
 
 def apply_event(*, session: Session, lead: Lead, event: Event, now: datetime,
                 actor: str = "system", occurred_at: datetime | None = None) -> list[Decision]:
-    """Feed one event to every enrollment of the lead; log it even when it has none."""
+    """Feed one event to every enrollment of the lead; log it even when it has none. An
+    unsubscribe, complaint or bounce is also put on the email it answers."""
+    mark_response(session, lead_id=lead.id, event=event, at=now)
     enrollments = list(session.scalars(select(Enrollment).where(Enrollment.lead_id == lead.id)))
     if not enrollments:
         session.add(LeadEvent(**event_row(lead_id=lead.id, program_id=None, event=event, now=now,

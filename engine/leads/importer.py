@@ -617,8 +617,7 @@ _EVENT_KEYS = ("lead_id", "program_id", "at", "category", "kind", "detail", "act
 
 _OUTBOX_KEYS = ("enrollment_id", "lead_id", "program_id", "program_version", "step", "status",
                 "due_at", "attempts", "deliveries", "delivery_unknown", "send_started",
-                "created_at", "updated_at",
-                "message_id")
+                "persona", "created_at", "updated_at", "message_id")
 
 
 class _ImportedEmails:

@@ -26,3 +26,6 @@ class FormSubmission(Base):
     # What was posted, hashed: the same form posted again soon after is the same submission.
     digest: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # The email of the program the lead was sent last before posting (engine/sending/
+    # responses.py), or None.
+    outbox_id: Mapped[int | None] = mapped_column(ForeignKey("outbox.id", ondelete="SET NULL"))

@@ -20,13 +20,13 @@ Definitions:
 - Bot opens and bot clicks: the events filtered as a machine's (scanners, prefetchers, Apple's
   privacy proxy; engine/tracking/bots.py), counted as events, apart from the human figures.
 - Unsubscribes and complaints (an abuse report, which unsubscribes), and hard or soft bounces
-  reported later without naming the message, are recorded on the lead's log (lead_events) with
-  no email named: each is put on the last email the lead was sent before it. A soft bounce
-  naming its message (Message-ID) is put on that email. A form submission is put on the last
-  email of the form's program the lead was sent before it; a form with no email before it
-  counts on its page only. Each counts once per email.
-- Persona: the lead's own, else the one its enrollment matched (as the `persona` split does).
-  Track: the tracks of the program version sent that hold the email (joined when several do).
+  reported later are put on an email when they are recorded (engine/sending/responses.py): a
+  soft bounce naming its message (Message-ID) on that email, the others on the last email the
+  lead was sent before them. A form submission is put on the last email of the form's program
+  the lead was sent before it; a form with no email before it counts on its page only. Each
+  counts once per email.
+- Persona: the persona the email was chosen for (its enrollment's when it was queued). Track:
+  the tracks of the program version sent that hold the email (joined when several do).
 - Landing pages count what happened in the period itself (visits, forms and clicks of email
   links to the page, by when they happened), not a cohort of sends: human visits and visitors
   (leads), bot visits, email clicks to the page (human), form submissions, and those that
@@ -43,7 +43,6 @@ from datetime import datetime
 
 from sqlalchemy import (
     ColumnElement,
-    Select,
     and_,
     case,
     func,
@@ -52,14 +51,11 @@ from sqlalchemy import (
     or_,
     select,
     true,
-    union_all,
 )
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session
 
 from engine.assets.models import AssetVersion
 from engine.db import utcnow
-from engine.journeys.models import Enrollment
-from engine.leads.models import Lead, LeadEvent
 from engine.pages.models import FormSubmission
 from engine.programs.models import ProgramRecord
 from engine.programs.store import program_at, running_version
@@ -73,13 +69,13 @@ from engine.reports.model import (
     rate,
 )
 from engine.reports.query import ReportQuery
-from engine.reports.scope import UNSET, Scope, bucket_label, persona_of, program_id
+from engine.reports.scope import UNSET, Scope, bucket_label, program_id
 from engine.sending.models import Delivery, OutboxMessage
+from engine.sending.responses import out_at, went_out
 from engine.tracking.links import HONEYPOT
 from engine.tracking.models import TrackingEvent
 
 GAVE_UP = "gave up after"  # engine/sending/delivery.py: temporary failures until it gave up
-RENDER_FAILED = "render:"  # refused by the renderer: never reached a mail server
 # The counts summed per email, in the order the tables show them.
 COUNTS = ("sent", "bounced_hard", "bounced_soft", "opens", "clicks", "unsubscribes",
           "complaints", "forms", "bot_opens", "bot_clicks")
@@ -109,20 +105,8 @@ def build(session: Session, query: ReportQuery, *, now: datetime | None = None) 
 
 # -- the cohort of sends ------------------------------------------------------------------------
 
-def _went_out(row) -> ColumnElement[bool]:
-    """Accepted by the mail server, or refused by it for good after an SMTP attempt."""
-    return or_(row.status == Delivery.SENT,
-               and_(row.status == Delivery.FAILED_PERM, row.attempts > 0,
-                    not_(func.coalesce(row.last_error, "").startswith(RENDER_FAILED))))
-
-
-def _out_at(row) -> ColumnElement:
-    """When it went out: the first 250, or the permanent failure (the row's last update)."""
-    return func.coalesce(row.sent_at, row.updated_at)
-
-
 def _out_between(row, start, end) -> ColumnElement[bool]:
-    """_out_at(row) in [start, end), written so the database can use each column's statistics
+    """out_at(row) in [start, end), written so the database can use each column's statistics
     (its estimate for the coalesce was a hundredth of the rows, which chose index lookups for
     every send)."""
     return or_(and_(row.sent_at >= start, row.sent_at < end),
@@ -131,107 +115,53 @@ def _out_between(row, start, end) -> ColumnElement[bool]:
 
 def _sends(session: Session, query: ReportQuery):
     """One row per email that went out in the period and is in scope, with its bucket, split
-    value, persona and how it ended at send time (refused, or given up)."""
-    scope = Scope(session, query)
-    out_at = _out_at(OutboxMessage)
-    failed = OutboxMessage.status == Delivery.FAILED_PERM
-    gave_up = func.coalesce(OutboxMessage.last_error, "").startswith(GAVE_UP)
+    value, persona, and what happened to it (engine/sending/responses.py keeps the responses
+    on it as they are recorded; engine/tracking/service.py its opens and clicks)."""
+    out = OutboxMessage
+    failed = out.status == Delivery.FAILED_PERM
+    gave_up = func.coalesce(out.last_error, "").startswith(GAVE_UP)
+    hard = or_(and_(failed, not_(gave_up)), out.hard_bounced)
+    soft = and_(not_(hard), or_(and_(failed, gave_up), out.soft_bounced))
     program = program_id(session, query)
-    sends = (
-        scope.join(select(
-            OutboxMessage.id.label("id"), OutboxMessage.lead_id.label("lead_id"),
-            OutboxMessage.program_id.label("program_id"),
-            OutboxMessage.program_version.label("program_version"),
-            OutboxMessage.step.label("step"),
-            OutboxMessage.asset_version_id.label("asset_version_id"),
-            bucket_label(out_at, query.buckets()).label("period"),
-            scope.split.label("split"), persona_of(Enrollment.state).label("persona"),
-            case((and_(failed, not_(gave_up)), 1), else_=0).label("refused"),
-            case((and_(failed, gave_up), 1), else_=0).label("gave_up"),
-            *(case((OutboxMessage.opened, 1), else_=0).label("opens"),
-              case((OutboxMessage.clicked, 1), else_=0).label("clicks"),
-              OutboxMessage.bot_opens, OutboxMessage.bot_clicks)), OutboxMessage.lead_id)
-        .join(Enrollment, Enrollment.id == OutboxMessage.enrollment_id)
-        .join(Lead, Lead.id == OutboxMessage.lead_id)
-        .where(_went_out(OutboxMessage), _out_between(OutboxMessage, query.start, query.end)))
+    columns = [
+        out.id.label("id"), out.program_id.label("program_id"),
+        out.program_version.label("program_version"), out.step.label("step"),
+        out.asset_version_id.label("asset_version_id"),
+        bucket_label(out_at(out), query.buckets()).label("period"),
+        func.coalesce(out.persona, UNSET).label("persona"),
+        _flag(hard).label("bounced_hard"), _flag(soft).label("bounced_soft"),
+        _flag(out.opened).label("opens"), _flag(out.clicked).label("clicks"),
+        _flag(out.unsubscribed).label("unsubscribes"),
+        _flag(out.complained).label("complaints"),
+        out.bot_opens.label("bot_opens"), out.bot_clicks.label("bot_clicks")]
+    sends = select(*columns).where(went_out(out), _out_between(out, query.start, query.end))
     if program is not None:
-        sends = sends.where(OutboxMessage.program_id == program)
-    return sends.subquery("sends")
+        sends = sends.where(out.program_id == program)
+    if query.split is None:  # a send's lead is enrolled in its program: no scope to join
+        return sends.add_columns(literal(UNSET).label("split")).subquery("sends")
+    scope = Scope(session, query)
+    return scope.join(sends.add_columns(scope.split.label("split")), out.lead_id).subquery("sends")
 
 
-def _last_send(lead_id, at, program=None) -> ColumnElement:
-    """The id of the last email the lead was sent at or before `at` (of `program` if given)."""
-    row = aliased(OutboxMessage)
-    found = select(row.id).where(row.lead_id == lead_id, _went_out(row), _out_at(row) <= at)
-    if program is not None:
-        found = found.where(row.program_id == program)
-    return (found.order_by(_out_at(row).desc(), row.id.desc()).limit(1)
-            .correlate_except(row).scalar_subquery())
-
-
-def _attributed(query: ReportQuery):
-    """(outbox id, what) for each response recorded without naming its email, put on the
-    lead's last email before it, and each soft bounce naming its message. Events before the
-    period cannot belong to an email sent in it."""
-    detail = LeadEvent.detail["detail"].as_string()
-    logged = and_(LeadEvent.category == "event", LeadEvent.at >= query.start)
-    by_last_send = _last_send(LeadEvent.lead_id, LeadEvent.at)
-
-    def logged_as(what: str, kind: str, condition) -> Select:
-        return (select(by_last_send.label("outbox_id"), literal(what).label("what"))
-                .where(logged, LeadEvent.kind == kind, condition))
-
-    named = aliased(OutboxMessage)
-    named_row = (select(named.id).where(
-        named.message_id == LeadEvent.detail["message_id"].as_string())
-        .correlate_except(named).scalar_subquery())
-    soft = (select(func.coalesce(named_row, by_last_send).label("outbox_id"),
-                   literal("soft").label("what"))
-            .where(logged, LeadEvent.kind == "bounced", detail == "soft"))
-    forms = (select(_last_send(FormSubmission.lead_id, FormSubmission.created_at,
-                               FormSubmission.program_id).label("outbox_id"),
-                    literal("form").label("what"))
-             .where(FormSubmission.lead_id.is_not(None),
-                    FormSubmission.created_at >= query.start))
-    events = union_all(
-        logged_as("unsubscribe", "unsubscribed",
-                  or_(detail.is_(None), detail != "complaint")),
-        logged_as("complaint", "unsubscribed", detail == "complaint"),
-        logged_as("hard", "bounced", detail == "hard"),
-        soft, forms).subquery("responses")
-
-    def flag(what: str):
-        return func.max(case((events.c.what == what, 1), else_=0)).label(what)
-
-    return (select(events.c.outbox_id, *(flag(what) for what in
-                                          ("unsubscribe", "complaint", "hard", "soft", "form")))
-            .where(events.c.outbox_id.is_not(None))
-            .group_by(events.c.outbox_id).subquery("attributed"))
+def _flag(condition) -> ColumnElement:
+    return case((condition, 1), else_=0)
 
 
 def _per_email(session: Session, query: ReportQuery, sends) -> dict[tuple, dict[str, int]]:
     """Counts per (period, split, persona, program id, version, email, asset version): the
-    finest grain, which every email table sums (each email counts once, so sums are exact)."""
-    attributed = _attributed(query)
-    hard = or_(sends.c.refused == 1, func.coalesce(attributed.c.hard, 0) == 1)
-    soft = and_(not_(hard), or_(sends.c.gave_up == 1, func.coalesce(attributed.c.soft, 0) == 1))
-
-    def flag(condition) -> ColumnElement:
-        return case((condition, 1), else_=0)
-
-    rows = (select(sends.c.period, sends.c.split, sends.c.persona, sends.c.program_id,
-                   sends.c.program_version, sends.c.step, sends.c.asset_version_id,
-                   flag(true()).label("sent"), flag(hard).label("bounced_hard"),
-                   flag(soft).label("bounced_soft"),
-                   sends.c.opens, sends.c.clicks,
-                   func.coalesce(attributed.c.unsubscribe, 0).label("unsubscribes"),
-                   func.coalesce(attributed.c.complaint, 0).label("complaints"),
-                   func.coalesce(attributed.c.form, 0).label("forms"),
-                   sends.c.bot_opens, sends.c.bot_clicks)
-            .outerjoin(attributed, attributed.c.outbox_id == sends.c.id)).subquery("per_send")
-    keys = (rows.c.period, rows.c.split, rows.c.persona, rows.c.program_id,
-            rows.c.program_version, rows.c.step, rows.c.asset_version_id)
-    grouped = select(*keys, *(func.sum(rows.c[name]) for name in COUNTS)).group_by(*keys)
+    finest grain, which every email table sums (each email counts once, so sums are exact).
+    A form counts on the email it followed (FormSubmission.outbox_id), once."""
+    forms = (select(FormSubmission.outbox_id.label("outbox_id"))
+             .where(FormSubmission.outbox_id.is_not(None),
+                    FormSubmission.created_at >= query.start)
+             .distinct().subquery("forms"))
+    keys = (sends.c.period, sends.c.split, sends.c.persona, sends.c.program_id,
+            sends.c.program_version, sends.c.step, sends.c.asset_version_id)
+    sums = [func.count() if name == "sent"
+            else func.count(forms.c.outbox_id) if name == "forms"
+            else func.sum(sends.c[name]) for name in COUNTS]
+    grouped = (select(*keys, *sums)
+               .outerjoin(forms, forms.c.outbox_id == sends.c.id).group_by(*keys))
     return {tuple(row[:len(keys)]): dict(zip(COUNTS, (int(v or 0) for v in row[len(keys):]),
                                              strict=True))
             for row in session.execute(grouped)}
@@ -334,8 +264,8 @@ def _persona_table(query: ReportQuery, per_email, names: dict[int, str]) -> Tabl
         rows=rows,
         chart=Chart("bar", x="persona", series=("opens", "clicks"),
                     title="Unique human opens and clicks per persona"),
-        notes=[(f"persona: the lead's own, else the one its enrollment matched; {UNSET} when "
-               "neither is known.")])
+        notes=[(f"persona: the one the email was chosen for (its enrollment's); {UNSET} when "
+               "it is not known.")])
 
 
 def _link_table(session: Session, query: ReportQuery, sends, names: dict[int, str]) -> Table:
@@ -460,8 +390,7 @@ def _page_events(session: Session, query: ReportQuery,
             yield (period, split, name, slug), {"email_clicks": count}
 
     submitted = FormSubmission
-    after_email = case((_last_send(submitted.lead_id, submitted.created_at,
-                                   submitted.program_id).is_not(None), 1), else_=0)
+    after_email = case((submitted.outbox_id.is_not(None), 1), else_=0)
     forms = (scope.join(select(bucket_label(submitted.created_at, buckets).label("period"),
                                scope.split.label("split"), submitted.program_id,
                                submitted.page, after_email.label("after_email")),

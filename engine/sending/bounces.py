@@ -34,6 +34,7 @@ from engine.leads.fields import BAD_TEXT, normalise_email
 from engine.leads.models import Lead, LeadEvent
 from engine.sending.inbox import StoredMessage, list_messages
 from engine.sending.models import OutboxMessage, SuppressionReason
+from engine.sending.responses import mark_response
 from engine.sending.suppression import suppress, suppressed_reasons
 from engine.text import CONTROL
 
@@ -441,6 +442,8 @@ def _record_soft(session: Session, lead: Lead, *, source: str, reason: str,
         return False
     session.add(LeadEvent(lead_id=lead.id, program_id=None, at=now, category="event",
                           kind=EventKind.BOUNCED.value, detail=detail, actor=source))
+    mark_response(session, lead_id=lead.id, event=Event(EventKind.BOUNCED, detail="soft"),
+                  at=now, message_id=_message_id(message_id))
     session.flush()
     return True
 

@@ -73,6 +73,13 @@ class OutboxMessage(Base):
     clicked: Mapped[bool] = mapped_column(Boolean, server_default=false())
     bot_opens: Mapped[int] = mapped_column(Integer, server_default="0")
     bot_clicks: Mapped[int] = mapped_column(Integer, server_default="0")
+    # The persona the email was chosen for (its enrollment's, when it was queued), and the
+    # responses put on it when recorded (engine/sending/responses.py).
+    persona: Mapped[str | None] = mapped_column(String(100))
+    unsubscribed: Mapped[bool] = mapped_column(Boolean, server_default=false())
+    complained: Mapped[bool] = mapped_column(Boolean, server_default=false())
+    hard_bounced: Mapped[bool] = mapped_column(Boolean, server_default=false())  # reported later
+    soft_bounced: Mapped[bool] = mapped_column(Boolean, server_default=false())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 

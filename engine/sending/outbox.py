@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from engine.errors import Invalid
 from engine.journeys.decide import ActionKind, Decision
+from engine.journeys.models import Enrollment
 from engine.programs.models import ProgramRecord
 from engine.programs.spec import Program
 from engine.render.message import sender_domain
@@ -50,11 +51,19 @@ def outbox_rows(*, enrollment_id: int, lead_id: int, program_id: int, program: P
         {"enrollment_id": enrollment_id, "lead_id": lead_id, "program_id": program_id,
          "program_version": program.version, "step": action.asset, "status": Delivery.PENDING,
          "due_at": action.at, "attempts": 0, "deliveries": 0, "delivery_unknown": False,
-         "send_started": False,
+         "send_started": False, "persona": decision.state.persona,
          "created_at": now, "updated_at": now,
          "message_id": message_id(enrollment_id=enrollment_id, step=action.asset, program=program)}
         for action in decision.actions if action.kind is ActionKind.SEND
     ]
+
+
+def fill_personas(connection) -> None:
+    """Set the persona of sends stored without one (before migration 0015, or written in bulk)
+    from their enrollment as it is now."""
+    chosen = (select(Enrollment.state["persona"].as_string())
+              .where(Enrollment.id == _OUTBOX.c.enrollment_id).scalar_subquery())
+    connection.execute(update(_OUTBOX).where(_OUTBOX.c.persona.is_(None)).values(persona=chosen))
 
 
 def insert_rows(session: Session, rows: list[dict]) -> None:
