@@ -13,7 +13,8 @@ class FormSubmission(Base):
 
     __tablename__ = "form_submissions"
     __table_args__ = (Index("ix_form_submissions_program_page", "program_id", "page"),
-                      Index("ix_form_submissions_digest", "digest", "created_at"))
+                      Index("ix_form_submissions_digest", "digest", "created_at"),
+                      Index("ix_form_submissions_outbox_id", "outbox_id"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
     program_id: Mapped[int] = mapped_column(ForeignKey("programs.id", ondelete="CASCADE"))

@@ -13,6 +13,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -36,8 +37,14 @@ class OutboxMessage(Base):
     """
 
     __tablename__ = "outbox"
+    # A report reads the emails that went out in a period: by sent_at, or, refused for good
+    # (never sent), by their last update (engine/sending/responses.py out_at).
     __table_args__ = (UniqueConstraint("enrollment_id", "step"),
-                      Index("ix_outbox_status_due", "status", "due_at"))
+                      Index("ix_outbox_status_due", "status", "due_at"),
+                      Index("ix_outbox_sent_at", "sent_at"),
+                      Index("ix_outbox_unsent_updated_at", "updated_at",
+                            sqlite_where=text("sent_at IS NULL"),
+                            postgresql_where=text("sent_at IS NULL")))
 
     id: Mapped[int] = mapped_column(primary_key=True)
     enrollment_id: Mapped[int] = mapped_column(ForeignKey("enrollments.id", ondelete="CASCADE"))

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from engine.db import Base, UTCDateTime
@@ -14,8 +14,17 @@ class TrackingEvent(Base):
     process, so replaying a buffered event after a crash stores it once."""
 
     __tablename__ = "tracking_events"
+    # The reports read a period's clicks and page visits from indexes of their own, holding
+    # what they count (PostgreSQL reads them alone, not the table).
     __table_args__ = (Index("ix_tracking_events_lead_at", "lead_id", "at"),
-                      Index("ix_tracking_events_kind_at", "kind", "at"))
+                      Index("ix_tracking_events_clicks", "at", sqlite_where=text("kind = 'click'"),
+                            postgresql_where=text("kind = 'click'"),
+                            postgresql_include=["outbox_id", "link_index", "bot", "lead_id",
+                                                "url"]),
+                      Index("ix_tracking_events_page_views", "at",
+                            sqlite_where=text("kind = 'page_view'"),
+                            postgresql_where=text("kind = 'page_view'"),
+                            postgresql_include=["url", "lead_id", "bot"]))
 
     id: Mapped[int] = mapped_column(primary_key=True)
     event_key: Mapped[str] = mapped_column(String(40), unique=True)
