@@ -191,7 +191,8 @@ COLUMNS = {
                         "at", "user_agent", "ip", "bot", "bot_reason"),
     "lead_events": ("id", "lead_id", "program_id", "at", "category", "kind", "detail", "actor"),
     "form_submissions": ("id", "program_id", "page", "lead_id", "email", "fields",
-                         "remote_addr", "digest", "created_at"),
+                         "remote_addr", "digest", "created_at", "source_channel",
+                         "source_offer", "source_partner"),
     "sales_notifications": ("id", "lead_id", "at", "kind", "reason", "owner", "status",
                             "recipient", "attempts", "retry_at", "claimed_by", "lease_until",
                             "sent_at", "last_error"),
@@ -755,7 +756,8 @@ class World:
         program = self.programs[0]
         self.sink.add("form_submissions", at, [
             None, program.id, "demo", ctx.id, ctx.email, json.dumps(fields), ctx.ip,
-            f"{r.getrandbits(256):064x}", ts(at)])
+            f"{r.getrandbits(256):064x}", ts(at), fields.get("utm_medium"),
+            fields.get("utm_campaign"), fields.get("utm_source")])
         self.respond(ctx, at, "form_submitted", "demo")
         self.notify(ctx, at + 5, "trigger", "form_submitted on page demo: route to sales")
 

@@ -183,3 +183,25 @@ def test_sends_stored_before_0015_get_their_persona_and_the_responses_put_on_the
                                              (3, "it_manager", 0, 0, 1, 0),
                                              (4, "it_manager", 0, 0, 0, 0)]
     assert [row[0] for row in forms] == [2, None, None]
+
+
+def test_forms_stored_before_0017_carry_the_source_they_posted(tmp_path):
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    upgrade(url, "0016")
+    engine = create_engine(url)
+    posted = ['{"utm_medium": "cpc", "utm_campaign": "brand"}', '{"source_partner": " g2 "}',
+              '{"message": "hello"}', '{"utm_medium": "a\\u001bb"}']
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO programs (id, name, current_version, created_at) "
+                          "VALUES (1, 'p', 1, :now)"), {"now": NOW})
+        for fields in posted:
+            conn.execute(text("INSERT INTO form_submissions (program_id, page, email, fields, "
+                              "created_at) VALUES (1, 'demo', 'a@b.c', :fields, :now)"),
+                         {"fields": fields, "now": NOW})
+    upgrade(url)
+    with engine.connect() as conn:
+        found = conn.execute(text("SELECT source_channel, source_offer, source_partner "
+                                  "FROM form_submissions ORDER BY id")).all()
+    engine.dispose()
+    assert [tuple(row) for row in found] == [("cpc", "brand", None), (None, None, "g2"),
+                                             (None, None, None), (None, None, None)]

@@ -15,6 +15,7 @@ from engine.pages.forms import (
     SourceRule,
     lead_fields,
     source_fields,
+    touch_source,
     visit_params,
 )
 from engine.programs.loader import load_program_dir, validate_program_dir
@@ -132,6 +133,20 @@ def test_the_visit_gives_the_source_by_the_map():
     fixed = FormSpec(source={"source_partner": SourceRule(value="g2"),
                              "source_offer": SourceRule(params=("utm_term", "utm_campaign"))})
     assert source_fields(fixed, visit) == {"source_partner": "g2", "source_offer": "q1"}
+
+
+def test_a_submission_carries_its_posted_source_else_its_visits():
+    visit = {"utm_medium": "social", "utm_campaign": "q1", "utm_source": "linkedin"}
+    posted = {"utm_medium": "email", "source_offer": "webinar-2026", "utm_campaign": "other"}
+    assert touch_source(FormSpec(), posted, visit) == {
+        "source_channel": "email", "source_offer": "webinar-2026", "source_partner": "linkedin"}
+    assert touch_source(FormSpec(), {}, {}) == {}
+
+
+@pytest.mark.parametrize("value", ["x" * 201, "a\x1bb", "nul\x00", "   ", ["a", "b"]])
+def test_a_hostile_posted_source_is_left_out_for_the_visits(value):
+    found = touch_source(FormSpec(), {"source_channel": value}, {"utm_medium": "social"})
+    assert found == {"source_channel": "social"}
 
 
 def test_a_visit_without_tags_from_another_site_is_a_referral_and_our_own_site_is_not():

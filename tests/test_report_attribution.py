@@ -167,6 +167,21 @@ def test_sources_of_each_stage_by_first_and_last_touch_for_the_quarter(db, timel
     assert "never overwrites" in attribution.__doc__ and got.notes
 
 
+def test_a_form_without_hidden_source_fields_carries_its_visits_source(db, timeline):
+    """hal, a webinar lead, comes back from a partner's newsletter (utm_medium partner, no
+    hidden field) and asks for a demo: an MQL first touched by webinar, last by partner."""
+    timeline.create("hal", at(12, 2, year=2025), source_channel="webinar")
+    timeline.form("hal", at(3, 5), {"utm_medium": "partner", "utm_source": "globex-news"})
+    assert timeline.stage_now("hal") == "mql"
+    mql = {row["source"]: row for row in report(db).table("attribution").rows
+           if row["stage"] == "mql"}
+    assert (mql["partner"]["first_touch"], mql["partner"]["last_touch"]) == (0, 1)
+    assert (mql["webinar"]["first_touch"], mql["webinar"]["last_touch"]) == (3, 1)
+    partners = {row["source"]: row for row in report(db, split="source_partner")
+                .table("attribution").rows if row["stage"] == "mql"}
+    assert partners["globex-news"]["last_touch"] == 1
+
+
 def test_the_charts_have_a_column_per_source_and_a_row_per_stage(db, timeline):
     got = report(db)
     first = got.table("first_touch")

@@ -8,13 +8,19 @@ import hashlib
 import json
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from engine.flows.leads import respond, upsert_lead
 from engine.journeys.decide import EventKind
 from engine.leads.models import ConsentRecord, Lead
-from engine.pages.forms import lead_fields, source_fields
+from engine.pages.forms import (
+    SOURCE_FIELDS,
+    FormSpec,
+    lead_fields,
+    source_fields,
+    touch_source,
+)
 from engine.pages.models import FormSubmission
 from engine.pages.service import FoundPage, clean_fields
 from engine.sending.responses import email_before_form
@@ -54,7 +60,8 @@ def submit_form(*, session: Session, found: FoundPage, form: dict[str, list[str]
                                   source=f"form {where}", ip=ip, at=now))
     submission = FormSubmission(program_id=found.program_id, page=found.page.slug,
                                 lead_id=lead.id, email=email, fields=posted, remote_addr=ip,
-                                digest=digest, created_at=now)
+                                digest=digest, created_at=now,
+                                **touch_source(spec, posted, visit))
     session.add(submission)
     session.flush()
     submission.outbox_id = email_before_form(session, submission)
@@ -66,3 +73,25 @@ def submit_form(*, session: Session, found: FoundPage, form: dict[str, list[str]
 def _digest(found: FoundPage, email: str, posted: dict) -> str:
     content = json.dumps([found.program_id, found.page.slug, email, posted], sort_keys=True)
     return hashlib.sha256(content.encode()).hexdigest()
+
+
+def fill_touch_sources(connection, batch: int = 5_000) -> None:
+    """Set the source of submissions stored without one (before migration 0017, or written in
+    bulk) from what they posted: their visit was not kept."""
+    table = FormSubmission.__table__
+    last = 0
+    while True:
+        rows = connection.execute(
+            select(table.c.id, table.c.fields)
+            .where(table.c.id > last, table.c.source_channel.is_(None),
+                   table.c.source_offer.is_(None), table.c.source_partner.is_(None))
+            .order_by(table.c.id).limit(batch)).all()
+        if not rows:
+            return
+        last = rows[-1].id
+        changes = [{"row_id": row.id, **dict.fromkeys(SOURCE_FIELDS),
+                    **touch_source(FormSpec(), row.fields or {}, {})} for row in rows]
+        changes = [change for change in changes if any(change[f] for f in SOURCE_FIELDS)]
+        if changes:
+            connection.execute(update(table).where(table.c.id == bindparam("row_id")),
+                               changes)

@@ -115,6 +115,26 @@ def visit_params(args: dict[str, str], referrer: str | None, own_host: str) -> d
     return found
 
 
+def touch_source(spec: FormSpec, posted: dict, visit: dict[str, str]) -> dict[str, str]:
+    """The source a submission carries (a touch, for attribution): per source field, the value
+    posted under its own name or, failing it, under the UTM parameter it reads by default (a
+    hidden field), else the visit's by the page's map. Posted values that are not one short
+    line are left out, as a visit's are."""
+    found = source_fields(spec, visit)
+    for name in SOURCE_FIELDS:
+        for posted_name in (name, *DEFAULT_SOURCE[name]):
+            value = posted.get(posted_name)
+            if isinstance(value, str) and value.strip():
+                try:
+                    cleaned = clean_value(name, value)
+                except Invalid:
+                    continue
+                if len(cleaned) <= MAX_VISIT_VALUE:
+                    found[name] = cleaned
+                    break
+    return found
+
+
 def source_fields(spec: FormSpec, visit: dict[str, str]) -> dict[str, str]:
     """The lead's source fields from its visit by the page's map; a visit from another site
     without UTM tags is a referral from that site."""

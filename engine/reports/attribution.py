@@ -8,11 +8,12 @@ Definitions:
   period counts there too.
 - The *source* is one source field: source_channel, or source_offer / source_partner when the
   query splits by that field (the split column then holds the lead's own value of it).
-- A *touch* is a form submission that carries a source: the posted field of that name
-  (source_channel, source_offer, source_partner) or, failing it, the UTM parameter the form
-  map reads for it by default (utm_medium, utm_campaign, utm_source). A form posts these as
-  hidden fields; the visit's own UTM tags are written to the lead (see below), not to the
-  submission.
+- A *touch* is a form submission that carries a source, recorded with it
+  (engine/pages/forms.py touch_source): the posted field of that name (source_channel,
+  source_offer, source_partner) or, failing it, the UTM parameter the form map reads for it
+  by default (utm_medium, utm_campaign, utm_source), both hidden fields; else the visit's
+  source by the page's map (its UTM tags, or the referring site). Submissions stored before
+  migration 0017 carry only what they posted (their visit was not kept).
 - *First touch*: the source the lead was first recorded with. That is the lead's own source
   field: the engine fills it from the first source it learns (import, API, or the visit of
   the first form) and a form never overwrites it. When it is empty, the earliest touch;
@@ -27,7 +28,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from datetime import UTC, datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
 
 from engine.leads.models import Lead, StageChange
@@ -67,9 +68,9 @@ def build(session: Session, query: ReportQuery, *, now: datetime | None = None) 
         "earliest form submission carrying one. Last touch: the latest form submission "
         f"carrying a {name} at or before the stage change, else the first touch.")
     report.notes.append(
-        f"A form submission carries a {name} only when the form posts it (a hidden field "
-        f"{field} or {DEFAULT_SOURCE[field][0]}); the visit's UTM tags are kept on the lead "
-        "only, so without such fields last touch equals first touch.")
+        f"A form submission carries the {name} it posts (a hidden field {field} or "
+        f"{DEFAULT_SOURCE[field][0]}), else its visit's, by the page's source map (UTM tags, "
+        "the referring site); submissions stored before 0017 carry only what they posted.")
     return report
 
 
@@ -89,26 +90,33 @@ def _counts(session: Session, query: ReportQuery, buckets: list[Bucket], field: 
     reached = (select(changes.c.lead_id, changes.c.stage, changes.c.bucket, changes.c.split,
                       func.min(changes.c.at).label("at"))
                .group_by(changes.c.lead_id, changes.c.stage, changes.c.bucket, changes.c.split)
-               .subquery())
-    touch = _touch_source(field)
-    earliest = (select(touch).where(FormSubmission.lead_id == reached.c.lead_id,
-                                    touch.is_not(None))
-                .order_by(FormSubmission.created_at, FormSubmission.id).limit(1)
-                .scalar_subquery())
-    latest = (select(touch).where(FormSubmission.lead_id == reached.c.lead_id,
-                                  touch.is_not(None), FormSubmission.created_at <= reached.c.at)
-              .order_by(FormSubmission.created_at.desc(), FormSubmission.id.desc()).limit(1)
-              .scalar_subquery())
-    on_lead = lead_value(_blank_as_null(getattr(Lead, field)), reached.c.lead_id)
-    touches = (select(reached.c.bucket, reached.c.split, reached.c.stage,
-                      func.coalesce(on_lead, earliest, UNSET).label("first"),
-                      latest.label("latest"))
-               .subquery())
-    rows = session.execute(
-        select(touches.c.bucket, touches.c.split, touches.c.stage, touches.c.first,
-               touches.c.latest, func.count().label("n"))
-        .group_by(touches.c.bucket, touches.c.split, touches.c.stage, touches.c.first,
-                  touches.c.latest))
+               .cte("reached"))
+    touches = _touches(field)
+    key = (reached.c.lead_id, reached.c.stage, reached.c.bucket)
+    latest = (select(*key, touches.c.source, func.row_number().over(
+                  partition_by=key, order_by=(touches.c.created_at.desc(), touches.c.id.desc()))
+                  .label("rank"))
+              .join(touches, and_(touches.c.lead_id == reached.c.lead_id,
+                                  touches.c.created_at <= reached.c.at))
+              .subquery("latest"))
+    earliest = (select(touches.c.lead_id, touches.c.source, func.row_number().over(
+                    partition_by=touches.c.lead_id,
+                    order_by=(touches.c.created_at, touches.c.id)).label("rank"))
+                .where(touches.c.lead_id.in_(select(reached.c.lead_id)))
+                .subquery("earliest"))
+    own = lead_value(_blank_as_null(getattr(Lead, field)), reached.c.lead_id)
+    first = func.coalesce(own, earliest.c.source, UNSET)
+    touched = (select(reached.c.bucket, reached.c.split, reached.c.stage,
+                      first.label("first"), latest.c.source.label("latest"))
+               .outerjoin(latest, and_(latest.c.lead_id == reached.c.lead_id,
+                                       latest.c.stage == reached.c.stage,
+                                       latest.c.bucket == reached.c.bucket, latest.c.rank == 1))
+               .outerjoin(earliest, and_(earliest.c.lead_id == reached.c.lead_id,
+                                         earliest.c.rank == 1))
+               .subquery("touched"))
+    group = (touched.c.bucket, touched.c.split, touched.c.stage, touched.c.first,
+             touched.c.latest)
+    rows = session.execute(select(*group, func.count().label("n")).group_by(*group))
     counts: Counts = defaultdict(lambda: {touch: Counter() for touch in TOUCHES})
     for row in rows:
         found = counts[(row.bucket, row.split, row.stage)]
@@ -117,12 +125,13 @@ def _counts(session: Session, query: ReportQuery, buckets: list[Bucket], field: 
     return counts
 
 
-def _touch_source(field: str):
-    """A form submission's value of `field`: posted under its own name, else under the UTM
-    parameter the form map reads for it by default; None when blank or absent."""
-    names = (field, *DEFAULT_SOURCE[field])
-    return func.coalesce(*(_blank_as_null(FormSubmission.fields[name].as_string())
-                           for name in names))
+def _touches(field: str):
+    """Form submissions by a lead that carry a value of `field`: the touches."""
+    source = getattr(FormSubmission, field)
+    return (select(FormSubmission.id, FormSubmission.lead_id, FormSubmission.created_at,
+                   source.label("source"))
+            .where(FormSubmission.lead_id.is_not(None), source.is_not(None))
+            .subquery("touches"))
 
 
 def _blank_as_null(value):
