@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy import JSON, ForeignKey, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from engine.db import Base, UTCDateTime, utcnow
@@ -12,7 +12,9 @@ class Enrollment(Base):
     """A lead's place in one program. `state` is the serialised EnrollmentState of decide()."""
 
     __tablename__ = "enrollments"
-    __table_args__ = (UniqueConstraint("lead_id", "program_id"),)
+    # by program and time: a report reads the enrollments of a program in a period
+    __table_args__ = (UniqueConstraint("lead_id", "program_id"),
+                      Index("ix_enrollments_program_created", "program_id", "created_at"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
     lead_id: Mapped[int] = mapped_column(ForeignKey("leads.id", ondelete="CASCADE"), index=True)

@@ -37,9 +37,9 @@ from datetime import datetime, timedelta
 from sqlalchemy import (
     ColumnElement,
     Interval,
+    Select,
     and_,
     case,
-    exists,
     func,
     literal,
     or_,
@@ -149,23 +149,36 @@ def _in_time(at, since, within: timedelta | None, dialect: str) -> ColumnElement
     return at <= since + literal(within, Interval())
 
 
-def _reached(goal: Goal, dialect: str) -> ColumnElement[bool]:
-    """Whether the enrollment's lead reached the goal within its limit."""
+def _cohort_reach(at, query: ReportQuery, goal: Goal) -> list[ColumnElement[bool]]:
+    """Bounds of when a goal reached by the period's cohort can be: from its start, and
+    within the limit of its end (each enrollment's own bounds are tested besides)."""
+    bounds = [at >= query.start]
+    if goal.within is not None:
+        bounds.append(at <= query.end + goal.within)
+    return bounds
+
+
+def _reached(goal: Goal, enrolled, query: ReportQuery, dialect: str) -> Select:
+    """The ids of the `enrolled` (a program's enrollments: id, lead_id, program_id,
+    created_at) whose lead reached the goal within its limit."""
     if goal.stage is not None:
         change = StageChange
-        return exists().where(change.lead_id == Enrollment.lead_id,
-                              _into_goal_stage(goal.stage),
-                              change.at >= Enrollment.created_at,
-                              _in_time(change.at, Enrollment.created_at, goal.within, dialect))
+        return (select(enrolled.c.id).distinct()
+                .join(change, change.lead_id == enrolled.c.lead_id)
+                .where(_into_goal_stage(goal.stage), change.at >= enrolled.c.created_at,
+                       _in_time(change.at, enrolled.c.created_at, goal.within, dialect),
+                       *_cohort_reach(change.at, query, goal)))
     event = LeadEvent
-    condition = [event.lead_id == Enrollment.lead_id, event.program_id == Enrollment.program_id,
+    condition = [*_cohort_reach(event.at, query, goal),
+                 event.program_id == enrolled.c.program_id,
                  event.category == "event", event.kind == str(LOGGED_AS[goal.event]),
-                 event.at >= Enrollment.created_at,
-                 _in_time(event.at, Enrollment.created_at, goal.within, dialect)]
+                 event.at >= enrolled.c.created_at,
+                 _in_time(event.at, enrolled.c.created_at, goal.within, dialect)]
     target = goal.page or goal.email
     if target is not None:
         condition.append(event.detail["detail"].as_string() == target)
-    return exists().where(*condition)
+    return (select(enrolled.c.id).distinct()
+            .join(event, event.lead_id == enrolled.c.lead_id).where(*condition))
 
 
 def _into_goal_stage(stage: str) -> ColumnElement[bool]:
@@ -187,17 +200,23 @@ def _counts(session: Session, query: ReportQuery, program: Measured,
     time_left = (true() if program.goal.within is None
                  else Enrollment.created_at > now - program.goal.within)
     # The program's enrollments are its scope: the split is read from each one and its lead.
-    rows = (select(bucket_label(Enrollment.created_at, query.buckets()).label("period"),
-                   split_value(query, Enrollment.state).label("split"),
-                   persona_of(Enrollment.state).label("persona"),
-                   func.coalesce(Lead.source_channel, UNSET).label("source"),
-                   case((_reached(program.goal, dialect), 1), else_=0).label("reached"),
-                   case((time_left, 1), else_=0).label("time_left"))
-            .join(Lead, Lead.id == Enrollment.lead_id)
-            .where(Enrollment.program_id == program.record.id,
-                   Enrollment.created_at >= query.start, Enrollment.created_at < query.end)
-            # computed once: reached is read twice below (reached, and waiting)
-            .cte("enrolled").prefix_with("MATERIALIZED"))
+    enrolled = (select(Enrollment.id, Enrollment.lead_id, Enrollment.program_id,
+                       Enrollment.created_at,
+                       bucket_label(Enrollment.created_at, query.buckets()).label("period"),
+                       split_value(query, Enrollment.state).label("split"),
+                       persona_of(Enrollment.state).label("persona"),
+                       func.coalesce(Lead.source_channel, UNSET).label("source"),
+                       case((time_left, 1), else_=0).label("time_left"))
+                .join(Lead, Lead.id == Enrollment.lead_id)
+                .where(Enrollment.program_id == program.record.id,
+                       Enrollment.created_at >= query.start, Enrollment.created_at < query.end)
+                .cte("enrolled").prefix_with("MATERIALIZED"))
+    # Which of them reached the goal, joined once (as a column, the test would run per row).
+    hits = _reached(program.goal, enrolled, query, dialect).subquery("hits")
+    reached = case((hits.c.id.is_not(None), 1), else_=0)
+    rows = (select(enrolled.c.period, enrolled.c.split, enrolled.c.persona, enrolled.c.source,
+                   reached.label("reached"), enrolled.c.time_left)
+            .outerjoin(hits, hits.c.id == enrolled.c.id).subquery("rows"))
     keys = (rows.c.period, rows.c.split, rows.c.persona, rows.c.source)
     waiting = case(((rows.c.reached == 0) & (rows.c.time_left == 1), 1), else_=0)
     grouped = select(*keys, func.count(), func.sum(rows.c.reached),
