@@ -65,7 +65,10 @@ class StageChange(Base):
     __tablename__ = "stage_changes"
     __table_args__ = (Index("ix_stage_changes_at", "at"),
                       Index("ix_stage_changes_to_at", "to_stage", "at"),
-                      Index("ix_stage_changes_lead_at", "lead_id", "at"))
+                      # holding the stage entered: a lead's first entry into a stage is
+                      # read from the index alone (PostgreSQL)
+                      Index("ix_stage_changes_lead_at", "lead_id", "at",
+                            postgresql_include=["to_stage"]))
 
     id: Mapped[int] = mapped_column(primary_key=True)
     lead_id: Mapped[int] = mapped_column(ForeignKey("leads.id", ondelete="CASCADE"))

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import func, literal, select
+from sqlalchemy import func, literal, select, union_all
 from sqlalchemy.orm import Session, aliased
 
 from engine.leads.models import StageChange
@@ -157,12 +157,7 @@ class _Figures:
                    "left out of the times.")])
 
     def milestones(self) -> Table:
-        found: dict = {}
-        apart: dict = {}
-        for target, name in MILESTONES:
-            spread, without = self._milestone(target, name)
-            found.update(spread)
-            apart.update(without)
+        found, apart = self._milestones()
         seen = {**{key: Spread() for key in apart}, **found}
         names = tuple(name for _, name in MILESTONES)
         rows = self._layout(seen, ("milestone", "leads", "median_days", "p90_days"), names,
@@ -178,37 +173,41 @@ class _Figures:
             notes=[("Leads that first reached the stage in the period, timed from their entry "
                    "into inquiry; leads created at a later stage are counted apart.")])
 
-    def _milestone(self, target: str, name: str) -> tuple[dict, dict]:
-        """Spreads of the days from inquiry to the first entry into `target`, per (bucket,
-        split, name), and the count of leads that reached it without an inquiry entry."""
-        reaching = (select(SC.lead_id).where(SC.to_stage == target, SC.at >= self.query.start,
-                                             SC.at < self.query.end)
+    def _milestones(self) -> tuple[dict, dict]:
+        """Spreads of the days from inquiry to the first entry into each milestone's stage,
+        per (bucket, split, milestone), and the count of leads that reached it without an
+        inquiry entry. Each lead reaching a milestone's stage in the period has its first
+        entries into the stages looked up once (index reads of its own history)."""
+        targets = [target for target, _ in MILESTONES]
+        reaching = (select(SC.lead_id).where(SC.to_stage.in_(targets),
+                                             SC.at >= self.query.start, SC.at < self.query.end)
                     .distinct().subquery("reaching"))
         earlier = aliased(StageChange, name="earlier")
 
-        def first_entry(stage: str):  # looked up per lead reaching the target (an index read)
+        def first_entry(stage: str):
             return (select(func.min(earlier.at))
                     .where(earlier.lead_id == reaching.c.lead_id, earlier.to_stage == stage)
                     .scalar_subquery())
 
-        firsts = select(reaching.c.lead_id, first_entry(target).label("reached_at"),
-                        first_entry(INQUIRY).label("inquiry_at")).subquery("firsts")
-        first = (select(firsts).where(firsts.c.reached_at >= self.query.start)
-                 .subquery("first_reached"))
-        reached = (self.scope.join(
-                      select(bucket_index(first.c.reached_at, self.buckets).label("bucket"),
-                             self.scope.split.label("split"), literal(name).label("stage"),
-                             first.c.reached_at, first.c.inquiry_at), first.c.lead_id)
-                   .subquery("reached"))
+        firsts = (select(reaching.c.lead_id, first_entry(INQUIRY).label("inquiry_at"),
+                         *(first_entry(target).label(target) for target in targets))
+                  .cte("firsts").prefix_with("MATERIALIZED"))
+        reached = union_all(*(
+            self.scope.join(
+                select(bucket_index(firsts.c[target], self.buckets).label("bucket"),
+                       self.scope.split.label("split"), literal(name).label("stage"),
+                       firsts.c[target].label("reached_at"), firsts.c.inquiry_at),
+                firsts.c.lead_id)
+            .where(firsts.c[target] >= self.query.start, firsts.c[target] < self.query.end)
+            for target, name in MILESTONES)).subquery("reached")
         spread = spreads(self.session,
                          select(reached.c.bucket, reached.c.split, reached.c.stage,
                                 seconds_between(self.session, reached.c.reached_at,
                                                 reached.c.inquiry_at).label("seconds"))
                          .where(reached.c.inquiry_at <= reached.c.reached_at),
                          ("bucket", "split", "stage"), DAY)
-        without = {(bucket, split, name): n for bucket, split, n in self.session.execute(
-            select(reached.c.bucket, reached.c.split, func.count())
+        without = {(bucket, split, name): n for bucket, split, name, n in self.session.execute(
+            select(reached.c.bucket, reached.c.split, reached.c.stage, func.count())
             .where(reached.c.inquiry_at.is_(None))
-            .group_by(reached.c.bucket, reached.c.split))}
+            .group_by(reached.c.bucket, reached.c.split, reached.c.stage))}
         return spread, without
-
