@@ -98,6 +98,20 @@ def test_stage_histories_recorded_before_0013_get_their_path_levels(tmp_path):
     assert since[1] == [None] + [f"2026-11-0{day}" for day in range(1, 6)]
 
 
+def enrolled_lead(conn, state: str = "{}") -> None:
+    """Program 1, lead 1 and its enrollment 1 (enrollment `state`), as an old instance has."""
+    conn.execute(text("INSERT INTO programs (id, name, current_version, created_at) "
+                      "VALUES (1, 'p', 1, :now)"), {"now": NOW})
+    conn.execute(text("INSERT INTO leads (id, email, stage, custom, created_at, updated_at, "
+                      "fit_score, behaviour_score) VALUES "
+                      "(1, 'ada@globex.example', 'inquiry', '{}', :now, :now, 0, 0)"),
+                 {"now": NOW})
+    conn.execute(text("INSERT INTO enrollments (id, lead_id, program_id, program_version, "
+                      "status, track, state, created_at, updated_at) VALUES "
+                      "(1, 1, 1, 1, 'active', 't', :state, :now, :now)"),
+                 {"now": NOW, "state": state})
+
+
 def test_sends_tracked_before_0014_get_their_engagement_figures(tmp_path):
     """Also: rebuilding the outbox table on SQLite (batch migrations) keeps the events' links
     to their sends (with foreign keys on, dropping the old table set them to NULL)."""
@@ -105,15 +119,7 @@ def test_sends_tracked_before_0014_get_their_engagement_figures(tmp_path):
     upgrade(url, "0013")
     engine = create_engine(url)
     with engine.begin() as conn:
-        conn.execute(text("INSERT INTO programs (id, name, current_version, created_at) "
-                          "VALUES (1, 'p', 1, :now)"), {"now": NOW})
-        conn.execute(text("INSERT INTO leads (id, email, stage, custom, created_at, updated_at, "
-                          "fit_score, behaviour_score) VALUES "
-                          "(1, 'ada@globex.example', 'inquiry', '{}', :now, :now, 0, 0)"),
-                     {"now": NOW})
-        conn.execute(text("INSERT INTO enrollments (id, lead_id, program_id, program_version, "
-                          "status, track, state, created_at, updated_at) VALUES "
-                          "(1, 1, 1, 1, 'active', 't', '{}', :now, :now)"), {"now": NOW})
+        enrolled_lead(conn)
         for send, step in ((1, "one"), (2, "two"), (3, "three")):
             conn.execute(text(
                 "INSERT INTO outbox (id, enrollment_id, lead_id, program_id, program_version, "
@@ -143,16 +149,7 @@ def test_sends_stored_before_0015_get_their_persona_and_the_responses_put_on_the
     engine = create_engine(url)
     day = "2026-11-0{} 08:00:00".format
     with engine.begin() as conn:
-        conn.execute(text("INSERT INTO programs (id, name, current_version, created_at) "
-                          "VALUES (1, 'p', 1, :now)"), {"now": NOW})
-        conn.execute(text("INSERT INTO leads (id, email, stage, custom, created_at, updated_at, "
-                          "fit_score, behaviour_score) VALUES "
-                          "(1, 'ada@globex.example', 'inquiry', '{}', :now, :now, 0, 0)"),
-                     {"now": NOW})
-        conn.execute(text("INSERT INTO enrollments (id, lead_id, program_id, program_version, "
-                          "status, track, state, created_at, updated_at) VALUES "
-                          "(1, 1, 1, 1, 'active', 't', :state, :now, :now)"),
-                     {"now": NOW, "state": '{"persona": "it_manager"}'})
+        enrolled_lead(conn, state='{"persona": "it_manager"}')
         for send, sent in ((1, 1), (2, 3), (3, 5), (4, None)):  # 4 is still waiting
             conn.execute(text(
                 "INSERT INTO outbox (id, enrollment_id, lead_id, program_id, program_version, "

@@ -101,14 +101,9 @@ def visit_params(args: dict[str, str], referrer: str | None, own_host: str) -> d
     visitor's URL is no reason to refuse their form."""
     found = {}
     for name in VISIT_PARAMS[:-1]:
-        value = args.get(name)
-        if isinstance(value, str) and value.strip():
-            try:
-                cleaned = clean_value(name, value)
-            except Invalid:
-                continue
-            if len(cleaned) <= MAX_VISIT_VALUE:
-                found[name] = cleaned
+        cleaned = _short_line(name, args.get(name))
+        if cleaned:
+            found[name] = cleaned
     host = urlsplit(referrer or "").hostname or ""
     if host and host != own_host and len(host) <= MAX_VISIT_VALUE:
         found["referrer"] = host
@@ -122,17 +117,23 @@ def touch_source(spec: FormSpec, posted: dict, visit: dict[str, str]) -> dict[st
     line are left out, as a visit's are."""
     found = source_fields(spec, visit)
     for name in SOURCE_FIELDS:
-        for posted_name in (name, *DEFAULT_SOURCE[name]):
-            value = posted.get(posted_name)
-            if isinstance(value, str) and value.strip():
-                try:
-                    cleaned = clean_value(name, value)
-                except Invalid:
-                    continue
-                if len(cleaned) <= MAX_VISIT_VALUE:
-                    found[name] = cleaned
-                    break
+        posted_value = next((cleaned for posted_name in (name, *DEFAULT_SOURCE[name])
+                             if (cleaned := _short_line(name, posted.get(posted_name)))), None)
+        if posted_value:
+            found[name] = posted_value
     return found
+
+
+def _short_line(name: str, value: object) -> str | None:
+    """`value` cleaned as field `name` takes it, or None when it is not one short line of text
+    (left out, not an error: a visitor's URL or hidden field is no reason to refuse a form)."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    try:
+        cleaned = clean_value(name, value)
+    except Invalid:
+        return None
+    return cleaned if len(cleaned) <= MAX_VISIT_VALUE else None
 
 
 def source_fields(spec: FormSpec, visit: dict[str, str]) -> dict[str, str]:
