@@ -176,7 +176,7 @@ CHECK_HOUR = 6  # the daily SLA check, UTC
 LEADS_COLUMNS = ("id", "email", "first_name", "last_name", "company", "title", "country",
                  "timezone", "persona", "stage", "source_channel", "source_offer",
                  "source_partner", "consent", "custom", "owner", "fit_score", "behaviour_score",
-                 "behaviour_at", "created_at", "updated_at")
+                 "behaviour_at", "created_at", "updated_at", "enrolled_persona")
 COLUMNS = {
     "leads": LEADS_COLUMNS,
     "enrollments": ("id", "lead_id", "program_id", "program_version", "status", "track",
@@ -418,7 +418,7 @@ class World:
             persona if r.random() < 0.1 else None, stage, channel, offer, partner, consent,
             custom, owner, float(fit + r.choice((0, 0, 5, 10))),
             round(ctx.score, 2), ts(ctx.last_seen) if ctx.last_seen else None, ts(created),
-            ts(min(updated, END - 1))])
+            ts(min(updated, END - 1)), persona if enrolled else None])
 
     def stages(self, created: float) -> list[tuple]:
         r = self.r

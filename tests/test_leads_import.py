@@ -679,3 +679,17 @@ def test_persona_resolver_agrees_with_resolve_persona(leads):
     memo = PersonaResolver(program, limit=5)
     for fields in leads:
         assert memo(fields) == resolve_persona(program, fields)
+
+
+def test_each_lead_keeps_the_persona_its_first_enrollment_matched(cli, db, loaded_program,
+                                                                  tmp_path):
+    """Reports split by persona read it (engine/reports/scope.py): the import keeps it as the
+    one-by-one door does, and a change of title that moves the enrollment moves it too."""
+    path = write(tmp_path, "email,title,persona\nada@globex.example,CIO,\n"
+                           "bob@initech.example,CFO,\ncy@umbrella.example,CFO,it_manager\n")
+    run(cli, path)
+    assert [(lead(db, email).persona, lead(db, email).enrolled_persona) for email in
+            ("ada@globex.example", "bob@initech.example", "cy@umbrella.example")] == [
+        (None, "it_manager"), (None, "finance"), ("it_manager", "it_manager")]
+    run(cli, write(tmp_path, "email,title\nada@globex.example,Controller\n", "moved.csv"))
+    assert lead(db, "ada@globex.example").enrolled_persona == "finance"

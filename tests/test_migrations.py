@@ -202,3 +202,26 @@ def test_forms_stored_before_0017_carry_the_source_they_posted(tmp_path):
     engine.dispose()
     assert [tuple(row) for row in found] == [("cpc", "brand", None), (None, None, "g2"),
                                              (None, None, None), (None, None, None)]
+
+
+def test_leads_stored_before_0020_keep_their_first_enrollments_persona(tmp_path):
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    upgrade(url, "0019")
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        enrolled_lead(conn, state='{"persona": "it_manager"}')
+        conn.execute(text("INSERT INTO programs (id, name, current_version, created_at) "
+                          "VALUES (2, 'q', 1, :now)"), {"now": NOW})
+        conn.execute(text("INSERT INTO enrollments (id, lead_id, program_id, program_version, "
+                          "status, track, state, created_at, updated_at) VALUES "
+                          "(2, 1, 2, 1, 'active', 't', :state, :now, :now)"),
+                     {"now": NOW, "state": '{"persona": "finance"}'})
+        conn.execute(text("INSERT INTO leads (id, email, stage, custom, created_at, updated_at, "
+                          "fit_score, behaviour_score) VALUES "
+                          "(2, 'bo@initech.example', 'inquiry', '{}', :now, :now, 0, 0)"),
+                     {"now": NOW})
+    upgrade(url)
+    with engine.connect() as conn:
+        found = conn.execute(text("SELECT id, enrolled_persona FROM leads ORDER BY id")).all()
+    engine.dispose()
+    assert [tuple(row) for row in found] == [(1, "it_manager"), (2, None)]

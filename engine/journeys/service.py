@@ -79,6 +79,8 @@ def enroll(*, session: Session, lead: Lead, program_id: int, program: Program, n
                             **enrollment_columns(decision.state, now))
     session.add(enrollment)
     session.flush()
+    if lead.enrolled_persona is None:  # its first enrollment
+        lead.enrolled_persona = decision.state.persona
     _record(session, enrollment, program, decision, event, now, actor)
     return enrollment
 
@@ -104,13 +106,16 @@ def apply_event(*, session: Session, lead: Lead, event: Event, now: datetime,
 
 def sync_persona(*, session: Session, lead: Lead, now: datetime, actor: str) -> None:
     """After a lead's fields change, move enrollments whose persona no longer matches."""
-    for enrollment in lead_enrollments(session=session, lead_id=lead.id):
+    enrollments = lead_enrollments(session=session, lead_id=lead.id)
+    for enrollment in enrollments:
         program = program_at(session, enrollment.program_id, enrollment.program_version)
         state = EnrollmentState.from_dict(enrollment.state)
         persona = resolve_persona(program, lead.fields())
         if persona != state.persona:
             event = Event(EventKind.PERSONA, detail=persona)
             _record(session, enrollment, program, decide(program, state, event, now), event, now, actor)
+    if enrollments:  # the first one's persona may have moved
+        lead.enrolled_persona = enrollments[0].state.get("persona")
 
 
 def run_due(*, session: Session, now: datetime, limit: int = 1000) -> int:
@@ -143,4 +148,5 @@ def migrate_enrollments(*, session: Session, program_id: int, program: Program, 
 
 
 def lead_enrollments(*, session: Session, lead_id: int) -> list[Enrollment]:
-    return list(session.scalars(select(Enrollment).where(Enrollment.lead_id == lead_id)))
+    return list(session.scalars(select(Enrollment).where(Enrollment.lead_id == lead_id)
+                                .order_by(Enrollment.id)))

@@ -26,6 +26,7 @@ import gc
 import io
 import sqlite3
 import threading
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Self, TextIO
 
-from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select
+from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
@@ -808,10 +809,11 @@ class _ChunkWriter:
 
     def _enroll(self, leads: list[dict]) -> None:
         """Enroll leads as journeys.service.enroll does, in bulk statements."""
-        enrollments, events, sending = [], [], []
+        enrollments, events, sending, keys = [], [], [], []
         for lead in leads:
             key = (self._persona(lead_fields(lead, lead["custom"])), lead["stage"],
                    lead["timezone"])
+            keys.append(key)
             template = self._enrollment_rows.get(key) or self._enrollment_template(key)
             lead_id = lead["id"]
             enrollments.append({**template.enrollment, "lead_id": lead_id})
@@ -819,9 +821,21 @@ class _ChunkWriter:
             if template.sends:
                 sending.append((lead_id, template))
         self._enrollments(self.conn, enrollments)
+        self._remember_personas(leads, [key[0] for key in keys])
         self._events(self.conn, events)
         if sending:
             self._queue_sends(sending)
+
+    def _remember_personas(self, leads: list[dict], personas: list[str]) -> None:
+        """The persona of a lead's first enrollment, as journeys.service.enroll keeps it: one
+        statement per persona."""
+        by_persona: dict[str, list[int]] = defaultdict(list)
+        for lead, persona in zip(leads, personas, strict=True):
+            by_persona[persona].append(lead["id"])
+        for persona, lead_ids in by_persona.items():
+            self.conn.execute(update(Lead).where(Lead.id.in_(lead_ids),
+                                                 Lead.enrolled_persona.is_(None))
+                              .values(enrolled_persona=persona))
 
     def _queue_sends(self, sending: list[tuple[int, _EnrollmentTemplate]]) -> None:
         """Outbox rows for leads whose first step went out at enrolment (see journeys.service)."""

@@ -39,6 +39,9 @@ class Lead(Base):
     country: Mapped[str | None] = mapped_column(String(100))
     timezone: Mapped[str | None] = mapped_column(String(64))
     persona: Mapped[str | None] = mapped_column(String(100))  # explicit; else matched per program
+    # The persona its first enrollment matched, kept as enrollments are made and move
+    # (engine/journeys/service.py): reports split by persona read the lead's own, else this.
+    enrolled_persona: Mapped[str | None] = mapped_column(String(100))
     stage: Mapped[str] = mapped_column(String(20), default="inquiry", index=True)
     source_channel: Mapped[str | None] = mapped_column(String(200))
     source_offer: Mapped[str | None] = mapped_column(String(200))

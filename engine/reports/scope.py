@@ -4,7 +4,7 @@ split by: one place, so every report scopes and splits alike."""
 from __future__ import annotations
 
 from sqlalchemy import ColumnElement, Select, case, func, literal, select
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session
 
 from engine.errors import NotFound
 from engine.journeys.models import Enrollment
@@ -56,18 +56,12 @@ def _scoped_leads(query: ReportQuery, program: int | None) -> Select:
                        split_value(query, Enrollment.state).label("split"))
                 .join(Enrollment, (Enrollment.lead_id == Lead.id)
                       & (Enrollment.program_id == program)))
-    if query.split != "persona":
-        return select(Lead.id.label("lead_id"), split_value(query, None).label("split"))
-    first_id = (select(Enrollment.lead_id, func.min(Enrollment.id).label("id"))
-                .group_by(Enrollment.lead_id).subquery("first_enrollment"))
-    first = aliased(Enrollment)
-    return (select(Lead.id.label("lead_id"), split_value(query, first.state).label("split"))
-            .outerjoin(first_id, first_id.c.lead_id == Lead.id)
-            .outerjoin(first, first.id == first_id.c.id))
+    return select(Lead.id.label("lead_id"), split_value(query, None).label("split"))
 
 
 def split_value(query: ReportQuery, state):
-    """The split value of a lead (Lead's columns) whose enrollment state is `state`."""
+    """The split value of a lead (Lead's columns) whose enrollment state is `state` (None:
+    its first enrollment's, which the lead keeps)."""
     if query.split is None:
         return literal(UNSET)
     if query.split == "persona":
@@ -76,8 +70,10 @@ def split_value(query: ReportQuery, state):
 
 
 def persona_of(state) -> ColumnElement:
-    """A lead's persona: its own, else the one its enrollment (`state`) matched, else UNSET."""
-    return func.coalesce(Lead.persona, state["persona"].as_string(), UNSET)
+    """A lead's persona: its own, else the one its enrollment (`state`; None: its first)
+    matched, else UNSET."""
+    matched = Lead.enrolled_persona if state is None else state["persona"].as_string()
+    return func.coalesce(Lead.persona, matched, UNSET)
 
 
 def lead_value(column, lead_id) -> ColumnElement:
