@@ -186,7 +186,7 @@ COLUMNS = {
                "lease_until", "claimed_by", "message_id", "last_error", "skip_reason",
                "sent_at", "links", "asset_version_id", "created_at", "updated_at", "persona"),
     "stage_changes": ("id", "lead_id", "from_stage", "to_stage", "at", "reason", "actor",
-                      "from_at", "path_level"),
+                      "from_at", "path_level", "left_at"),
     "tracking_events": ("id", "event_key", "kind", "lead_id", "outbox_id", "link_index", "url",
                         "at", "user_agent", "ip", "bot", "bot_reason"),
     "lead_events": ("id", "lead_id", "program_id", "at", "category", "kind", "detail", "actor"),
@@ -451,15 +451,16 @@ class World:
     def stage_rows(self, ctx: Lead, changes: list[tuple], actor: str) -> None:
         add = self.sink.add
         level, since = NOT_ON_PATH, None
-        for t, before, after in changes:
+        for index, (t, before, after) in enumerate(changes):
             if before is None:
                 reason, by = "created", actor
             else:
                 reason, by = (RECYCLED_WHY[before] if after == "recycled" else WHY[after])
                 by = by or ctx.owner or "sales"
             level = path_level_after(level, after)
+            left = ts(changes[index + 1][0]) if index + 1 < len(changes) else None
             add("stage_changes", t, [None, ctx.id, before, after, ts(t), reason, by,
-                                     None if since is None else ts(since), level])
+                                     None if since is None else ts(since), level, left])
             since = t
             if after == "mql" and ctx.owner:
                 self.notify(ctx, t + 30, "mql", "score reached the MQL threshold (55)")

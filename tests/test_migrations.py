@@ -225,3 +225,29 @@ def test_leads_stored_before_0020_keep_their_first_enrollments_persona(tmp_path)
         found = conn.execute(text("SELECT id, enrolled_persona FROM leads ORDER BY id")).all()
     engine.dispose()
     assert [tuple(row) for row in found] == [(1, "it_manager"), (2, None)]
+
+
+def test_stage_changes_recorded_before_0021_know_when_they_were_left(tmp_path):
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    upgrade(url, "0020")
+    engine = create_engine(url)
+    # lead 1: inserted out of time order, two changes at the same instant (ordered by id)
+    changes = [(1, 1, "mql", "2026-11-03 08:00:00"), (2, 1, "inquiry", "2026-11-01 08:00:00"),
+               (3, 1, "engaged", "2026-11-02 08:00:00"), (4, 1, "sal", "2026-11-03 08:00:00"),
+               (5, 2, "inquiry", "2026-11-01 09:00:00")]
+    with engine.begin() as conn:
+        for lead in (1, 2):
+            conn.execute(text("INSERT INTO leads (id, email, stage, custom, created_at, "
+                              "updated_at, fit_score, behaviour_score) VALUES "
+                              "(:id, :email, 'inquiry', '{}', :now, :now, 0, 0)"),
+                         {"id": lead, "email": f"{lead}@globex.example", "now": NOW})
+        for change, lead, stage, at in changes:
+            conn.execute(text("INSERT INTO stage_changes (id, lead_id, to_stage, at, reason, "
+                              "actor) VALUES (:id, :lead, :stage, :at, 'test', 'test')"),
+                         {"id": change, "lead": lead, "stage": stage, "at": at})
+    upgrade(url)
+    with engine.connect() as conn:
+        left = dict(conn.execute(text("SELECT id, left_at FROM stage_changes")).all())
+    engine.dispose()
+    assert left == {2: "2026-11-02 08:00:00", 3: "2026-11-03 08:00:00",
+                    1: "2026-11-03 08:00:00", 4: None, 5: None}

@@ -166,6 +166,21 @@ def test_each_change_records_the_leads_level_on_the_success_path(cli, db):
     assert levels == {"ann": [0, 1, 2, 2, 2, 3], "bob": [-1, -1, -1]}
 
 
+def test_each_change_is_left_when_the_next_is_recorded(cli, db):
+    """The funnel counts the leads in a stage at an instant from left_at: the time of the
+    lead's next change, None for its latest."""
+    with db.session() as s:
+        upsert_lead(session=s, fields={"email": "cy@globex.example"}, actor="test",
+                    now=utcnow())
+    for stage in ("engaged", "mql"):
+        result = cli("leads", "set-stage", "cy@globex.example", stage, "--reason", "t")
+        assert result.exit_code == 0, result.output
+    with db.session() as s:
+        rows = s.execute(select(StageChange.at, StageChange.left_at)
+                         .order_by(StageChange.id)).all()
+    assert [left for _, left in rows] == [rows[1].at, rows[2].at, None]
+
+
 def test_leads_created_by_an_import_start_on_the_path_as_the_others_do(cli, db, tmp_path,
                                                                       loaded_program):
     """The import writes its new leads' first changes in bulk, not through set_stage."""

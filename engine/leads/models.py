@@ -3,7 +3,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime
 
-from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, SmallInteger, String, Text
+from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, SmallInteger, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from engine.db import Base, UTCDateTime, utcnow
@@ -63,7 +63,8 @@ class Lead(Base):
 
 
 class StageChange(Base):
-    """Append-only history of a lead's lifecycle stage."""
+    """Append-only history of a lead's lifecycle stage (a row's left_at is set once, when
+    the lead's next change is added)."""
 
     __tablename__ = "stage_changes"
     __table_args__ = (Index("ix_stage_changes_at", "at"),
@@ -71,7 +72,15 @@ class StageChange(Base):
                       # holding the stage entered: a lead's first entry into a stage is
                       # read from the index alone (PostgreSQL)
                       Index("ix_stage_changes_lead_at", "lead_id", "at",
-                            postgresql_include=["to_stage"]))
+                            postgresql_include=["to_stage"]),
+                      # the stays open at an instant: those left after it, and the current
+                      # ones (the funnel's balances, from the indexes alone on PostgreSQL)
+                      Index("ix_stage_changes_left_at", "left_at",
+                            postgresql_include=["at", "to_stage", "lead_id"]),
+                      Index("ix_stage_changes_current", "at",
+                            sqlite_where=text("left_at IS NULL"),
+                            postgresql_where=text("left_at IS NULL"),
+                            postgresql_include=["to_stage", "lead_id"]))
 
     id: Mapped[int] = mapped_column(primary_key=True)
     lead_id: Mapped[int] = mapped_column(ForeignKey("leads.id", ondelete="CASCADE"))
@@ -86,6 +95,9 @@ class StageChange(Base):
     # success path after this change (engine/leads/stages.py path_level_after).
     from_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     path_level: Mapped[int] = mapped_column(SmallInteger, server_default=str(NOT_ON_PATH))
+    # When the lead left to_stage: its next change's time, set when that change is recorded;
+    # None while this is its latest change.
+    left_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class LeadEvent(Base):

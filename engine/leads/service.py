@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from engine.crm.outbox import STAGE_CHANGE, tell_crm
@@ -92,15 +92,18 @@ def set_stage(*, session: Session, lead: Lead, stage: str, reason: str, actor: s
 
 def record_stage_change(session: Session, change: StageChange) -> StageChange:
     """Add `change` to its lead's history with when the lead entered the stage it leaves and
-    its path level after it, both from the latest change before it. Changes are recorded in
-    time order, as they happen."""
+    its path level after it, both from the latest change before it, which the lead leaves at
+    this change (its left_at). Changes are recorded in time order, as they happen."""
     previous = session.execute(
-        select(StageChange.at, StageChange.path_level)
+        select(StageChange.id, StageChange.at, StageChange.path_level)
         .where(StageChange.lead_id == change.lead_id)
         .order_by(StageChange.at.desc(), StageChange.id.desc()).limit(1)).first()
     change.from_at = previous.at if previous else None
     change.path_level = path_level_after(previous.path_level if previous else NOT_ON_PATH,
                                          change.to_stage)
+    if previous:
+        session.execute(update(StageChange).where(StageChange.id == previous.id)
+                        .values(left_at=change.at))
     session.add(change)
     return change
 

@@ -45,7 +45,7 @@ from __future__ import annotations
 from collections import defaultdict
 from datetime import UTC, datetime
 
-from sqlalchemy import Select, and_, case, func, select
+from sqlalchemy import Select, and_, case, func, select, union_all
 from sqlalchemy.orm import Session
 
 from engine.leads.models import StageChange
@@ -61,7 +61,6 @@ from engine.reports.stage_history import (
 
 SC = StageChange
 INQUIRY, RECYCLED, DISQUALIFIED = SUCCESS_PATH[0], *DETOURS
-BEFORE = -1  # the "bucket" of the changes before the period
 # Detour moves counted per success-path stage: (from, to), None standing for the stage.
 DETOUR_MOVES = {"left_recycled": (None, RECYCLED), "left_disqualified": (None, DISQUALIFIED),
                 "back_recycled": (RECYCLED, None)}
@@ -84,8 +83,9 @@ def build(session: Session, query: ReportQuery) -> Report:
 
 class _Figures:
     """The funnel's figures, aggregated by the database, then laid out per bucket and split.
-    Two reads of the stage history: every change up to the end (flows, and the balances they
-    add up to), and the period's changes (conversions, inquiry cohorts, detours)."""
+    Reads of the stage history: the stays open as the period starts (the opening balances),
+    and the period's changes (flows, the balances they add up to, conversions, inquiry
+    cohorts, detours)."""
 
     def __init__(self, session: Session, query: ReportQuery) -> None:
         self.query = query
@@ -102,24 +102,25 @@ class _Figures:
     def _moves(self, session: Session) -> tuple[dict, dict]:
         """Changes per (bucket, split, from_stage, to_stage) in the period, and leads per
         (split, stage) as it opens. A lead's stage at an instant is the to_stage of its latest
-        change before it, and each change records the stage it left, so the leads in a stage
-        as the period opens are its entries before then minus its exits."""
-        start = self.query.start
-        bucket = case((SC.at < start, BEFORE), else_=bucket_index(SC.at, self.buckets))
+        change before it, that is of its change that is before the instant and that it had
+        not left by then (left_at: its next change's time, None for its latest)."""
+        start, end = self.query.start, self.query.end
+        split = self.scope.split.label("split")
+        bucket = bucket_index(SC.at, self.buckets).label("bucket")
         rows = session.execute(self.scope.join(
-            select(bucket.label("bucket"), self.scope.split.label("split"), SC.from_stage,
-                   SC.to_stage, func.count()), SC.lead_id)
-            .where(SC.at < self.query.end)
-            .group_by(bucket, self.scope.split, SC.from_stage, SC.to_stage))
-        changes, opening = {}, defaultdict(int)
-        for bucket_at, split, from_stage, to_stage, n in rows:
-            if bucket_at != BEFORE:
-                changes[bucket_at, split, from_stage, to_stage] = n
-                continue
-            opening[split, to_stage] += n
-            if from_stage is not None:
-                opening[split, from_stage] -= n
-        return changes, {key: n for key, n in opening.items() if n}
+            select(bucket, split, SC.from_stage, SC.to_stage, func.count()), SC.lead_id)
+            .where(SC.at >= start, SC.at < end)
+            .group_by(bucket, split, SC.from_stage, SC.to_stage))
+        changes = {(bucket_at, split_value, from_stage, to_stage): n
+                   for bucket_at, split_value, from_stage, to_stage, n in rows}
+        # Two reads, each of its own index: stays left after the start, and current ones.
+        stays = union_all(*(self.scope.join(select(split, SC.to_stage), SC.lead_id)
+                            .where(SC.at < start, still_open)
+                            for still_open in (SC.left_at >= start, SC.left_at.is_(None))))
+        stays = stays.subquery("open_stays")
+        opening = session.execute(select(stays.c.split, stays.c.to_stage, func.count())
+                                  .group_by(stays.c.split, stays.c.to_stage))
+        return changes, {(split_value, stage): n for split_value, stage, n in opening}
 
     def _entries(self, session: Session) -> None:
         """Everything counted from the period's changes, in one statement: one row per lead and
