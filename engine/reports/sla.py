@@ -31,7 +31,7 @@ from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import and_, case, extract, func, literal, select
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session
 
 from engine.journeys.models import Enrollment
 from engine.leads.models import Lead, StageChange
@@ -101,11 +101,7 @@ def _mql_tables(session: Session, query: ReportQuery, buckets: list[Bucket],
                 slas: dict[int, tuple[str, timedelta]], now: datetime) -> tuple[Table, Table]:
     scope = Scope(session, query)
     entered = StageChange
-    left = aliased(StageChange)  # the change ending the stay: it records when it began
-    answered_at = (select(func.min(left.at))
-                   .where(left.lead_id == entered.lead_id, left.from_stage == Stage.MQL,
-                          left.from_at == entered.at)
-                   .scalar_subquery())
+    answered_at = entered.left_at  # the lead's next change: the first out of mql
     entries = (scope.join(select(bucket_index(entered.at, buckets).label("bucket"),
                                  scope.split.label("split"),
                                  func.coalesce(lead_value(Lead.owner, entered.lead_id), UNSET).label("owner"),
