@@ -16,7 +16,7 @@ from engine.leads.models import Lead
 from engine.leads.service import set_stage
 from engine.programs.service import load_program
 from engine.reports.model import Chart, Column, Report, Table
-from engine.reports.output import to_csv, to_html
+from engine.reports.output import chart_svg, to_csv, to_html
 from engine.reports.query import parse_query
 from engine.web.app import create_app
 
@@ -94,6 +94,23 @@ def test_html_escapes_data_and_fetches_nothing():
     for attribute in ("src=", "href=", "@import", "url("):
         assert attribute not in html.lower()
     assert "'=1+1" in to_csv(report)
+
+
+def test_each_bar_of_a_grouped_and_split_chart_names_its_period_and_split():
+    rows = [{"period": month, "split": persona, "stage": stage, "n": 1}
+            for month in ("2026-01", "2026-02") for persona in ("finance", "it")
+            for stage in ("inquiry", "mql")]
+    table = Table("t", "Stages", [Column("period", "month", "text"),
+                                  Column("split", "persona", "text"),
+                                  Column("stage", "stage", "text"), Column("n", "leads")],
+                  rows=rows, chart=Chart("bar", "stage", ("n",), "Leads"))
+    svg = str(chart_svg(table))
+    labels = [f"{month} · {persona} · {stage}" for month in ("2026-01", "2026-02")
+              for persona in ("finance", "it") for stage in ("inquiry", "mql")]
+    assert all(svg.count(label) >= 1 for label in labels)
+    by_period = Table("p", "By month", table.columns, rows=rows[:2],
+                      chart=Chart("line", "period", ("n",), "Leads"))
+    assert "finance · 2026-01" in str(chart_svg(by_period))  # x is the period itself
 
 
 @pytest.fixture

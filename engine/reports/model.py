@@ -69,6 +69,9 @@ def rate(part: float, whole: float) -> float | None:
     return part / whole if whole else None
 
 
+DIMENSIONS = ("period", "split")  # the keys of a row's dimensions, in order
+
+
 def dimension_columns(query: ReportQuery) -> list[Column]:
     """The columns every grouped or split table starts with: `period` (the bucket's label)
     when the query groups by day, week, month or quarter, then `split` when it splits."""

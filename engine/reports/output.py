@@ -16,7 +16,7 @@ from rich.table import Table as RichTable
 
 from engine.cli_context import styled
 from engine.errors import Invalid
-from engine.reports.model import Chart, Column, Report, Table
+from engine.reports.model import DIMENSIONS, Chart, Column, Report, Table
 
 MAX_CHART_POINTS = 60  # x labels in one chart; a longer table is charted in its first rows
 
@@ -121,13 +121,20 @@ def chart_svg(table: Table) -> Markup:
                  explicit_size=True)
     drawn.title = chart.title
     rows = table.rows[:MAX_CHART_POINTS]
-    drawn.x_labels = [str(row.get(chart.x) if row.get(chart.x) is not None else "")
-                      for row in rows]
+    drawn.x_labels = [_x_label(row, chart.x) for row in rows]
     labels = {column.key: column.label for column in table.columns}
     for key in chart.series:
         drawn.add(labels.get(key, key), [row.get(key) for row in rows])
     svg = drawn.render(is_unicode=True)
     return Markup(re.sub(r"<script\b.*?</script>", "", svg, flags=re.DOTALL))
+
+
+def _x_label(row: dict, x: str) -> str:
+    """The row's value of `x`, after its period and split when the table has them (a stage
+    repeats once per month and persona: each bar says which it is)."""
+    parts = [row[key] for key in DIMENSIONS if key in row and key != x]
+    parts.append(row.get(x))
+    return " · ".join("" if part is None else str(part) for part in parts)
 
 
 def _subtitle(report: Report) -> str:
