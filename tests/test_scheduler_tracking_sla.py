@@ -13,7 +13,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from defects import drop_advance
 from redis import exceptions as redis_errors
-from rq import Queue, SimpleWorker
+from rq import Queue
+from rq_worker import SimpleWorker
 from sqlalchemy import func, select
 
 from engine.config import Settings, redis_connection

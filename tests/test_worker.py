@@ -11,7 +11,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from launching import launch_all
 from redis import exceptions as redis_errors
-from rq import Queue, SimpleWorker
+from rq import Queue
+from rq_worker import SimpleWorker
 from sqlalchemy import select
 
 from engine.config import Settings, redis_connection
