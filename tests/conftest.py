@@ -45,6 +45,19 @@ def default_sender():
 
 
 @pytest.fixture(scope="session")
+def ci_redis_url() -> str:
+    """The Redis service on CI: a database of this test process's own, so that parallel
+    pytest-xdist workers never empty each other's queues (gw0 takes 15, gw1 14, ...; db 0 is
+    never used). Within a process tests run one at a time, each emptying it as it needs."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    number = 15 - int(worker.removeprefix("gw"))
+    if number < 1:
+        pytest.fail(f"xdist worker {worker}: the Redis service has no database left for it "
+                    "(15 workers at most: run with fewer, e.g. -n 8)", pytrace=False)
+    return f"redis://127.0.0.1:6379/{number}"
+
+
+@pytest.fixture(scope="session")
 def sqlite_template(tmp_path_factory) -> Path:
     """A migrated SQLite file, copied for each test (migrating per test would be slow)."""
     path = tmp_path_factory.mktemp("template") / "template.db"
