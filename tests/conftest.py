@@ -23,6 +23,12 @@ SAMPLE_PROGRAM = ROOT / "assets" / "acme-nurture"
 PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 TEST_SENDER = "Nurture Tests <tests@nurture.example>"
 
+# The CLI's console (engine/cli_context.py) keeps the width COLUMNS gives when it is created,
+# and a pytest-xdist worker inherits COLUMNS=80 and LINES=24 from the pytest that started it
+# (GNU readline, once imported there, exports them). Tests that need a width set COLUMNS.
+for _name in ("COLUMNS", "LINES"):
+    os.environ.pop(_name, None)
+
 
 def _postgres_admin_url() -> str | None:
     url = os.environ.get("NURTURE_TEST_DATABASE_URL")
