@@ -23,6 +23,12 @@ SAMPLE_PROGRAM = ROOT / "assets" / "acme-nurture"
 PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 TEST_SENDER = "Nurture Tests <tests@nurture.example>"
 
+# The CLI's console (engine/cli_context.py) keeps the width COLUMNS gives when it is created,
+# and a pytest-xdist worker inherits COLUMNS=80 and LINES=24 from the pytest that started it
+# (GNU readline, once imported there, exports them). Tests that need a width set COLUMNS.
+for _name in ("COLUMNS", "LINES"):
+    os.environ.pop(_name, None)
+
 
 def _postgres_admin_url() -> str | None:
     url = os.environ.get("NURTURE_TEST_DATABASE_URL")
@@ -45,6 +51,19 @@ def default_sender():
 
 
 @pytest.fixture(scope="session")
+def ci_redis_url() -> str:
+    """The Redis service on CI: a database of this test process's own, so that parallel
+    pytest-xdist workers never empty each other's queues (gw0 takes 15, gw1 14, ...; db 0 is
+    never used). Within a process tests run one at a time, each emptying it as it needs."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    number = 15 - int(worker.removeprefix("gw"))
+    if number < 1:
+        pytest.fail(f"xdist worker {worker}: the Redis service has no database left for it "
+                    "(15 workers at most: run with fewer, e.g. -n 8)", pytrace=False)
+    return f"redis://127.0.0.1:6379/{number}"
+
+
+@pytest.fixture(scope="session")
 def sqlite_template(tmp_path_factory) -> Path:
     """A migrated SQLite file, copied for each test (migrating per test would be slow)."""
     path = tmp_path_factory.mktemp("template") / "template.db"
@@ -64,7 +83,10 @@ def postgres_url():
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     url = admin_url.rsplit("/", 1)[0] + f"/{name}"
     upgrade(url)
+    _no_autovacuum(url)
     yield url
+    if url in _emptying:
+        _emptying.pop(url)[0].dispose()
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
@@ -84,17 +106,63 @@ def database_url(request, tmp_path, sqlite_template) -> str:
 
 @pytest.fixture
 def postgres_only_url(postgres_url) -> str:
-    """For tests of what only PostgreSQL is deployed for (several hosts): emptied after."""
+    """For tests of what only PostgreSQL is deployed for (several hosts): emptied after, with
+    TRUNCATE (bench/reports.py runs VACUUM, which would hand the space of deleted rows to new
+    ones: see _no_autovacuum)."""
     yield postgres_url
-    _empty(postgres_url)
+    _truncate(postgres_url)
 
 
-def _empty(url: str) -> None:
+def _no_autovacuum(url: str) -> None:
+    """Tests empty the database with DELETE (_empty). Without vacuum the space of deleted rows
+    is never reused, so new rows are stored after the old ones, in the order they are inserted,
+    as in a freshly truncated table: some tests take a tie (outbox rows due at the same instant)
+    to come out in insertion order."""
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        for table in Base.metadata.sorted_tables:
+            conn.execute(text(f'ALTER TABLE "{table.name}" SET (autovacuum_enabled = off, '
+                              "toast.autovacuum_enabled = off)"))
+    engine.dispose()
+
+
+def _truncate(url: str) -> None:
     engine = create_engine(url)
     with engine.begin() as conn:
         tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
         conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
     engine.dispose()
+
+
+_emptying: dict[str, tuple] = {}  # url -> (engine, statement), kept for the session
+
+
+def _empty(url: str) -> None:
+    """Every table emptied and its ids restarted at 1, as TRUNCATE ... RESTART IDENTITY would,
+    but with DELETE (children first) and setval: on tables holding a few rows TRUNCATE costs
+    about 0.1 s per test, DELETE a few milliseconds."""
+    if url not in _emptying:
+        engine = create_engine(url)
+        tables = Base.metadata.sorted_tables
+        with engine.connect() as conn:
+            sequences = conn.scalars(text(
+                "SELECT s.oid::regclass::text FROM pg_class s"
+                " JOIN pg_depend d ON d.objid = s.oid AND d.deptype IN ('a', 'i')"
+                " JOIN pg_class t ON t.oid = d.refobjid"
+                " WHERE s.relkind = 'S' AND t.relname = ANY(:names) ORDER BY 1"),
+                {"names": [t.name for t in tables]}).all()
+        statement = "; ".join(
+            [f'DELETE FROM "{t.name}"' for t in reversed(tables)]
+            + [f"SELECT {', '.join(f'setval({_literal(s)}, 1, false)' for s in sequences)}"]
+            * bool(sequences))
+        _emptying[url] = (engine, statement)
+    engine, statement = _emptying[url]
+    with engine.begin() as conn:
+        conn.execute(text(statement))
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
 
 
 @pytest.fixture

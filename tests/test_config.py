@@ -57,9 +57,9 @@ def test_embedded_redis_starts_without_a_server(tmp_path):
 
 
 @pytest.mark.skipif(os.environ.get("CI") != "true", reason="the shared Redis service is used on CI")
-def test_redis_url_uses_the_real_server(tmp_path):
+def test_redis_url_uses_the_real_server(tmp_path, ci_redis_url):
     client = redis_connection(Settings.from_env({"NURTURE_INSTANCE": str(tmp_path),
-                                                 "REDIS_URL": "redis://127.0.0.1:6379/13"}))
+                                                 "REDIS_URL": ci_redis_url}))
     key = f"nurture:test:{os.getpid()}"
     try:
         client.set(key, "1")

