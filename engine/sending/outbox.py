@@ -112,7 +112,9 @@ def claim_due(*, session: Session, worker: str, now: datetime, limit: int = 100,
     Due: pending or temporarily failed rows whose due_at has come, and rows whose lease expired.
     Costs in proportion to the due rows (index on status, due_at), not to all enrollments.
     """
-    candidates = select(_OUTBOX.c.id).where(due_clause(now)).order_by(_OUTBOX.c.due_at).limit(limit)
+    # the first due first; among rows due at once, the first queued
+    candidates = (select(_OUTBOX.c.id).where(due_clause(now))
+                  .order_by(_OUTBOX.c.due_at, _OUTBOX.c.id).limit(limit))
     if session.get_bind().dialect.name == "postgresql":
         candidates = candidates.with_for_update(skip_locked=True)
     claimed = session.execute(
