@@ -45,7 +45,7 @@ from __future__ import annotations
 from collections import defaultdict
 from datetime import UTC, datetime
 
-from sqlalchemy import Select, and_, case, func, select, union_all
+from sqlalchemy import Select, and_, case, func, or_, select, union_all
 from sqlalchemy.orm import Session
 
 from engine.leads.models import StageChange
@@ -61,9 +61,6 @@ from engine.reports.stage_history import (
 
 SC = StageChange
 INQUIRY, RECYCLED, DISQUALIFIED = SUCCESS_PATH[0], *DETOURS
-# Detour moves counted per success-path stage: (from, to), None standing for the stage.
-DETOUR_MOVES = {"left_recycled": (None, RECYCLED), "left_disqualified": (None, DISQUALIFIED),
-                "back_recycled": (RECYCLED, None)}
 Key = tuple  # (bucket index, split value, stage)
 
 
@@ -84,8 +81,8 @@ def build(session: Session, query: ReportQuery) -> Report:
 class _Figures:
     """The funnel's figures, aggregated by the database, then laid out per bucket and split.
     Reads of the stage history: the stays open as the period starts (the opening balances),
-    and the period's changes (flows, the balances they add up to, conversions, inquiry
-    cohorts, detours)."""
+    and the period's changes: their flows (and the balances they add up to), per lead
+    (entries, conversions, inquiry cohorts), and the detour moves among them."""
 
     def __init__(self, session: Session, query: ReportQuery) -> None:
         self.query = query
@@ -93,6 +90,7 @@ class _Figures:
         self.scope = Scope(session, query)
         self.changes, self.opening = self._moves(session)
         self._entries(session)
+        self._detours(session)
         self.splits = split_values(query, [key[1] for key in self.changes]
                                    + [split for split, _ in self.opening])
         self.balances = self._balances()
@@ -134,8 +132,7 @@ class _Figures:
           its first (in-order) entry into the stage in the bucket;
         - the inquiry cohort, and of it those whose last entry into a stage is at or after
           their inquiry entry (reached at all), or whose path level by the end is at least the
-          stage's (reached in order: levels never go down);
-        - detours: leads that moved from a stage to recycled or disqualified, or back."""
+          stage's (reached in order: levels never go down)."""
         per_lead = self._per_lead().subquery("per_lead")
         lead = per_lead.c
         figures = [func.count(lead.first_0).label("cohort")]
@@ -146,8 +143,6 @@ class _Figures:
             figures.append(count_where(lead[f"last_{i}"] >= lead.first_0).label(f"reached_{i}"))
             figures.append(count_where(and_(lead.first_0.is_not(None), lead.level >= i))
                            .label(f"reached_in_order_{i}"))
-            for move in DETOUR_MOVES:
-                figures.append(func.sum(lead[f"{move}_{i}"]).label(f"{move}_{i}"))
             if stage in NEXT_STAGE:
                 following = lead[f"last_{i + 1}"]
                 figures.append(count_where(following >= lead[f"first_{i}"]).label(f"converted_{i}"))
@@ -155,7 +150,7 @@ class _Figures:
                                .label(f"converted_in_order_{i}"))
         rows = session.execute(select(lead.bucket, lead.split, *figures)
                                .group_by(lead.bucket, lead.split)).mappings()
-        self.entered, self.entered_in_order, self.leads_moved = {}, {}, {}
+        self.entered, self.entered_in_order = {}, {}
         self.cohort, self.reached, self.reached_in_order = {}, {}, {}
         for row in rows:
             bucket, split = row["bucket"], row["split"]
@@ -170,9 +165,21 @@ class _Figures:
                                               int(row.get(f"converted_in_order_{i}") or 0))
                 self.reached[key] = int(row[f"reached_{i}"] or 0)
                 self.reached_in_order[key] = int(row[f"reached_in_order_{i}"] or 0)
-                for move, (from_stage, to_stage) in DETOUR_MOVES.items():
-                    moved = (from_stage or stage, to_stage or stage)
-                    self.leads_moved[(bucket, split, *moved)] = int(row[f"{move}_{i}"] or 0)
+
+    def _detours(self, session: Session) -> None:
+        """Leads per (bucket, split, from_stage, to_stage) that moved from a success-path stage
+        to recycled or disqualified, or back from recycled, in the bucket: few of the
+        period's changes, counted apart from the per-lead figures."""
+        bucket = bucket_index(SC.at, self.buckets)
+        moves = or_(and_(SC.from_stage.in_(SUCCESS_PATH), SC.to_stage.in_(DETOURS)),
+                    and_(SC.from_stage == RECYCLED, SC.to_stage.in_(SUCCESS_PATH)))
+        rows = session.execute(self.scope.join(
+            select(bucket, self.scope.split, SC.from_stage, SC.to_stage,
+                   func.count(SC.lead_id.distinct())), SC.lead_id)
+            .where(SC.at >= self.query.start, SC.at < self.query.end, moves)
+            .group_by(bucket, self.scope.split, SC.from_stage, SC.to_stage))
+        self.leads_moved = {(bucket, split, from_stage, to_stage): n
+                            for bucket, split, from_stage, to_stage, n in rows}
 
     def _per_lead(self) -> Select:
         """Per lead and bucket of the period: its first entry into each stage (first_i, i the
@@ -188,10 +195,6 @@ class _Figures:
                 func.min(case((and_(into[stage], SC.path_level >= i), SC.at)))
                 .label(f"in_order_{i}"),
                 func.max(case((into[stage], SC.at))).label(f"last_{i}")]
-            for move, (from_stage, to_stage) in DETOUR_MOVES.items():
-                made = and_(SC.from_stage == (from_stage or stage),
-                            SC.to_stage == (to_stage or stage))
-                columns.append(func.max(case((made, 1), else_=0)).label(f"{move}_{i}"))
         bucket = bucket_index(SC.at, self.buckets).label("bucket")
         split = self.scope.split.label("split")
         per_bucket = (self.scope.join(

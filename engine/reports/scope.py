@@ -89,6 +89,8 @@ def count_where(condition) -> ColumnElement:
 
 def bucket_index(at, buckets: list[Bucket]) -> ColumnElement:
     """The index of the bucket holding `at` (callers keep `at` within the period)."""
+    if len(buckets) == 1:
+        return literal(0)
     return case(*[(at < bucket.end, index) for index, bucket in enumerate(buckets)],
                 else_=len(buckets) - 1)
 
