@@ -180,7 +180,7 @@ LEADS_COLUMNS = ("id", "email", "first_name", "last_name", "company", "title", "
 COLUMNS = {
     "leads": LEADS_COLUMNS,
     "enrollments": ("id", "lead_id", "program_id", "program_version", "status", "track",
-                    "due_at", "state", "created_at", "updated_at"),
+                    "due_at", "state", "created_at", "updated_at", "persona"),
     "outbox": ("id", "enrollment_id", "lead_id", "program_id", "program_version", "step",
                "status", "due_at", "attempts", "deliveries", "delivery_unknown", "send_started",
                "lease_until", "claimed_by", "message_id", "last_error", "skip_reason",
@@ -539,7 +539,8 @@ class World:
                 "next_email": state.pending_email, "received": sorted(state.received),
                 "sends_without_response": state.silent, "exit_reason": exit_reason,
                 "version": 1}),
-            ts(created), ts(min(max(state.anchor or created, changes[-1][0]), END - 1))])
+            ts(created), ts(min(max(state.anchor or created, changes[-1][0]), END - 1)),
+            ctx.persona])
 
     def follow(self, ctx: Lead, state: Journey, start: float, end: float, track: str) -> None:
         """The track's emails from `start` until the lead leaves the cell at `end`; after three

@@ -3,7 +3,9 @@ NURTURE_TEST_DATABASE_URL is set), an app, a CLI runner, and program directories
 
 from __future__ import annotations
 
+import importlib
 import os
+import pkgutil
 import shutil
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -23,6 +25,22 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_PROGRAM = ROOT / "assets" / "acme-nurture"
 PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 TEST_SENDER = "Nurture Tests <tests@nurture.example>"
+
+
+def _import_every_module() -> None:
+    """Every module of the engine and the worker, imported before any test runs: a module first
+    imported while a test has patched engine.db.utcnow would keep the fake clock for the rest
+    of the session (its `from engine.db import utcnow` binds whatever is there then)."""
+    import engine
+    import worker
+
+    for package in (engine, worker):
+        for module in pkgutil.walk_packages(package.__path__, f"{package.__name__}."):
+            if not module.name.startswith("engine.migrations"):  # alembic runs those
+                importlib.import_module(module.name)
+
+
+_import_every_module()
 
 # The CLI's console (engine/cli_context.py) keeps the width COLUMNS gives when it is created,
 # and a pytest-xdist worker inherits COLUMNS=80 and LINES=24 from the pytest that started it

@@ -90,7 +90,7 @@ def write_history(db) -> None:
         for email, persona, enrolled_as, channel, owner, program, history in LEADS:
             lead = Lead(email=f"{email}@globex.example", persona=persona, source_channel=channel,
                         owner=owner, stage=history[-1][0], created_at=history[0][1],
-                        updated_at=history[-1][1])
+                        updated_at=history[-1][1], enrolled_persona=enrolled_as)
             s.add(lead)
             s.flush()
             previous = None
@@ -103,7 +103,7 @@ def write_history(db) -> None:
             s.add(Enrollment(lead_id=lead.id, program_id=programs[program], program_version=1,
                              status="active", track="welcome",
                              state={"persona": enrolled_as} if enrolled_as else {},
-                             created_at=history[0][1], updated_at=history[0][1]))
+                             persona=enrolled_as, created_at=history[0][1], updated_at=history[0][1]))
 
 
 def quarter(*, program: str | None = "p", by: str | None = None, split: str | None = None,

@@ -251,3 +251,15 @@ def test_stage_changes_recorded_before_0021_know_when_they_were_left(tmp_path):
     engine.dispose()
     assert left == {2: "2026-11-02 08:00:00", 3: "2026-11-03 08:00:00",
                     1: "2026-11-03 08:00:00", 4: None, 5: None}
+
+
+def test_enrollments_stored_before_0022_have_their_persona_as_a_column(tmp_path):
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    upgrade(url, "0021")
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        enrolled_lead(conn, state='{"persona": "it_manager", "stage": "inquiry"}')
+    upgrade(url)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT persona FROM enrollments")).scalar() == "it_manager"
+    engine.dispose()

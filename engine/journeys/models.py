@@ -24,5 +24,8 @@ class Enrollment(Base):
     track: Mapped[str | None] = mapped_column(String(200))
     due_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
     state: Mapped[dict] = mapped_column(JSON)
+    # state's persona, as a column (journeys.service.enrollment_columns writes both): reports
+    # read it for every enrollment of a period, which parsing each state would cost
+    persona: Mapped[str | None] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

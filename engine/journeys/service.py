@@ -45,7 +45,8 @@ def action_rows(*, lead_id: int, program_id: int | None, decision: Decision) -> 
 
 def enrollment_columns(state: EnrollmentState, now: datetime) -> dict:
     return {"status": str(state.status), "track": state.track, "due_at": state.due_at,
-            "state": state.to_dict(), "program_version": state.version, "updated_at": now}
+            "state": state.to_dict(), "persona": state.persona,
+            "program_version": state.version, "updated_at": now}
 
 
 def _record(session: Session, enrollment: Enrollment, program: Program, decision: Decision,

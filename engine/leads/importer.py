@@ -612,7 +612,7 @@ _LEAD_KEYS = (*STANDARD_FIELDS, "custom", "created_at", "updated_at", "fit_score
 _STAGE_KEYS = ("lead_id", "from_stage", "to_stage", "at", "reason", "actor", "from_at",
                "path_level")
 _ENROLLMENT_KEYS = ("lead_id", "program_id", "created_at", "status", "track", "due_at", "state",
-                    "program_version", "updated_at")
+                    "persona", "program_version", "updated_at")
 _EVENT_KEYS = ("lead_id", "program_id", "at", "category", "kind", "detail", "actor")
 
 

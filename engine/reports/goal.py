@@ -203,8 +203,8 @@ def _counts(session: Session, query: ReportQuery, program: Measured,
     enrolled = (select(Enrollment.id, Enrollment.lead_id, Enrollment.program_id,
                        Enrollment.created_at,
                        bucket_label(Enrollment.created_at, query.buckets()).label("period"),
-                       split_value(query, Enrollment.state).label("split"),
-                       persona_of(Enrollment.state).label("persona"),
+                       split_value(query, Enrollment.persona).label("split"),
+                       persona_of(Enrollment.persona).label("persona"),
                        func.coalesce(Lead.source_channel, UNSET).label("source"),
                        case((time_left, 1), else_=0).label("time_left"))
                 .join(Lead, Lead.id == Enrollment.lead_id)

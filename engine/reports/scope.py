@@ -53,27 +53,27 @@ def _scoped_leads(query: ReportQuery, program: int | None) -> Select:
     the lead's first), or UNSET."""
     if program is not None:  # one enrollment per lead and program
         return (select(Lead.id.label("lead_id"),
-                       split_value(query, Enrollment.state).label("split"))
+                       split_value(query, Enrollment.persona).label("split"))
                 .join(Enrollment, (Enrollment.lead_id == Lead.id)
                       & (Enrollment.program_id == program)))
     return select(Lead.id.label("lead_id"), split_value(query, None).label("split"))
 
 
-def split_value(query: ReportQuery, state):
-    """The split value of a lead (Lead's columns) whose enrollment state is `state` (None:
-    its first enrollment's, which the lead keeps)."""
+def split_value(query: ReportQuery, matched):
+    """The split value of a lead (Lead's columns) whose enrollment matched persona `matched`
+    (None: its first enrollment's, which the lead keeps)."""
     if query.split is None:
         return literal(UNSET)
     if query.split == "persona":
-        return persona_of(state)
+        return persona_of(matched)
     return func.coalesce(getattr(Lead, query.split), UNSET)
 
 
-def persona_of(state) -> ColumnElement:
-    """A lead's persona: its own, else the one its enrollment (`state`; None: its first)
-    matched, else UNSET."""
-    matched = Lead.enrolled_persona if state is None else state["persona"].as_string()
-    return func.coalesce(Lead.persona, matched, UNSET)
+def persona_of(matched) -> ColumnElement:
+    """A lead's persona: its own, else `matched`, the one its enrollment matched (None: its
+    first enrollment's), else UNSET."""
+    return func.coalesce(Lead.persona, Lead.enrolled_persona if matched is None else matched,
+                         UNSET)
 
 
 def lead_value(column, lead_id) -> ColumnElement:
