@@ -40,13 +40,13 @@ def _import_every_module() -> None:
                 importlib.import_module(module.name)
 
 
-_import_every_module()
-
 # The CLI's console (engine/cli_context.py) keeps the width COLUMNS gives when it is created,
 # and a pytest-xdist worker inherits COLUMNS=80 and LINES=24 from the pytest that started it
 # (GNU readline, once imported there, exports them). Tests that need a width set COLUMNS.
 for _name in ("COLUMNS", "LINES"):
     os.environ.pop(_name, None)
+
+_import_every_module()  # after the above: importing may create the console
 
 
 def _postgres_admin_url() -> str | None:
