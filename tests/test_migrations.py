@@ -11,9 +11,7 @@ NOW = "2026-11-02 08:00:00"
 
 
 def test_programs_launched_before_0009_are_live_at_their_current_versions(tmp_path):
-    url = f"sqlite:///{tmp_path / 'old.db'}"
-    upgrade(url, "0008")
-    engine = create_engine(url)
+    url, engine = old_database(tmp_path, "0008")
     with engine.begin() as conn:
         conn.execute(text("INSERT INTO programs (id, name, current_version, launched_at, "
                           "created_at) VALUES (1, 'live', 3, :now, :now), "
@@ -38,9 +36,7 @@ def test_programs_launched_before_0009_are_live_at_their_current_versions(tmp_pa
 
 
 def test_notifications_recorded_before_0010_are_not_emailed_and_new_ones_are(tmp_path):
-    url = f"sqlite:///{tmp_path / 'old.db'}"
-    upgrade(url, "0009")
-    engine = create_engine(url)
+    url, engine = old_database(tmp_path, "0009")
     with engine.begin() as conn:
         conn.execute(text("INSERT INTO leads (id, email, stage, custom, created_at, updated_at, "
                           "fit_score, behaviour_score) VALUES "
@@ -61,9 +57,7 @@ def test_notifications_recorded_before_0010_are_not_emailed_and_new_ones_are(tmp
 
 
 def test_stage_histories_recorded_before_0013_get_their_path_levels(tmp_path):
-    url = f"sqlite:///{tmp_path / 'old.db'}"
-    upgrade(url, "0012")
-    engine = create_engine(url)
+    url, engine = old_database(tmp_path, "0012")
     histories = {  # lead: its stages in time order (inserted out of order below)
         1: ["inquiry", "engaged", "mql", "recycled", "mql", "sal"],
         2: ["inquiry", "mql", "engaged", "mql", "sal"],  # skipped engaged, then went back
@@ -98,6 +92,13 @@ def test_stage_histories_recorded_before_0013_get_their_path_levels(tmp_path):
     assert since[1] == [None] + [f"2026-11-0{day}" for day in range(1, 6)]
 
 
+def old_database(tmp_path, revision: str):
+    """A SQLite database migrated up to `revision`: its URL and an engine on it."""
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    upgrade(url, revision)
+    return url, create_engine(url)
+
+
 def enrolled_lead(conn, state: str = "{}") -> None:
     """Program 1, lead 1 and its enrollment 1 (enrollment `state`), as an old instance has."""
     conn.execute(text("INSERT INTO programs (id, name, current_version, created_at) "
@@ -115,9 +116,7 @@ def enrolled_lead(conn, state: str = "{}") -> None:
 def test_sends_tracked_before_0014_get_their_engagement_figures(tmp_path):
     """Also: rebuilding the outbox table on SQLite (batch migrations) keeps the events' links
     to their sends (with foreign keys on, dropping the old table set them to NULL)."""
-    url = f"sqlite:///{tmp_path / 'old.db'}"
-    upgrade(url, "0013")
-    engine = create_engine(url)
+    url, engine = old_database(tmp_path, "0013")
     with engine.begin() as conn:
         enrolled_lead(conn)
         for send, step in ((1, "one"), (2, "two"), (3, "three")):
@@ -144,9 +143,7 @@ def test_sends_tracked_before_0014_get_their_engagement_figures(tmp_path):
 
 
 def test_sends_stored_before_0015_get_their_persona_and_the_responses_put_on_them(tmp_path):
-    url = f"sqlite:///{tmp_path / 'old.db'}"
-    upgrade(url, "0014")
-    engine = create_engine(url)
+    url, engine = old_database(tmp_path, "0014")
     day = "2026-11-0{} 08:00:00".format
     with engine.begin() as conn:
         enrolled_lead(conn, state='{"persona": "it_manager"}')
@@ -183,9 +180,7 @@ def test_sends_stored_before_0015_get_their_persona_and_the_responses_put_on_the
 
 
 def test_forms_stored_before_0017_carry_the_source_they_posted(tmp_path):
-    url = f"sqlite:///{tmp_path / 'old.db'}"
-    upgrade(url, "0016")
-    engine = create_engine(url)
+    url, engine = old_database(tmp_path, "0016")
     posted = ['{"utm_medium": "cpc", "utm_campaign": "brand"}', '{"source_partner": " g2 "}',
               '{"message": "hello"}', '{"utm_medium": "a\\u001bb"}']
     with engine.begin() as conn:
@@ -205,9 +200,7 @@ def test_forms_stored_before_0017_carry_the_source_they_posted(tmp_path):
 
 
 def test_leads_stored_before_0020_keep_their_first_enrollments_persona(tmp_path):
-    url = f"sqlite:///{tmp_path / 'old.db'}"
-    upgrade(url, "0019")
-    engine = create_engine(url)
+    url, engine = old_database(tmp_path, "0019")
     with engine.begin() as conn:
         enrolled_lead(conn, state='{"persona": "it_manager"}')
         conn.execute(text("INSERT INTO programs (id, name, current_version, created_at) "
@@ -228,9 +221,7 @@ def test_leads_stored_before_0020_keep_their_first_enrollments_persona(tmp_path)
 
 
 def test_stage_changes_recorded_before_0021_know_when_they_were_left(tmp_path):
-    url = f"sqlite:///{tmp_path / 'old.db'}"
-    upgrade(url, "0020")
-    engine = create_engine(url)
+    url, engine = old_database(tmp_path, "0020")
     # lead 1: inserted out of time order, two changes at the same instant (ordered by id)
     changes = [(1, 1, "mql", "2026-11-03 08:00:00"), (2, 1, "inquiry", "2026-11-01 08:00:00"),
                (3, 1, "engaged", "2026-11-02 08:00:00"), (4, 1, "sal", "2026-11-03 08:00:00"),
@@ -254,9 +245,7 @@ def test_stage_changes_recorded_before_0021_know_when_they_were_left(tmp_path):
 
 
 def test_enrollments_stored_before_0022_have_their_persona_as_a_column(tmp_path):
-    url = f"sqlite:///{tmp_path / 'old.db'}"
-    upgrade(url, "0021")
-    engine = create_engine(url)
+    url, engine = old_database(tmp_path, "0021")
     with engine.begin() as conn:
         enrolled_lead(conn, state='{"persona": "it_manager", "stage": "inquiry"}')
     upgrade(url)
