@@ -116,7 +116,7 @@ def sync_persona(*, session: Session, lead: Lead, now: datetime, actor: str) -> 
             event = Event(EventKind.PERSONA, detail=persona)
             _record(session, enrollment, program, decide(program, state, event, now), event, now, actor)
     if enrollments:  # the first one's persona may have moved
-        lead.enrolled_persona = enrollments[0].state.get("persona")
+        lead.enrolled_persona = enrollments[0].persona
 
 
 def run_due(*, session: Session, now: datetime, limit: int = 1000) -> int:

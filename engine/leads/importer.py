@@ -809,11 +809,10 @@ class _ChunkWriter:
 
     def _enroll(self, leads: list[dict]) -> None:
         """Enroll leads as journeys.service.enroll does, in bulk statements."""
-        enrollments, events, sending, keys = [], [], [], []
+        enrollments, events, sending = [], [], []
         for lead in leads:
             key = (self._persona(lead_fields(lead, lead["custom"])), lead["stage"],
                    lead["timezone"])
-            keys.append(key)
             template = self._enrollment_rows.get(key) or self._enrollment_template(key)
             lead_id = lead["id"]
             enrollments.append({**template.enrollment, "lead_id": lead_id})
@@ -821,17 +820,17 @@ class _ChunkWriter:
             if template.sends:
                 sending.append((lead_id, template))
         self._enrollments(self.conn, enrollments)
-        self._remember_personas(leads, [key[0] for key in keys])
+        self._remember_personas(enrollments)
         self._events(self.conn, events)
         if sending:
             self._queue_sends(sending)
 
-    def _remember_personas(self, leads: list[dict], personas: list[str]) -> None:
+    def _remember_personas(self, enrollments: list[dict]) -> None:
         """The persona of a lead's first enrollment, as journeys.service.enroll keeps it: one
         statement per persona."""
         by_persona: dict[str, list[int]] = defaultdict(list)
-        for lead, persona in zip(leads, personas, strict=True):
-            by_persona[persona].append(lead["id"])
+        for enrollment in enrollments:
+            by_persona[enrollment["persona"]].append(enrollment["lead_id"])
         for persona, lead_ids in by_persona.items():
             self.conn.execute(update(Lead).where(Lead.id.in_(lead_ids),
                                                  Lead.enrolled_persona.is_(None))

@@ -104,7 +104,8 @@ def _mql_tables(session: Session, query: ReportQuery, buckets: list[Bucket],
     answered_at = entered.left_at  # the lead's next change: the first out of mql
     entries = (scope.join(select(bucket_index(entered.at, buckets).label("bucket"),
                                  scope.split.label("split"),
-                                 func.coalesce(lead_value(Lead.owner, entered.lead_id), UNSET).label("owner"),
+                                 func.coalesce(lead_value(Lead.owner, entered.lead_id),
+                                               UNSET).label("owner"),
                                  entered.at.label("entered_at"),
                                  answered_at.label("answered_at"),
                                  _sla_seconds(entered.lead_id, slas).label("sla"))
@@ -236,7 +237,8 @@ def _stalled_table(session: Session, query: ReportQuery, buckets: list[Bucket]) 
               .subquery())
     rows = session.execute(
         select(stalls.c.bucket, stalls.c.split, stalls.c.action, func.count().label("n"),
-               count_where(stalls.c.resolved).label("resolved"), count_where(stalls.c.won).label("won"))
+               count_where(stalls.c.resolved).label("resolved"),
+               count_where(stalls.c.won).label("won"))
         .group_by(stalls.c.bucket, stalls.c.split, stalls.c.action)
         .order_by(stalls.c.bucket, stalls.c.split, func.count().desc(), stalls.c.action)).all()
     return Table(

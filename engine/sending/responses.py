@@ -85,26 +85,18 @@ def mark_all_responses(connection) -> None:
     kept when recorded: for rows stored before they were kept (migration 0015) or written in
     bulk."""
     detail = LeadEvent.detail["detail"].as_string()
-    by_last_send = last_send(LeadEvent.lead_id, LeadEvent.at)
-    logged = LeadEvent.category == "event"
-    conditions = {
-        "unsubscribed": and_(LeadEvent.kind == "unsubscribed",
-                             or_(detail.is_(None), detail != "complaint")),
-        "complained": and_(LeadEvent.kind == "unsubscribed", detail == "complaint"),
-        "hard_bounced": and_(LeadEvent.kind == "bounced", detail == "hard"),
-    }
-    for flag, condition in conditions.items():
-        ids = select(by_last_send).where(logged, condition)
-        connection.execute(update(OutboxMessage).where(OutboxMessage.id.in_(ids))
-                           .values({flag: True}))
-    named = aliased(OutboxMessage)
+    named = aliased(OutboxMessage)  # the email a response names (a soft bounce's Message-ID)
     named_row = (select(named.id).where(
         named.message_id == LeadEvent.detail["message_id"].as_string(),
         named.lead_id == LeadEvent.lead_id).correlate_except(named).scalar_subquery())
-    soft = (select(func.coalesce(named_row, by_last_send))
-            .where(logged, LeadEvent.kind == "bounced", detail == "soft"))
-    connection.execute(update(OutboxMessage).where(OutboxMessage.id.in_(soft))
-                       .values(soft_bounced=True))
+    email = func.coalesce(named_row, last_send(LeadEvent.lead_id, LeadEvent.at))
+    for (kind, wanted), flag in FLAGS.items():  # as flag_of reads each logged event
+        answered = (detail == wanted if wanted is not None
+                    else or_(detail.is_(None), detail != "complaint"))
+        ids = select(email).where(LeadEvent.category == "event", LeadEvent.kind == kind,
+                                  answered)
+        connection.execute(update(OutboxMessage).where(OutboxMessage.id.in_(ids))
+                           .values({flag: True}))
     connection.execute(update(FormSubmission).where(FormSubmission.lead_id.is_not(None))
                        .values(outbox_id=last_send(FormSubmission.lead_id,
                                                    FormSubmission.created_at,
