@@ -1032,6 +1032,8 @@ def generate(url: str, leads: int, events: int, seed: int, event_log: bool) -> N
                 progress.update(task, rate=name)
                 cur.execute(statement)
                 progress.advance(task)
+            cur.execute("ANALYZE")  # statistics for the updates' plans (none yet: a join
+            # planned on empty tables runs a subquery per row)
             cur.execute(COUNT_TRACKED_SENDS)  # what the tracking drain keeps on each send
             mark_all_responses(_OnCursor(cur))  # what recording a response keeps on its email
             rebuilt = time.perf_counter() - rebuilt
