@@ -11,7 +11,7 @@ from engine.pages.models import FormSubmission
 from engine.programs.models import ProgramRecord, ProgramVersion
 from engine.sales.models import SalesNotification, SlaBreach
 from engine.scoring.models import ScoreEvent
-from engine.sending.models import OutboxMessage, Suppression
+from engine.sending.models import OutboxMessage, SentEmail, Suppression
 from engine.tracking.models import TrackingEvent
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "Proof",
     "SalesNotification",
     "ScoreEvent",
+    "SentEmail",
     "SlaBreach",
     "StageChange",
     "Suppression",

@@ -12,16 +12,19 @@ from engine.flows.leads import upsert_lead
 from engine.journeys.service import run_due
 from engine.leads.importer import import_leads
 from engine.programs.service import load_program
-from engine.sending.models import Delivery, OutboxMessage
+from engine.sending.models import Delivery, OutboxMessage, SentEmail
 from engine.sending.outbox import (
     claim_due,
     insert_rows,
+    mark_permanent_failure,
     mark_refused,
     mark_sent,
+    mark_skipped,
     mark_temporary_failure,
     renew_claims,
     renew_lease,
 )
+from engine.tracking.models import TrackingEvent
 
 MONDAY = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)  # 09:00 in Paris: inside the window
 
@@ -123,6 +126,36 @@ def test_a_refusal_is_recorded_whoever_holds_the_claim_but_never_undoes_a_send(
     assert (rows[stalled.id].status, rows[stalled.id].attempts, rows[stalled.id].last_error) == (
         "failed_perm", 1, "550 5.1.1")  # not left for w2 to find suppressed and skip
     assert rows[done.id].status == "sent"
+
+
+def test_an_email_that_went_out_is_recorded_once_with_what_happened_before_it_was_marked(
+        db, sample_program):
+    """sent_emails, what reports read: the first 250 (a duplicate adds nothing), a refusal (a
+    hard bounce), giving up (a soft one); a scanner's click stored before the 250 was recorded
+    counts. Not the renderer's refusal, nor a skip: nothing reached a mail server."""
+    setup_leads(db, sample_program, count=5)
+    later = MONDAY + timedelta(minutes=1)
+    with db.session() as s:
+        sent, refused, gave_up, unrendered, skipped = claim_due(session=s, worker="w", now=MONDAY)
+        for number, (kind, bot) in enumerate([("click", True), ("open", False)]):
+            s.add(TrackingEvent(event_key=f"k{number}", kind=kind, lead_id=sent.lead_id,
+                                outbox_id=sent.id, at=MONDAY, bot=bot))
+        s.flush()
+        mark_sent(session=s, row_id=sent.id, worker="w", now=MONDAY)
+        mark_sent(session=s, row_id=sent.id, worker="w", now=later)  # a duplicate
+        mark_refused(session=s, row_id=refused.id, worker="w", now=later, error="550 5.1.1")
+        mark_permanent_failure(session=s, row_id=gave_up.id, worker="w", now=later,
+                               error="gave up after 6 attempts: 451 try later")
+        mark_permanent_failure(session=s, row_id=unrendered.id, worker="w", now=later,
+                               error="render: undefined field", attempted=False)
+        mark_skipped(session=s, row_id=skipped.id, worker="w", now=later, reason="suppressed")
+    with db.session() as s:
+        found = {row.outbox_id: (row.out_at, row.opened, row.clicked, row.bot_clicks,
+                                 row.hard_bounced, row.soft_bounced, row.persona)
+                 for row in s.scalars(select(SentEmail))}
+    assert found == {sent.id: (MONDAY, True, False, 1, False, False, "it_manager"),
+                     refused.id: (later, False, False, 0, True, False, "it_manager"),
+                     gave_up.id: (later, False, False, 0, False, True, "it_manager")}
 
 
 def test_concurrent_workers_never_claim_a_row_twice(db, sample_program):

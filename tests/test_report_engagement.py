@@ -6,9 +6,9 @@ record_bounce), so they are stored as in production. The program version, the se
 rows the enrollment made, then set to how the send ended), the asset versions, the tracking
 events (with their bot flag) and the form submissions are written as rows: running a mail
 server, the tracking drain and the page renderer would only slow the test down; each form
-is put on the email it followed as the form door does. The sends' own figures (opened,
-clicked, bot counts), which the drain keeps, are then counted from the events as migration
-0014 does.
+is put on the email it followed as the form door does; each send that went out gets its
+sent_emails row as marking it does. Their figures (opened, clicked, bot counts), which the
+drain keeps, are then counted from the events (count_tracked_sends).
 
 The report runs in New York time, March and April 2026:
   start  2026-03-01 05:00Z (midnight EST)   March | April 2026-04-01 04:00Z (midnight EDT)
@@ -59,7 +59,7 @@ from engine.reports.engagement import build
 from engine.reports.query import parse_query
 from engine.sending.bounces import record_bounce
 from engine.sending.models import Delivery, OutboxMessage
-from engine.sending.responses import email_before_form
+from engine.sending.responses import email_before_form, record_out
 from engine.tracking.models import TrackingEvent
 from engine.tracking.service import count_tracked_sends
 from engine.tracking.unsubscribe import unsubscribe
@@ -112,6 +112,7 @@ class World:
         row.status, row.sent_at, row.attempts, row.deliveries = Delivery.SENT, at(when), 1, 1
         row.updated_at, row.asset_version_id = at(when), version
         self.s.flush()
+        record_out(self.s, row.id)  # as marking it sent does
         return row
 
     def failed(self, name: str, step: str, when: str, error: str, attempts: int = 1) -> None:
@@ -119,6 +120,7 @@ class World:
         row.status, row.attempts, row.last_error = Delivery.FAILED_PERM, attempts, error
         row.updated_at = at(when)
         self.s.flush()
+        record_out(self.s, row.id)  # as marking it refused does
 
     def event(self, kind: str, row: OutboxMessage, when: str, *, bot: bool = False,
               link: int | None = None, url: str | None = None) -> None:

@@ -37,7 +37,7 @@ from engine.scoring.models import ScoreEvent
 from engine.sending.compose import Signing
 from engine.sending.delivery import DeliveryOptions, deliver_due
 from engine.sending.inbox import read_message
-from engine.sending.models import OutboxMessage
+from engine.sending.models import OutboxMessage, SentEmail
 from engine.sending.sink import Sink, free_port
 from engine.tracking.buffer import EventBuffer
 from engine.tracking.links import HONEYPOT
@@ -785,7 +785,7 @@ def test_each_send_keeps_what_its_recipient_and_the_machines_did(world):
 
     def figures():
         with world.db.session() as s:
-            row = s.get(OutboxMessage, email.outbox_id)
+            row = s.get(SentEmail, email.outbox_id)
             return row.opened, row.clicked, row.bot_opens, row.bot_clicks
 
     get(world, email.clicks[1], at=MONDAY + timedelta(seconds=3))  # a scanner's click

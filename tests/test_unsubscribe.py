@@ -15,7 +15,7 @@ from engine.pages.service import page_token
 from engine.sending.compose import Signing
 from engine.sending.delivery import DeliveryOptions, deliver_due
 from engine.sending.inbox import read_message
-from engine.sending.models import OutboxMessage, Suppression
+from engine.sending.models import OutboxMessage, SentEmail, Suppression
 from engine.sending.sink import Sink
 from engine.tracking.tokens import click_token, send_token, sign, unsubscribe_token, verify
 from engine.web.app import create_app
@@ -75,8 +75,8 @@ def test_one_click_post_unsubscribes_once_without_redirect(client, db, unsubscri
     with db.session() as s:
         assert s.scalar(select(Suppression.reason)) == "unsubscribed"
         # the engagement report counts it on the email it answered, once
-        assert s.execute(select(OutboxMessage.status, OutboxMessage.unsubscribed)).all() == [
-            ("sent", True)]
+        assert s.execute(select(OutboxMessage.status, SentEmail.unsubscribed).join(
+            SentEmail, SentEmail.outbox_id == OutboxMessage.id)).all() == [("sent", True)]
 
 
 def test_the_confirm_button_after_a_one_click_changes_nothing_more(client, db, unsubscribe_path):

@@ -5,10 +5,10 @@ Definitions:
 - Period: a cohort of sends. An email counts in the period (and the bucket) in which it went
   out; its opens, clicks, bounces, unsubscribes, complaints and forms count whenever they came,
   up to the moment the report runs, so the figures of recent sends still grow.
-- Sent: outbox rows that went out: accepted by the mail server (`sent_at`), or refused by it for
-  good (status failed_perm after an SMTP attempt; its time is when it was refused). Rows
-  skipped (suppressed, no consent...), still waiting, or failed before any attempt (content the
-  renderer refused) were not sent.
+- Sent: the emails that went out (sent_emails, written when they did, engine/sending/
+  responses.py): accepted by the mail server (at the first 250), or refused by it for good
+  after an SMTP attempt (when it was refused). Rows skipped (suppressed, no consent...), still
+  waiting, or failed before any attempt (content the renderer refused) were not sent.
 - Bounced hard: refused for good by the mail server at send time, or reported later as a hard
   bounce (a DSN with a 5.x.x status, engine/sending/bounces.py). Bounced soft (and not hard):
   the engine gave up after temporary failures, or a delay or temporary failure was reported
@@ -71,12 +71,10 @@ from engine.reports.model import (
 )
 from engine.reports.query import ReportQuery
 from engine.reports.scope import UNSET, Scope, bucket_label, program_id
-from engine.sending.models import Delivery, OutboxMessage
-from engine.sending.responses import out_at, went_out
+from engine.sending.models import SentEmail
 from engine.tracking.links import HONEYPOT
 from engine.tracking.models import TrackingEvent
 
-GAVE_UP = "gave up after"  # engine/sending/delivery.py: temporary failures until it gave up
 # The counts summed per email, in the order the tables show them.
 COUNTS = ("sent", "bounced_hard", "bounced_soft", "opens", "clicks", "unsubscribes",
           "complaints", "forms", "bot_opens", "bot_clicks")
@@ -86,14 +84,13 @@ def build(session: Session, query: ReportQuery, *, now: datetime | None = None) 
     report = Report(name="engagement", title="Engagement", query=query,
                     generated_at=now or utcnow())
     names = _program_names(session)
-    sends = _sends(session, query)
-    per_email = _per_email(session, query, sends)
+    per_email = _per_email(session, query, _sends(session, query))
     report.tables += [
         _email_table(session, query, per_email, names),
         _track_table(session, query, per_email, names),
         _persona_table(query, per_email, names),
         _page_table(session, query, names),
-        _link_table(session, query, sends, names),
+        _link_table(session, query, _sends(session, query, clicked=True), names),
     ]
     report.notes += [
         ("Emails count in the period they were sent; their responses count whenever they came, "
@@ -106,42 +103,34 @@ def build(session: Session, query: ReportQuery, *, now: datetime | None = None) 
 
 # -- the cohort of sends ------------------------------------------------------------------------
 
-def _out_between(row, start, end) -> ColumnElement[bool]:
-    """out_at(row) in [start, end), written so the database can use each column's statistics
-    (its estimate for the coalesce was a hundredth of the rows, which chose index lookups for
-    every send)."""
-    return or_(and_(row.sent_at >= start, row.sent_at < end),
-               and_(row.sent_at.is_(None), row.updated_at >= start, row.updated_at < end))
-
-
-def _sends(session: Session, query: ReportQuery):
-    """One row per email that went out in the period and is in scope, with its bucket, split
-    value, persona, and what happened to it (engine/sending/responses.py keeps the responses
-    on it as they are recorded; engine/tracking/service.py its opens and clicks)."""
-    out = OutboxMessage
-    failed = out.status == Delivery.FAILED_PERM
-    gave_up = func.coalesce(out.last_error, "").startswith(GAVE_UP)
-    hard = or_(and_(failed, not_(gave_up)), out.hard_bounced)
-    soft = and_(not_(hard), or_(and_(failed, gave_up), out.soft_bounced))
+def _sends(session: Session, query: ReportQuery, *, clicked: bool = False):
+    """One row per email that went out in the period and is in scope (`clicked`: that a person
+    or a machine clicked, read from their own index), with its bucket, split value, persona,
+    and what happened to it (engine/sending/responses.py keeps the responses on it as they
+    are recorded; engine/tracking/service.py its opens and clicks)."""
+    sent = SentEmail
+    soft = and_(not_(sent.hard_bounced), sent.soft_bounced)
     program = program_id(session, query)
     columns = [
-        out.id.label("id"), out.program_id.label("program_id"),
-        out.program_version.label("program_version"), out.step.label("step"),
-        out.asset_version_id.label("asset_version_id"),
-        bucket_label(out_at(out), query.buckets()).label("period"),
-        func.coalesce(out.persona, UNSET).label("persona"),
-        _flag(hard).label("bounced_hard"), _flag(soft).label("bounced_soft"),
-        _flag(out.opened).label("opens"), _flag(out.clicked).label("clicks"),
-        _flag(out.unsubscribed).label("unsubscribes"),
-        _flag(out.complained).label("complaints"),
-        out.bot_opens.label("bot_opens"), out.bot_clicks.label("bot_clicks")]
-    sends = select(*columns).where(went_out(out), _out_between(out, query.start, query.end))
+        sent.outbox_id.label("id"), sent.program_id.label("program_id"),
+        sent.program_version.label("program_version"), sent.step.label("step"),
+        sent.asset_version_id.label("asset_version_id"),
+        bucket_label(sent.out_at, query.buckets()).label("period"),
+        func.coalesce(sent.persona, UNSET).label("persona"),
+        _flag(sent.hard_bounced).label("bounced_hard"), _flag(soft).label("bounced_soft"),
+        _flag(sent.opened).label("opens"), _flag(sent.clicked).label("clicks"),
+        _flag(sent.unsubscribed).label("unsubscribes"),
+        _flag(sent.complained).label("complaints"),
+        sent.bot_opens.label("bot_opens"), sent.bot_clicks.label("bot_clicks")]
+    sends = select(*columns).where(sent.out_at >= query.start, sent.out_at < query.end)
+    if clicked:  # as the partial index ix_sent_emails_clicked
+        sends = sends.where(or_(sent.clicked, sent.bot_clicks > 0))
     if program is not None:
-        sends = sends.where(out.program_id == program)
+        sends = sends.where(sent.program_id == program)
     if query.split is None:  # a send's lead is enrolled in its program: no scope to join
         return sends.add_columns(literal(UNSET).label("split")).subquery("sends")
     scope = Scope(session, query)
-    return scope.join(sends.add_columns(scope.split.label("split")), out.lead_id).subquery("sends")
+    return scope.join(sends.add_columns(scope.split.label("split")), sent.lead_id).subquery("sends")
 
 
 def _flag(condition) -> ColumnElement:

@@ -28,6 +28,8 @@ from engine.programs.models import ProgramRecord
 from engine.programs.spec import Program
 from engine.render.message import sender_domain
 from engine.sending.models import Delivery, OutboxMessage
+from engine.sending.responses import record_out
+from engine.tracking.service import count_tracked_sends
 
 LEASE = timedelta(minutes=5)
 _OUTBOX = OutboxMessage.__table__
@@ -186,6 +188,7 @@ def mark_sent(*, session: Session, row_id: int, worker: str, now: datetime) -> i
         status=Delivery.SENT, sent_at=func.coalesce(_OUTBOX.c.sent_at, now), lease_until=None,
         last_error=None, attempts=_OUTBOX.c.attempts + 1, send_started=False,
         deliveries=_OUTBOX.c.deliveries + 1, claimed_by=worker, updated_at=now))
+    _went_out(session, row_id)
     return session.scalar(select(_OUTBOX.c.deliveries).where(_OUTBOX.c.id == row_id))
 
 
@@ -200,8 +203,11 @@ def mark_temporary_failure(*, session: Session, row_id: int, worker: str, now: d
 def mark_permanent_failure(*, session: Session, row_id: int, worker: str, now: datetime,
                            error: str, attempted: bool = True) -> bool:
     """Failed for good: refused by the server (an attempt), or unsendable (not one)."""
-    return _finish(session, row_id, worker, now, attempted=attempted,
-                   status=Delivery.FAILED_PERM, last_error=error[:2000])
+    finished = _finish(session, row_id, worker, now, attempted=attempted,
+                       status=Delivery.FAILED_PERM, last_error=error[:2000])
+    if finished:
+        _went_out(session, row_id)
+    return finished
 
 
 def mark_refused(*, session: Session, row_id: int, worker: str, now: datetime,
@@ -212,6 +218,14 @@ def mark_refused(*, session: Session, row_id: int, worker: str, now: datetime,
                                           _OUTBOX.c.status != Delivery.SENT).values(
         status=Delivery.FAILED_PERM, lease_until=None, last_error=error[:2000],
         attempts=_OUTBOX.c.attempts + 1, send_started=False, claimed_by=worker, updated_at=now))
+    _went_out(session, row_id)
+
+
+def _went_out(session: Session, row_id: int) -> None:
+    """The row's sent email, if it went out (a refusal by the renderer did not), with what its
+    events did before it was marked (a scanner can click within the second)."""
+    record_out(session, row_id)
+    count_tracked_sends(session, row_id)
 
 
 def mark_skipped(*, session: Session, row_id: int, worker: str, now: datetime, reason: str) -> bool:

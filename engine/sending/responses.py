@@ -1,25 +1,28 @@
-"""The email a response belongs to, decided once, when the response is recorded.
+"""The emails that went out, and the email a response belongs to, decided once, when recorded.
 
-An unsubscribe, a complaint or a bounce reported after sending is put on the email it names (a
-soft bounce's Message-ID), else on the last email the lead was sent before it; a form on the
+An email that went out gets its row in sent_emails then (record_out): what reports read of a
+send. An unsubscribe, a complaint or a bounce reported after sending is put on the email it names
+(a soft bounce's Message-ID), else on the last email the lead was sent before it; a form on the
 last email of the form's program the lead was sent before it (FormSubmission.outbox_id). The
-send keeps what happened to it (OutboxMessage.unsubscribed...), so the engagement report reads
-sends, not every response with a search for its email.
+sent email keeps what happened to it (SentEmail.unsubscribed...), so the engagement report reads
+sent emails, not every response with a search for its email.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, and_, func, not_, or_, select, update
+from sqlalchemy import ColumnElement, and_, case, func, not_, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, aliased
 
 from engine.journeys.decide import Event
 from engine.leads.models import LeadEvent
 from engine.pages.models import FormSubmission
-from engine.sending.models import Delivery, OutboxMessage
+from engine.sending.models import Delivery, OutboxMessage, SentEmail
 
 RENDER_FAILED = "render:"  # refused by the renderer: never reached a mail server
+GAVE_UP = "gave up after"  # engine/sending/delivery.py: temporary failures until it gave up
 # What a response sets on its email: the event's kind and detail -> the send's flag.
 FLAGS = {("unsubscribed", None): "unsubscribed", ("unsubscribed", "complaint"): "complained",
          ("bounced", "hard"): "hard_bounced", ("bounced", "soft"): "soft_bounced"}
@@ -37,14 +40,35 @@ def out_at(row) -> ColumnElement:
     return func.coalesce(row.sent_at, row.updated_at)
 
 
+def record_out(connection, row_id: int | None = None) -> None:
+    """Write the sent_emails row of outbox row `row_id` if it went out and has none yet (every
+    such row when None: rows stored before migration 0023, or written in bulk). A refusal for
+    good is a hard bounce, giving up after temporary failures a soft one."""
+    out = OutboxMessage
+    refused = out.status == Delivery.FAILED_PERM
+    gave_up = func.coalesce(out.last_error, "").startswith(GAVE_UP)
+    rows = select(out.id, out.lead_id, out.program_id, out.program_version, out.step,
+                  out.asset_version_id, out.persona, out_at(out),
+                  case((and_(refused, not_(gave_up)), True), else_=False),
+                  case((and_(refused, gave_up), True), else_=False)).where(went_out(out))
+    if row_id is not None:
+        rows = rows.where(out.id == row_id)
+    on = getattr(connection, "dialect", None) or connection.get_bind().dialect
+    dialect = postgresql if on.name == "postgresql" else sqlite
+    columns = ["outbox_id", "lead_id", "program_id", "program_version", "step",
+               "asset_version_id", "persona", "out_at", "hard_bounced", "soft_bounced"]
+    connection.execute(dialect.insert(SentEmail).from_select(columns, rows)
+                       .on_conflict_do_nothing())
+
+
 def last_send(lead_id, at, program_id=None) -> ColumnElement:
     """The id of the last email the lead was sent at or before `at` (of `program_id` if
     given), as a scalar subquery: `lead_id` and `at` may be values or a row's columns."""
-    row = aliased(OutboxMessage)
-    found = select(row.id).where(row.lead_id == lead_id, went_out(row), out_at(row) <= at)
+    row = aliased(SentEmail)
+    found = select(row.outbox_id).where(row.lead_id == lead_id, row.out_at <= at)
     if program_id is not None:
         found = found.where(row.program_id == program_id)
-    return (found.order_by(out_at(row).desc(), row.id.desc()).limit(1)
+    return (found.order_by(row.out_at.desc(), row.outbox_id.desc()).limit(1)
             .correlate_except(row).scalar_subquery())
 
 
@@ -68,7 +92,7 @@ def mark_response(session: Session, *, lead_id: int, event: Event, at: datetime,
     if send_id is None:
         send_id = session.scalar(select(last_send(lead_id, at)))
     if send_id is not None:
-        session.execute(update(OutboxMessage).where(OutboxMessage.id == send_id)
+        session.execute(update(SentEmail).where(SentEmail.outbox_id == send_id)
                         .values({flag: True}))
 
 
@@ -81,9 +105,8 @@ def email_before_form(session: Session, submission: FormSubmission) -> int | Non
 
 
 def mark_all_responses(connection) -> None:
-    """Set every send's responses, and every form's email, from the stored log, as they are
-    kept when recorded: for rows stored before they were kept (migration 0015) or written in
-    bulk."""
+    """Set every sent email's responses, and every form's email, from the stored log, as they
+    are kept when recorded: for rows stored before migration 0023, or written in bulk."""
     detail = LeadEvent.detail["detail"].as_string()
     named = aliased(OutboxMessage)  # the email a response names (a soft bounce's Message-ID)
     named_row = (select(named.id).where(
@@ -95,7 +118,7 @@ def mark_all_responses(connection) -> None:
                     else or_(detail.is_(None), detail != "complaint"))
         ids = select(email).where(LeadEvent.category == "event", LeadEvent.kind == kind,
                                   answered)
-        connection.execute(update(OutboxMessage).where(OutboxMessage.id.in_(ids))
+        connection.execute(update(SentEmail).where(SentEmail.outbox_id.in_(ids))
                            .values({flag: True}))
     connection.execute(update(FormSubmission).where(FormSubmission.lead_id.is_not(None))
                        .values(outbox_id=last_send(FormSubmission.lead_id,

@@ -10,12 +10,12 @@ import logging
 import uuid
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, text
+from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
 from engine.journeys.decide import EventKind
 from engine.leads.models import Lead
-from engine.sending.models import OutboxMessage
+from engine.sending.models import OutboxMessage, SentEmail
 from engine.tracking.bots import LINKS_AT_ONCE, Hit, bot_reason
 from engine.tracking.models import TrackingEvent
 
@@ -71,45 +71,49 @@ def record_hit(session: Session, event: dict,
                             ip=event.get("ip") or None, bot=reason is not None, bot_reason=reason)
     session.add(tracked)
     if row is not None:
-        _count_on_send(row, event["kind"], bot=reason is not None)
+        _count_on_send(session, row.id, event["kind"], bot=reason is not None)
     session.flush()
     return lead, tracked
 
 
-def _count_on_send(row: OutboxMessage, kind: str, *, bot: bool) -> None:
-    """Keep the send's own figures (OutboxMessage.opened...) as its events are stored; the
+def _count_on_send(session: Session, row_id: int, kind: str, *, bot: bool) -> None:
+    """Keep the sent email's own figures (SentEmail.opened...) as its events are stored; the
     counts are added by the database, so drains running at once lose none. A page visit
-    that came from the email is the page's, not the email's."""
+    that came from the email is the page's, not the email's. An email not marked sent yet
+    gets its figures from its events when it is (count_tracked_sends)."""
     if kind not in (*OPENS, "click"):
         return
     if bot:
-        if kind in OPENS:
-            row.bot_opens = OutboxMessage.bot_opens + 1
-        elif kind == "click":
-            row.bot_clicks = OutboxMessage.bot_clicks + 1
-        return
-    row.opened = True  # a click counts as an open: images may be blocked
-    if kind == "click":
-        row.clicked = True
+        column = "bot_opens" if kind in OPENS else "bot_clicks"
+        values = {column: getattr(SentEmail, column) + 1}
+    else:  # a click counts as an open: images may be blocked
+        values = {"opened": True, "clicked": True} if kind == "click" else {"opened": True}
+    session.execute(update(SentEmail).where(SentEmail.outbox_id == row_id).values(values))
 
 
 COUNT_TRACKED_SENDS = f"""
-        UPDATE outbox SET opened = counted.opened, clicked = counted.clicked,
+        UPDATE sent_emails SET opened = counted.opened, clicked = counted.clicked,
                bot_opens = counted.bot_opens, bot_clicks = counted.bot_clicks
         FROM (SELECT outbox_id,
                      max(CASE WHEN NOT bot THEN 1 ELSE 0 END) = 1 AS opened,
                      max(CASE WHEN NOT bot AND kind = 'click' THEN 1 ELSE 0 END) = 1 AS clicked,
                      sum(CASE WHEN bot AND kind IN {OPENS} THEN 1 ELSE 0 END) AS bot_opens,
                      sum(CASE WHEN bot AND kind = 'click' THEN 1 ELSE 0 END) AS bot_clicks
-              FROM tracking_events WHERE outbox_id IS NOT NULL AND kind != 'page_view'
+              FROM tracking_events WHERE outbox_id IS NOT NULL AND kind != 'page_view' {{}}
               GROUP BY outbox_id) AS counted
-        WHERE outbox.id = counted.outbox_id"""
+        WHERE sent_emails.outbox_id = counted.outbox_id"""
 
 
-def count_tracked_sends(connection) -> None:
-    """Set every send's figures from its stored events, as _count_on_send keeps them: for
-    rows stored before the figures were kept (migration 0014) or written in bulk."""
-    connection.execute(text(COUNT_TRACKED_SENDS))
+def count_tracked_sends(connection, row_id: int | None = None) -> None:
+    """Set the figures of sent email `row_id` (of every one when None) from its stored events,
+    as _count_on_send keeps them: for an email whose events were stored before it was marked
+    sent (a scanner can click within the second), rows stored before migration 0023, or
+    written in bulk."""
+    if row_id is None:
+        connection.execute(text(COUNT_TRACKED_SENDS.format("")))
+    else:
+        connection.execute(text(COUNT_TRACKED_SENDS.format("AND outbox_id = :row")),
+                           {"row": row_id})
 
 
 def response_of(event: dict, session: Session) -> tuple[EventKind, str | None]:

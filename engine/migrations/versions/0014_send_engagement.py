@@ -4,17 +4,15 @@ Revision ID: 0014
 Revises: 0013
 Create Date: 2026-12-05 05:00:00
 
-`opened`, `clicked`, `bot_opens` and `bot_clicks` are kept on each send as its tracking events
-are stored (engine/tracking/service.py), and filled here from the events stored before. The
-engagement report reads them instead of every event of every send. tracking_events get an
+`opened`, `clicked`, `bot_opens` and `bot_clicks` were kept on each send as its tracking events
+were stored, for the engagement report; 0023 moved them to sent_emails and fills them there from
+the events stored (this revision filled them here). tracking_events get an
 index by (kind, at): a report reads the clicks or visits of a period.
 """
 from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
-
-from engine.tracking.service import count_tracked_sends
 
 revision: str = '0014'
 down_revision: str | Sequence[str] | None = '0013'
@@ -34,7 +32,6 @@ def upgrade() -> None:
                                       server_default='0'))
     with op.batch_alter_table('tracking_events', schema=None) as batch_op:
         batch_op.create_index('ix_tracking_events_kind_at', ['kind', 'at'], unique=False)
-    count_tracked_sends(op.get_bind())
 
 
 def downgrade() -> None:

@@ -6,10 +6,9 @@ Create Date: 2026-12-05 06:10:00
 
 Each send keeps the persona it was chosen for and whether the lead unsubscribed, complained or
 was reported bounced (hard, soft) after it; each form submission the email it followed. They
-are kept as responses are recorded (engine/sending/responses.py) and filled here from the log
-stored before: the persona from the send's enrollment as it is now, the responses by the rule
-the engagement report applied to the log until now. The report reads sends, not every
-response with a search for its email.
+are kept as responses are recorded (engine/sending/responses.py). The persona is filled here
+from the send's enrollment as it is now; the responses and the forms' emails by 0023, which
+moved the responses to sent_emails (this revision filled them here, by the same rule).
 """
 from collections.abc import Sequence
 
@@ -17,7 +16,6 @@ import sqlalchemy as sa
 from alembic import op
 
 from engine.sending.outbox import fill_personas
-from engine.sending.responses import mark_all_responses
 
 revision: str = '0015'
 down_revision: str | Sequence[str] | None = '0014'
@@ -38,7 +36,6 @@ def upgrade() -> None:
         batch_op.create_foreign_key('form_submissions_outbox_id_fkey', 'outbox',
                                     ['outbox_id'], ['id'], ondelete='SET NULL')
     fill_personas(op.get_bind())
-    mark_all_responses(op.get_bind())
 
 
 def downgrade() -> None:
