@@ -11,7 +11,6 @@ from pathlib import Path
 
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-from rich.table import Table
 
 from engine.cli_context import AppContext, console, echo_json, err_console, pass_app
 from engine.db import utcnow
@@ -135,12 +134,11 @@ def dead_letter_list(app: AppContext, limit: int, as_json: bool) -> None:
     if not items:
         console.print("no dead letter")
         return
-    table = Table("id", "lead", "type", "attempts", "error", "last error", "dead since")
     for item in items:
-        table.add_row(str(item["id"]), item["email"] or str(item["lead_id"]), item["type"],
-                      str(item["attempts"]), item["error_kind"] or "",
-                      item["last_error"] or "", (item["dead_at"] or "")[:19])
-    console.print(table)
+        console.print(f"{item['id']:>6}  {item['email'] or item['lead_id']}  {item['type']}  "
+                      f"{item['attempts']} attempt(s), {item['error_kind'] or '-'}, dead since "
+                      f"{(item['dead_at'] or '')[:19]}")
+        console.print(f"        {item['last_error'] or ''}")
 
 
 @dead_letter.command("replay")
@@ -281,14 +279,12 @@ def received(app: AppContext, directory: str | None, event_type: str | None, eve
     if not entries:
         console.print("nothing received")
         return
-    table = Table("seq", "at", "answer", "type", "lead", "what", "key")
     for entry in entries:
         body = entry.body if isinstance(entry.body, dict) else {}
-        table.add_row(str(entry.seq), entry.received_at[11:19], str(entry.answered),
-                      entry.event_type, (body.get("lead") or {}).get("email") or "",
-                      _what(body), entry.idempotency_key[:8]
-                      + (" dup" if entry.duplicate else ""))
-    console.print(table)
+        console.print(f"{entry.seq:>5} {entry.received_at[:19]} {entry.answered} "
+                      f"{entry.event_type:<14} {(body.get('lead') or {}).get('email') or '-'}  "
+                      f"{_what(body)}  key {entry.idempotency_key}"
+                      + (" (duplicate)" if entry.duplicate else ""))
 
 
 def _what(body: dict) -> str:
