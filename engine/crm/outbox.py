@@ -49,7 +49,9 @@ def item_row(*, lead_id: int, email: str, kind: str, now: datetime, **payload) -
     if kind not in KINDS:
         raise ValueError(f"unknown CRM item kind {kind!r} (one of {', '.join(KINDS)})")
     return {"event_id": new_event_id(), "lead_id": lead_id, "kind": kind, "created_at": now,
-            "status": CrmStatus.PENDING, "attempts": 0, "next_attempt_at": now, "replays": 0,
+            # due at once, whatever `now` says (a change recorded for a time ahead is no
+            # reason to hold it back)
+            "status": CrmStatus.PENDING, "attempts": 0, "next_attempt_at": None, "replays": 0,
             "payload": {"email": email, "at": now.isoformat(), **payload}}
 
 
