@@ -8,6 +8,8 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.errors import Invalid
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -67,16 +69,18 @@ def demo_settings(directory: Path | str) -> Settings:
 
 
 def _number(env, name: str, default, kind):
-    """A positive number from the environment, or a ValueError naming the variable."""
+    """A positive number from the environment; Invalid, naming the variable, when it is not
+    (every command then says so, and exits 1)."""
     text = (env.get(name) or "").strip()
     if not text:
         return default
     try:
         value = kind(text)
     except ValueError:
-        raise ValueError(f"{name}={text!r} is not a {'whole ' if kind is int else ''}number") from None
+        raise Invalid(f"{name}={text!r} is not a {'whole ' if kind is int else ''}"
+                      "number") from None
     if value <= 0:
-        raise ValueError(f"{name}={text!r} must be more than 0")
+        raise Invalid(f"{name}={text!r} must be more than 0")
     return value
 
 

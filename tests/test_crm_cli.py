@@ -193,3 +193,14 @@ def test_the_scheduler_queues_one_crm_job_which_delivers(db, leads, redis, monke
     assert statuses(db) == ["sent"] * 3
     assert len(receiver.received(accepted_only=True)) == 3
     assert tick(db=db, redis=redis)["crm_job_queued"] is False  # nothing due
+
+
+@pytest.mark.parametrize("name, value, says", [
+    ("NURTURE_CRM_MAX_ATTEMPTS", "many", "NURTURE_CRM_MAX_ATTEMPTS='many' is not a whole number"),
+    ("NURTURE_CRM_TIMEOUT_SECONDS", "0", "NURTURE_CRM_TIMEOUT_SECONDS='0' must be more than 0"),
+    ("NURTURE_CRM_TIMEOUT_SECONDS", "200", "the CRM claim lease (300 s) must be over twice the "
+                                           "webhook timeout (200 s)")])
+def test_a_bad_crm_setting_is_named(cli, leads, configured, monkeypatch, name, value, says):
+    monkeypatch.setenv(name, value)
+    result = cli("crm", "deliver")
+    assert result.exit_code == 1 and result.output.startswith(f"error: {says}")

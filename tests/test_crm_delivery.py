@@ -26,6 +26,7 @@ from engine.crm.receiver import CLOSE, HANG, Answers, Receiver
 from engine.crm.retry import Backoff
 from engine.crm.service import replay, replay_all, skip
 from engine.crm.webhook import post, signed_headers
+from engine.errors import Invalid
 from engine.leads.service import set_stage, write_lead
 
 SECRET = "crm-secret-0123"
@@ -410,7 +411,7 @@ def test_the_job_running_twice_at_once_delivers_each_item_once(db, receiver):
 def test_a_batch_never_outlasts_its_lease():
     hook = CrmWebhook(url="http://x", secret="s", timeout=10, lease=timedelta(minutes=5))
     assert hook.batch_size(100) == 15 and hook.batch_size(4) == 4
-    with pytest.raises(ValueError, match="must be over twice the webhook timeout"):
+    with pytest.raises(Invalid, match="must be over twice the webhook timeout"):
         CrmWebhook(url="http://x", secret="s", timeout=200, lease=timedelta(minutes=5))
 
 

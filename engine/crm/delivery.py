@@ -36,6 +36,7 @@ from engine.crm.models import DONE, CrmOutboxItem, CrmStatus
 from engine.crm.retry import Backoff, Next, after_attempt
 from engine.crm.webhook import ErrorKind, Reply, post, signed_headers
 from engine.db import Database
+from engine.errors import Invalid
 
 LEASE = timedelta(minutes=5)
 TIMEOUT_SECONDS = 10.0
@@ -58,11 +59,12 @@ class CrmWebhook:
 
     def __post_init__(self) -> None:
         if self.lease.total_seconds() <= 2 * self.timeout:
-            raise ValueError(f"the CRM claim lease ({self.lease.total_seconds():g} s) must be "
+            raise Invalid(f"the CRM claim lease ({self.lease.total_seconds():g} s) must be "
                              f"over twice the webhook timeout ({self.timeout:g} s): a POST "
-                             "could outlive the worker's claim on its item")
+                             "could outlive the worker's claim on its item (lower "
+                          "NURTURE_CRM_TIMEOUT_SECONDS)")
         if self.max_attempts < 1:
-            raise ValueError(f"NURTURE_CRM_MAX_ATTEMPTS must be at least 1, not "
+            raise Invalid(f"NURTURE_CRM_MAX_ATTEMPTS must be at least 1, not "
                              f"{self.max_attempts}")
 
     def batch_size(self, limit: int) -> int:
