@@ -198,8 +198,8 @@ def test_the_scheduler_queues_one_crm_job_which_delivers(db, leads, redis, monke
 @pytest.mark.parametrize("name, value, says", [
     ("NURTURE_CRM_MAX_ATTEMPTS", "many", "NURTURE_CRM_MAX_ATTEMPTS='many' is not a whole number"),
     ("NURTURE_CRM_TIMEOUT_SECONDS", "0", "NURTURE_CRM_TIMEOUT_SECONDS='0' must be more than 0"),
-    ("NURTURE_CRM_TIMEOUT_SECONDS", "200", "the CRM claim lease (300 s) must be over twice the "
-                                           "webhook timeout (200 s)")])
+    ("NURTURE_CRM_TIMEOUT_SECONDS", "200",
+     "the CRM claim lease (300 s) must be over twice the webhook timeout (200 s)")])
 def test_a_bad_crm_setting_is_named(cli, leads, configured, monkeypatch, name, value, says):
     monkeypatch.setenv(name, value)
     result = cli("crm", "deliver")
