@@ -1039,7 +1039,7 @@ def generate(url: str, leads: int, events: int, seed: int, event_log: bool) -> N
             count_tracked_sends(on_load)  # what the tracking drain keeps on each sent email
             mark_all_responses(on_load)  # what recording a response keeps on its email
             # Live rows are updated where they were written (fillfactor) and stay in time
-            # order; the bulk updates above moved them: put them back, as migration 0023 does.
+            # order; the bulk updates above moved them: put them back, as migration 0024 does.
             cur.execute("CLUSTER sent_emails USING ix_sent_emails_out_at")
             rebuilt = time.perf_counter() - rebuilt
         for table in tables:

@@ -8,6 +8,8 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.errors import Invalid
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -23,6 +25,10 @@ class Settings:
     webhook_secret: str | None = None  # signs POST /api/v1/webhooks/bounces; unset: refused
     qa_allow_hosts: tuple[str, ...] = ()  # internal hosts the link checker may fetch (qa.netguard)
     sales_email: str | None = None  # gets the sales notifications of leads nobody owns yet
+    crm_webhook_url: str | None = None  # where CRM items are POSTed; unset: they stay pending
+    crm_webhook_secret: str | None = None  # signs them (X-Nurture-Signature); required
+    crm_timeout_seconds: float = 10.0  # per connect and per read
+    crm_max_attempts: int = 15  # then the item is dead-lettered
 
     @classmethod
     def from_env(cls, environ: os._Environ | dict | None = None) -> Settings:
@@ -42,6 +48,10 @@ class Settings:
             webhook_secret=env.get("NURTURE_WEBHOOK_SECRET") or None,
             qa_allow_hosts=_comma_list(env.get("NURTURE_QA_ALLOW_HOSTS", "")),
             sales_email=(env.get("NURTURE_SALES_EMAIL") or "").strip() or None,
+            crm_webhook_url=(env.get("NURTURE_CRM_WEBHOOK_URL") or "").strip() or None,
+            crm_webhook_secret=env.get("NURTURE_CRM_WEBHOOK_SECRET") or None,
+            crm_timeout_seconds=_number(env, "NURTURE_CRM_TIMEOUT_SECONDS", 10.0, float),
+            crm_max_attempts=_number(env, "NURTURE_CRM_MAX_ATTEMPTS", 15, int),
         )
 
 
@@ -56,6 +66,22 @@ def demo_settings(directory: Path | str) -> Settings:
     simulated weeks never mix with real data. Sales notifications go to DEMO_SALES_EMAIL."""
     return Settings.from_env({"NURTURE_INSTANCE": str(directory),
                               "NURTURE_SALES_EMAIL": DEMO_SALES_EMAIL})
+
+
+def _number(env, name: str, default, kind):
+    """A positive number from the environment; Invalid, naming the variable, when it is not
+    (every command then says so, and exits 1)."""
+    text = (env.get(name) or "").strip()
+    if not text:
+        return default
+    try:
+        value = kind(text)
+    except ValueError:
+        raise Invalid(f"{name}={text!r} is not a {'whole ' if kind is int else ''}"
+                      "number") from None
+    if value <= 0:
+        raise Invalid(f"{name}={text!r} must be more than 0")
+    return value
 
 
 def _comma_list(value: str) -> tuple[str, ...]:

@@ -190,8 +190,49 @@ def _run(app: AppContext, *, lead_count: int, days: int, program_dir: str) -> No
             web.extensions["nurture.db"].dispose()
     console.rule("7. Scores, MQLs and the sales handoff")
     _print_handoff(app, now=now + timedelta(days=days))
-    console.rule("8. The quarterly review")
+    console.rule("8. The CRM hears of it: signed webhooks to the reference receiver")
+    _deliver_to_crm(app)
+    console.rule("9. The quarterly review")
     _write_review(app, program.slug, end=now + timedelta(days=days / 2))
+
+
+DEMO_CRM_SECRET = "demo-crm-webhook-secret"
+
+
+def _deliver_to_crm(app: AppContext) -> None:
+    """The CRM outbox delivered, as the scheduler's `crm` job would, to the reference receiver
+    on a free port (signatures checked, everything stored in the instance); what arrived."""
+    from engine.crm.delivery import CrmWebhook, deliver_all
+    from engine.crm.receiver import Receiver
+
+    directory = app.settings.instance_path / "crm-receiver"
+    with Receiver(directory, secret=DEMO_CRM_SECRET) as receiver:
+        before = len(receiver.received())
+        report = deliver_all(db=app.db, webhook=CrmWebhook(url=receiver.url,
+                                                           secret=DEMO_CRM_SECRET, timeout=5),
+                             worker="demo", clock=utcnow, limit=500)
+        arrived = receiver.received()[before:]
+    console.print(f"receiver {receiver.url} (signatures checked), storing in {directory}")
+    console.print(f"delivered: {report}")
+    accepted = [entry for entry in arrived if entry.accepted]
+    if not accepted:
+        console.print("nothing new to tell the CRM (an earlier demo delivered it)")
+        return
+    signed = sum(1 for entry in accepted if entry.verified)
+    kinds = Counter(entry.event_type for entry in accepted)
+    console.print(f"arrived: {len(accepted)} event(s), {signed} with a good signature: "
+                  + ", ".join(f"{n} {kind}" for kind, n in kinds.most_common()))
+    moves = [entry.body["payload"] for entry in accepted if entry.event_type == "stage_change"]
+    console.print(f"stage changes: {len(moves)}, of which MQLs: "
+                  f"{sum(1 for move in moves if move.get('to') == 'mql')} ("
+                  + ", ".join(f"{n} -> {stage}" for stage, n in
+                              Counter(move.get("to") for move in moves).most_common()) + ")")
+    for entry in [e for e in accepted if (e.body.get("payload") or {}).get("to") == "mql"][:3]:
+        payload = entry.body["payload"]
+        console.print(f"  {entry.body['occurred_at'][:16]}  {entry.body['lead']['email']:<34} "
+                      f"{payload.get('from')} -> mql: {payload.get('reason')}")
+    console.print(f"see them with `{_on_demo(app)} nurture crm received`; the sync health "
+                  "with `nurture crm status`")
 
 
 def _write_review(app: AppContext, slug: str, *, end: datetime) -> None:
@@ -461,8 +502,8 @@ def _print_handoff(app: AppContext, *, now: datetime) -> None:
         console.print(table)
         notes = session.scalars(select(SalesNotification).order_by(SalesNotification.at)).all()
         crm = session.scalar(select(func.count()).select_from(CrmOutboxItem))
-        console.print(f"{len(notes)} sales notification(s); {crm} CRM outbox item(s) (one per "
-                      "stage change and buying signal)")
+        console.print(f"{len(notes)} sales notification(s); {crm} CRM outbox item(s) (new "
+                      "leads, stage changes, buying signals, unsubscribes, suppressions, forms)")
         for note in notes[:5]:
             email = (f"emailed to {note.recipient}" if note.status == "sent"
                      else f"email {note.status}")

@@ -35,7 +35,16 @@ def test_demo_loads_imports_simulates_and_summarises(cli, db, env, tmp_path, mon
                      r"social/linkedin/q4-demo, consent given, stage mql", out)
     assert re.search(r"tomas@fabrikam\.example +CFO +source review-site/g2/cloud-compare, "
                      r"consent not given, stage mql", out)
-    assert re.search(r"\d+ CRM outbox item\(s\) \(one per stage change", out)
+    assert re.search(r"\d+ CRM outbox item\(s\) \(new leads, stage changes", out)
+    # The CRM heard of it all: signed webhooks to the reference receiver, MQLs among them.
+    crm = out.split("8. The CRM hears of it")[1].split("9. The quarterly review")[0]
+    sent = re.search(r"delivered: (\d+) sent\n", crm)
+    arrived = re.search(r"arrived: (\d+) event\(s\), (\d+) with a good signature: "
+                        r"(\d+) lead_created", crm)
+    assert sent and arrived and sent.group(1) == arrived.group(1) == arrived.group(2)
+    assert int(arrived.group(3)) == 40 + 3  # the imported leads and the form's visitors
+    mqls = re.search(r"stage changes: \d+, of which MQLs: (\d+)", crm)
+    assert mqls and int(mqls.group(1)) >= 1 and "-> mql: score" in crm
     # Sales heard of each MQL and trigger by email (the sample's sales team).
     emailed = re.search(r"sales notifications emailed: (\d+) \(to sales@acme\.example", out)
     notified = re.search(r"(\d+) sales notification\(s\)", out.split("7. Scores")[1])

@@ -288,7 +288,7 @@ def test_every_stage_change_writes_a_crm_item_whatever_the_door(cli, api, db):
     answer = api("sales", "POST", f"/api/v1/leads/{lead_id}/stage",
                  json={"stage": "disqualified", "reason": "student"})
     assert answer.status_code == 200
-    items = rows(db, CrmOutboxItem, lead_id=lead_id)
+    items = rows(db, CrmOutboxItem, lead_id=lead_id, kind="stage_change")
     moves = [(i.kind, i.payload["from"], i.payload["to"], i.payload["reason"],
               i.payload["actor"]) for i in items]
     assert moves == [("stage_change", "inquiry", "engaged", "talked at the booth", "maria"),
@@ -368,7 +368,7 @@ def test_a_click_advances_the_lead_through_the_transition_table_saying_which_rul
     [change] = rows(db, StageChange, lead_id=lead_id, to_stage="engaged")
     assert (change.from_stage, change.reason, change.actor) == (
         "inquiry", "advance inquiry -> engaged on click", "advance")
-    [item] = rows(db, CrmOutboxItem, lead_id=lead_id)
+    [item] = rows(db, CrmOutboxItem, lead_id=lead_id, kind="stage_change")
     assert (item.payload["to"], item.payload["reason"]) == ("engaged", change.reason)
     [enrollment] = rows(db, Enrollment, lead_id=lead_id)
     assert enrollment.track == "it_manager/engaged"

@@ -255,3 +255,22 @@ def test_enrollments_stored_before_0022_have_their_persona_as_a_column(tmp_path)
     with engine.connect() as conn:
         assert conn.execute(text("SELECT persona FROM enrollments")).scalar() == "it_manager"
     engine.dispose()
+
+
+def test_crm_items_written_before_0023_wait_to_be_delivered_each_with_its_own_event_id(
+        tmp_path):
+    url, engine = old_database(tmp_path, "0022")
+    with engine.begin() as conn:
+        enrolled_lead(conn)
+        for kind in ("stage_change", "buying_signal"):
+            conn.execute(text("INSERT INTO crm_outbox (lead_id, kind, payload, status, "
+                              "created_at) VALUES (1, :kind, '{}', 'pending', :now)"),
+                         {"kind": kind, "now": NOW})
+    upgrade(url)
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT status, attempts, event_id, delivered_at, replays "
+                                 "FROM crm_outbox ORDER BY id")).all()
+    engine.dispose()
+    assert [(r.status, r.attempts, r.delivered_at, r.replays) for r in rows] == [
+        ("pending", 0, None, 0)] * 2
+    assert len({r.event_id for r in rows}) == 2 and all(len(r.event_id) == 36 for r in rows)

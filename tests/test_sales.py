@@ -73,6 +73,11 @@ def rows(db, model, lead_id: int, **where) -> list:
         return list(s.scalars(query.order_by(model.id)))
 
 
+def stage_items(db, lead_id: int) -> list:
+    """The lead's CRM items of stage changes (its lead_created item aside)."""
+    return rows(db, CrmOutboxItem, lead_id, kind="stage_change")
+
+
 def answer(db, verb, lead_id: int, **kwargs):
     with db.session() as s:
         return verb(session=s, lead=s.get(Lead, lead_id), **kwargs)
@@ -97,7 +102,7 @@ def test_accept_makes_the_mql_a_sal_owned_by_the_acceptor(db, sample_program):
         "mql", "sal", "sam@acme.example", at)
     stored = lead(db, lead_id)
     assert (stored.stage, stored.owner) == ("sal", "sam@acme.example")
-    item = rows(db, CrmOutboxItem, lead_id)[-1]
+    item = stage_items(db, lead_id)[-1]
     assert (item.kind, item.created_at, item.status) == ("stage_change", at, "pending")
     assert item.payload["owner"] == "sam@acme.example" and item.payload["to"] == "sal"
     [enrollment] = rows(db, Enrollment, lead_id)
@@ -111,7 +116,7 @@ def test_accept_for_a_named_owner(db, sample_program):
                     now=MONDAY + DAY)
     assert change.actor == "manager@acme.example"
     assert lead(db, lead_id).owner == "rita@acme.example"
-    [accepted] = [i for i in rows(db, CrmOutboxItem, lead_id) if i.payload["to"] == "sal"]
+    [accepted] = [i for i in stage_items(db, lead_id) if i.payload["to"] == "sal"]
     assert accepted.payload["owner"] == "rita@acme.example"
 
 
@@ -142,7 +147,7 @@ def test_reject_recycles_the_lead_into_nurture_with_its_behaviour_reset(db, samp
     assert (stored.behaviour_score, stored.fit_score) == (0, 15)
     [reset] = rows(db, ScoreEvent, lead_id, kind="reset")
     assert reset.at == at and reset.category == "behaviour" and "rejected" in reset.rule
-    item = rows(db, CrmOutboxItem, lead_id)[-1]
+    item = stage_items(db, lead_id)[-1]
     assert (item.payload["from"], item.payload["to"], item.payload["rejected"]) == (
         "mql", "recycled", True)
     assert item.payload["reason"] == f"rejected by sales: {reason}"
@@ -166,7 +171,7 @@ def test_a_rejected_lead_becomes_an_mql_again_by_earning_points(db, sample_progr
     assert [(c.from_stage, c.at) for c in changes] == [
         ("inquiry", MONDAY + timedelta(minutes=2)), ("recycled", later)]
     assert [n.kind for n in rows(db, SalesNotification, lead_id)] == ["mql", "mql"]
-    assert [i.payload["to"] for i in rows(db, CrmOutboxItem, lead_id)] == ["mql", "recycled", "mql"]
+    assert [i.payload["to"] for i in stage_items(db, lead_id)] == ["mql", "recycled", "mql"]
 
 
 @pytest.mark.parametrize("verb", [accept, reject])

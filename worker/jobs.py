@@ -134,6 +134,22 @@ def deliver_notifications(limit: int = SEND_BATCH) -> str:
             return ", ".join(f"{n} {kind}" for kind, n in sorted(total.items())) or "nothing due"
 
 
+def deliver_crm(limit: int = SEND_BATCH) -> str:
+    """Deliver the due CRM outbox items to the CRM webhook, batch after batch, until none is
+    due, the webhook stops answering, the job's time is up, or the worker is asked to stop.
+    Without NURTURE_CRM_WEBHOOK_URL (and _SECRET) the items stay pending, saying why."""
+    from engine.crm.delivery import deliver_all, not_configured, webhook_from_settings
+
+    settings = Settings.from_env()
+    if why := not_configured(settings):
+        return why
+    started = time.monotonic()
+    report = deliver_all(db=_database(), webhook=webhook_from_settings(settings),
+                         worker=worker_name(), clock=utcnow, limit=limit,
+                         should_stop=lambda: _time_to_stop(started))
+    return str(report)
+
+
 def store_tracking_events(batch: int = 500) -> int:
     """Move buffered tracking events into the database (one drainer at a time)."""
     buffer = EventBuffer(redis_connection(Settings.from_env()))

@@ -1,6 +1,7 @@
 """The scheduler tick: advance journeys, then wake the send workers when the outbox has due rows,
 the notification worker when sales notifications wait to be emailed, the tracking worker when
-events wait in the buffer, and the SLA check once a day.
+events wait in the buffer, the CRM worker when CRM items are due (and a webhook is set), and
+the SLA check once a day.
 
 Ticks may overlap or be missed without harm: run_due, the outbox and notification claims, the
 buffer drain and the SLA check are idempotent, and a job is only queued when none of its kind
@@ -11,6 +12,9 @@ from __future__ import annotations
 
 from sqlalchemy import exists, select
 
+from engine.config import Settings
+from engine.crm.delivery import due_clause as crm_due
+from engine.crm.delivery import not_configured as crm_not_configured
 from engine.db import Database, utcnow
 from engine.sales.notify import due_clause as notification_due
 from engine.sending.outbox import due_clause
@@ -47,7 +51,27 @@ def tick(*, db: Database, redis, batch: int = 1000) -> dict:
         queued = True
     return {"advanced": advanced, "send_job_queued": queued,
             "notification_job_queued": _queue_notifications(db, redis),
-            "tracking_job_queued": _queue_tracking(redis), "sla_job_queued": _queue_sla(redis)}
+            "tracking_job_queued": _queue_tracking(redis), "sla_job_queued": _queue_sla(redis),
+            "crm_job_queued": _queue_crm(db, redis)}
+
+
+def has_due_crm_items(db: Database) -> bool:
+    with db.session() as session:
+        return session.scalar(select(exists().where(crm_due(utcnow()))))
+
+
+def _queue_crm(db: Database, redis, settings: Settings | None = None) -> bool:
+    """When the CRM webhook is configured and items are due, and no CRM job is waiting."""
+    from rq import Queue
+
+    if crm_not_configured(settings or Settings.from_env()):
+        return False
+    queue = Queue(queues.CRM, connection=redis)
+    if queue.count or not has_due_crm_items(db):
+        return False
+    queue.enqueue("worker.jobs.deliver_crm", job_timeout=SEND_JOB_TIMEOUT, result_ttl=3600,
+                  failure_ttl=7 * 86400)
+    return True
 
 
 def _queue_notifications(db: Database, redis) -> bool:

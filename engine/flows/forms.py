@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
+from engine.crm.outbox import FORM_SUBMITTED, tell_crm
 from engine.flows.leads import respond, upsert_lead
 from engine.journeys.decide import EventKind
 from engine.leads.models import ConsentRecord, Lead
@@ -65,6 +66,9 @@ def submit_form(*, session: Session, found: FoundPage, form: dict[str, list[str]
     session.add(submission)
     session.flush()
     submission.outbox_id = email_before_form(session, submission)
+    tell_crm(session=session, lead_id=lead.id, email=lead.email, kind=FORM_SUBMITTED, now=now,
+             program=found.program.slug, page=found.page.slug, fields=posted,
+             source={name: getattr(submission, name) for name in SOURCE_FIELDS})
     respond(session=session, lead=lead, kind=EventKind.FORM_SUBMITTED, detail=found.page.slug,
             now=now, actor=actor)
     return submission

@@ -40,6 +40,8 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select,
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
+from engine.crm.models import CrmOutboxItem
+from engine.crm.outbox import ITEM_COLUMNS, LEAD_CREATED, item_row, new_lead_payload
 from engine.db import Database
 from engine.errors import IllegalTransition, Invalid, NotFound
 from engine.flows.leads import follow_through, reassess
@@ -674,6 +676,7 @@ class _ChunkWriter:
         self._enrollments = _BulkInsert(conn, Enrollment.__table__, _ENROLLMENT_KEYS)
         self._events = _BulkInsert(conn, LeadEvent.__table__, _EVENT_KEYS)
         self._outbox = _BulkInsert(conn, OutboxMessage.__table__, _OUTBOX_KEYS)
+        self._crm = _BulkInsert(conn, CrmOutboxItem.__table__, ITEM_COLUMNS)
         self._now = self._leads.convert("created_at", now)
         self._enrolled = Event(EventKind.ENROLLED)
         self._persona = PersonaResolver(program)
@@ -782,6 +785,9 @@ class _ChunkWriter:
             stage_rows.append({**first, "lead_id": lead_id, "to_stage": lead["stage"],
                                "path_level": path_level_after(NOT_ON_PATH, lead["stage"])})
         self._stages(self.conn, stage_rows)
+        self._crm(self.conn, [self._crm.convert_row(item_row(
+            lead_id=lead["id"], email=lead["email"], kind=LEAD_CREATED, now=self.now,
+            actor=ACTOR, **new_lead_payload(lead))) for lead in leads])
         rules = self.program.scoring
         if rules.threshold is None:
             return []

@@ -9,7 +9,7 @@ from datetime import datetime
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from engine.crm.outbox import STAGE_CHANGE, tell_crm
+from engine.crm.outbox import LEAD_CREATED, STAGE_CHANGE, new_lead_payload, tell_crm
 from engine.errors import Invalid, NotFound
 from engine.journeys.decide import Event, EventKind
 from engine.journeys.service import apply_event
@@ -55,6 +55,8 @@ def write_lead(*, session: Session, fields: dict, now: datetime, actor: str) -> 
         record_stage_change(session, StageChange(lead_id=lead.id, from_stage=None,
                                                  to_stage=lead.stage, at=now, reason="created",
                                                  actor=actor))
+        tell_crm(session=session, lead_id=lead.id, email=lead.email, kind=LEAD_CREATED, now=now,
+                 actor=actor, **new_lead_payload(lead_dict(lead)))
         return Written(lead, created=True, changed=True)
     custom = {**(lead.custom or {}), **clean.pop("custom")}
     changes = {k: v for k, v in clean.items() if getattr(lead, k) != v}

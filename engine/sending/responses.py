@@ -42,7 +42,7 @@ def out_at(row) -> ColumnElement:
 
 def record_out(connection, row_id: int | None = None) -> None:
     """Write the sent_emails row of outbox row `row_id` if it went out and has none yet (every
-    such row when None: rows stored before migration 0023, or written in bulk). A refusal for
+    such row when None: rows stored before migration 0024, or written in bulk). A refusal for
     good is a hard bounce, giving up after temporary failures a soft one."""
     out = OutboxMessage
     refused = out.status == Delivery.FAILED_PERM
@@ -106,7 +106,7 @@ def email_before_form(session: Session, submission: FormSubmission) -> int | Non
 
 def mark_all_responses(connection) -> None:
     """Set every sent email's responses, and every form's email, from the stored log, as they
-    are kept when recorded: for rows stored before migration 0023, or written in bulk."""
+    are kept when recorded: for rows stored before migration 0024, or written in bulk."""
     detail = LeadEvent.detail["detail"].as_string()
     named = aliased(OutboxMessage)  # the email a response names (a soft bounce's Message-ID)
     named_row = (select(named.id).where(

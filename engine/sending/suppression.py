@@ -7,14 +7,19 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from engine.crm.outbox import SUPPRESSED, UNSUBSCRIBED, tell_crm
 from engine.errors import Invalid
 from engine.leads.fields import normalise_email
+from engine.leads.models import Lead
 from engine.sending.models import Suppression, SuppressionReason
 
 
 def suppress(*, session: Session, email: str, reason: str, source: str,
              now: datetime) -> Suppression:
-    """Add an address (idempotent: the first reason is kept)."""
+    """Add an address (idempotent: the first reason is kept). The CRM is told of a lead's
+    new do-not-contact: `unsubscribed`, or `suppressed` with the reason (bounced, complained,
+    manual). An address no lead has is suppressed without telling it: there is nothing in the
+    CRM of ours to mark."""
     try:
         reason = SuppressionReason(reason)
     except ValueError:
@@ -28,6 +33,11 @@ def suppress(*, session: Session, email: str, reason: str, source: str,
     row = Suppression(email=address, reason=reason, source=source[:200], created_at=now)
     session.add(row)
     session.flush()
+    lead_id = session.scalar(select(Lead.id).where(Lead.email == address))
+    if lead_id is not None:
+        tell_crm(session=session, lead_id=lead_id, email=address, now=now,
+                 kind=UNSUBSCRIBED if reason is SuppressionReason.UNSUBSCRIBED else SUPPRESSED,
+                 reason=str(reason), source=row.source, do_not_contact=True)
     return row
 
 

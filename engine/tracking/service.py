@@ -107,7 +107,7 @@ COUNT_TRACKED_SENDS = f"""
 def count_tracked_sends(connection, row_id: int | None = None) -> None:
     """Set the figures of sent email `row_id` (of every one when None) from its stored events,
     as _count_on_send keeps them: for an email whose events were stored before it was marked
-    sent (a scanner can click within the second), rows stored before migration 0023, or
+    sent (a scanner can click within the second), rows stored before migration 0024, or
     written in bulk."""
     if row_id is None:
         connection.execute(text(COUNT_TRACKED_SENDS.format("")))

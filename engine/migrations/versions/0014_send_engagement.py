@@ -5,7 +5,7 @@ Revises: 0013
 Create Date: 2026-12-05 05:00:00
 
 `opened`, `clicked`, `bot_opens` and `bot_clicks` were kept on each send as its tracking events
-were stored, for the engagement report; 0023 moved them to sent_emails and fills them there from
+were stored, for the engagement report; 0024 moved them to sent_emails and fills them there from
 the events stored (this revision filled them here). tracking_events get an
 index by (kind, at): a report reads the clicks or visits of a period.
 """

@@ -7,7 +7,7 @@ Create Date: 2026-12-05 06:10:00
 Each send keeps the persona it was chosen for and whether the lead unsubscribed, complained or
 was reported bounced (hard, soft) after it; each form submission the email it followed. They
 are kept as responses are recorded (engine/sending/responses.py). The persona is filled here
-from the send's enrollment as it is now; the responses and the forms' emails by 0023, which
+from the send's enrollment as it is now; the responses and the forms' emails by 0024, which
 moved the responses to sent_emails (this revision filled them here, by the same rule).
 """
 from collections.abc import Sequence

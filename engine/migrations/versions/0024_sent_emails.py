@@ -1,7 +1,7 @@
 """sent_emails: the emails that went out and what happened to them, apart from the outbox
 
-Revision ID: 0023
-Revises: 0022
+Revision ID: 0024
+Revises: 0023
 Create Date: 2026-12-05 09:40:00
 
 The figures 0014 and 0015 kept on each outbox row (opens, clicks, machine events, responses)
@@ -20,8 +20,8 @@ from engine.db import UTCDateTime
 from engine.sending.responses import mark_all_responses, record_out
 from engine.tracking.service import count_tracked_sends
 
-revision: str = '0023'
-down_revision: str | Sequence[str] | None = '0022'
+revision: str = '0024'
+down_revision: str | Sequence[str] | None = '0023'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
