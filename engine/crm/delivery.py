@@ -60,12 +60,12 @@ class CrmWebhook:
     def __post_init__(self) -> None:
         if self.lease.total_seconds() <= 2 * self.timeout:
             raise Invalid(f"the CRM claim lease ({self.lease.total_seconds():g} s) must be "
-                             f"over twice the webhook timeout ({self.timeout:g} s): a POST "
-                             "could outlive the worker's claim on its item (lower "
+                          f"over twice the webhook timeout ({self.timeout:g} s): a POST "
+                          "could outlive the worker's claim on its item (lower "
                           "NURTURE_CRM_TIMEOUT_SECONDS)")
         if self.max_attempts < 1:
             raise Invalid(f"NURTURE_CRM_MAX_ATTEMPTS must be at least 1, not "
-                             f"{self.max_attempts}")
+                          f"{self.max_attempts}")
 
     def batch_size(self, limit: int) -> int:
         """As many items as can time out one after another within half a lease."""
