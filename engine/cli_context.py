@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import re
+import signal
+import threading
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from functools import cached_property
@@ -124,3 +126,17 @@ def parse_at(at: str | None) -> datetime:
     except ValueError:
         raise click.BadParameter(f"{at!r} is not an ISO date or time", param_hint="--at") from None
     return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def serve_until_stopped(server) -> None:
+    """Keep a background server (the SMTP sink, the CRM receiver) running until Ctrl-C or
+    SIGTERM, then stop it. Explicit handlers: a shell starting `nurture sink &` makes it ignore
+    SIGINT otherwise."""
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        server.stop()

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import os
-import signal
 import socket
-import threading
 import time
 from pathlib import Path
 
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from engine.cli_context import AppContext, console, echo_json, err_console, pass_app
+from engine.cli_context import (
+    AppContext,
+    console,
+    echo_json,
+    err_console,
+    pass_app,
+    serve_until_stopped,
+)
 from engine.db import utcnow
 
 _JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
@@ -234,18 +239,11 @@ def receiver(app: AppContext, host: str, port: int, directory: str | None, secre
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {host}:{port} or store in {store}: "
                                    f"{exc.strerror or exc}") from None
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):  # also when started in the background
-        signal.signal(signum, lambda *_: stop.set())
     console.print(f"nurture crm receiver listening on {server.url}, storing in {store}")
     console.print("signatures checked" if key else "signatures NOT checked (no --secret nor "
                   "NURTURE_CRM_WEBHOOK_SECRET)")
     console.print("Ctrl-C to stop")
-    try:
-        while not stop.wait(0.5):
-            pass
-    finally:
-        server.stop()
+    serve_until_stopped(server)
     err_console.print(f"stopped; {len(server.received())} request(s) stored in {store}")
 
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
-import threading
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
@@ -12,7 +10,15 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from engine.cli_context import AppContext, console, echo, echo_json, err_console, pass_app
+from engine.cli_context import (
+    AppContext,
+    console,
+    echo,
+    echo_json,
+    err_console,
+    pass_app,
+    serve_until_stopped,
+)
 
 
 def _sink_dir(app: AppContext, directory: str | None) -> Path:
@@ -59,19 +65,11 @@ def sink(app: AppContext, host: str | None, port: int | None, directory: str | N
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {server.host}:{server.port}: "
                                    f"{exc.strerror or exc}") from exc
-    stop = threading.Event()
-    # Explicit handlers: a shell starting `nurture sink &` makes it ignore SIGINT otherwise.
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
     console.print(f"nurture sink listening on {server.url}, storing in {server.directory}")
     for pattern, reply in rules.items():
         console.print(f"  {pattern} -> {reply}")
     console.print("Ctrl-C to stop")
-    try:
-        while not stop.wait(0.5):
-            pass
-    finally:
-        server.stop()
+    serve_until_stopped(server)
     handler = server.handler
     deferred = (f", {handler.deferred} answered 4xx (not stored, the sender retries)"
                 if handler.deferred else "")
