@@ -3,9 +3,10 @@ stays launched at the versions it was sending."""
 
 from __future__ import annotations
 
+from alembic import command as alembic_command
 from sqlalchemy import create_engine, text
 
-from engine.migrate import upgrade
+from engine.migrate import alembic_config, upgrade
 
 NOW = "2026-11-02 08:00:00"
 
@@ -274,3 +275,37 @@ def test_crm_items_written_before_0023_wait_to_be_delivered_each_with_its_own_ev
     assert [(r.status, r.attempts, r.delivered_at, r.replays) for r in rows] == [
         ("pending", 0, None, 0)] * 2
     assert len({r.event_id for r in rows}) == 2 and all(len(r.event_id) == 36 for r in rows)
+
+
+def test_downgrading_0024_puts_the_sent_emails_figures_back_on_the_outbox(tmp_path):
+    """And upgrading again counts them anew from the events and the log."""
+    url, engine = old_database(tmp_path, "0023")
+    with engine.begin() as conn:
+        enrolled_lead(conn)
+        for send, status in ((1, "sent"), (2, "pending")):
+            conn.execute(text(
+                "INSERT INTO outbox (id, enrollment_id, lead_id, program_id, program_version, "
+                "step, status, due_at, attempts, message_id, sent_at, created_at, updated_at) "
+                "VALUES (:id, 1, 1, 1, 1, :step, :status, :now, 1, :step, :sent, :now, :now)"),
+                {"id": send, "step": f"s{send}", "status": status, "now": NOW,
+                 "sent": NOW if status == "sent" else None})
+        for number, (kind, bot) in enumerate([("click", False), ("open", True)]):
+            conn.execute(text("INSERT INTO tracking_events (event_key, kind, lead_id, "
+                              "outbox_id, at, bot) VALUES (:key, :kind, 1, 1, :now, :bot)"),
+                         {"key": str(number), "kind": kind, "now": NOW, "bot": bot})
+    upgrade(url)
+    figures = "SELECT {id}, opened, clicked, bot_opens, bot_clicks FROM {table} ORDER BY 1"
+    with engine.connect() as conn:
+        assert [tuple(r) for r in conn.execute(text(figures.format(
+            id="outbox_id", table="sent_emails")))] == [(1, 1, 1, 1, 0)]
+    alembic_command.downgrade(alembic_config(url), "0023")
+    with engine.connect() as conn:
+        tables = conn.execute(text("SELECT name FROM sqlite_master WHERE type = 'table'"))
+        assert "sent_emails" not in set(tables.scalars())
+        assert [tuple(r) for r in conn.execute(text(figures.format(
+            id="id", table="outbox")))] == [(1, 1, 1, 1, 0), (2, 0, 0, 0, 0)]
+    upgrade(url)
+    with engine.connect() as conn:
+        assert [tuple(r) for r in conn.execute(text(figures.format(
+            id="outbox_id", table="sent_emails")))] == [(1, 1, 1, 1, 0)]
+    engine.dispose()
