@@ -103,6 +103,20 @@ def _consent(value: Any) -> Any:
     raise PydanticCustomError("consent", "must be true, false or a word such as yes or no")
 
 
+def whole_number(low: int, high: int) -> Any:
+    """A query parameter holding digits only (not " 5", "1.5", "1e2"), from low to high."""
+
+    def check(value: Any) -> int:
+        if isinstance(value, str) and re.fullmatch(r"[0-9]{1,%d}" % len(str(high)), value) \
+                and low <= int(value) <= high:
+            return int(value)
+        raise PydanticCustomError("whole_number", "must be a whole number from {low} to {high}",
+                                  {"low": low, "high": high})
+
+    return Annotated[int, PlainValidator(check),
+                     WithJsonSchema({"type": "integer", "minimum": low, "maximum": high})]
+
+
 Text = Annotated[str, StringConstraints(max_length=MAX_FIELD_LENGTH), AfterValidator(_clean_text)]
 Scalar = Annotated[Any, PlainValidator(_scalar), WithJsonSchema(
     {"type": ["string", "number", "boolean", "null"], "maxLength": MAX_FIELD_LENGTH})]
@@ -190,7 +204,7 @@ class ReportPath(BaseModel):
 
 
 class SendRunsQuery(BaseModel):
-    hours: int = Field(24, ge=1, le=24 * 366)
+    hours: whole_number(1, 24 * 366) = 24
 
 
 class ReportQueryIn(BaseModel):

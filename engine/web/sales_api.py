@@ -13,7 +13,7 @@ from engine.leads.service import get_lead_by_id, lead_dict
 from engine.sales.queue import mql_queue, one_field_short_leads, queue_entry
 from engine.sales.service import accept, reject
 from engine.web import schemas as out
-from engine.web.api import LeadPath, Text, lead_id_param, parse_json, parse_query
+from engine.web.api import LeadPath, Text, lead_id_param, parse_json, parse_query, whole_number
 from engine.web.auth import current_principal, require
 from engine.web.openapi import describe
 
@@ -34,7 +34,7 @@ class RejectIn(BaseModel):
 
 
 class LimitQuery(BaseModel):
-    limit: int = Field(50, ge=1, le=MAX_LIMIT)
+    limit: whole_number(1, MAX_LIMIT) = 50
 
 
 def _db():

@@ -248,8 +248,14 @@ class Upload(BaseModel):
     pending_launch: bool
 
 
-class InvalidUpload(InvalidProblem, Upload):
-    """A 422 for an upload: the problem, and what was stored (as invalid) or refused."""
+class InvalidUpload(InvalidProblem):
+    """A 422 for an upload: the problem and, when files were read, what was stored (as
+    invalid) or refused."""
+
+    program: str | None = None
+    versions: list[StoredVersion] | None = None
+    skipped: list[str] | None = None
+    pending_launch: bool | None = None
 
 
 class ProofOut(BaseModel):
