@@ -54,8 +54,8 @@ from engine.reports import build_report
 from engine.reports.output import to_csv as report_csv
 from engine.reports.query import parse_query as parse_report_query
 from engine.sending.reports import send_runs
-from engine.web.auth import current_principal, require
 from engine.web import schemas as out
+from engine.web.auth import current_principal, require
 from engine.web.errors import InvalidRequest, field_error, invalid_problem
 from engine.web.openapi import describe
 
@@ -107,8 +107,8 @@ def whole_number(low: int, high: int) -> Any:
     """A query parameter holding digits only (not " 5", "1.5", "1e2"), from low to high."""
 
     def check(value: Any) -> int:
-        if isinstance(value, str) and re.fullmatch(r"[0-9]{1,%d}" % len(str(high)), value) \
-                and low <= int(value) <= high:
+        if isinstance(value, str) and re.fullmatch(r"[0-9]+", value) \
+                and len(value) <= len(str(high)) and low <= int(value) <= high:
             return int(value)
         raise PydanticCustomError("whole_number", "must be a whole number from {low} to {high}",
                                   {"low": low, "high": high})
