@@ -110,14 +110,19 @@ def record_stage_change(session: Session, change: StageChange) -> StageChange:
     return change
 
 
-def list_leads(*, session: Session, stage: str | None = None, persona: str | None = None,
-               email_contains: str | None = None, limit: int = 50,
+def list_leads(*, session: Session, email: str | None = None, stage: str | None = None,
+               persona: str | None = None, email_contains: str | None = None, limit: int = 50,
                offset: int = 0) -> tuple[list[Lead], int]:
+    """Leads in id order, and how many match. `email` is compared as stored (normalised by
+    the caller); `persona` is the one a lead follows: its enrollment's matched persona (kept
+    as `enrolled_persona`), else, before any enrollment, the one set on it."""
     query = select(Lead)
+    if email is not None:
+        query = query.where(Lead.email == email)
     if stage:
         query = query.where(Lead.stage == parse_stage(stage))
     if persona:
-        query = query.where(Lead.persona == persona)
+        query = query.where(func.coalesce(Lead.enrolled_persona, Lead.persona) == persona)
     if email_contains:
         query = query.where(Lead.email.contains(email_contains.lower(), autoescape=True))
     total = session.scalar(select(func.count()).select_from(query.subquery()))

@@ -9,9 +9,9 @@ import json
 import math
 import re
 from datetime import timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from flask import Blueprint, current_app, request, url_for
+from flask import Blueprint, current_app, g, request, url_for
 from pydantic import (
     AfterValidator,
     AwareDatetime,
@@ -20,6 +20,8 @@ from pydantic import (
     Field,
     PlainValidator,
     StringConstraints,
+    ValidationError,
+    WithJsonSchema,
 )
 from pydantic_core import PydanticCustomError
 from sqlalchemy.exc import IntegrityError
@@ -34,7 +36,7 @@ from engine.flows import leads as pipeline
 from engine.journeys.models import Enrollment
 from engine.journeys.service import lead_enrollments
 from engine.launch.service import pending_changes
-from engine.leads.fields import BAD_TEXT, MAX_CUSTOM_FIELDS, MAX_FIELD_LENGTH
+from engine.leads.fields import BAD_TEXT, MAX_CUSTOM_FIELDS, MAX_FIELD_LENGTH, normalise_email
 from engine.leads.models import Lead, StageChange
 from engine.leads.service import (
     change_dict,
@@ -52,8 +54,10 @@ from engine.reports import build_report
 from engine.reports.output import to_csv as report_csv
 from engine.reports.query import parse_query as parse_report_query
 from engine.sending.reports import send_runs
+from engine.web import schemas as out
 from engine.web.auth import current_principal, require
-from engine.web.errors import problem
+from engine.web.errors import InvalidRequest, field_error, invalid_problem
+from engine.web.openapi import describe
 
 api = Blueprint("api", __name__)
 
@@ -99,9 +103,25 @@ def _consent(value: Any) -> Any:
     raise PydanticCustomError("consent", "must be true, false or a word such as yes or no")
 
 
+def whole_number(low: int, high: int) -> Any:
+    """A query parameter holding digits only (not " 5", "1.5", "1e2"), from low to high."""
+
+    def check(value: Any) -> int:
+        if isinstance(value, str) and re.fullmatch(r"[0-9]+", value) \
+                and len(value) <= len(str(high)) and low <= int(value) <= high:
+            return int(value)
+        raise PydanticCustomError("whole_number", "must be a whole number from {low} to {high}",
+                                  {"low": low, "high": high})
+
+    return Annotated[int, PlainValidator(check),
+                     WithJsonSchema({"type": "integer", "minimum": low, "maximum": high})]
+
+
 Text = Annotated[str, StringConstraints(max_length=MAX_FIELD_LENGTH), AfterValidator(_clean_text)]
-Scalar = Annotated[Any, PlainValidator(_scalar)]
-Consent = Annotated[Any, PlainValidator(_consent)]
+Scalar = Annotated[Any, PlainValidator(_scalar), WithJsonSchema(
+    {"type": ["string", "number", "boolean", "null"], "maxLength": MAX_FIELD_LENGTH})]
+Consent = Annotated[Any, PlainValidator(_consent), WithJsonSchema(
+    {"anyOf": [{"type": ["boolean", "null"]}, {"type": "string", "maxLength": 40}]})]
 CustomName = Annotated[str, StringConstraints(pattern=_CUSTOM_NAME)]
 
 
@@ -161,11 +181,50 @@ class EventIn(BaseModel):
 class LeadQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    email: Text | None = Field(None, description="the lead with this address (compared as "
+                                                 "the engine stores it: trimmed, lower-case)")
     stage: Annotated[Text, StringConstraints(max_length=40)] | None = None
-    persona: Text | None = None
+    persona: Text | None = Field(None, description="leads following this persona: the one "
+                                                   "their enrollment matched, else their own")
     email_contains: Text | None = None
-    limit: int = Field(50, ge=1)
+    limit: int = Field(50, ge=1, description=f"at most {MAX_PAGE} are returned")
     offset: int = Field(0, ge=0, le=MAX_OFFSET)
+
+
+class LeadPath(BaseModel):
+    lead_id: int = Field(ge=1, le=MAX_ID, description="a lead's id (anything else is a 404)")
+
+
+class ProgramPath(BaseModel):
+    name: str = Field(pattern=SLUG.pattern, max_length=100, description="a program's name")
+
+
+class ReportPath(BaseModel):
+    name: str = Field(json_schema_extra={"enum": list(REPORT_NAMES)})
+
+
+class SendRunsQuery(BaseModel):
+    hours: whole_number(1, 24 * 366) = 24
+
+
+class ReportQueryIn(BaseModel):
+    """As `nurture report`: see engine/reports/query.py."""
+
+    program: str | None = None
+    from_: str | None = Field(None, alias="from", description="an ISO date or time")
+    to: str | None = Field(None, description="an ISO date (included) or time")
+    by: str | None = Field(None, description="day, week, month or quarter")
+    split: str | None = None
+    tz: str | None = Field(None, description="an IANA time zone, default UTC")
+    format: Literal["json", "csv"] = "json"
+    table: str | None = Field(None, description="the table for format=csv (default the first)")
+
+
+class AssetForm(BaseModel):
+    program: str = Field(pattern=SLUG.pattern, max_length=100)
+    file: bytes = Field(description="one asset, or a zip of a program directory",
+                        json_schema_extra={"format": "binary", "contentMediaType":
+                                           "application/octet-stream"})
 
 
 # -- request helpers ----------------------------------------------------------------------------
@@ -208,9 +267,26 @@ def json_body() -> dict:
         raise BadRequest("the JSON body is nested too deeply") from None
     except ValueError as exc:  # json.JSONDecodeError, and the checks above
         raise BadRequest(f"the body is not valid JSON: {str(exc)[:200]}") from None
+    g.json_body = data  # a 422 names the type of the value at fault (engine/web/errors.py)
     if not isinstance(data, dict):
         raise Invalid(f"the body must be a JSON object, not {_json_type(data)}")
     return data
+
+
+def parse_json(model: type[BaseModel], data: dict | None = None) -> Any:
+    """The JSON body (or `data`) validated by `model`; its 422 lists every invalid field."""
+    try:
+        return model.model_validate(json_body() if data is None else data)
+    except ValidationError as exc:
+        raise InvalidRequest(exc, "body") from None
+
+
+def parse_query(model: type[BaseModel]) -> Any:
+    """The query string validated by `model` (a repeated parameter: its first value)."""
+    try:
+        return model.model_validate(request.args.to_dict())
+    except ValidationError as exc:
+        raise InvalidRequest(exc, "query") from None
 
 
 def _json_type(value: Any) -> str:
@@ -245,10 +321,12 @@ def _enrollment_dict(enrollment: Enrollment, program_names: dict[int, str]) -> d
 # -- leads --------------------------------------------------------------------------------------
 
 @api.post("/leads")
+@describe(body=LeadIn, responses={200: out.LeadOut, 201: out.LeadOut}, tags=("leads",),
+          descriptions={200: "Updated", 201: "Created"})
 @require(Permission.LEADS_WRITE)
 def upsert():
     """Create (201) or update (200) a lead by case-insensitive email; enroll it in `program`."""
-    body = LeadIn.model_validate(json_body())
+    body = parse_json(LeadIn)
     fields, actor = body.fields(), current_principal().actor
     for attempt in (1, 2):
         try:
@@ -273,12 +351,16 @@ def upsert():
 
 
 @api.get("/leads")
+@describe(query=LeadQuery, responses={200: out.LeadPage}, tags=("leads",))
 @require(Permission.LEADS_READ)
 def find_leads():
-    query = LeadQuery.model_validate(request.args.to_dict())
+    """Leads by email, stage, persona or part of their address, in id order."""
+    query = parse_query(LeadQuery)
     limit = min(query.limit, MAX_PAGE)
+    email = None if query.email is None else normalise_email(query.email)  # 422 naming it
     with _db().session() as session:
-        leads, total = list_leads(session=session, stage=query.stage, persona=query.persona,
+        leads, total = list_leads(session=session, email=email, stage=query.stage,
+                                  persona=query.persona,
                                   email_contains=query.email_contains, limit=limit,
                                   offset=query.offset)
         items = [lead_dict(lead) for lead in leads]
@@ -286,19 +368,23 @@ def find_leads():
 
 
 @api.get("/leads/<lead_id>")
+@describe(path=LeadPath, responses={200: out.LeadDetail}, tags=("leads",))
 @require(Permission.LEADS_READ)
 def get_lead(lead_id: str):
+    """A lead with its stage history."""
     with _db().session() as session:
         lead = get_lead_by_id(session=session, lead_id=lead_id_param(lead_id))
         return _lead_detail(lead, stage_history(session=session, lead_id=lead.id))
 
 
 @api.post("/leads/<lead_id>/stage")
+@describe(path=LeadPath, body=StageIn, responses={200: out.LeadDetail}, errors=(409,),
+          tags=("leads",))
 @require(Permission.LEADS_STAGE)
 def change_stage(lead_id: str):
     """Move a lead to another lifecycle stage: 409 when the transition table forbids it."""
     key = lead_id_param(lead_id)
-    body = StageIn.model_validate(json_body())
+    body = parse_json(StageIn)
     with _db().session() as session:
         lead = get_lead_by_id(session=session, lead_id=key)
         pipeline.change_stage(session=session, lead=lead, stage=body.stage, reason=body.reason,
@@ -308,13 +394,14 @@ def change_stage(lead_id: str):
 
 
 @api.post("/leads/<lead_id>/events")
+@describe(path=LeadPath, body=EventIn, responses={201: out.EventResult}, tags=("leads",))
 @require(Permission.LEADS_EVENTS)
 def post_event(lead_id: str):
     """Record a response from another channel (consumed, talk_to_sales, opened, clicked,
     page_viewed, form_submitted): the lead's journeys, score and routing follow, as for a
     tracked one. 201 with the lead, the event and the points it earned."""
     key = lead_id_param(lead_id)
-    body = EventIn.model_validate(json_body())
+    body = parse_json(EventIn)
     now = utcnow()
     with _db().session() as session:
         lead = get_lead_by_id(session=session, lead_id=key)
@@ -330,8 +417,10 @@ def post_event(lead_id: str):
 
 
 @api.get("/leads/<lead_id>/enrollments")
+@describe(path=LeadPath, responses={200: out.Enrollments}, tags=("leads",))
 @require(Permission.LEADS_READ)
 def get_enrollments(lead_id: str):
+    """The programs a lead is enrolled in, with where it is in each."""
     with _db().session() as session:
         lead = get_lead_by_id(session=session, lead_id=lead_id_param(lead_id))
         names = {record.id: record.name for record in list_programs(session=session)}
@@ -343,16 +432,15 @@ def get_enrollments(lead_id: str):
 # -- sending ------------------------------------------------------------------------------------
 
 @api.get("/send-runs")
+@describe(query=SendRunsQuery, responses={200: out.SendRuns}, tags=("sending",))
 @require(Permission.PROGRAMS_READ)
 def get_send_runs():
     """The send runs of the last `hours` hours (1 to 8,784), as `nurture send-runs --json`:
     due, sent, held, failed, skipped, pending, unknown and duplicates per hour, and reasons."""
-    raw = request.args.get("hours", "24")
-    if not re.fullmatch(r"[0-9]{1,4}", raw) or not 1 <= int(raw) <= 24 * 366:
-        raise Invalid("hours must be a whole number from 1 to 8784", field="hours")
+    hours = parse_query(SendRunsQuery).hours
     now = utcnow()
     with _db().session() as session:
-        runs = send_runs(session=session, since=now - timedelta(hours=int(raw)), until=now)
+        runs = send_runs(session=session, since=now - timedelta(hours=hours), until=now)
     return {"items": [{"hour": r.hour.isoformat(), **r.counts, "reasons": dict(r.reasons)}
                       for r in runs]}
 
@@ -360,24 +448,23 @@ def get_send_runs():
 # -- reports ------------------------------------------------------------------------------------
 
 @api.get("/reports/<name>")
+@describe(path=ReportPath, query=ReportQueryIn,
+          responses={200: {"application/json": out.Report, "text/csv": {"type": "string"}}},
+          tags=("reports",))
 @require(Permission.REPORTS_READ)
 def get_report(name: str):
     """Report `name` as `nurture report` builds it: `program`, `from`, `to`, `by`, `split`,
     `tz`; `format=csv` gives one table (`table=KEY`, default the first)."""
     if name not in REPORT_NAMES:
         raise NotFound(f"no report named {name!r} (reports: {', '.join(REPORT_NAMES)})")
-    args = request.args
-    output = args.get("format", "json")
-    if output not in ("json", "csv"):
-        raise Invalid("format must be json or csv", field="format")
-    query = parse_report_query(program=args.get("program"), start=args.get("from"),
-                               end=args.get("to"), by=args.get("by"), split=args.get("split"),
-                               tz=args.get("tz"), now=utcnow())
+    args = parse_query(ReportQueryIn)
+    query = parse_report_query(program=args.program, start=args.from_, end=args.to, by=args.by,
+                               split=args.split, tz=args.tz, now=utcnow())
     with _db().reading() as session:
         built = build_report(name, session, query)
-    if output == "csv":
+    if args.format == "csv":
         return current_app.response_class(
-            report_csv(built, args.get("table")), mimetype="text/csv",
+            report_csv(built, args.table), mimetype="text/csv",
             headers={"Content-Disposition": f'attachment; filename="{name}.csv"'})
     return built.to_dict()
 
@@ -385,8 +472,10 @@ def get_report(name: str):
 # -- programs -----------------------------------------------------------------------------------
 
 @api.get("/programs")
+@describe(responses={200: out.Programs}, tags=("programs",))
 @require(Permission.PROGRAMS_READ)
 def get_programs():
+    """Every program with its newest and its live (launched) version."""
     with _db().session() as session:
         items = [{"name": record.name, "version": record.current_version,
                   "live_version": record.live_version}
@@ -395,6 +484,7 @@ def get_programs():
 
 
 @api.get("/programs/<name>")
+@describe(path=ProgramPath, responses={200: out.ProgramDetail}, tags=("programs",))
 @require(Permission.PROGRAMS_READ)
 def get_program(name: str):
     """The persona x stage matrix of the newest version, plus side tracks (not in any cell),
@@ -413,6 +503,11 @@ def get_program(name: str):
 # -- assets -------------------------------------------------------------------------------------
 
 @api.post("/assets")
+@describe(form=AssetForm, responses={200: out.Upload, 201: out.Upload, 422: {
+    "application/problem+json": out.InvalidUpload}}, tags=("assets",),
+    descriptions={200: "Every file unchanged", 201: "Stored",
+                  422: "A file refused (nothing stored) or that does not compile (stored as "
+                       "invalid); every one is listed in `errors`"})
 @require(Permission.ASSETS_WRITE)
 def post_asset():
     """Upload one asset or a zip of a program directory (multipart: program, file).
@@ -446,8 +541,9 @@ def post_asset():
     body = {"program": result.program, "versions": [v.to_dict() for v in result.versions],
             "skipped": result.skipped, "pending_launch": result.pending_launch}
     if result.invalid:
-        first = result.invalid[0]
-        error = first.errors[0] if first.errors else {"line": 1, "message": "invalid"}
-        return problem(422, "Invalid asset",
-                       f"{first.path}:{error['line']}: {error['message']}", "file", **body)
+        errors = [field_error("file", f"{version.path}:{error['line']}: {error['message']}",
+                              "body", "invalid_asset", "file")
+                  for version in result.invalid
+                  for error in version.errors or [{"line": 1, "message": "invalid"}]]
+        return invalid_problem(errors, "Invalid asset", errors[0]["detail"], **body)
     return body, 201 if result.changed else 200

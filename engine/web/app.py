@@ -31,6 +31,7 @@ def create_app(settings: Settings | None = None,
     init_recorder(app, db=app.extensions["nurture.db"], settings=settings, clock=clock)
 
     from engine.web.api import api
+    from engine.web.openapi import docs
     from engine.web.pages import pages
     from engine.web.review import review
     from engine.web.sales_api import sales_api
@@ -39,6 +40,7 @@ def create_app(settings: Settings | None = None,
 
     app.register_blueprint(api, url_prefix="/api/v1")
     app.register_blueprint(sales_api, url_prefix="/api/v1")
+    app.register_blueprint(docs, url_prefix="/api/v1")
     app.register_blueprint(pages)
     app.register_blueprint(review)
     app.register_blueprint(tracking)

@@ -38,10 +38,12 @@ from engine.launch.proofs import MAX_REVIEWERS, proof_dict, send_proofs
 from engine.programs.loader import SLUG
 from engine.programs.store import current_program
 from engine.sending.smtp import transport_from_settings
-from engine.web.api import json_body
+from engine.web import schemas as out
+from engine.web.api import ProgramPath, parse_json
 from engine.web.auth import require
 from engine.web.csrf import Csrf
 from engine.web.errors import problem
+from engine.web.openapi import describe
 from engine.web.pages import security_headers
 
 review_pages = Blueprint("pages", __name__)
@@ -142,12 +144,16 @@ def _program_name(name: str) -> str:
 
 
 @review_api.post("/programs/<name>/proofs")
+@describe(path=ProgramPath, body=ProofsIn, responses={
+    201: out.ProofsSent, 502: {"application/problem+json": out.ProofsFailed}},
+    descriptions={201: "Sent", 502: "The mail server refused some; what was sent is listed"},
+    tags=("programs",))
 @require(Permission.ASSETS_WRITE)  # admin, marketer: proofs show content before it ships
 def post_proofs(name: str):
     """201 with the proofs sent; 502 (still listing what was sent) when the mail server
     refused some; 422 when nothing could be sent (bad reviewers, an email that fails)."""
     program = _program_name(name)
-    body = ProofsIn.model_validate(json_body())
+    body = parse_json(ProofsIn)
     settings = current_app.extensions["nurture.settings"]
     transport = transport_from_settings(settings)
     try:
@@ -169,8 +175,10 @@ def post_proofs(name: str):
 
 
 @review_api.get("/programs/<name>/approvals")
+@describe(path=ProgramPath, responses={200: out.Approvals}, tags=("programs",))
 @require(Permission.PROGRAMS_READ)
 def get_approvals(name: str):
+    """The approval state of every email of the program's newest version."""
     program = _program_name(name)
     with _db().session() as session:
         record, _ = current_program(session=session, name=program)

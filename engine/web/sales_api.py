@@ -3,20 +3,19 @@ qualifying, accept and reject, and a lead's explanation. Mounted under /api/v1."
 
 from __future__ import annotations
 
-import re
-
 from flask import Blueprint, current_app, request
 from pydantic import BaseModel, ConfigDict, Field
 
 from engine.auth.service import Permission
 from engine.db import utcnow
-from engine.errors import Invalid
 from engine.leads.explain import explain
 from engine.leads.service import get_lead_by_id, lead_dict
 from engine.sales.queue import mql_queue, one_field_short_leads, queue_entry
 from engine.sales.service import accept, reject
-from engine.web.api import Text, json_body, lead_id_param
+from engine.web import schemas as out
+from engine.web.api import LeadPath, Text, lead_id_param, parse_json, parse_query, whole_number
 from engine.web.auth import current_principal, require
+from engine.web.openapi import describe
 
 sales_api = Blueprint("sales_api", __name__)
 MAX_LIMIT = 500
@@ -34,18 +33,20 @@ class RejectIn(BaseModel):
     reason: Text = Field(max_length=1000)
 
 
+class LimitQuery(BaseModel):
+    limit: whole_number(1, MAX_LIMIT) = 50
+
+
 def _db():
     return current_app.extensions["nurture.db"]
 
 
 def _limit() -> int:
-    raw = request.args.get("limit", "50")
-    if not re.fullmatch(r"[0-9]{1,4}", raw) or not 1 <= int(raw) <= MAX_LIMIT:
-        raise Invalid(f"limit must be a whole number from 1 to {MAX_LIMIT}", field="limit")
-    return int(raw)
+    return parse_query(LimitQuery).limit
 
 
 @sales_api.get("/sales/mql")
+@describe(query=LimitQuery, responses={200: out.MqlQueue}, tags=("sales",))
 @require(Permission.LEADS_READ)
 def mql():
     """MQLs waiting for sales, highest score first, each with its behaviour timeline."""
@@ -56,8 +57,10 @@ def mql():
 
 
 @sales_api.get("/sales/one-field-short")
+@describe(query=LimitQuery, responses={200: out.OneFieldShort}, tags=("sales",))
 @require(Permission.LEADS_READ)
 def one_field_short():
+    """Leads one field short of qualifying (a field the scoring rules require is missing)."""
     with _db().session() as session:
         items = [{"id": n.lead.id, "email": n.lead.email, "score": round(n.score, 1),
                   "missing": n.fields}
@@ -66,12 +69,14 @@ def one_field_short():
 
 
 @sales_api.post("/leads/<lead_id>/accept")
+@describe(path=LeadPath, body=AcceptIn, body_required=False, responses={200: out.OwnedLead}, errors=(409,),
+          tags=("sales",))
 @require(Permission.LEADS_STAGE)
 def accept_lead(lead_id: str):
     """mql -> sal; the caller (or `owner`) owns the lead. 409 for a lead that is not an MQL."""
     key = lead_id_param(lead_id)
     has_body = request.content_length or request.headers.get("Transfer-Encoding")
-    body = AcceptIn.model_validate(json_body() if has_body else {})
+    body = parse_json(AcceptIn, None if has_body else {})
     with _db().session() as session:
         lead = get_lead_by_id(session=session, lead_id=key)
         accept(session=session, lead=lead, actor=current_principal().actor, owner=body.owner,
@@ -80,11 +85,13 @@ def accept_lead(lead_id: str):
 
 
 @sales_api.post("/leads/<lead_id>/reject")
+@describe(path=LeadPath, body=RejectIn, responses={200: out.LeadOut}, errors=(409,),
+          tags=("sales",))
 @require(Permission.LEADS_STAGE)
 def reject_lead(lead_id: str):
     """mql -> recycled with a reason; the lead re-enters nurture with its behaviour reset."""
     key = lead_id_param(lead_id)
-    body = RejectIn.model_validate(json_body())
+    body = parse_json(RejectIn)
     with _db().session() as session:
         lead = get_lead_by_id(session=session, lead_id=key)
         reject(session=session, lead=lead, reason=body.reason, actor=current_principal().actor,
@@ -93,8 +100,11 @@ def reject_lead(lead_id: str):
 
 
 @sales_api.get("/leads/<lead_id>/explain")
+@describe(path=LeadPath, responses={200: out.Explanation}, tags=("leads",))
 @require(Permission.LEADS_READ)
 def explain_lead(lead_id: str):
+    """Why a lead is where it is: its score and the rules behind it, stage history, next
+    sends, suppression and sales' answer."""
     with _db().session() as session:
         lead = get_lead_by_id(session=session, lead_id=lead_id_param(lead_id))
         return explain(session=session, lead=lead, now=utcnow())

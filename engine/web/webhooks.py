@@ -18,7 +18,7 @@ import time
 from typing import Annotated, Any
 
 from flask import Blueprint, Response, current_app, request
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, RootModel, StringConstraints
 from pydantic_core import PydanticCustomError
 from werkzeug.exceptions import ServiceUnavailable
 
@@ -27,6 +27,8 @@ from engine.errors import Invalid
 from engine.leads.fields import BAD_TEXT, normalise_email
 from engine.sending.bounces import BounceKind, BounceReport, record_reports
 from engine.signatures import SIGNATURE_HEADER, verify_signature
+from engine.web.openapi import describe
+from engine.web.schemas import BouncesRecorded
 
 MAX_EVENTS = 1000
 
@@ -67,6 +69,11 @@ class WebhookBody(BaseModel):
     events: list[WebhookEvent] = Field(min_length=1, max_length=MAX_EVENTS)
 
 
+class BouncesIn(RootModel[WebhookBody | WebhookEvent]):
+    """What the webhook takes: a list of events, or one event (as the OpenAPI document says;
+    parse_body reads it so that a 422 names `events.3.email`, not the union's branch)."""
+
+
 def parse_body(body: bytes) -> WebhookBody:
     """Raises Invalid (not JSON, not an object) or pydantic's ValidationError, whose 422 names
     the field and the event's index, e.g. `events.3.email`."""
@@ -84,7 +91,14 @@ def parse_body(body: bytes) -> WebhookBody:
 # -- the view ---------------------------------------------------------------------------------
 
 @webhooks.post("/bounces")
+@describe(body=BouncesIn, responses={200: BouncesRecorded}, errors=(503,),
+          security="webhookSignature", tags=("webhooks",))
 def bounces():
+    """Bounces and complaints from a mail provider, HMAC-signed.
+
+    The body is `{"events": [...]}` or a single event object; a request is recorded whole or
+    not at all. Not an API key: `X-Nurture-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of
+    "<t>.<raw body>">` with NURTURE_WEBHOOK_SECRET, good for 5 minutes either side."""
     secret = current_app.extensions["nurture.settings"].webhook_secret
     if not secret:
         raise ServiceUnavailable("the bounce webhook is not configured (NURTURE_WEBHOOK_SECRET)")
