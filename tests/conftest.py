@@ -211,6 +211,21 @@ def env(tmp_path, database_url, monkeypatch) -> dict:
 
 
 @pytest.fixture
+def app(env):
+    """The Flask app on the test's database (a test module that needs more overrides it)."""
+    from engine.web.app import create_app
+
+    app = create_app()
+    yield app
+    app.extensions["nurture.db"].dispose()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
 def cli(env):
     """Run `nurture ...` in-process: cli("program", "load", path) -> click Result."""
     from engine.cli import main

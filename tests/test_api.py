@@ -17,20 +17,6 @@ from engine.web.app import MAX_REQUEST_BYTES, create_app
 
 
 @pytest.fixture
-def app(env):
-    app = create_app()
-    yield app
-    app.extensions["nurture.db"].dispose()
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
-
-
-
-
-@pytest.fixture
 def as_role(client, keys):
     """as_role("sales").get(path) / .post(path, json=...): requests with that role's key."""
 

@@ -38,11 +38,6 @@ def app(env, loaded_program):
 
 
 @pytest.fixture
-def client(app):
-    return app.test_client()
-
-
-@pytest.fixture
 def api(app, keys):
     """api(role, method, path, json=...): a request with a key of that role."""
     client = app.test_client()

@@ -16,18 +16,6 @@ from engine.web.openapi import PREFIX
 
 
 @pytest.fixture
-def app(env):
-    app = create_app()
-    yield app
-    app.extensions["nurture.db"].dispose()
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
-
-
-@pytest.fixture
 def admin(client, db):
     with db.session() as s:
         _, key = create_key(session=s, role="admin", name="admin bot", now=utcnow())

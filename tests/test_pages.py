@@ -28,11 +28,6 @@ def app(env, loaded_program):
     app.extensions["nurture.db"].dispose()
 
 
-@pytest.fixture
-def client(app):
-    return app.test_client()
-
-
 def make_lead(db, **fields) -> int:
     with db.session() as s:
         lead, _ = upsert_lead(session=s, fields={"email": "ada@example.com", **fields},

@@ -55,11 +55,6 @@ def app(env, sink, clock, monkeypatch):
     app.extensions["nurture.db"].dispose()
 
 
-@pytest.fixture
-def client(app):
-    return app.test_client()
-
-
 def send(db, sink, reviewers=("ann@acme.example",), now=NOW) -> list[int]:
     transport = sink.transport()
     try:

@@ -35,11 +35,6 @@ def app(env, monkeypatch):
 
 
 @pytest.fixture
-def client(app):
-    return app.test_client()
-
-
-@pytest.fixture
 def leads(db, sample_program) -> list[str]:
     emails = ["ada@globex.example", "bo@initech.example"]
     with db.session() as s:
