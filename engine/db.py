@@ -7,7 +7,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
-from sqlalchemy import DateTime, create_engine, event
+from sqlalchemy import DateTime, Table, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
@@ -36,6 +37,14 @@ class UTCDateTime(TypeDecorator):
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def insert_new(connection, table: Table):
+    """INSERT into `table` that leaves a row already there (a key it conflicts with) as it is,
+    for the dialect of `connection` (a Session, a Connection, or anything with a dialect)."""
+    on = getattr(connection, "dialect", None) or connection.get_bind().dialect
+    dialect = postgresql if on.name == "postgresql" else sqlite
+    return dialect.insert(table).on_conflict_do_nothing()
 
 
 def make_engine(url: str, **kwargs) -> Engine:

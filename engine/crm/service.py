@@ -67,12 +67,7 @@ def dead_letters(*, session: Session, limit: int = 100) -> list[CrmOutboxItem]:
 def replay(*, session: Session, item_id: int, now: datetime) -> CrmOutboxItem:
     """A dead letter back in line, due now with a fresh count of attempts (its last error
     stays until the next attempt). Raises NotFound, or Conflict when it is not dead."""
-    item = session.get(CrmOutboxItem, item_id)
-    if item is None:
-        raise NotFound(f"no CRM item {item_id}")
-    if item.status != CrmStatus.DEAD:
-        raise Conflict(f"CRM item {item_id} is {item.status}, not dead-lettered: only dead "
-                       "letters are replayed (`nurture crm dead-letter list`)")
+    item = _dead_letter(session, item_id, "replayed")
     _replay(session, _ITEMS.c.id == item_id, now)
     session.refresh(item)
     return item
@@ -93,14 +88,19 @@ def _replay(session: Session, where, now: datetime) -> int:
 def skip(*, session: Session, item_id: int, reason: str, by: str) -> CrmOutboxItem:
     """Give up a dead letter for good, so that its lead's later items go: the CRM never hears
     of it. Raises NotFound, or Conflict when it is not dead."""
+    item = _dead_letter(session, item_id, "skipped")
+    item.status = CrmStatus.SKIPPED
+    item.skip_reason = f"{by}: {reason}"[:200]
+    return item
+
+
+def _dead_letter(session: Session, item_id: int, verb: str) -> CrmOutboxItem:
     item = session.get(CrmOutboxItem, item_id)
     if item is None:
         raise NotFound(f"no CRM item {item_id}")
     if item.status != CrmStatus.DEAD:
         raise Conflict(f"CRM item {item_id} is {item.status}, not dead-lettered: only dead "
-                       "letters are skipped")
-    item.status = CrmStatus.SKIPPED
-    item.skip_reason = f"{by}: {reason}"[:200]
+                       f"letters are {verb} (`nurture crm dead-letter list`)")
     return item
 
 

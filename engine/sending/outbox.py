@@ -18,9 +18,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from sqlalchemy import and_, func, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from engine.db import insert_new
 from engine.errors import Invalid
 from engine.journeys.decide import ActionKind, Decision
 from engine.journeys.models import Enrollment
@@ -72,9 +72,7 @@ def insert_rows(session: Session, rows: list[dict]) -> None:
     """Insert outbox rows; one that exists already for its (enrollment, step) is left as it is."""
     if not rows:
         return
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    session.execute(insert(_OUTBOX).on_conflict_do_nothing(), rows)
+    session.execute(insert_new(session, _OUTBOX), rows)
 
 
 def adopt_launched_version(*, session: Session, program_id: int, program: Program,

@@ -13,9 +13,9 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import ColumnElement, and_, case, func, not_, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, aliased
 
+from engine.db import insert_new
 from engine.journeys.decide import Event
 from engine.leads.models import LeadEvent
 from engine.pages.models import FormSubmission
@@ -53,12 +53,9 @@ def record_out(connection, row_id: int | None = None) -> None:
                   case((and_(refused, gave_up), True), else_=False)).where(went_out(out))
     if row_id is not None:
         rows = rows.where(out.id == row_id)
-    on = getattr(connection, "dialect", None) or connection.get_bind().dialect
-    dialect = postgresql if on.name == "postgresql" else sqlite
     columns = ["outbox_id", "lead_id", "program_id", "program_version", "step",
                "asset_version_id", "persona", "out_at", "hard_bounced", "soft_bounced"]
-    connection.execute(dialect.insert(SentEmail).from_select(columns, rows)
-                       .on_conflict_do_nothing())
+    connection.execute(insert_new(connection, SentEmail.__table__).from_select(columns, rows))
 
 
 def last_send(lead_id, at, program_id=None) -> ColumnElement:
