@@ -1070,11 +1070,11 @@ class _OnCursor:
     def __init__(self, cursor) -> None:
         self.cursor = cursor
 
-    def execute(self, statement, parameters: dict | None = None) -> None:
+    def execute(self, statement, parameters: dict | None = None):
         if parameters:
             statement = statement.bindparams(**parameters)
-        self.cursor.execute(str(statement.compile(dialect=self.dialect,
-                                                  compile_kwargs={"literal_binds": True})))
+        return self.cursor.execute(str(statement.compile(
+            dialect=self.dialect, compile_kwargs={"literal_binds": True})))
 
 
 # -- the database ----------------------------------------------------------------------------

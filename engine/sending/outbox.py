@@ -222,8 +222,8 @@ def mark_refused(*, session: Session, row_id: int, worker: str, now: datetime,
 def _went_out(session: Session, row_id: int) -> None:
     """The row's sent email, if it went out (a refusal by the renderer did not), with what its
     events did before it was marked (a scanner can click within the second)."""
-    record_out(session, row_id)
-    count_tracked_sends(session, row_id)
+    if record_out(session, row_id):  # not again for a duplicate 250
+        count_tracked_sends(session, row_id)
 
 
 def mark_skipped(*, session: Session, row_id: int, worker: str, now: datetime, reason: str) -> bool:

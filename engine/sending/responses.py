@@ -40,10 +40,11 @@ def out_at(row) -> ColumnElement:
     return func.coalesce(row.sent_at, row.updated_at)
 
 
-def record_out(connection, row_id: int | None = None) -> None:
+def record_out(connection, row_id: int | None = None) -> int:
     """Write the sent_emails row of outbox row `row_id` if it went out and has none yet (every
     such row when None: rows stored before migration 0024, or written in bulk). A refusal for
-    good is a hard bounce, giving up after temporary failures a soft one."""
+    good is a hard bounce, giving up after temporary failures a soft one. Returns how many
+    rows it wrote."""
     out = OutboxMessage
     refused = out.status == Delivery.FAILED_PERM
     gave_up = func.coalesce(out.last_error, "").startswith(GAVE_UP)
@@ -55,7 +56,8 @@ def record_out(connection, row_id: int | None = None) -> None:
         rows = rows.where(out.id == row_id)
     columns = ["outbox_id", "lead_id", "program_id", "program_version", "step",
                "asset_version_id", "persona", "out_at", "hard_bounced", "soft_bounced"]
-    connection.execute(insert_new(connection, SentEmail.__table__).from_select(columns, rows))
+    return connection.execute(insert_new(connection, SentEmail.__table__)
+                              .from_select(columns, rows)).rowcount
 
 
 def last_send(lead_id, at, program_id=None) -> ColumnElement:
