@@ -2,7 +2,14 @@
 
 from engine.assets.models import Asset, AssetVersion
 from engine.auth.models import ApiKey
-from engine.crm.models import CrmOutboxItem
+from engine.crm.models import (
+    Account,
+    CrmInboundEvent,
+    CrmOutboxItem,
+    Opportunity,
+    OpportunityChange,
+    OpportunityContact,
+)
 from engine.db import Base
 from engine.journeys.models import Enrollment
 from engine.launch.models import Approval, Launch, Proof, Waiver
@@ -15,18 +22,23 @@ from engine.sending.models import OutboxMessage, SentEmail, Suppression
 from engine.tracking.models import TrackingEvent
 
 __all__ = [
+    "Account",
     "ApiKey",
     "Approval",
     "Asset",
     "AssetVersion",
     "Base",
     "ConsentRecord",
+    "CrmInboundEvent",
     "CrmOutboxItem",
     "Enrollment",
     "FormSubmission",
     "Launch",
     "Lead",
     "LeadEvent",
+    "Opportunity",
+    "OpportunityChange",
+    "OpportunityContact",
     "OutboxMessage",
     "ProgramRecord",
     "ProgramVersion",

@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import date, datetime
+from decimal import Decimal
 from enum import StrEnum
 
-from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, Boolean, Date, ForeignKey, Index, Integer, Numeric, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from engine.db import Base, UTCDateTime
@@ -55,3 +56,97 @@ class CrmOutboxItem(Base):
     dead_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     replays: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     skip_reason: Mapped[str | None] = mapped_column(String(200))
+
+
+# -- what the CRM holds: accounts, opportunities and their contacts (engine/crm/records.py) --
+
+class OpportunityStatus(StrEnum):
+    OPEN = "open"
+    WON = "won"
+    LOST = "lost"
+
+
+class Account(Base):
+    """A company: matched by its CRM id, else by its web domain (a lead's email domain)."""
+
+    __tablename__ = "accounts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    crm_id: Mapped[str | None] = mapped_column(String(100), unique=True)
+    domain: Mapped[str | None] = mapped_column(String(253), unique=True)  # lower-case
+    name: Mapped[str | None] = mapped_column(String(300))
+    industry: Mapped[str | None] = mapped_column(String(200))
+    employees: Mapped[int | None] = mapped_column(Integer)
+    country: Mapped[str | None] = mapped_column(String(100))
+    owner: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    crm_updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # as the CRM said
+
+
+class Opportunity(Base):
+    """A deal in the CRM, with its contacts (OpportunityContact) and every change
+    (OpportunityChange): what revenue a program's leads went on to."""
+
+    __tablename__ = "opportunities"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    crm_id: Mapped[str] = mapped_column(String(100), unique=True)
+    account_id: Mapped[int | None] = mapped_column(
+        ForeignKey("accounts.id", ondelete="SET NULL"), index=True)
+    name: Mapped[str | None] = mapped_column(String(300))
+    amount: Mapped[Decimal | None] = mapped_column(Numeric(18, 2))
+    currency: Mapped[str | None] = mapped_column(String(3))
+    stage: Mapped[str | None] = mapped_column(String(100))  # the CRM's stage name
+    close_date: Mapped[date | None] = mapped_column(Date)
+    owner: Mapped[str | None] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(8), default=OpportunityStatus.OPEN)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)  # its last change (the SLA's)
+    crm_updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class OpportunityContact(Base):
+    """A lead's part in an opportunity (its contact role)."""
+
+    __tablename__ = "opportunity_contacts"
+
+    opportunity_id: Mapped[int] = mapped_column(
+        ForeignKey("opportunities.id", ondelete="CASCADE"), primary_key=True)
+    lead_id: Mapped[int] = mapped_column(ForeignKey("leads.id", ondelete="CASCADE"),
+                                         primary_key=True, index=True)
+    role: Mapped[str | None] = mapped_column(String(100))
+    is_primary: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class OpportunityChange(Base):
+    """Append-only history of an opportunity: what changed, from what to what, and when."""
+
+    __tablename__ = "opportunity_changes"
+    __table_args__ = (Index("ix_opportunity_changes_opportunity", "opportunity_id", "id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    opportunity_id: Mapped[int] = mapped_column(
+        ForeignKey("opportunities.id", ondelete="CASCADE"))
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    kind: Mapped[str] = mapped_column(String(20))  # created, updated, won, lost, reopened
+    changes: Mapped[dict] = mapped_column(JSON, default=dict)  # field: {"from", "to"}
+    actor: Mapped[str] = mapped_column(String(200))
+
+
+class CrmInboundEvent(Base):
+    """Each event the CRM sent us (POST /api/v1/crm/events, `nurture crm import`), once per
+    event id: a repeat is answered as before and applies nothing. `outcome` says what was done
+    (applied, refused) and `detail` the conflicts settled and duplicates found."""
+
+    __tablename__ = "crm_inbound_events"
+    __table_args__ = (Index("ix_crm_inbound_events_received", "received_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(200), unique=True)
+    type: Mapped[str] = mapped_column(String(40))
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    occurred_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    outcome: Mapped[str] = mapped_column(String(12))
+    detail: Mapped[dict] = mapped_column(JSON, default=dict)

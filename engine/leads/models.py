@@ -49,6 +49,13 @@ class Lead(Base):
     consent: Mapped[bool | None] = mapped_column(Boolean)
     custom: Mapped[dict] = mapped_column(JSON, default=dict)
     owner: Mapped[str | None] = mapped_column(String(200))  # the sales rep who holds the lead
+    # Its record in the CRM: a lead, or a contact under an account (engine/crm/records.py);
+    # crm_updated_at is when the CRM last changed it, as the CRM said (its duplicates rule).
+    crm_id: Mapped[str | None] = mapped_column(String(100), unique=True)
+    crm_object: Mapped[str | None] = mapped_column(String(10))  # lead, contact
+    crm_updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    account_id: Mapped[int | None] = mapped_column(ForeignKey("accounts.id", ondelete="SET NULL"),
+                                                   index=True)
     # Score = fit + behaviour decayed from behaviour_at (engine/scoring): stored so a lead's
     # score and the sales queue's order cost no replay of its history.
     fit_score: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")

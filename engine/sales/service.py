@@ -85,6 +85,18 @@ def accept(*, session: Session, lead: Lead, actor: str, now: datetime,
                      actor=actor, now=now, crm={"owner": owner})
 
 
+def assign_owner(*, session: Session, lead: Lead, owner: str, actor: str,
+                 now: datetime) -> None:
+    """A new owner for the lead (the CRM reassigned it), noted on its log."""
+    owner = _name(owner, "owner")
+    if owner == lead.owner:
+        return
+    session.add(LeadEvent(lead_id=lead.id, at=now, category="action", kind="owner_changed",
+                          detail={"from": lead.owner, "to": owner}, actor=actor))
+    lead.owner = owner
+    lead.updated_at = now
+
+
 def reject(*, session: Session, lead: Lead, reason: str, actor: str, now: datetime) -> StageChange:
     """Sales rejects an MQL: back to nurture as recycled, its behaviour points reset."""
     actor = _name(actor, "by")

@@ -4,8 +4,9 @@ scheduler's daily job).
 - An MQL that sales neither accepts nor rejects within `sla.mql_response` is a breach: it is
   recorded once and escalated (a sales notification naming the owner, or `sla.escalate_to`,
   which engine/sales/notify.py emails).
-- An opportunity without update (stage change or field change) for `sla.opportunity_stalled`
-  is stalled: recorded once, and enrolled in `sla.stalled_track` for marketing support.
+- An opportunity without update for `sla.opportunity_stalled` is stalled. Its last update is
+  the latest change the CRM reported on the lead's open opportunities (engine/crm/records.py);
+  a lead in the opportunity stage without any, its own last change (stage or field): recorded once, and enrolled in `sla.stalled_track` for marketing support.
 A breach is resolved when the lead leaves the stage, a stall also when the opportunity is
 updated. Running the check twice records nothing new: a breach is unique per lead, kind and the moment its clock started.
 """
@@ -19,6 +20,7 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from engine.crm.models import Opportunity, OpportunityContact, OpportunityStatus
 from engine.journeys.decide import ActionKind, Event, EventKind
 from engine.journeys.service import apply_event
 from engine.leads.models import Lead, StageChange
@@ -50,8 +52,9 @@ def check_slas(*, session: Session, now: datetime) -> SlaCheck:
         if now >= due and not _already(session, lead, MQL_UNANSWERED, since):
             action = _escalate(session, lead, rules, since, now)
             result.new.append(_breach(session, lead, MQL_UNANSWERED, since, due, now, action))
+    updates = _opportunity_updates(session)
     for lead, since in _entered_stage(session, "opportunity"):
-        updated = max(since, lead.updated_at)
+        updated = max(since, updates.get(lead.id, lead.updated_at))
         rules = _rules(session, lead)
         due = rules.stalled_due(updated)
         if now >= due and not _already(session, lead, OPPORTUNITY_STALLED, updated):
@@ -59,6 +62,16 @@ def check_slas(*, session: Session, now: datetime) -> SlaCheck:
             result.new.append(_breach(session, lead, OPPORTUNITY_STALLED, updated, due, now,
                                       action))
     return result
+
+
+def _opportunity_updates(session: Session) -> dict[int, datetime]:
+    """Per lead, the last update of its open opportunities in the CRM."""
+    rows = session.execute(
+        select(OpportunityContact.lead_id, func.max(Opportunity.updated_at))
+        .join(Opportunity, Opportunity.id == OpportunityContact.opportunity_id)
+        .where(Opportunity.status == OpportunityStatus.OPEN)
+        .group_by(OpportunityContact.lead_id))
+    return {lead_id: at for lead_id, at in rows}
 
 
 def _rules(session: Session, lead: Lead) -> SlaRules:
@@ -116,10 +129,12 @@ def _resolve_left(session: Session, now: datetime) -> int:
     """Close open breaches whose lead has left the stage the breach was about, and stalls
     whose opportunity was updated since (its clock restarted)."""
     resolved = 0
+    updates = _opportunity_updates(session)
     open_breaches = session.execute(select(SlaBreach, Lead.stage, Lead.updated_at)
                                     .join(Lead, Lead.id == SlaBreach.lead_id)
                                     .where(SlaBreach.resolved_at.is_(None)))
     for breach, stage, updated_at in open_breaches:
+        updated_at = updates.get(breach.lead_id, updated_at)
         restarted = breach.kind == OPPORTUNITY_STALLED and updated_at > breach.since
         if stage != _STAGE_OF.get(breach.kind) or restarted:
             breach.resolved_at = now
