@@ -25,15 +25,14 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import yaml
-
 from engine.errors import Invalid
 from engine.journeys.decide import Event, EventKind, Status
 from engine.journeys.simulate import SCRIPTED_EVENTS, PathEntry, ScriptedEvent, SimLead, simulate
 from engine.leads.fields import clean_lead_fields
 from engine.leads.stages import STAGES
-from engine.programs.loader import ProgramError, _line, _LineLoader, _Map, _Seq
+from engine.programs.loader import ProgramError
 from engine.programs.spec import Program
+from engine.yaml_lines import FileInvalid, LineMap, LineSeq, line_of, parse_yaml
 from qa.findings import Finding, Severity
 
 SCENARIO_FILES = ("scenarios.yaml", "scenarios.csv")  # as engine/assets/archive.py skips them
@@ -61,10 +60,8 @@ class _Bad(ValueError):
     """A value in the table that is wrong: its message becomes a file:line error."""
 
 
-class ScenarioInvalid(Exception):
-    def __init__(self, errors: list[ProgramError]):
-        super().__init__("\n".join(str(e) for e in errors))
-        self.errors = errors
+class ScenarioInvalid(FileInvalid):
+    """A scenario table with errors, each as `file:line: message`."""
 
 
 @dataclass(frozen=True)
@@ -141,25 +138,19 @@ def load_scenarios(path: str | Path, program: Program) -> ScenarioTable:
     return parse_scenarios(data, program, file=name)
 
 
-def _read_yaml(text: str, name: str) -> _Map:
-    try:
-        data = yaml.load(text, Loader=_LineLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ScenarioInvalid([ProgramError(name, mark.line + 1 if mark else 1,
-                                            f"YAML syntax error: {problem}")]) from exc
+def _read_yaml(text: str, name: str) -> LineMap:
+    data = parse_yaml(text, name, ScenarioInvalid)
     if not isinstance(data, dict):
         raise ScenarioInvalid([ProgramError(name, 1, "a scenario table must be a mapping with "
                                                      "'scenarios:' (a list of rows)")])
     return data
 
 
-def _read_csv(text: str) -> _Map:
+def _read_csv(text: str) -> LineMap:
     """CSV rows as the YAML form, each value remembering its row's line."""
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=_delimiter(text))
     header = [cell.strip().lower() for cell in next(reader, [])]
-    rows = _Seq()
+    rows = LineSeq()
     rows.line, rows.item_lines = 1, []
     for cells in reader:
         if not any(cell.strip() for cell in cells):
@@ -175,7 +166,7 @@ def _delimiter(text: str) -> str:
     return ";" if first.count(";") > first.count(",") else ","
 
 
-def _csv_row(cells: dict[str, str], line: int) -> _Map:
+def _csv_row(cells: dict[str, str], line: int) -> LineMap:
     row = {"name": cells.get("name", ""),
            "lead": _mapping({k: v for k, v in cells.items() if k not in CSV_COLUMNS and v}, line)}
     if cells.get("days"):
@@ -213,14 +204,14 @@ def _number(text: str):
         return text
 
 
-def _mapping(values: dict, line: int) -> _Map:
-    mapping = _Map(values)
+def _mapping(values: dict, line: int) -> LineMap:
+    mapping = LineMap(values)
     mapping.line, mapping.key_lines = line, {key: line for key in values}
     return mapping
 
 
-def _sequence(values: list, line: int) -> _Seq:
-    sequence = _Seq(values)
+def _sequence(values: list, line: int) -> LineSeq:
+    sequence = LineSeq(values)
     sequence.line, sequence.item_lines = line, [line] * len(values)
     return sequence
 
@@ -233,7 +224,7 @@ class _Errors:
         self.errors: list[ProgramError] = []
 
     def add(self, container, key, message: str) -> None:
-        self.errors.append(ProgramError(self.file, _line(container, key), message))
+        self.errors.append(ProgramError(self.file, line_of(container, key), message))
 
 
 def parse_scenarios(data: dict, program: Program, *, file: str = "scenarios.yaml") -> ScenarioTable:
@@ -313,7 +304,7 @@ def _scenario(errors: _Errors, rows, index: int, row, program: Program,
     events = _events(errors, row, label, program, days)
     _check_stage_changes(errors, label, program, lead, events, start, days)
     expect = _expectation(errors, rows, index, row, label, program, days)
-    return Scenario(name=name.strip(), line=_line(rows, index), lead=lead, events=events,
+    return Scenario(name=name.strip(), line=line_of(rows, index), lead=lead, events=events,
                     days=days, expect=expect)
 
 
@@ -361,7 +352,7 @@ def _events(errors: _Errors, row, label: str, program: Program,
         return ()
     events = []
     for index, item in enumerate(items):
-        line = _line(items, index)
+        line = line_of(items, index)
         try:
             events.append(_event(item, line, program, days))
         except ValueError as exc:
@@ -501,7 +492,7 @@ def _expect_emails(errors: _Errors, expect, label: str, program: Program,
             errors.add(emails, email, f"{where}: day {last} is after the scenario's last day "
                                       f"({days - 1}; days: {days})")
             continue
-        parsed.append(EmailExpectation(str(email), first, last, _line(emails, email)))
+        parsed.append(EmailExpectation(str(email), first, last, line_of(emails, email)))
     return tuple(parsed)
 
 
@@ -533,7 +524,7 @@ def _expect_not_sent(errors: _Errors, expect, label: str,
         if name not in program.emails:
             errors.add(names, index, f"{label}: expect.not_sent: unknown email {name!r}")
         else:
-            parsed.append((name, _line(names, index)))
+            parsed.append((name, line_of(names, index)))
     return tuple(parsed)
 
 

@@ -10,7 +10,6 @@ from datetime import time
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import yaml
 from jinja2 import TemplateSyntaxError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -56,6 +55,15 @@ from engine.scoring.rules import (
     SlaRules,
     Trigger,
 )
+from engine.yaml_lines import (
+    Checker,
+    FileError,
+    FileInvalid,
+    LineMap,
+    LineSeq,
+    line_of,
+    parse_yaml,
+)
 
 PROGRAM_FILE = "program.yaml"
 MAX_FILE_BYTES = 2 * 1024 * 1024
@@ -83,14 +91,7 @@ ADVANCE_KEYS = ("from", "to", "on", "idle", "page", "email")
 _jinja = ImmutableSandboxedEnvironment()
 
 
-@dataclass(frozen=True)
-class ProgramError:
-    file: str
-    line: int
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.file}:{self.line}: {self.message}"
+ProgramError = FileError  # what every error of a program directory is: file, line, message
 
 
 @dataclass(frozen=True)
@@ -101,75 +102,17 @@ class LoadedProgram:
     source: str
 
 
-class ProgramInvalid(Exception):
-    def __init__(self, errors: list[ProgramError]):
-        super().__init__("\n".join(str(e) for e in errors))
-        self.errors = errors
-
-
-# -- YAML with line numbers ---------------------------------------------------------------
-
-class _Map(dict):
-    """A mapping that remembers the line of each key (1-based) and its own line."""
-
-    line: int = 1
-    key_lines: dict
-
-
-class _Seq(list):
-    line: int = 1
-    item_lines: list
-
-
-class _LineLoader(yaml.SafeLoader):
-    def construct_mapping(self, node, deep=False):
-        mapping = _Map(super().construct_mapping(node, deep=True))
-        mapping.line = node.start_mark.line + 1
-        mapping.key_lines = {
-            self.construct_object(k, deep=True): k.start_mark.line + 1 for k, _ in node.value
-        }
-        return mapping
-
-    def construct_sequence(self, node, deep=False):
-        seq = _Seq(super().construct_sequence(node, deep=True))
-        seq.line = node.start_mark.line + 1
-        seq.item_lines = [item.start_mark.line + 1 for item in node.value]
-        return seq
-
-
-_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _LineLoader.construct_mapping)
-_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _LineLoader.construct_sequence)
-
-
-def _line(container, key) -> int:
-    if isinstance(container, _Map):
-        return container.key_lines.get(key, container.line)
-    if isinstance(container, _Seq) and isinstance(key, int) and key < len(container.item_lines):
-        return container.item_lines[key]
-    return getattr(container, "line", 1)
+class ProgramInvalid(FileInvalid):
+    """A program directory with errors, each as `file:line: message`."""
 
 
 # -- validation -------------------------------------------------------------------------
 
-class _Checker:
+class _Checker(Checker):
     def __init__(self, directory: Path):
+        super().__init__(PROGRAM_FILE)
         self.directory = directory
-        self.errors: list[ProgramError] = []
         self.files: dict[str, str] = {}
-
-    def error(self, container, key, message: str, file: str = PROGRAM_FILE) -> None:
-        self.errors.append(ProgramError(file, _line(container, key), message))
-
-    def mapping(self, parent, key, *, required: bool = True) -> _Map | None:
-        value = parent.get(key) if isinstance(parent, dict) else None
-        if value is None:
-            if required:
-                self.error(parent, key, f"missing {key!r}")
-            return None
-        if not isinstance(value, dict):
-            self.error(parent, key, f"{key!r} must be a mapping")
-            return None
-        return value
 
     def text_file(self, container, key, relative, label: str) -> str | None:
         if not isinstance(relative, str) or not relative.strip():
@@ -197,7 +140,7 @@ class _Checker:
         try:
             _jinja.parse(source)
         except TemplateSyntaxError as exc:
-            line = offset + (exc.lineno or 1) if file != PROGRAM_FILE else _line(container, key)
+            line = offset + (exc.lineno or 1) if file != PROGRAM_FILE else line_of(container, key)
             self.errors.append(ProgramError(file, line, f"{label}: template syntax error: {exc.message}"))
 
 
@@ -219,14 +162,9 @@ def load_program_dir(directory: str | Path) -> LoadedProgram:
                                            f"larger than {MAX_FILE_BYTES} bytes: not a program file")])
     try:
         source = path.read_text(encoding="utf-8")
-        data = yaml.load(source, Loader=_LineLoader)
     except UnicodeDecodeError as exc:
         raise ProgramInvalid([ProgramError(PROGRAM_FILE, 1, f"not UTF-8: {exc.reason}")]) from exc
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark else 1
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ProgramInvalid([ProgramError(PROGRAM_FILE, line, f"YAML syntax error: {problem}")]) from exc
+    data = parse_yaml(source, PROGRAM_FILE, ProgramInvalid)
     if not isinstance(data, dict):
         raise ProgramInvalid([ProgramError(PROGRAM_FILE, 1, "program.yaml must be a mapping")])
     checker = _Checker(directory)
@@ -271,7 +209,7 @@ def validate_program_dir(directory: str | Path) -> list[ProgramError]:
     return []
 
 
-def _validate(c: _Checker, data: _Map, default_from: str | None) -> Program | None:
+def _validate(c: _Checker, data: LineMap, default_from: str | None) -> Program | None:
     for key in data:
         if key not in TOP_KEYS:
             c.error(data, key, f"unknown key {key!r} (expected one of {', '.join(sorted(TOP_KEYS))})")
@@ -283,7 +221,7 @@ def _validate(c: _Checker, data: _Map, default_from: str | None) -> Program | No
     personas = _personas(c, data)
     emails = _emails(c, data)
     pages = _pages(c, data)
-    rules_map = c.mapping(data, "rules", required=False) or _Map()
+    rules_map = c.mapping(data, "rules", required=False) or LineMap()
     sla_map = c.mapping(data, "sla", required=False)
     move_targets = _move_targets(rules_map, sla_map)
     tracks = _tracks(c, data, personas, emails, move_targets)
@@ -546,7 +484,7 @@ def _tracks(c: _Checker, data, personas, emails, move_targets) -> dict[str, tupl
     return tracks
 
 
-def _steps(c: _Checker, track: str, steps: _Seq, emails) -> list[Step]:
+def _steps(c: _Checker, track: str, steps: LineSeq, emails) -> list[Step]:
     parsed, seen = [], set()
     for i, step in enumerate(steps):
         if not isinstance(step, dict) or len(step) != 1 or not ({"email", "wait"} & set(step)):
@@ -568,7 +506,7 @@ def _steps(c: _Checker, track: str, steps: _Seq, emails) -> list[Step]:
     return parsed
 
 
-def _rules(c: _Checker, rules: _Map, tracks) -> Rules | None:
+def _rules(c: _Checker, rules: LineMap, tracks) -> Rules | None:
     for extra in set(rules) - {"exit_on_stages", "non_responders"}:
         c.error(rules, extra, f"rules: unknown key {extra!r}")
     exit_on = rules.get("exit_on_stages", sorted(Rules().exit_on_stages))
@@ -619,24 +557,24 @@ def _known_keys(c: _Checker, mapping, allowed, label: str) -> None:
                     f"{label}: unknown key {key!r} (expected one of {', '.join(allowed)})")
 
 
-def _section(c: _Checker, parent, key, label: str) -> _Map:
+def _section(c: _Checker, parent, key, label: str) -> LineMap:
     """A mapping inside a scoring or SLA section; empty when absent or null."""
     value = parent.get(key)
     if value is None:
-        return _Map()
+        return LineMap()
     if not isinstance(value, dict):
         c.error(parent, key, f"{label} must be a mapping")
-        return _Map()
+        return LineMap()
     return value
 
 
-def _list(c: _Checker, parent, key, label: str) -> _Seq:
+def _list(c: _Checker, parent, key, label: str) -> LineSeq:
     value = parent.get(key)
     if value is None:
-        return _Seq()
+        return LineSeq()
     if not isinstance(value, list):
         c.error(parent, key, f"{label} must be a list")
-        return _Seq()
+        return LineSeq()
     return value
 
 
@@ -709,7 +647,7 @@ def _scoring(c: _Checker, data, pages, emails) -> ScoringRules:
                         fit=fit, threshold=threshold, requires=requires, triggers=triggers)
 
 
-def _fit_rules(c: _Checker, rules: _Seq) -> tuple[FitRule, ...]:
+def _fit_rules(c: _Checker, rules: LineSeq) -> tuple[FitRule, ...]:
     parsed = []
     for i, rule in enumerate(rules):
         label = f"scoring.fit {i + 1}"
@@ -796,7 +734,7 @@ def _mql(c: _Checker, section) -> tuple[float | None, tuple[str, ...]]:
     return threshold, tuple(str(name) for name in requires)
 
 
-def _triggers(c: _Checker, triggers: _Seq, pages, emails) -> tuple[Trigger, ...]:
+def _triggers(c: _Checker, triggers: LineSeq, pages, emails) -> tuple[Trigger, ...]:
     parsed = []
     for i, trigger in enumerate(triggers):
         label = f"scoring.triggers {i + 1}"
