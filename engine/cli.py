@@ -9,7 +9,7 @@ import click
 
 from engine.cli_context import AppContext, console, err_console, pass_app
 from engine.errors import NurtureError
-from engine.programs.loader import ProgramInvalid
+from engine.yaml_lines import FileInvalid
 
 
 class NurtureGroup(click.Group):
@@ -18,7 +18,7 @@ class NurtureGroup(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except ProgramInvalid as exc:
+        except FileInvalid as exc:  # program.yaml, crm.yaml...: every error, file:line
             for error in exc.errors:
                 err_console.print(str(error))
             ctx.exit(1)

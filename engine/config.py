@@ -29,6 +29,7 @@ class Settings:
     crm_webhook_secret: str | None = None  # signs them (X-Nurture-Signature); required
     crm_timeout_seconds: float = 10.0  # per connect and per read
     crm_max_attempts: int = 15  # then the item is dead-lettered
+    crm_map_path: Path | None = None  # the CRM field map in effect; None: instance/crm.yaml
 
     @classmethod
     def from_env(cls, environ: os._Environ | dict | None = None) -> Settings:
@@ -52,6 +53,7 @@ class Settings:
             crm_webhook_secret=env.get("NURTURE_CRM_WEBHOOK_SECRET") or None,
             crm_timeout_seconds=_number(env, "NURTURE_CRM_TIMEOUT_SECONDS", 10.0, float),
             crm_max_attempts=_number(env, "NURTURE_CRM_MAX_ATTEMPTS", 15, int),
+            crm_map_path=Path(env.get("NURTURE_CRM_MAP") or instance / "crm.yaml").resolve(),
         )
 
 

@@ -84,12 +84,15 @@ class Database:
     of this thread is open (the outer one holds the write lock: an inner one that waited for it
     would wait for itself)."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, *, info: dict | None = None):
         self.url = url
+        # What every session carries as session.info: facts of the instance the database
+        # belongs to (engine/crm/fieldmap.py: where its CRM field map is).
+        self.info = dict(info or {})
         self.engine = make_engine(url)
-        self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
+        self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False, info=self.info)
         self._deferred = sessionmaker(self.engine.execution_options(**{DEFERRED: True}),
-                                      expire_on_commit=False)
+                                      expire_on_commit=False, info=self.info)
         self._open = threading.local()
 
     @contextmanager

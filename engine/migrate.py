@@ -13,6 +13,7 @@ from alembic.script import ScriptDirectory
 # module the caller never imported.
 import engine.models  # noqa: F401
 from engine.config import Settings
+from engine.crm.fieldmap import session_info
 from engine.db import Database
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -43,10 +44,11 @@ class SchemaNotCurrent(RuntimeError):
 def open_database(settings: Settings) -> Database:
     """The configured database, at the newest schema.
 
-    The embedded SQLite database upgrades itself; a server database must be upgraded on purpose
+    Its sessions know the instance's CRM field map (engine/crm/fieldmap.py map_for). The
+    embedded SQLite database upgrades itself; a server database must be upgraded on purpose
     (`nurture db upgrade`), so that several hosts never race to migrate it.
     """
-    database = Database(settings.database_url)
+    database = Database(settings.database_url, info=session_info(settings))
     if not is_current(database.engine):
         if not database.url.startswith("sqlite"):
             database.dispose()

@@ -48,7 +48,7 @@ class LineMap(dict):
 
     line: int = 1
     key_lines: dict
-    repeated: list | tuple = ()  # (key, line) of each key written again after its first
+    repeated: list | tuple = ()  # (key, line, first line) of each key written again
 
 
 class LineSeq(list):
@@ -83,13 +83,15 @@ class LineLoader(yaml.SafeLoader):
         mapping.line = node.start_mark.line + 1
         mapping.key_lines = {  # the line of the value kept: the last one written
             self.construct_object(k, deep=True): k.start_mark.line + 1 for k, _ in node.value}
-        seen: set = set()
+        first: dict = {}
         mapping.repeated = []
         for key_node in written:
             key = self.construct_object(key_node, deep=True)
-            if key in seen:
-                mapping.repeated.append((key, key_node.start_mark.line + 1))
-            seen.add(key)
+            line = key_node.start_mark.line + 1
+            if key in first:
+                mapping.repeated.append((key, line, first[key]))
+            else:
+                first[key] = line
         return mapping
 
     def construct_sequence(self, node, deep=False):
@@ -134,8 +136,10 @@ def read_yaml(path: Path, name: str, *, max_bytes: int, what: str,
     """The YAML mapping in `path`, shown in errors as `name`. Raises `invalid` with one error
     when the file is missing, over `max_bytes`, not UTF-8 text, not YAML or not a mapping
     (`what` says what it should be: "a CRM field map")."""
-    if not path.is_file():
+    if not path.exists():
         raise invalid([FileError(name, 1, f"no such file (expected {what})")])
+    if not path.is_file():
+        raise invalid([FileError(name, 1, f"not a regular file (expected {what})")])
     if path.stat().st_size > max_bytes:
         raise invalid([FileError(name, 1, f"larger than {max_bytes} bytes: not {what}")])
     try:

@@ -111,7 +111,7 @@ def test_each_item_arrives_signed_with_its_event_id_as_idempotency_key(db, recei
                    "occurred_at": MONDAY.isoformat(),
                    "lead": {"id": lead_id, "email": "ada@globex.example"},
                    "payload": {"from": "engaged", "to": "mql", "reason": "to mql",
-                               "actor": "test"}}
+                               "actor": "test", "as": "lead"}}  # an MQL goes as a lead
     assert [(i.status, i.attempts, i.delivered_at) for i in stored] == [
         ("sent", 1, MONDAY)] * 3
 

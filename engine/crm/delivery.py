@@ -17,6 +17,9 @@ state is a conditional UPDATE guarded by who holds the claim:
 - A 2xx is recorded whoever holds the claim by then (the CRM has it).
 - An unreachable webhook (a timeout or a connection error) ends the run: the rest of the
   batch waits, charged nothing, until the failed item's retry time.
+- The field map in effect (the database's instance's, engine/crm/fieldmap.py) renames each
+  body as it is posted; it is read once per batch, and an invalid one stops the run before it
+  claims anything (MapInvalid, with its errors).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from sqlalchemy.orm import Session, aliased
 
 from engine.config import Settings
 from engine.crm.events import encode, event_body
+from engine.crm.fieldmap import CrmMap, map_of
 from engine.crm.models import DONE, CrmOutboxItem, CrmStatus
 from engine.crm.retry import Backoff, Next, after_attempt
 from engine.crm.webhook import ErrorKind, Reply, post, signed_headers
@@ -190,12 +194,13 @@ def deliver_batch(*, db: Database, webhook: CrmWebhook, worker: str,
     workers at once."""
     report = CrmReport()
     size = webhook.batch_size(limit)
+    crm_map = map_of(db.info)  # before claiming: an invalid map fails the run, holding nothing
     with db.session() as session:
         claimed = claim_due(session=session, worker=worker, now=clock(), limit=size,
                             lease=webhook.lease)
     report.full = len(claimed) == size
     for position, item_id in enumerate(claimed):
-        outcome, reply, retry_at = _deliver(db, webhook, item_id, worker, clock)
+        outcome, reply, retry_at = _deliver(db, webhook, item_id, worker, clock, crm_map)
         report.counts[outcome] += 1
         if on_item:
             on_item(outcome)
@@ -212,13 +217,14 @@ def deliver_batch(*, db: Database, webhook: CrmWebhook, worker: str,
 
 
 def _deliver(db: Database, webhook: CrmWebhook, item_id: int, worker: str,
-             clock: Callable[[], datetime]) -> tuple[str, Reply | None, datetime | None]:
+             clock: Callable[[], datetime],
+             crm_map: CrmMap) -> tuple[str, Reply | None, datetime | None]:
     with db.session() as session:
         if not start_attempt(session=session, item_id=item_id, worker=worker, now=clock(),
                              lease=webhook.lease):
             return "lost_claim", None, None
         item = session.get(CrmOutboxItem, item_id, populate_existing=True)
-        body = encode(event_body(item))
+        body = encode(event_body(item, crm_map))
         headers = signed_headers(secret=webhook.secret, body=body, event_id=item.event_id,
                                  event_type=item.kind, attempt=item.attempts)
         attempts = item.attempts

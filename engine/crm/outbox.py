@@ -13,7 +13,15 @@ door):
   customer; it changes no stage.
 - `unsubscribed` and `suppressed`: engine/sending/suppression.py suppress, which every
   unsubscribe, hard bounce, complaint and manual suppression goes through: do-not-contact.
-- `form_submitted`: engine/flows/forms.py submit_form, a landing-page form with its fields.
+- `form_submitted`: engine/flows/forms.py submit_form, a landing-page form with its fields
+  and the lead field each one fills in.
+- `field_changed`: engine/leads/service.py change_fields, which writing an existing lead goes
+  through (write_lead, and the import's updates): the fields that changed, old and new, of
+  those the field map in effect pushes (engine/crm/fieldmap.py); none when the change came
+  from the CRM itself (`CRM_ACTOR`: telling it back would echo forever).
+
+What is stored is ours (our field names, our values); engine/crm/events.py renames it through
+the field map when it is delivered.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
+from engine.crm.fieldmap import CrmMap
 from engine.crm.models import CrmOutboxItem, CrmStatus, new_event_id
 from engine.leads.models import STANDARD_FIELDS
 
@@ -32,7 +41,12 @@ BUYING_SIGNAL = "buying_signal"
 UNSUBSCRIBED = "unsubscribed"
 SUPPRESSED = "suppressed"
 FORM_SUBMITTED = "form_submitted"
-KINDS = (LEAD_CREATED, STAGE_CHANGE, BUYING_SIGNAL, UNSUBSCRIBED, SUPPRESSED, FORM_SUBMITTED)
+FIELD_CHANGED = "field_changed"
+KINDS = (LEAD_CREATED, STAGE_CHANGE, BUYING_SIGNAL, UNSUBSCRIBED, SUPPRESSED, FORM_SUBMITTED,
+         FIELD_CHANGED)
+# The actor of a change the CRM sent us (inbound events): such a change is not told back.
+# "crm:<detail>" counts too (e.g. crm:salesforce).
+CRM_ACTOR = "crm"
 ITEM_COLUMNS = ("event_id", "lead_id", "kind", "created_at", "status", "attempts",
                 "next_attempt_at", "replays", "payload")  # what item_row gives
 
@@ -55,10 +69,27 @@ def item_row(*, lead_id: int, email: str, kind: str, now: datetime, **payload) -
             "payload": {"email": email, "at": now.isoformat(), **payload}}
 
 
+def from_crm(actor: str) -> bool:
+    """Whether a change was made by the CRM (CRM_ACTOR): it is not told back to it."""
+    return actor == CRM_ACTOR or actor.startswith(CRM_ACTOR + ":")
+
+
+def field_changes_told(crm_map: CrmMap, changes: Mapping[str, tuple], *, actor: str,
+                       obj: str = "lead") -> dict | None:
+    """The payload of a field_changed item: of `changes` (field, or custom.NAME -> (old,
+    new)), those the map pushes for `obj`; None when there is nothing to tell (none pushed,
+    or the change came from the CRM)."""
+    if from_crm(actor):
+        return None
+    told = {name: {"from": old, "to": new} for name, (old, new) in changes.items()
+            if crm_map.pushes(obj, name)}
+    return {"changes": told, "actor": actor} if told else None
+
+
 def new_lead_payload(fields: Mapping) -> dict:
     """A new lead's fields as the CRM is told them (a Lead's or the import's row): the standard
-    ones that are set, and the custom ones. The field map, when there is one, chooses and
-    renames them here."""
+    ones that are set, and the custom ones, by our names: the field map chooses and renames
+    them on delivery (engine/crm/events.py)."""
     chosen = {name: fields.get(name) for name in STANDARD_FIELDS
               if name != "email" and fields.get(name) not in (None, "")}
     return {"fields": chosen, "custom": dict(fields.get("custom") or {})}

@@ -68,6 +68,8 @@ def submit_form(*, session: Session, found: FoundPage, form: dict[str, list[str]
     submission.outbox_id = email_before_form(session, submission)
     tell_crm(session=session, lead_id=lead.id, email=lead.email, kind=FORM_SUBMITTED, now=now,
              program=found.program.slug, page=found.page.slug, fields=posted,
+             lead_fields={name: target for name, target in spec.fields.items()
+                          if name in posted},  # where each lands: traced to the CRM's fields
              source={name: getattr(submission, name) for name in SOURCE_FIELDS})
     respond(session=session, lead=lead, kind=EventKind.FORM_SUBMITTED, detail=found.page.slug,
             now=now, actor=actor)

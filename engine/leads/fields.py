@@ -17,7 +17,7 @@ _EMAIL = re.compile(
     r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
     r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z][A-Za-z0-9-]{0,62}$"
 )
-_CUSTOM_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,63}$")
+CUSTOM_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,63}$")
 # NUL, and unpaired surrogates (undecodable bytes read with surrogateescape): PostgreSQL
 # refuses both, so no text holding them may reach a query.
 BAD_TEXT = re.compile("[\x00\ud800-\udfff]")
@@ -83,7 +83,7 @@ def check_timezone(value: str) -> str:
 @lru_cache(maxsize=1024)  # a file repeats its column names on every row; errors are not cached
 def _custom_name(name) -> str:
     key = str(name).strip().lower()
-    if not _CUSTOM_NAME.match(key) or key in STANDARD_FIELDS or key == "custom":
+    if not CUSTOM_NAME.match(key) or key in STANDARD_FIELDS or key == "custom":
         raise Invalid(f"bad custom field name {str(name)[:70]!r} (letters, digits and _)", field=key[:64])
     return key
 

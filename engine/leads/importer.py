@@ -40,6 +40,7 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select,
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
+from engine.crm.fieldmap import CrmMap, map_of
 from engine.crm.models import CrmOutboxItem
 from engine.crm.outbox import ITEM_COLUMNS, LEAD_CREATED, item_row, new_lead_payload
 from engine.db import Database
@@ -50,7 +51,7 @@ from engine.journeys.models import Enrollment
 from engine.journeys.service import action_rows, enrollment_columns, event_row
 from engine.leads.fields import MisdecodedText, clean_lead_fields, normalise_email
 from engine.leads.models import STANDARD_FIELDS, Lead, LeadEvent, StageChange, lead_fields
-from engine.leads.service import set_stage
+from engine.leads.service import change_fields, set_stage
 from engine.leads.stages import NOT_ON_PATH, check_transition, path_level_after
 from engine.programs.personas import PersonaResolver
 from engine.programs.spec import Program
@@ -476,13 +477,14 @@ def import_leads(*, db: Database, path: str | Path, program: str, now: datetime,
                       field="rejects")
     with db.session() as session:
         record, spec = running_program(session=session, name=program)
+    crm_map = map_of(db.info)  # the field map in effect: an invalid one stops the import here
     summary = ImportSummary(dry_run=dry_run)
     with LeadCsv(path, encoding) as source:
         rejects = _Rejects(rejects_path, source.header, source.encoding)
         try:
             with (db.engine.connect() as conn, _closed_after(conn), _long_lived_objects_frozen(),
                   _background_checkpoints(conn)):
-                writer = _ChunkWriter(conn, record.id, spec, now, summary, rejects)
+                writer = _ChunkWriter(conn, record.id, spec, now, summary, rejects, crm_map)
                 if dry_run:
                     conn.begin()
                 for chunk in _chunks(source, CHUNK_ROWS):
@@ -667,9 +669,10 @@ class _ChunkWriter:
     existing leads whose fields or stage change go through the lead and journey services."""
 
     def __init__(self, conn: Connection, program_id: int, program: Program, now: datetime,
-                 summary: ImportSummary, rejects: _Rejects):
+                 summary: ImportSummary, rejects: _Rejects, crm_map: CrmMap):
         self.conn, self.program_id, self.program, self.now = conn, program_id, program, now
         self.summary, self.rejects = summary, rejects
+        self.crm_map = crm_map  # which field changes the CRM hears
         self.imported = _ImportedEmails(conn)
         self._leads = _BulkInsert(conn, _LEADS, _LEAD_KEYS)
         self._stages = _BulkInsert(conn, StageChange.__table__, _STAGE_KEYS)
@@ -871,21 +874,18 @@ class _ChunkWriter:
         return template
 
     def _update(self, changed: list[tuple[dict, dict, bool]]) -> None:
-        """Existing leads whose fields or stage change: written here, then the pipeline's
-        follow-through, as every door's (engine/flows/leads.py)."""
+        """Existing leads whose fields or stage change: written as every door writes them
+        (change_fields, which tells the CRM; set_stage), then the pipeline's follow-through
+        (engine/flows/leads.py)."""
         session = Session(bind=self.conn)  # joins the chunk's transaction, never commits it
         try:
             leads = {lead.id: lead for lead in session.scalars(
                 select(Lead).where(Lead.id.in_([stored["id"] for stored, _, _ in changed])))}
             for stored, merged, enrolled in changed:
                 lead = leads[stored["id"]]
-                fields_changed = False
-                for name in _UPDATED:
-                    if merged[name] != stored[name]:
-                        setattr(lead, name, merged[name])
-                        fields_changed = True
-                if fields_changed:
-                    lead.updated_at = self.now
+                fields_changed = bool(change_fields(
+                    session=session, lead=lead, values={name: merged[name] for name in _UPDATED},
+                    now=self.now, actor=ACTOR, crm_map=self.crm_map))
                 if merged["stage"] != stored["stage"]:
                     set_stage(session=session, lead=lead, stage=merged["stage"], reason=REASON,
                               actor=ACTOR, now=self.now)

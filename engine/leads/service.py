@@ -1,15 +1,24 @@
-"""Leads: write one, change its stage, read them back. What a change sets off (enrollment,
+"""Leads: write one, change its fields or its stage, read them back. What a change sets off (enrollment,
 persona, scoring, routing) is engine/flows/leads.py's."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from engine.crm.outbox import LEAD_CREATED, STAGE_CHANGE, new_lead_payload, tell_crm
+from engine.crm.fieldmap import CrmMap, map_for
+from engine.crm.outbox import (
+    FIELD_CHANGED,
+    LEAD_CREATED,
+    STAGE_CHANGE,
+    field_changes_told,
+    new_lead_payload,
+    tell_crm,
+)
 from engine.errors import Invalid, NotFound
 from engine.journeys.decide import Event, EventKind
 from engine.journeys.service import apply_event
@@ -58,17 +67,40 @@ def write_lead(*, session: Session, fields: dict, now: datetime, actor: str) -> 
         tell_crm(session=session, lead_id=lead.id, email=lead.email, kind=LEAD_CREATED, now=now,
                  actor=actor, **new_lead_payload(lead_dict(lead)))
         return Written(lead, created=True, changed=True)
-    custom = {**(lead.custom or {}), **clean.pop("custom")}
-    changes = {k: v for k, v in clean.items() if getattr(lead, k) != v}
-    if custom != (lead.custom or {}):
-        changes["custom"] = custom
-    for key, value in changes.items():
-        setattr(lead, key, value)
-    if changes:
-        lead.updated_at = now
+    changes = change_fields(session=session, lead=lead, values=clean, now=now, actor=actor)
     if stage and stage != lead.stage:
         set_stage(session=session, lead=lead, stage=stage, reason="updated", actor=actor, now=now)
     return Written(lead, created=False, changed=bool(changes))
+
+
+def change_fields(*, session: Session, lead: Lead, values: Mapping, now: datetime, actor: str,
+                  crm_map: CrmMap | None = None) -> dict[str, tuple]:
+    """Write `values` (standard fields; custom ones under "custom", merged into the lead's)
+    to an existing lead, the one way every door changes a lead's fields (write_lead, the
+    import's updates; the stage has set_stage). Returns what changed, {field or custom.NAME:
+    (old, new)}. The CRM is told the changes its field map pushes (`crm_map`, default: the
+    one in effect for the session), unless the CRM made them."""
+    changes: dict[str, tuple] = {}
+    for name, value in values.items():
+        if name != "custom" and getattr(lead, name) != value:
+            changes[name] = (getattr(lead, name), value)
+    custom = lead.custom or {}
+    added = {name: value for name, value in (values.get("custom") or {}).items()
+             if name not in custom or custom[name] != value}
+    changes.update((f"custom.{name}", (custom.get(name), value)) for name, value in added.items())
+    if not changes:
+        return changes
+    for name, (_, value) in changes.items():
+        if not name.startswith("custom."):
+            setattr(lead, name, value)
+    if added:
+        lead.custom = {**custom, **added}
+    lead.updated_at = now
+    told = field_changes_told(crm_map or map_for(session), changes, actor=actor)
+    if told:
+        tell_crm(session=session, lead_id=lead.id, email=lead.email, kind=FIELD_CHANGED,
+                 now=now, **told)
+    return changes
 
 
 def set_stage(*, session: Session, lead: Lead, stage: str, reason: str, actor: str,
