@@ -145,6 +145,7 @@ def _run(app: AppContext, *, lead_count: int, days: int, program_dir: str) -> No
     console.print(f"{program.name}: {len(program.personas)} personas, {len(program.emails)} emails, "
                   f"{len(program.pages)} landing pages, {len(program.tracks)} tracks "
                   f"(version {result.version}{'' if result.created else ', unchanged'})")
+    _use_crm_map(app, Path(program_dir))
 
     console.rule("2. Import sample leads")
     leads_csv, events_csv = work / "leads.csv", work / "events.csv"
@@ -199,6 +200,22 @@ def _run(app: AppContext, *, lead_count: int, days: int, program_dir: str) -> No
 DEMO_CRM_SECRET = "demo-crm-webhook-secret"
 
 
+def _use_crm_map(app: AppContext, program_dir: Path) -> None:
+    """The program's CRM field map (the sample's names fields as Salesforce does) made the demo
+    instance's map, the one in effect: the CRM events of step 8 carry the CRM's names."""
+    from engine.crm.fieldmap import MAP_FILE, current_map, map_path
+
+    source, target = program_dir / MAP_FILE, map_path(app.settings)
+    if not source.is_file():
+        return
+    if not target.is_file() or target.read_bytes() != source.read_bytes():
+        target.write_bytes(source.read_bytes())
+    crm_map = current_map(app.settings)
+    console.print(f"CRM field map in effect: {target} (from {source}: "
+                  f"{len(crm_map.rules('lead'))} lead fields by the CRM's names, MQLs go as a "
+                  f"{crm_map.mql_as}; `nurture crm map show`)")
+
+
 def _deliver_to_crm(app: AppContext) -> None:
     """The CRM outbox delivered, as the scheduler's `crm` job would, to the reference receiver
     on a free port (signatures checked, everything stored in the instance); what arrived."""
@@ -229,8 +246,15 @@ def _deliver_to_crm(app: AppContext) -> None:
                               Counter(move.get("to") for move in moves).most_common()) + ")")
     for entry in [e for e in accepted if (e.body.get("payload") or {}).get("to") == "mql"][:3]:
         payload = entry.body["payload"]
+        crm = ", ".join(f"{name}: {value}" for name, value in (payload.get("crm") or {}).items())
         console.print(f"  {entry.body['occurred_at'][:16]}  {entry.body['lead']['email']:<34} "
-                      f"{payload.get('from')} -> mql: {payload.get('reason')}")
+                      f"{payload.get('from')} -> mql: {payload.get('reason')} (in the CRM: "
+                      f"{crm + ', ' if crm else ''}as a {payload.get('as')})")
+    created = next((entry.body["payload"] for entry in accepted
+                    if entry.event_type == "lead_created"), None)
+    if created:
+        console.print("a new lead's fields, as the CRM names them (the field map): "
+                      + ", ".join(sorted(created.get("fields") or {})))
     console.print(f"see them with `{_on_demo(app)} nurture crm received`; the sync health "
                   "with `nurture crm status`")
 

@@ -59,8 +59,9 @@ EXTENSIONS = {
     ".gif": ("image", "image/gif"),
     ".webp": ("image", "image/webp"),
 }
-# Loaded with `nurture program load` (program.yaml) or read by `nurture qa` (scenarios), not here.
-IGNORED_MEMBERS = frozenset({"program.yaml", "scenarios.yaml", "scenarios.csv"})
+# Loaded with `nurture program load` (program.yaml), read by `nurture qa` (scenarios) or kept
+# with the program (its CRM field map, checked by `nurture program validate`), not here.
+IGNORED_MEMBERS = frozenset({"program.yaml", "scenarios.yaml", "scenarios.csv", "crm.yaml"})
 
 
 @dataclass(frozen=True)

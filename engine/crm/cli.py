@@ -1,4 +1,4 @@
-"""`nurture crm status|deliver|dead-letter|receiver|received`."""
+"""`nurture crm status|deliver|dead-letter|receiver|received|map`."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from engine.cli_context import (
     pass_app,
     serve_until_stopped,
 )
+from engine.crm.map_cli import crm_map
 from engine.db import utcnow
 
 _JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
@@ -26,8 +27,12 @@ _JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON instead
 @click.group()
 def crm() -> None:
     """The CRM webhook: every lead created, stage change (MQL, accepted, rejected, ...),
-    buying signal, unsubscribe, suppression and form submission, POSTed signed to
-    NURTURE_CRM_WEBHOOK_URL in order per lead, retried, dead-lettered when refused."""
+    buying signal, unsubscribe, suppression, form submission and field change, POSTed signed
+    to NURTURE_CRM_WEBHOOK_URL in order per lead, retried, dead-lettered when refused; its
+    fields named as the CRM names them by the field map (`nurture crm map show`)."""
+
+
+crm.add_command(crm_map)
 
 
 @crm.command()

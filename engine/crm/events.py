@@ -103,6 +103,8 @@ def _form_submitted(payload: dict, crm_map: CrmMap, obj: str, email: str | None)
         where = crm_map.crm_field(obj, target) if target else None
         lands[name] = where
         if where is not None:
+            if target == "consent":  # a ticked box: consent given
+                value = True
             rule = crm_map.rule(obj, target)
             crm[where] = crm_map.crm_value(rule, value) if rule else value
     return {**payload, "lands": lands, "crm": crm}

@@ -68,12 +68,20 @@ def submit_form(*, session: Session, found: FoundPage, form: dict[str, list[str]
     submission.outbox_id = email_before_form(session, submission)
     tell_crm(session=session, lead_id=lead.id, email=lead.email, kind=FORM_SUBMITTED, now=now,
              program=found.program.slug, page=found.page.slug, fields=posted,
-             lead_fields={name: target for name, target in spec.fields.items()
-                          if name in posted},  # where each lands: traced to the CRM's fields
+             lead_fields=_lead_fields(spec, posted),
              source={name: getattr(submission, name) for name in SOURCE_FIELDS})
     respond(session=session, lead=lead, kind=EventKind.FORM_SUBMITTED, detail=found.page.slug,
             now=now, actor=actor)
     return submission
+
+
+def _lead_fields(spec: FormSpec, posted: dict) -> dict[str, str]:
+    """The lead field each posted field fills in (its consent checkbox: consent), so that the
+    CRM hears where each lands (engine/crm/events.py)."""
+    found = {name: target for name, target in spec.fields.items() if name in posted}
+    if spec.consent and spec.consent.field in posted:
+        found[spec.consent.field] = "consent"
+    return found
 
 
 def _digest(found: FoundPage, email: str, posted: dict) -> str:

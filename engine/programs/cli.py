@@ -31,7 +31,9 @@ def program() -> None:
 def validate(directory: str) -> None:
     """Check DIRECTORY and print every error as file:line: message (exit 1 on errors).
 
-    A program.yaml without sender.from takes NURTURE_FROM; without either it is an error."""
+    A program.yaml without sender.from takes NURTURE_FROM; without either it is an error. A
+    crm.yaml kept with the program (a CRM field map) is checked too; the map in effect is the
+    instance's (`nurture crm map show`)."""
     errors = validate_program_dir(directory)
     for error in errors:
         err_console.print(str(error))

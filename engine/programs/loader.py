@@ -14,6 +14,7 @@ from jinja2 import TemplateSyntaxError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from engine.config import default_sender
+from engine.crm.fieldmap import check_program_map
 from engine.errors import IllegalTransition, Invalid
 from engine.leads.fields import normalise_email
 from engine.leads.stages import STAGES, check_transition
@@ -171,6 +172,9 @@ def load_program_dir(directory: str | Path) -> LoadedProgram:
     default_from = default_sender()
     program = _validate(checker, data, default_from)
     _scenario_table(checker, Path(directory))
+    # The CRM field map its team keeps with the program: checked here, applied only as the
+    # instance's (NURTURE_CRM_MAP), so not part of the program's version.
+    checker.errors.extend(check_program_map(directory))
     if checker.errors or program is None:
         raise ProgramInvalid(sorted(checker.errors, key=lambda e: (e.file, e.line)))
     digest = hashlib.sha256(source.encode())
