@@ -122,8 +122,9 @@ def parse_yaml(text: str, name: str, invalid: type[FileInvalid] = FileInvalid):
         return yaml.load(text, Loader=LineLoader)
     except yaml.reader.ReaderError as exc:  # a character YAML refuses: a binary file
         line = text.count("\n", 0, exc.position) + 1
-        raise invalid([FileError(name, line, f"not a text file: character "
-                                             f"{exc.character!r} is not allowed")]) from exc
+        code = exc.character if isinstance(exc.character, int) else ord(exc.character[:1] or " ")
+        raise invalid([FileError(name, line, f"not a text file: character U+{code:04X} is "
+                                             "not allowed")]) from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)

@@ -6,15 +6,20 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
 from engine.crm.events import event_body
+from engine.crm.fieldmap import INFO_KEY, MapInvalid, load_map
 from engine.crm.models import CrmOutboxItem
+from engine.crm.outbox import CRM_ACTOR
+from engine.db import Database
 from engine.flows.leads import upsert_lead
 from engine.leads.importer import import_leads
 from engine.leads.models import Lead
+from engine.leads.service import write_lead
 from engine.sending.bounces import record_bounce
 from engine.sending.suppression import suppress
 from engine.tracking.unsubscribe import unsubscribe
@@ -127,3 +132,143 @@ def test_a_form_submission_reaches_the_crm_with_its_fields(env, db, loaded_progr
     # the demo request makes an MQL, after the form in the lead's order
     assert kinds.index("form_submitted") < max(i for i, k in enumerate(kinds)
                                                if k == "stage_change")
+
+
+# -- field changes, through the field map in effect ------------------------------------------------
+
+FIELD_MAP = """\
+objects:
+  lead:
+    - {local: email, crm: Email}
+    - {local: title, crm: Title, direction: push}
+    - {local: company, crm: Company, direction: pull}
+    - {local: custom.employees, crm: NumberOfEmployees}
+"""
+
+
+def instance_map(env, text: str = FIELD_MAP) -> Path:
+    """The instance's field map (what NURTURE_CRM_MAP defaults to)."""
+    instance = Path(env["NURTURE_INSTANCE"])
+    instance.mkdir(parents=True, exist_ok=True)
+    path = instance / "crm.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def changes(db) -> list[tuple[str, dict]]:
+    return [(item.payload["actor"], item.payload["changes"])
+            for item in items(db, kind="field_changed")]
+
+
+def test_a_change_through_the_api_tells_the_crm_the_fields_its_map_pushes(env, db, client,
+                                                                          keys):
+    instance_map(env)
+    headers = {"Authorization": f"Bearer {keys['admin']}"}
+
+    def post(**fields):
+        return client.post("/api/v1/leads", json={"email": "ada@globex.example", **fields},
+                           headers=headers).status_code
+
+    assert post(title="CTO", company="Globex") == 201  # new: lead_created, no change
+    assert post(title="CIO", company="Initech", country="FR",
+                custom={"employees": 200, "team": "ops"}) == 200
+    assert post(company="Hooli", country="DE", custom={"team": "infra"}) == 200  # none pushed
+    assert post(title="CIO") == 200  # nothing changes
+    assert changes(db) == [("api:admin bot", {"title": {"from": "CTO", "to": "CIO"},
+                                              "custom.employees": {"from": None, "to": 200}})]
+    with db.session() as s:
+        lead = s.scalar(select(Lead))
+        assert (lead.company, lead.country, lead.custom) == ("Hooli", "DE", {
+            "employees": 200, "team": "infra"})  # written all the same
+
+
+def test_without_a_map_file_every_field_change_is_told_by_our_names(db, loaded_program):
+    add_lead(db, title="CTO", department="IT")
+    add_lead(db, title="CIO", department="Ops", country="FR")
+    assert changes(db) == [("api:test", {"title": {"from": "CTO", "to": "CIO"},
+                                         "country": {"from": None, "to": "FR"},
+                                         "custom.department": {"from": "IT", "to": "Ops"}})]
+
+
+def test_a_change_the_crm_made_is_not_told_back_to_it(db):
+    with db.session() as s:
+        write_lead(session=s, fields={"email": "ada@globex.example", "title": "CTO"},
+                   now=MONDAY, actor="api:test")
+        for actor in (CRM_ACTOR, "crm:salesforce"):
+            written = write_lead(session=s, fields={"email": "ada@globex.example",
+                                                    "title": f"CIO ({actor})"},
+                                 now=MONDAY, actor=actor)
+            assert written.changed and written.lead.title == f"CIO ({actor})"
+        write_lead(session=s, fields={"email": "ada@globex.example", "title": "CEO"},
+                   now=MONDAY, actor="crmbot")  # another actor, whose name starts alike
+    assert changes(db) == [("crmbot", {"title": {"from": "CIO (crm:salesforce)",
+                                                 "to": "CEO"}})]
+
+
+def test_the_import_tells_the_crm_of_field_changes_as_the_api_does(env, db, loaded_program,
+                                                                   tmp_path):
+    path = instance_map(env)
+    add_lead(db, "known@globex.example", title="CTO", company="Globex")
+    add_lead(db, "same@initech.example", title="CFO")
+    leads = tmp_path / "leads.csv"
+    leads.write_text("email,title,company,employees,team\n"
+                     "known@globex.example,CIO,Initech,200,ops\n"
+                     "same@initech.example,CFO,Initech,,\n"  # a pulled field only
+                     "new@hooli.example,CEO,Hooli,10,\n", encoding="utf-8")
+    instance = Database(db.url, info={INFO_KEY: path})  # as open_database makes it
+    try:
+        summary = import_leads(db=instance, path=leads, program="acme-nurture", now=MONDAY)
+    finally:
+        instance.dispose()
+    assert (summary.created, summary.updated) == (1, 2)
+    assert changes(db) == [("import", {"title": {"from": "CTO", "to": "CIO"},
+                                       "custom.employees": {"from": None, "to": "200"}})]
+    [item] = items(db, kind="field_changed")
+    assert item.payload["email"] == "known@globex.example"
+    assert event_body(item, load_map(path))["payload"]["changes"] == {
+        "Title": {"from": "CTO", "to": "CIO", "local": "title"},
+        "NumberOfEmployees": {"from": None, "to": "200", "local": "custom.employees"}}
+    with db.session() as s:  # the pulled and unmapped fields were written, only not told
+        known = s.scalar(select(Lead).where(Lead.email == "known@globex.example"))
+        assert (known.company, known.custom) == ("Initech", {"employees": "200", "team": "ops"})
+
+
+def test_an_invalid_map_in_effect_stops_the_import_before_it_writes(env, db, loaded_program,
+                                                                    tmp_path):
+    path = instance_map(env, "objects:\n  lead:\n    - {local: title, crm: Title, "
+                             "direction: sideways}\n")
+    leads = tmp_path / "leads.csv"
+    leads.write_text("email,title\nnew@hooli.example,CEO\n", encoding="utf-8")
+    instance = Database(db.url, info={INFO_KEY: path})
+    try:
+        with pytest.raises(MapInvalid, match=r"crm\.yaml:3: objects\.lead title: unknown "
+                                             "direction 'sideways'"):
+            import_leads(db=instance, path=leads, program="acme-nurture", now=MONDAY)
+    finally:
+        instance.dispose()
+    with db.session() as s:
+        assert s.scalar(select(Lead)) is None
+
+
+def test_a_form_traces_each_posted_field_to_where_it_lands_in_the_crm(env, db, loaded_program):
+    path = instance_map(env, FIELD_MAP + "    - {local: first_name, crm: FirstName}\n"
+                                         "    - {local: consent, crm: Email_Consent__c}\n")
+    app = create_app()
+    client = app.test_client()
+    try:
+        page = client.get(DEMO)
+        token = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+        fields = {"email": "grace@initech.example", "first_name": "Grace",
+                  "company": "Initech", "job_title": "CIO", "team_size": "12",
+                  "news": "yes", "message": "a demo please"}
+        assert client.post(DEMO, data={"csrf_token": token, **fields}).status_code == 303
+    finally:
+        app.extensions["nurture.db"].dispose()
+    [form] = items(db, kind="form_submitted")
+    payload = event_body(form, load_map(path))["payload"]
+    assert payload["lands"] == {"email": "Email", "first_name": "FirstName", "company": None,
+                                "job_title": "Title", "team_size": None, "news":
+                                "Email_Consent__c", "message": None}  # company: pulled only
+    assert payload["crm"] == {"Email": "grace@initech.example", "FirstName": "Grace",
+                              "Title": "CIO", "Email_Consent__c": True}
+    assert payload["fields"]["message"] == "a demo please"  # as posted, as before

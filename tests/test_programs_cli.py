@@ -214,6 +214,12 @@ def test_hostile_program_files_get_errors_not_crashes(cli, tmp_path):
     result = cli("program", "validate", huge)
     assert result.exit_code == 1 and "program.yaml must be a mapping" in result.stderr
 
+    # nested past what the YAML reader follows: an error at its line, not a RecursionError
+    (huge / "program.yaml").write_text("program: deep\npersonas: " + "[" * 5000 + "]" * 5000)
+    result = cli("program", "validate", huge)
+    assert result.exit_code == 1
+    assert result.stderr.splitlines()[0] == "program.yaml:2: YAML: nested deeper than 64 levels"
+
 
 # -- the sender -------------------------------------------------------------------------------
 

@@ -544,15 +544,15 @@ def _check_values(c: Checker, obj: str, rule: FieldRule, values: dict[str, LineM
     if not pairs:
         return
     if obj in WITH_CUSTOM and rule.local == "stage":
-        allowed, what = STAGES, "stage"
+        allowed, what = STAGES, "a stage"
     elif obj == "opportunity" and rule.local == "status":
-        allowed, what = OPPORTUNITY_STATUSES, "opportunity status"
+        allowed, what = OPPORTUNITY_STATUSES, "an opportunity status"
     else:
         return
     for local in pairs:
         if local not in allowed and (rule.values, local) not in checked:
             checked.add((rule.values, local))
-            c.error(pairs, local, f"values.{rule.values}: {shown(local)} is not a {what} "
+            c.error(pairs, local, f"values.{rule.values}: {shown(local)} is not {what} "
                                   f"(one of {', '.join(allowed)}); objects.{obj} maps "
                                   f"{rule.local} through it")
 
