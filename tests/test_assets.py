@@ -134,7 +134,8 @@ def test_zip_of_a_program_directory(store, db, sample_program):
     outcomes = {v.path: v.outcome for v in result.versions}
     assert outcomes[WELCOME] == "created" and outcomes["images/logo.png"] == "created"
     assert sum(o == "unchanged" for o in outcomes.values()) == 16
-    assert result.skipped == ["program.yaml", "scenarios.yaml"]  # read by program load, qa
+    # read by program load, qa, and kept with the program (its CRM field map)
+    assert sorted(result.skipped) == ["crm.yaml", "program.yaml", "scenarios.yaml"]
 
 
 # -- compile once -------------------------------------------------------------------------------
