@@ -45,6 +45,12 @@ def test_demo_loads_imports_simulates_and_summarises(cli, db, env, tmp_path, mon
     assert int(arrived.group(3)) == 40 + 3  # the imported leads and the form's visitors
     mqls = re.search(r"stage changes: \d+, of which MQLs: (\d+)", crm)
     assert mqls and int(mqls.group(1)) >= 1 and "-> mql: score" in crm
+    # by the CRM's names: the sample's field map is the demo instance's
+    assert f"CRM field map in effect: {own / 'crm.yaml'}" in out
+    assert "(in the CRM: Status: Marketing Qualified, as a lead)" in crm
+    assert ("a new lead's fields, as the CRM names them (the field map): Company, "
+            "Company_Size__c, Country, Email, Email_Consent__c, FirstName, Industry, "
+            "LastName, LeadSource, Offer__c, Status, Title") in crm
     # Sales heard of each MQL and trigger by email (the sample's sales team).
     emailed = re.search(r"sales notifications emailed: (\d+) \(to sales@acme\.example", out)
     notified = re.search(r"(\d+) sales notification\(s\)", out.split("7. Scores")[1])
