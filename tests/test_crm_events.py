@@ -211,10 +211,10 @@ def test_the_import_tells_the_crm_of_field_changes_as_the_api_does(env, db, load
     add_lead(db, "known@globex.example", title="CTO", company="Globex")
     add_lead(db, "same@initech.example", title="CFO")
     leads = tmp_path / "leads.csv"
-    leads.write_text("email,title,company,employees,team\n"
-                     "known@globex.example,CIO,Initech,200,ops\n"
-                     "same@initech.example,CFO,Initech,,\n"  # a pulled field only
-                     "new@hooli.example,CEO,Hooli,10,\n", encoding="utf-8")
+    leads.write_text("email,title,company,employees,team,stage\n"
+                     "known@globex.example,CIO,Initech,200,ops,engaged\n"
+                     "same@initech.example,CFO,Initech,,,\n"  # a pulled field only
+                     "new@hooli.example,CEO,Hooli,10,,\n", encoding="utf-8")
     instance = Database(db.url, info={INFO_KEY: path})  # as open_database makes it
     try:
         summary = import_leads(db=instance, path=leads, program="acme-nurture", now=MONDAY)
@@ -225,6 +225,9 @@ def test_the_import_tells_the_crm_of_field_changes_as_the_api_does(env, db, load
                                        "custom.employees": {"from": None, "to": "200"}})]
     [item] = items(db, kind="field_changed")
     assert item.payload["email"] == "known@globex.example"
+    # in the order it happened to the lead: its fields, then its stage
+    assert [i.kind for i in items(db, lead_id=item.lead_id)] == [
+        "lead_created", "field_changed", "stage_change"]
     assert event_body(item, load_map(path))["payload"]["changes"] == {
         "Title": {"from": "CTO", "to": "CIO", "local": "title"},
         "NumberOfEmployees": {"from": None, "to": "200", "local": "custom.employees"}}

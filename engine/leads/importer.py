@@ -875,21 +875,26 @@ class _ChunkWriter:
 
     def _update(self, changed: list[tuple[dict, dict, bool]]) -> None:
         """Existing leads whose fields or stage change: written as every door writes them
-        (change_fields, which tells the CRM; set_stage), then the pipeline's follow-through
-        (engine/flows/leads.py)."""
+        (change_fields, which says what the CRM is told; set_stage), then the pipeline's
+        follow-through (engine/flows/leads.py)."""
         session = Session(bind=self.conn)  # joins the chunk's transaction, never commits it
         try:
             leads = {lead.id: lead for lead in session.scalars(
                 select(Lead).where(Lead.id.in_([stored["id"] for stored, _, _ in changed])))}
+            told: list[dict] = []  # the CRM's field_changed items, inserted in one statement
+            fields_changed = {stored["id"]: bool(change_fields(
+                session=session, lead=leads[stored["id"]],
+                values={name: merged[name] for name in _UPDATED}, now=self.now, actor=ACTOR,
+                crm_map=self.crm_map, crm_rows=told)) for stored, merged, _ in changed}
+            # before the stage changes below write theirs: each lead's items in the order of
+            # what happened to it
+            self._crm(self.conn, [self._crm.convert_row(row) for row in told])
             for stored, merged, enrolled in changed:
                 lead = leads[stored["id"]]
-                fields_changed = bool(change_fields(
-                    session=session, lead=lead, values={name: merged[name] for name in _UPDATED},
-                    now=self.now, actor=ACTOR, crm_map=self.crm_map))
                 if merged["stage"] != stored["stage"]:
                     set_stage(session=session, lead=lead, stage=merged["stage"], reason=REASON,
                               actor=ACTOR, now=self.now)
-                follow_through(session=session, lead=lead, changed=fields_changed,
+                follow_through(session=session, lead=lead, changed=fields_changed[lead.id],
                                enroll_in=None if enrolled else (self.program_id, self.program),
                                now=self.now, actor=ACTOR)
             session.flush()

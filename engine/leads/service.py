@@ -16,6 +16,7 @@ from engine.crm.outbox import (
     LEAD_CREATED,
     STAGE_CHANGE,
     field_changes_told,
+    item_row,
     new_lead_payload,
     tell_crm,
 )
@@ -74,12 +75,15 @@ def write_lead(*, session: Session, fields: dict, now: datetime, actor: str) -> 
 
 
 def change_fields(*, session: Session, lead: Lead, values: Mapping, now: datetime, actor: str,
-                  crm_map: CrmMap | None = None) -> dict[str, tuple]:
+                  crm_map: CrmMap | None = None,
+                  crm_rows: list[dict] | None = None) -> dict[str, tuple]:
     """Write `values` (standard fields; custom ones under "custom", merged into the lead's)
     to an existing lead, the one way every door changes a lead's fields (write_lead, the
     import's updates; the stage has set_stage). Returns what changed, {field or custom.NAME:
     (old, new)}. The CRM is told the changes its field map pushes (`crm_map`, default: the
-    one in effect for the session), unless the CRM made them."""
+    one in effect for the session), unless the CRM made them: a field_changed item, added to
+    the session, or its row appended to `crm_rows` for the caller to insert in bulk (the
+    import, as it does its new leads')."""
     changes: dict[str, tuple] = {}
     for name, value in values.items():
         if name != "custom" and getattr(lead, name) != value:
@@ -97,7 +101,10 @@ def change_fields(*, session: Session, lead: Lead, values: Mapping, now: datetim
         lead.custom = {**custom, **added}
     lead.updated_at = now
     told = field_changes_told(crm_map or map_for(session), changes, actor=actor)
-    if told:
+    if told and crm_rows is not None:
+        crm_rows.append(item_row(lead_id=lead.id, email=lead.email, kind=FIELD_CHANGED,
+                                 now=now, **told))
+    elif told:
         tell_crm(session=session, lead_id=lead.id, email=lead.email, kind=FIELD_CHANGED,
                  now=now, **told)
     return changes
