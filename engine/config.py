@@ -27,6 +27,8 @@ class Settings:
     sales_email: str | None = None  # gets the sales notifications of leads nobody owns yet
     crm_webhook_url: str | None = None  # where CRM items are POSTed; unset: they stay pending
     crm_webhook_secret: str | None = None  # signs them (X-Nurture-Signature); required
+    # checks what the CRM sends (POST /api/v1/crm/events); unset: the webhook's secret
+    crm_inbound_secret: str | None = None
     crm_timeout_seconds: float = 10.0  # per connect and per read
     crm_max_attempts: int = 15  # then the item is dead-lettered
     crm_map_path: Path | None = None  # the CRM field map in effect; None: instance/crm.yaml
@@ -51,6 +53,8 @@ class Settings:
             sales_email=(env.get("NURTURE_SALES_EMAIL") or "").strip() or None,
             crm_webhook_url=(env.get("NURTURE_CRM_WEBHOOK_URL") or "").strip() or None,
             crm_webhook_secret=env.get("NURTURE_CRM_WEBHOOK_SECRET") or None,
+            crm_inbound_secret=(env.get("NURTURE_CRM_INBOUND_SECRET")
+                                or env.get("NURTURE_CRM_WEBHOOK_SECRET") or None),
             crm_timeout_seconds=_number(env, "NURTURE_CRM_TIMEOUT_SECONDS", 10.0, float),
             crm_max_attempts=_number(env, "NURTURE_CRM_MAX_ATTEMPTS", 15, int),
             crm_map_path=Path(env.get("NURTURE_CRM_MAP") or instance / "crm.yaml").resolve(),

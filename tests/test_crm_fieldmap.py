@@ -690,10 +690,7 @@ def test_map_at_none_is_the_default():
     assert map_at(None) is DEFAULT_MAP
 
 
-def test_the_maps_account_and_opportunity_fields_are_the_records_own():
-    from engine.crm import records
+def test_the_maps_opportunity_statuses_are_the_records_own():
     from engine.crm.models import OpportunityStatus
 
-    assert LOCAL_FIELDS["account"] == records.ACCOUNT_FIELDS
-    assert LOCAL_FIELDS["opportunity"] == records.OPPORTUNITY_FIELDS
     assert fieldmap.OPPORTUNITY_STATUSES == tuple(OpportunityStatus)

@@ -33,6 +33,7 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 @pytest.fixture
 def seeded_app(env, db, cli, sample_program, monkeypatch):
     monkeypatch.setenv("NURTURE_WEBHOOK_SECRET", "fuzz-secret")  # unset, every call is a 503
+    monkeypatch.setenv("NURTURE_CRM_INBOUND_SECRET", "fuzz-secret")
     assert cli("program", "load", sample_program).exit_code == 0
     with db.session() as s:
         upsert_lead(session=s, fields={"email": "ada@example.com", "company": "Acme"},

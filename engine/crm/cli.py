@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import time
 from pathlib import Path
 
@@ -72,6 +73,9 @@ def status(app: AppContext, as_json: bool) -> None:
     console.print("oldest not delivered: " + (f"{health['oldest_undelivered']} "
                                               f"({_age(age)} ago)" if age is not None
                                               else "none"))
+    inbound = health["inbound"]
+    console.print(f"from the CRM: {inbound['applied']} applied, {inbound['refused']} refused"
+                  f", last {inbound['last_received'] or 'never'}")
 
 
 def _kinds(counts: dict[str, int]) -> str:
@@ -295,3 +299,137 @@ def _what(body: dict) -> str:
     if body.get("type") == "stage_change":
         return f"{payload.get('from')} -> {payload.get('to')}"
     return str(payload.get("reason") or payload.get("page") or payload.get("stage") or "")
+
+
+# -- CSV exchange ------------------------------------------------------------------------------
+
+@crm.command("export")
+@click.option("--since", required=True, help="Records changed since: an ISO date (UTC "
+              "midnight) or time, e.g. 2026-11-01 or 2026-11-01T09:00+01:00.")
+@click.option("--object", "obj", type=click.Choice(["lead", "contact"]), default="lead",
+              show_default=True, help="Leads not converted, or contacts.")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
+              help="Write the CSV here (default: standard output).")
+@pass_app
+def export_command(app: AppContext, since: str, obj: str, out_path: str | None) -> None:
+    """Leads (or contacts) changed or suppressed since a time, as CSV under the CRM's column
+    names (the field map's pushed fields), with NurtureId, CrmId, DoNotContact and UpdatedAt:
+    for a CRM without an API."""
+    from zoneinfo import ZoneInfo
+
+    from engine.crm.exchange import export_changes
+    from engine.crm.fieldmap import current_map
+    from engine.reports.query import parse_instant
+
+    start = parse_instant(since, ZoneInfo("UTC"), field="since")
+    crm_map = current_map(app.settings)
+    with app.db.reading() as session:
+        if out_path is None:
+            export_changes(session=session, crm_map=crm_map, since=start,
+                           out=sys.stdout, obj=obj)
+            return
+        with open(out_path, "w", encoding="utf-8", newline="") as out:
+            rows = export_changes(session=session, crm_map=crm_map, since=start, out=out,
+                                  obj=obj)
+    err_console.print(f"{rows} {obj}(s) changed since {start.isoformat()} written to {out_path}")
+
+
+@crm.command("import")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--object", "obj", type=click.Choice(["lead", "contact", "account",
+                                                    "opportunity"]), required=True,
+              help="What the file's rows are.")
+@click.option("--id-column", default="Id", show_default=True, help="The CRM id's column.")
+@click.option("--updated-column", default=None, help="The column of when the CRM last changed "
+              "each record (e.g. LastModifiedDate): it settles most_recent rules and "
+              "duplicates; without it, the import's time.")
+@click.option("--encoding", default="utf-8", show_default=True)
+@_JSON
+@pass_app
+def import_command(app: AppContext, file: str, obj: str, id_column: str,
+                   updated_column: str | None, encoding: str, as_json: bool) -> None:
+    """Apply a CSV the CRM exported, under its column names, through the field map: each row
+    as that record's update (the same as POST /api/v1/crm/events), whole or not at all.
+    Importing the same file again changes nothing. Exits 1 when a row was refused."""
+    from dataclasses import asdict
+
+    from engine.crm.exchange import import_records
+    from engine.crm.fieldmap import current_map
+
+    crm_map = current_map(app.settings)
+    with Progress(TextColumn("importing"), BarColumn(), MofNCompleteColumn(),
+                  console=err_console, transient=True, disable=as_json) as bar:
+        task = bar.add_task("import", total=None)
+        summary = import_records(
+            db=app.db, crm_map=crm_map, path=file, obj=obj, now=utcnow(), id_column=id_column,
+            updated_column=updated_column, encoding=encoding,
+            progress=lambda done, total: bar.update(task, completed=done, total=total))
+    if as_json:
+        echo_json({**asdict(summary), "rows": summary.rows})
+    else:
+        console.print(f"{summary.rows} row(s): {summary.applied} applied, {summary.repeat} "
+                      f"already imported, {summary.refused} refused; {summary.conflicts} "
+                      f"conflict(s) settled by the map")
+        for duplicate in summary.duplicates:
+            console.print(f"duplicate: row {duplicate['row']}: {duplicate['email']} is "
+                          f"{' and '.join(duplicate['records'])} in the CRM; kept "
+                          f"{duplicate['kept']} ({duplicate['rule']})", style="yellow")
+        for error in summary.errors:
+            err_console.print(f"refused: {error}", style="red")
+    if summary.refused:
+        raise SystemExit(1)
+
+
+# -- what the CRM sent -------------------------------------------------------------------------
+
+@crm.command("inbound")
+@click.option("--outcome", type=click.Choice(["applied", "refused"]), default=None)
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
+@_JSON
+@pass_app
+def inbound_command(app: AppContext, outcome: str | None, limit: int, as_json: bool) -> None:
+    """Events the CRM sent (POST /api/v1/crm/events, `crm import`), newest first: what each
+    changed, the conflicts the map settled, or why it was refused."""
+    from engine.crm.inbound import inbound_log
+
+    with app.db.reading() as session:
+        events = inbound_log(session=session, outcome=outcome, limit=limit)
+    if as_json:
+        echo_json(events)
+        return
+    if not events:
+        console.print("no event from the CRM")
+    for event in events:
+        style = "red" if event["outcome"] == "refused" else None
+        console.print(f"{event['received_at']}  {event['type']:<20} {event['outcome']:<8} "
+                      f"{event['event_id']}", style=style)
+        for line in event.get("changes", []):
+            console.print(f"    {line}")
+        for c in event.get("conflicts", []):
+            console.print(f"    conflict {c['object']}.{c['field']}: ours {c['local']!r}, "
+                          f"the CRM's {c['crm']!r}: kept {c['kept']} ({c['rule']})")
+        if event.get("error"):
+            console.print(f"    {event['error']}", style="red")
+
+
+@crm.command("duplicates")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 10_000))
+@_JSON
+@pass_app
+def duplicates_command(app: AppContext, limit: int, as_json: bool) -> None:
+    """Emails the CRM holds two records for (one lead each here): which record was kept
+    (the one updated most recently) and when it was found. Merge them in the CRM."""
+    from engine.crm.inbound import inbound_log
+
+    with app.db.reading() as session:
+        events = inbound_log(session=session, duplicates=True, limit=limit)
+    found = [{**d, "event_id": e["event_id"], "received_at": e["received_at"]}
+             for e in events for d in e["duplicates"]]
+    if as_json:
+        echo_json(found)
+        return
+    if not found:
+        console.print("no duplicate found")
+    for d in found:
+        console.print(f"{d['email']}: CRM records {' and '.join(d['records'])}; kept "
+                      f"{d['kept']} ({d['rule']}), {d['received_at']}")

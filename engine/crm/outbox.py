@@ -74,15 +74,15 @@ def from_crm(actor: str) -> bool:
     return actor == CRM_ACTOR or actor.startswith(CRM_ACTOR + ":")
 
 
-def field_changes_told(crm_map: CrmMap, changes: Mapping[str, tuple], *, actor: str,
+def field_changes_told(crm_map: CrmMap | None, changes: Mapping[str, tuple], *, actor: str,
                        obj: str = "lead") -> dict | None:
     """The payload of a field_changed item: of `changes` (field, or custom.NAME -> (old,
-    new)), those the map pushes for `obj`; None when there is nothing to tell (none pushed,
-    or the change came from the CRM)."""
+    new)), those the map pushes for `obj` (no map: all of them; delivery chooses); None when
+    there is nothing to tell (none pushed, or the change came from the CRM)."""
     if from_crm(actor):
         return None
     told = {name: {"from": old, "to": new} for name, (old, new) in changes.items()
-            if crm_map.pushes(obj, name)}
+            if crm_map is None or crm_map.pushes(obj, name)}
     return {"changes": told, "actor": actor} if told else None
 
 

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from engine.crm.fieldmap import ACCOUNT_FIELDS, OPPORTUNITY_FIELDS
 from engine.crm.models import (
     Account,
     Opportunity,
@@ -25,8 +26,6 @@ from engine.crm.models import (
 from engine.errors import Invalid
 from engine.leads.models import Lead
 
-ACCOUNT_FIELDS = ("name", "domain", "industry", "employees", "country", "owner")
-OPPORTUNITY_FIELDS = ("name", "amount", "currency", "stage", "close_date", "owner", "status")
 FREE_MAIL = frozenset({
     "gmail.com", "googlemail.com", "outlook.com", "hotmail.com", "live.com", "msn.com",
     "yahoo.com", "ymail.com", "icloud.com", "me.com", "mac.com", "aol.com", "proton.me",
@@ -217,3 +216,22 @@ def _write(record, fields: Mapping) -> dict:
 def _plain(value):
     """A value as JSON keeps it (amounts and dates as text)."""
     return value if value is None or isinstance(value, str | int | float | bool) else str(value)
+
+
+def crm_view(session: Session, lead: Lead) -> dict:
+    """A lead as the CRM has it: its record, its account and its opportunities."""
+    account = account_of(session, lead)
+    return {
+        "id": lead.crm_id, "object": lead.crm_object,
+        "account": None if account is None else {
+            "id": account.id, "crm_id": account.crm_id, "name": account.name,
+            "domain": account.domain, "owner": account.owner,
+            "matched_by": "crm" if lead.account_id == account.id else "domain"},
+        "opportunities": [{
+            "crm_id": o.crm_id, "name": o.name, "role": role,
+            "amount": None if o.amount is None else str(o.amount), "currency": o.currency,
+            "stage": o.stage, "status": o.status, "owner": o.owner,
+            "close_date": o.close_date.isoformat() if o.close_date else None,
+            "updated_at": o.updated_at.isoformat()}
+            for o, role in lead_opportunities(session, lead.id)],
+    }

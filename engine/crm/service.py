@@ -7,6 +7,7 @@ from datetime import datetime
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, aliased
 
+from engine.crm.inbound import inbound_health
 from engine.crm.models import CrmOutboxItem, CrmStatus
 from engine.errors import Conflict, NotFound
 
@@ -38,6 +39,7 @@ def sync_health(*, session: Session, now: datetime, not_configured: str | None) 
         "held_by_dead_letters": _held_by_dead_letters(session),
         "skipped": by_status.get(CrmStatus.SKIPPED, 0),
         "last_success": last.isoformat() if last else None,
+        "inbound": inbound_health(session),
         "oldest_undelivered": oldest.isoformat() if oldest else None,
         "oldest_undelivered_age_seconds": (round((now - oldest).total_seconds())
                                            if oldest else None),

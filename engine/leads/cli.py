@@ -24,6 +24,7 @@ from engine.cli_context import (
     pass_app,
     styled,
 )
+from engine.crm.records import crm_view
 from engine.db import utcnow
 from engine.flows import leads as pipeline
 from engine.journeys.service import lead_enrollments
@@ -142,6 +143,7 @@ def show(app: AppContext, email: str, as_json: bool) -> None:
                               for c in stage_history(session=session, lead_id=lead.id)],
             "enrollments": [_enrollment(session, e) for e in
                             lead_enrollments(session=session, lead_id=lead.id)],
+            "crm": crm_view(session, lead),
             "events": [
                 {"at": e.at.isoformat(), "category": e.category, "kind": e.kind,
                  "detail": e.detail, "actor": e.actor}
@@ -215,10 +217,27 @@ def _print_lead(data: dict) -> None:
                      f" {_when(e['due_at'])}")
         out(line)
 
+    _print_crm(data["crm"])
+
     out(styled(("Event log", "bold"), "" if data["events"] else ": empty"))
     for event in data["events"]:
         out(f"  {_when(event['at'])}  {event['category']:<6}  {event['kind']:<16}  "
             f"{_detail(event['detail'], event['actor'])}")
+
+
+def _print_crm(crm: dict) -> None:
+    account = crm["account"]
+    record = f"{crm['object']} {crm['id']}" if crm["id"] else "not linked to a record"
+    console.print(styled(("CRM", "bold"), f": {record}"))
+    if account:
+        via = "" if account["matched_by"] == "crm" else " (by its email's domain)"
+        console.print(f"  account {account['name'] or account['domain'] or account['crm_id']}"
+                      f"{via}" + (f", owner {account['owner']}" if account["owner"] else ""))
+    for o in crm["opportunities"]:
+        amount = f", {o['amount']} {o['currency'] or ''}".rstrip() if o["amount"] else ""
+        role = f" as {o['role']}" if o["role"] else ""
+        console.print(f"  opportunity {o['name'] or o['crm_id']}{role}: {o['status']}, "
+                      f"stage {o['stage'] or '-'}{amount}")
 
 
 def _detail(detail: dict, actor: str) -> str:

@@ -135,10 +135,13 @@ def read_lead_rows(path: str | Path, encoding: str = "utf-8") -> Iterator[LeadRo
 
 
 class LeadCsv:
-    """An open leads CSV: `header` is read on opening, iterating yields LeadRows one at a time."""
+    """An open leads CSV: `header` is read on opening, iterating yields LeadRows one at a time.
+    Another kind of record file reads the same way with its own `key` column (required, named
+    in lower case) and `clean` (a row's {column: value} to its fields, raising Invalid)."""
 
-    def __init__(self, path: str | Path, encoding: str = "utf-8"):
-        self.path = Path(path)
+    def __init__(self, path: str | Path, encoding: str = "utf-8", *, key: str = "email",
+                 clean: Callable[[dict], dict] = clean_lead_fields):
+        self.path, self.key, self.clean = Path(path), key, clean
         try:
             codec = codecs.lookup(encoding).name
         except LookupError:
@@ -168,9 +171,10 @@ class LeadCsv:
         first = next(lines, None)
         if first is None or not first.strip():
             raise Invalid("no header row: the file is empty or its first line is blank "
-                          "(expected column names, one of them email)", field="email")
+                          f"(expected column names, one of them {self.key})", field=self.key)
         if lines.overlong:
-            raise Invalid(f"the header line is longer than {LINE_LIMIT} characters", field="email")
+            raise Invalid(f"the header line is longer than {LINE_LIMIT} characters",
+                          field=self.key)
         first = first.removeprefix("\ufeff")
         outside_quotes = first.split(QUOTE)[::2]
         self.delimiter = max(DELIMITERS, key=lambda d: sum(part.count(d) for part in outside_quotes))
@@ -183,7 +187,7 @@ class LeadCsv:
         except (csv.Error, _RecordTooLong):
             self.header = []
         if len(lines.record) > 1:
-            raise Invalid("the header line opens a quote that it does not close", field="email")
+            raise Invalid("the header line opens a quote that it does not close", field=self.key)
         self.columns = [name.strip().lower() for name in self.header]
         seen: dict[str, int] = {}
         for index, name in enumerate(self.columns, start=1):
@@ -191,10 +195,11 @@ class LeadCsv:
                 raise Invalid(f"column {name!r} appears twice (columns {seen[name]} and {index})",
                               field=name)
             seen[name] = index
-        if "email" not in seen:
-            raise Invalid("no email column in the header (found: "
-                          f"{', '.join(repr(n) for n in self.header) or 'nothing'})", field="email")
-        self._email_index = seen["email"] - 1
+        if self.key not in seen:
+            raise Invalid(f"no {self.key} column in the header (found: "
+                          f"{', '.join(repr(n) for n in self.header) or 'nothing'})",
+                          field=self.key)
+        self._key_index = seen[self.key] - 1
 
     @property
     def bytes_read(self) -> int:
@@ -241,7 +246,7 @@ class LeadCsv:
             try:
                 if len(values) != width:
                     raise Invalid(f"{len(values)} values for {width} columns", field="")
-                yield LeadRow(number, values, fields=clean_lead_fields(dict(zip(columns, values))))
+                yield LeadRow(number, values, fields=self.clean(dict(zip(columns, values))))
             except Invalid as exc:
                 if "".join(values).strip():  # a blank row carries nothing: skipped
                     yield LeadRow(number, values, error=exc)
@@ -264,12 +269,16 @@ class LeadCsv:
         return None
 
     def _reads_as_row(self, line: str) -> bool:
-        """A line with as many values as the header and an email address in its column."""
+        """A line with as many values as the header and a key in its column (for a leads
+        file, an email address)."""
         values = next(csv.reader([line], delimiter=self.delimiter), [])
         if len(values) != len(self.columns):
             return False
+        key = values[self._key_index]
+        if self.key != "email":
+            return bool(key.strip())
         try:
-            normalise_email(values[self._email_index])
+            normalise_email(key)
         except Invalid:
             return False
         return True

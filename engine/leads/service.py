@@ -10,12 +10,13 @@ from datetime import datetime
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from engine.crm.fieldmap import CrmMap, map_for
+from engine.crm.fieldmap import CrmMap, MapInvalid, map_for
 from engine.crm.outbox import (
     FIELD_CHANGED,
     LEAD_CREATED,
     STAGE_CHANGE,
     field_changes_told,
+    from_crm,
     item_row,
     new_lead_payload,
     tell_crm,
@@ -65,8 +66,9 @@ def write_lead(*, session: Session, fields: dict, now: datetime, actor: str) -> 
         record_stage_change(session, StageChange(lead_id=lead.id, from_stage=None,
                                                  to_stage=lead.stage, at=now, reason="created",
                                                  actor=actor))
-        tell_crm(session=session, lead_id=lead.id, email=lead.email, kind=LEAD_CREATED, now=now,
-                 actor=actor, **new_lead_payload(lead_dict(lead)))
+        if not from_crm(actor):  # the CRM has it already
+            tell_crm(session=session, lead_id=lead.id, email=lead.email, kind=LEAD_CREATED,
+                     now=now, actor=actor, **new_lead_payload(lead_dict(lead)))
         return Written(lead, created=True, changed=True)
     changes = change_fields(session=session, lead=lead, values=clean, now=now, actor=actor)
     if stage and stage != lead.stage:
@@ -100,7 +102,7 @@ def change_fields(*, session: Session, lead: Lead, values: Mapping, now: datetim
     if added:
         lead.custom = {**custom, **added}
     lead.updated_at = now
-    told = field_changes_told(crm_map or map_for(session), changes, actor=actor)
+    told = field_changes_told(crm_map or _map_in_effect(session), changes, actor=actor)
     if told and crm_rows is not None:
         crm_rows.append(item_row(lead_id=lead.id, email=lead.email, kind=FIELD_CHANGED,
                                  now=now, **told))
@@ -108,6 +110,16 @@ def change_fields(*, session: Session, lead: Lead, values: Mapping, now: datetim
         tell_crm(session=session, lead_id=lead.id, email=lead.email, kind=FIELD_CHANGED,
                  now=now, **told)
     return changes
+
+
+def _map_in_effect(session: Session) -> CrmMap | None:
+    """The field map in effect; None while it has errors: no door stops for them (a form
+    would lose its lead), every change is kept, and delivery, which waits for the map to be
+    fixed, tells the CRM those it pushes."""
+    try:
+        return map_for(session)
+    except MapInvalid:
+        return None
 
 
 def set_stage(*, session: Session, lead: Lead, stage: str, reason: str, actor: str,
@@ -125,9 +137,10 @@ def set_stage(*, session: Session, lead: Lead, stage: str, reason: str, actor: s
     lead.updated_at = now
     apply_event(session=session, lead=lead, event=Event(EventKind.STAGE, detail=target), now=now,
                 actor=actor)
-    tell_crm(session=session, lead_id=lead.id, email=lead.email, kind=STAGE_CHANGE, now=now,
-             **{"from": change.from_stage, "to": target, "reason": change.reason,
-                "actor": actor, **(crm or {})})
+    if not from_crm(actor):  # a change the CRM made is not told back to it
+        tell_crm(session=session, lead_id=lead.id, email=lead.email, kind=STAGE_CHANGE, now=now,
+                 **{"from": change.from_stage, "to": target, "reason": change.reason,
+                    "actor": actor, **(crm or {})})
     return change
 
 

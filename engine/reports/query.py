@@ -66,8 +66,8 @@ def parse_query(*, program: str | None, start: str | None, end: str | None,
     except (ZoneInfoNotFoundError, ValueError):
         raise Invalid(f"unknown time zone {zone_name!r} (an IANA name such as Europe/Paris)",
                       field="tz") from None
-    until = _instant(end, zone, field="to", end_of_day=True) if end else now
-    since = _instant(start, zone, field="from") if start else until - timedelta(days=30)
+    until = parse_instant(end, zone, field="to", end_of_day=True) if end else now
+    since = parse_instant(start, zone, field="from") if start else until - timedelta(days=30)
     if since >= until:
         raise Invalid(f"from ({since.isoformat()}) must be before to ({until.isoformat()})",
                       field="from")
@@ -86,7 +86,9 @@ def parse_query(*, program: str | None, start: str | None, end: str | None,
                        tz=zone_name)
 
 
-def _instant(text: str, zone: ZoneInfo, *, field: str, end_of_day: bool = False) -> datetime:
+def parse_instant(text: str, zone: ZoneInfo, *, field: str,
+                  end_of_day: bool = False) -> datetime:
+    """An ISO date (its start in `zone`; with end_of_day, the next day's) or time."""
     value = text.strip()
     if len(value) > 40:
         raise Invalid("expected an ISO date or time", field=field)

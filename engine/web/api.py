@@ -25,11 +25,13 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 from werkzeug.exceptions import BadRequest, UnsupportedMediaType
 
 from engine.assets.archive import UploadLimits
 from engine.assets.service import upload as upload_asset
 from engine.auth.service import Permission
+from engine.crm.records import crm_view
 from engine.db import Database, utcnow
 from engine.errors import Invalid, NotFound
 from engine.flows import leads as pipeline
@@ -37,7 +39,7 @@ from engine.journeys.models import Enrollment
 from engine.journeys.service import lead_enrollments
 from engine.launch.service import pending_changes
 from engine.leads.fields import BAD_TEXT, MAX_CUSTOM_FIELDS, MAX_FIELD_LENGTH, normalise_email
-from engine.leads.models import Lead, StageChange
+from engine.leads.models import Lead
 from engine.leads.service import (
     change_dict,
     get_lead_by_id,
@@ -303,8 +305,10 @@ def lead_id_param(raw: str) -> int:
 
 # -- serialisers ------------------------------------------------------------------------------
 
-def _lead_detail(lead: Lead, history: list[StageChange]) -> dict:
-    return {**lead_dict(lead), "stage_history": [change_dict(c) for c in history]}
+def _lead_detail(session: Session, lead: Lead) -> dict:
+    history = stage_history(session=session, lead_id=lead.id)
+    return {**lead_dict(lead), "stage_history": [change_dict(c) for c in history],
+            "crm": crm_view(session, lead)}
 
 
 def _enrollment_dict(enrollment: Enrollment, program_names: dict[int, str]) -> dict:
@@ -374,7 +378,7 @@ def get_lead(lead_id: str):
     """A lead with its stage history."""
     with _db().session() as session:
         lead = get_lead_by_id(session=session, lead_id=lead_id_param(lead_id))
-        return _lead_detail(lead, stage_history(session=session, lead_id=lead.id))
+        return _lead_detail(session, lead)
 
 
 @api.post("/leads/<lead_id>/stage")
@@ -390,7 +394,7 @@ def change_stage(lead_id: str):
         pipeline.change_stage(session=session, lead=lead, stage=body.stage, reason=body.reason,
                               actor=current_principal().actor, now=utcnow())
         session.flush()
-        return _lead_detail(lead, stage_history(session=session, lead_id=lead.id))
+        return _lead_detail(session, lead)
 
 
 @api.post("/leads/<lead_id>/events")
@@ -409,7 +413,7 @@ def post_event(lead_id: str):
                                        detail=body.detail, at=body.at, now=now,
                                        actor=current_principal().actor)
         session.flush()
-        return {"lead": _lead_detail(lead, stage_history(session=session, lead_id=lead.id)),
+        return {"lead": _lead_detail(session, lead),
                 "event": {"kind": body.kind, "detail": body.detail or None,
                           "at": (body.at or now).isoformat(), "recorded_at": now.isoformat()},
                 "awards": [{"kind": a.kind, "points": a.points, "rule": a.rule} for a in awards]

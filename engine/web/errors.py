@@ -10,6 +10,7 @@ from markupsafe import escape
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
+from engine.crm.fieldmap import MapInvalid
 from engine.errors import NurtureError
 
 # A 422 lists every invalid field; past this many (a megabyte of bad keys would make a reply
@@ -170,6 +171,14 @@ def register_error_handlers(app: Flask) -> None:
         if exc.status == 401:
             response.headers["WWW-Authenticate"] = 'Bearer realm="nurture"'
         return response
+
+    @app.errorhandler(MapInvalid)
+    def map_invalid(exc: MapInvalid):
+        app.logger.error("the CRM field map has errors:\n%s", exc)
+        if _wants_html():
+            return html_error(503, "Service unavailable", "Please try again later.")
+        return problem(503, "Service unavailable", "the CRM field map has errors: run "
+                       "`nurture crm map check` on it")
 
     @app.errorhandler(ValidationError)
     def invalid_input(exc: ValidationError):

@@ -78,8 +78,40 @@ class LeadOut(BaseModel):
     updated_at: str
 
 
+class CrmAccountOut(BaseModel):
+    id: int
+    crm_id: str | None
+    name: str | None
+    domain: str | None
+    owner: str | None
+    matched_by: Literal["crm", "domain"]  # put under it by the CRM, or its email's domain
+
+
+class CrmOpportunityOut(BaseModel):
+    crm_id: str
+    name: str | None
+    role: str | None  # the lead's contact role
+    amount: str | None  # decimal, as text
+    currency: str | None
+    stage: str | None
+    status: Literal["open", "won", "lost"]
+    owner: str | None
+    close_date: str | None
+    updated_at: str
+
+
+class CrmRecordOut(BaseModel):
+    """The lead as the CRM has it (POST /api/v1/crm/events keeps it)."""
+
+    id: str | None
+    object: Literal["lead", "contact"] | None
+    account: CrmAccountOut | None
+    opportunities: list[CrmOpportunityOut]
+
+
 class LeadDetail(LeadOut):
     stage_history: list[StageChangeOut]
+    crm: CrmRecordOut
 
 
 class OwnedLead(LeadOut):
@@ -303,3 +335,18 @@ class BouncesRecorded(BaseModel):
     suppressed: int
     soft: int
     ignored: int
+
+
+class CrmEventApplied(BaseModel):
+    """What an event from the CRM did: `applied`, or `repeat` (its id was applied before:
+    nothing done again). Conflicts are fields both sides held, settled by the field map's
+    rule; duplicates, two CRM records for one email; ignored, CRM fields the map does not
+    pull."""
+
+    id: str
+    type: str
+    outcome: Literal["applied", "repeat"]
+    changes: list[str]
+    conflicts: list[dict[str, Any]]
+    duplicates: list[dict[str, Any]]
+    ignored: list[str]
