@@ -556,3 +556,20 @@ def test_a_broken_map_closes_the_crm_door_but_no_other(client, db, leads, keys, 
         told = s.scalars(select(CrmOutboxItem.payload)
                          .where(CrmOutboxItem.kind == "field_changed")).all()
     assert [sorted(p["changes"]) for p in told] == [["country", "title"]]
+
+
+def test_an_mql_goes_to_the_crm_as_a_contact_under_its_account(client, db, leads, app):
+    from engine.crm.events import event_body
+    from engine.crm.fieldmap import current_map
+
+    ok(post(client, event("account.updated", {"id": "001G", "fields": {
+        "Name": "Globex", "Website": "globex.example"}})))
+    to_stage(db, "ada@globex.example", "mql")
+    with db.session() as s:
+        item = s.scalars(select(CrmOutboxItem).where(CrmOutboxItem.kind == "stage_change")
+                         .order_by(CrmOutboxItem.id.desc())).first()
+        body = event_body(item, current_map(app.extensions["nurture.settings"]))
+    assert body["payload"]["as"] == "contact"
+    assert body["payload"]["account"] == {"crm_id": "001G", "name": "Globex",
+                                          "domain": "globex.example"}
+    assert body["payload"]["crm"] == {"Status": "Marketing Qualified"}

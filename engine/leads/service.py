@@ -21,6 +21,7 @@ from engine.crm.outbox import (
     new_lead_payload,
     tell_crm,
 )
+from engine.crm.records import account_of
 from engine.errors import Invalid, NotFound
 from engine.journeys.decide import Event, EventKind
 from engine.journeys.service import apply_event
@@ -137,6 +138,11 @@ def set_stage(*, session: Session, lead: Lead, stage: str, reason: str, actor: s
     lead.updated_at = now
     apply_event(session=session, lead=lead, event=Event(EventKind.STAGE, detail=target), now=now,
                 actor=actor)
+    if target == "mql":  # the account it goes under when the map says MQLs are contacts
+        account = account_of(session, lead)
+        if account is not None:
+            crm = {**(crm or {}), "account": {"crm_id": account.crm_id, "name": account.name,
+                                              "domain": account.domain}}
     if not from_crm(actor):  # a change the CRM made is not told back to it
         tell_crm(session=session, lead_id=lead.id, email=lead.email, kind=STAGE_CHANGE, now=now,
                  **{"from": change.from_stage, "to": target, "reason": change.reason,
