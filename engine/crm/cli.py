@@ -30,7 +30,11 @@ def crm() -> None:
     """The CRM webhook: every lead created, stage change (MQL, accepted, rejected, ...),
     buying signal, unsubscribe, suppression, form submission and field change, POSTed signed
     to NURTURE_CRM_WEBHOOK_URL in order per lead, retried, dead-lettered when refused; its
-    fields named as the CRM names them by the field map (`nurture crm map show`)."""
+    fields named as the CRM names them by the field map (`nurture crm map show`).
+
+    The other way, the CRM's events (POST /api/v1/crm/events, or `crm import` of its CSV)
+    update leads, contacts, accounts and opportunities through the same map (`crm inbound`,
+    `crm duplicates`); `crm export` writes changes as CSV for a CRM without an API."""
 
 
 crm.add_command(crm_map)
