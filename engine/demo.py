@@ -191,8 +191,9 @@ def _run(app: AppContext, *, lead_count: int, days: int, program_dir: str) -> No
             web.extensions["nurture.db"].dispose()
     console.rule("7. Scores, MQLs and the sales handoff")
     _print_handoff(app, now=now + timedelta(days=days))
-    console.rule("8. The CRM hears of it: signed webhooks to the reference receiver")
+    console.rule("8. The CRM hears of it, and answers: signed webhooks both ways")
     _deliver_to_crm(app)
+    _crm_answers(app, at=now + timedelta(days=days))
     console.rule("9. The quarterly review")
     _write_review(app, program.slug, end=now + timedelta(days=days / 2))
 
@@ -257,6 +258,61 @@ def _deliver_to_crm(app: AppContext) -> None:
                       + ", ".join(sorted(created.get("fields") or {})))
     console.print(f"see them with `{_on_demo(app)} nurture crm received`; the sync health "
                   "with `nurture crm status`")
+
+
+def _crm_answers(app: AppContext, *, at: datetime) -> None:
+    """Sales works the first two MQLs in the CRM, which tells the engine over its signed door
+    (POST /api/v1/crm/events): one becomes a contact with an opportunity that is won, the
+    other's opportunity is lost. Their stages follow through the transition table."""
+    import json
+    import time
+
+    from engine.leads.models import Lead
+    from engine.signatures import sign_webhook
+    from engine.web.app import create_app
+
+    with app.db.reading() as session:
+        mqls = session.execute(select(Lead.email, Lead.company).where(Lead.stage == "mql")
+                               .order_by(Lead.id).limit(2)).all()
+    if len(mqls) < 2:
+        console.print("fewer than two MQLs: nothing for sales to work in the CRM")
+        return
+    (won, company), (lost, _) = mqls
+    domain = won.rpartition("@")[2]
+    events = [
+        ("lead.converted", {"email": won, "contact_id": "003DEMO1", "account": {
+            "id": "001DEMO1", "fields": {"Name": company or domain, "Website": domain}}}),
+        ("owner.changed", {"object": "contact", "id": "003DEMO1", "owner": "kim@acme.example"}),
+        ("opportunity.created", {"id": "006DEMO1", "account_id": "001DEMO1", "fields": {
+            "Name": f"{company or domain} platform", "Amount": 48000, "CurrencyIsoCode": "EUR",
+            "StageName": "Qualification", "CloseDate": f"{at.year + 1}-03-31"},
+            "contacts": [{"id": "003DEMO1", "role": "Decision Maker", "primary": True}]}),
+        ("opportunity.won", {"id": "006DEMO1", "fields": {"StageName": "Closed Won"}}),
+        ("opportunity.created", {"id": "006DEMO2", "fields": {"Name": "Pilot", "Amount": 9000},
+                                 "contacts": [{"email": lost, "role": "Evaluator"}]}),
+        ("opportunity.lost", {"id": "006DEMO2", "fields": {"StageName": "Closed Lost"}}),
+    ]
+    web = create_app(replace(app.settings, crm_inbound_secret=DEMO_CRM_SECRET),
+                     clock=lambda: at)
+    client = web.test_client()
+    try:
+        for number, (kind, data) in enumerate(events, start=1):
+            body = json.dumps({"id": f"demo-crm-{number}", "type": kind,
+                               "occurred_at": at.isoformat(), "data": data}).encode()
+            answer = client.post("/api/v1/crm/events", data=body,
+                                 content_type="application/json", headers={
+                                     "X-Nurture-Signature": sign_webhook(
+                                         DEMO_CRM_SECRET, body, int(time.time()))})
+            result = answer.get_json()
+            console.print(f"  {kind:<20} {answer.status_code} {result.get('outcome', '')}: "
+                          + ("; ".join(result.get("changes") or []) or "nothing new"))
+    finally:
+        web.extensions["nurture.db"].dispose()
+    with app.db.reading() as session:
+        now_in = dict(session.execute(select(Lead.email, Lead.stage)
+                                      .where(Lead.email.in_([won, lost]))).all())
+    console.print(f"{won} is a {now_in[won]}, {lost} is {now_in[lost]}: see "
+                  f"`{_on_demo(app)} nurture leads show {won}` and `nurture crm inbound`")
 
 
 def _write_review(app: AppContext, slug: str, *, end: datetime) -> None:

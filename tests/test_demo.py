@@ -51,6 +51,12 @@ def test_demo_loads_imports_simulates_and_summarises(cli, db, env, tmp_path, mon
     assert ("a new lead's fields, as the CRM names them (the field map): Company, "
             "Company_Size__c, Country, Email, Email_Consent__c, FirstName, Industry, "
             "LastName, LeadSource, Offer__c, Status, Title") in crm
+    # The CRM answered over its signed door: one MQL won, another lost.
+    assert re.search(r"opportunity\.won +200 applied: opportunity 006DEMO1 won; lead \S+: "
+                     r"stage customer", crm)
+    assert re.search(r"opportunity\.lost +200 applied: opportunity 006DEMO2 lost; lead \S+: "
+                     r"stage recycled", crm)
+    assert re.search(r"\S+ is a customer, \S+ is recycled", crm)
     # Sales heard of each MQL and trigger by email (the sample's sales team).
     emailed = re.search(r"sales notifications emailed: (\d+) \(to sales@acme\.example", out)
     notified = re.search(r"(\d+) sales notification\(s\)", out.split("7. Scores")[1])
