@@ -109,7 +109,8 @@ def test_each_item_arrives_signed_with_its_event_id_as_idempotency_key(db, recei
     mql = got[2].body
     assert mql == {"id": stored[2].event_id, "type": "stage_change", "sequence": stored[2].id,
                    "occurred_at": MONDAY.isoformat(),
-                   "lead": {"id": lead_id, "email": "ada@globex.example"},
+                   "lead": {"id": lead_id, "email": "ada@globex.example", "object": "lead",
+                            "crm_id": None},
                    "payload": {"from": "engaged", "to": "mql", "reason": "to mql",
                                "actor": "test", "as": "lead"}}  # an MQL goes as a lead
     assert [(i.status, i.attempts, i.delivered_at) for i in stored] == [

@@ -50,7 +50,8 @@ def test_a_new_lead_tells_the_crm_its_fields_and_an_update_does_not(db, loaded_p
     [item] = items(db, kind="lead_created")
     body = event_body(item)
     assert (body["type"], body["lead"]) == ("lead_created",
-                                           {"id": lead_id, "email": "ada@globex.example"})
+                                           {"id": lead_id, "email": "ada@globex.example",
+                                            "object": "lead", "crm_id": None})
     assert body["payload"] == {"actor": "api:test", "custom": {"department": "IT"},
                                "fields": {"first_name": "Ada", "company": "Globex",
                                           "stage": "inquiry"}}

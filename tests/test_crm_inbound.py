@@ -573,3 +573,24 @@ def test_an_mql_goes_to_the_crm_as_a_contact_under_its_account(client, db, leads
     assert body["payload"]["account"] == {"crm_id": "001G", "name": "Globex",
                                           "domain": "globex.example"}
     assert body["payload"]["crm"] == {"Status": "Marketing Qualified"}
+
+
+def test_a_converted_lead_is_told_to_the_crm_as_its_contact(client, db, leads, app, tmp_path):
+    from engine.crm.delivery import CrmWebhook, deliver_all
+    from engine.crm.receiver import Receiver
+
+    ok(post(client, event("lead.converted", {"email": "ada@globex.example",
+                                             "contact_id": "003A"})))
+    with app.extensions["nurture.db"].session() as s:  # knows the instance's map
+        upsert_lead(session=s, fields={"email": "ada@globex.example", "country": "DE"},
+                    now=MONDAY, actor="test")
+    with Receiver(tmp_path / "crm", secret="s") as receiver:
+        deliver_all(db=app.extensions["nurture.db"], worker="w",
+                    webhook=CrmWebhook(url=receiver.url, secret="s", timeout=5),
+                    clock=lambda: MONDAY, limit=100)
+        changed = [e.body for e in receiver.received() if e.event_type == "field_changed"]
+    assert [body["lead"]["crm_id"] for body in changed] == ["003A"]
+    assert changed[0]["lead"]["object"] == "contact"
+    # the map's contact rules name it (MailingCountry), not the lead's (no country there)
+    assert changed[0]["payload"]["changes"] == {
+        "MailingCountry": {"from": None, "to": "DE", "local": "country"}}

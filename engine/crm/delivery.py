@@ -34,13 +34,14 @@ from sqlalchemy import and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from engine.config import Settings
-from engine.crm.events import encode, event_body
+from engine.crm.events import LEAD, encode, event_body
 from engine.crm.fieldmap import CrmMap, map_of
 from engine.crm.models import DONE, CrmOutboxItem, CrmStatus
 from engine.crm.retry import Backoff, Next, after_attempt
 from engine.crm.webhook import ErrorKind, Reply, post, signed_headers
 from engine.db import Database
 from engine.errors import Invalid
+from engine.leads.models import Lead
 
 LEASE = timedelta(minutes=5)
 TIMEOUT_SECONDS = 10.0
@@ -224,7 +225,9 @@ def _deliver(db: Database, webhook: CrmWebhook, item_id: int, worker: str,
                              lease=webhook.lease):
             return "lost_claim", None, None
         item = session.get(CrmOutboxItem, item_id, populate_existing=True)
-        body = encode(event_body(item, crm_map))
+        lead = session.get(Lead, item.lead_id)  # as the CRM knows it now
+        body = encode(event_body(item, crm_map, obj=lead.crm_object or LEAD,
+                                 crm_id=lead.crm_id))
         headers = signed_headers(secret=webhook.secret, body=body, event_id=item.event_id,
                                  event_type=item.kind, attempt=item.attempts)
         attempts = item.attempts

@@ -2,12 +2,13 @@
 
     {"id": "<event id: the Idempotency-Key>", "type": "stage_change", "sequence": 42,
      "occurred_at": "2026-11-02T08:00:00+00:00",
-     "lead": {"id": 7, "email": "ada@globex.example"},
+     "lead": {"id": 7, "email": "ada@globex.example", "object": "lead", "crm_id": "00Q5e0"},
      "payload": {"from": "inquiry", "to": "mql", "reason": "...", "actor": "scoring", ...}}
 
 `sequence` grows with every item: a CRM that sees a lower one after a higher one for the same
 lead is looking at a replay. The body of an item is the same on every attempt (the signature's
-timestamp, in a header, is what changes) as long as the field map stays the same.
+timestamp, in a header, is what changes) as long as the field map and the lead's record in
+the CRM (`lead.object`, `lead.crm_id`: null until the CRM told us) stay the same.
 
 The field map (engine/crm/fieldmap.py) is applied here and nowhere else, when the item is
 delivered: items are stored by our names.
@@ -24,8 +25,8 @@ delivered: items are stored by our names.
 - field_changed: `changes` by the CRM's names, {"Title": {"from": .., "to": .., "local":
   "title"}}, of the fields the map pushes now.
 
-Every renaming is for one CRM object, `obj` ("lead" for now: a lead that is a contact in the
-CRM will say "contact").
+Every renaming is for one CRM object, `obj`: "lead", or "contact" for a lead the CRM converted
+(engine/crm/inbound.py), whose fields the map's `contact` rules name.
 """
 
 from __future__ import annotations
@@ -43,9 +44,11 @@ CONTENT_TYPE = "application/json"
 LEAD = "lead"  # the CRM object a lead's events are about
 
 
-def event_body(item: CrmOutboxItem, crm_map: CrmMap | None = None, obj: str = LEAD) -> dict:
+def event_body(item: CrmOutboxItem, crm_map: CrmMap | None = None, obj: str = LEAD,
+               crm_id: str | None = None) -> dict:
     """The body delivered for `item`, its fields renamed through `crm_map` (None: the
-    default map) for CRM object `obj`."""
+    default map) for CRM object `obj` (lead, or contact once the CRM converted it), whose
+    record there is `crm_id` (None: not linked yet)."""
     payload = dict(item.payload or {})
     email = payload.pop("email", None)
     payload.pop("at", None)  # occurred_at says it
@@ -54,7 +57,8 @@ def event_body(item: CrmOutboxItem, crm_map: CrmMap | None = None, obj: str = LE
         payload = shape(payload, crm_map or DEFAULT_MAP, obj, email)
     return {"id": item.event_id, "type": item.kind, "sequence": item.id,
             "occurred_at": item.created_at.isoformat(),
-            "lead": {"id": item.lead_id, "email": email}, "payload": payload}
+            "lead": {"id": item.lead_id, "email": email, "object": obj, "crm_id": crm_id},
+            "payload": payload}
 
 
 def crm_fields(crm_map: CrmMap, obj: str, fields: dict) -> dict:

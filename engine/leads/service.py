@@ -103,7 +103,8 @@ def change_fields(*, session: Session, lead: Lead, values: Mapping, now: datetim
     if added:
         lead.custom = {**custom, **added}
     lead.updated_at = now
-    told = field_changes_told(crm_map or _map_in_effect(session), changes, actor=actor)
+    told = field_changes_told(crm_map or _map_in_effect(session), changes, actor=actor,
+                              obj=lead.crm_object or "lead")
     if told and crm_rows is not None:
         crm_rows.append(item_row(lead_id=lead.id, email=lead.email, kind=FIELD_CHANGED,
                                  now=now, **told))
