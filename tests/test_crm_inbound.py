@@ -594,3 +594,33 @@ def test_a_converted_lead_is_told_to_the_crm_as_its_contact(client, db, leads, a
     # the map's contact rules name it (MailingCountry), not the lead's (no country there)
     assert changed[0]["payload"]["changes"] == {
         "MailingCountry": {"from": None, "to": "DE", "local": "country"}}
+
+
+def test_a_conflict_is_only_where_both_sides_changed_since_the_last_sync(client, db, leads, app):
+    clock = app.extensions
+    first = ok(post(client, event("lead.updated", {"id": "00QA", "email": "ada@globex.example",
+                                                   "fields": {"Title": "CTO"}})))
+    assert [c["field"] for c in first["conflicts"]] == ["title"]  # never synced: both had one
+    clock["nurture.clock"] = lambda: MONDAY + timedelta(hours=1)
+    plain = ok(post(client, event("lead.updated", {"id": "00QA", "fields": {"Title": "CEO"}})))
+    assert plain["conflicts"] == [] and lead(db, "ada@globex.example").title == "CEO"
+    with db.session() as s:  # a change here after that sync
+        upsert_lead(session=s, fields={"email": "ada@globex.example", "title": "Founder"},
+                    now=MONDAY + timedelta(hours=2), actor="test")
+    clock["nurture.clock"] = lambda: MONDAY + timedelta(hours=3)
+    both = ok(post(client, event("lead.updated", {"id": "00QA", "fields": {
+        "Title": "Chair", "Company": "Globex Holdings"}})))
+    assert [(c["field"], c["kept"]) for c in both["conflicts"]] == [("title", "crm"),
+                                                                     ("company", "local")]
+    # opportunities and accounts change only in the CRM: updates, never conflicts
+    ok(post(client, event("opportunity.created", {"id": "006A", "fields": {"Amount": 1}})))
+    update = ok(post(client, event("opportunity.updated", {"id": "006A",
+                                                            "fields": {"Amount": 2}})))
+    assert update["conflicts"] == [] and opportunity(db, "006A").amount == Decimal("2.00")
+
+
+def test_a_blank_from_the_crm_never_erases_ours(client, db, leads):
+    ok(post(client, event("lead.updated", {"id": "00QA", "email": "ada@globex.example",
+                                           "fields": {"Title": "", "Company": None}})))
+    found = lead(db, "ada@globex.example")
+    assert (found.title, found.company) == ("CIO", "Globex")

@@ -39,7 +39,7 @@ from pydantic_core import PydanticCustomError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from engine.crm.fieldmap import CrmMap
+from engine.crm.fieldmap import NEVER_SYNC, CrmMap
 from engine.crm.models import Account, CrmInboundEvent, OpportunityStatus
 from engine.crm.outbox import CRM_ACTOR
 from engine.crm.records import (
@@ -262,8 +262,22 @@ class _Apply:
         self.session, self.map, self.now = session, crm_map, now
         self.event, self.data, self.applied = event, event.data, applied
         self.at = getattr(event.data, "updated_at", None) or event.occurred_at
+        self.changed_here: dict[int, bool] = {}  # per lead touched, before this event
 
     def run(self) -> None:
+        self.apply()
+        for lead_id in self.changed_here:  # what the CRM just set is in sync
+            self.session.get(Lead, lead_id).crm_synced_at = self.now
+
+    def touch(self, lead: Lead) -> bool:
+        """Whether the lead changed here since the CRM's last event about it (first touch:
+        before this event changes anything)."""
+        if lead.id not in self.changed_here:
+            synced = lead.crm_synced_at
+            self.changed_here[lead.id] = synced is None or lead.updated_at > synced
+        return self.changed_here[lead.id]
+
+    def apply(self) -> None:
         kind = self.event.type
         if kind in ("lead.updated", "contact.updated"):
             self.record(kind.partition(".")[0])
@@ -290,6 +304,7 @@ class _Apply:
             lead, _ = upsert_lead(session=self.session, fields={"email": data.email},
                                   now=self.now, actor=CRM_ACTOR)
             self.applied.changes.append(f"lead {lead.email} created")
+        self.touch(lead)
         self.link(lead, data.id, obj, account)
         self.lead_fields(lead, obj, data.fields)
 
@@ -323,33 +338,38 @@ class _Apply:
         self.applied.ignored += self.map.unmapped(obj, crm_fields)
         pulled = self.map.from_crm(obj, crm_fields)
         owner = pulled.pop("owner", None)
-        local = lead.fields()
+        local, both = lead.fields(), self.touch(lead)
         fields = {}
         for name, value in pulled.items():
             if name == "custom":
                 custom = {k: v for k, v in value.items()
-                          if self.settled(obj, f"custom.{k}", local.get(k), v, lead.updated_at)}
+                          if self.taken(obj, f"custom.{k}", local.get(k), v, both, lead)}
                 if custom:
                     fields["custom"] = custom
-            elif self.settled(obj, name, local.get(name), value, lead.updated_at):
+            elif self.taken(obj, name, local.get(name), value, both, lead):
                 fields[name] = value
         if fields:
             upsert_lead(session=self.session, fields={**fields, "email": lead.email},
                         now=self.now, actor=CRM_ACTOR)
             self.applied.changes.append(f"lead {lead.email}: {', '.join(sorted(fields))}")
-        if owner is not None and self.settled(obj, "owner", lead.owner, owner, lead.updated_at):
+        if owner is not None and self.taken(obj, "owner", lead.owner, owner, both, lead):
             self.set_owner(lead, owner)
 
-    def settled(self, obj: str, name: str, local, crm, local_at: datetime) -> bool:
-        """Whether the CRM's value is taken; a difference is settled by the map's rule."""
-        if local == crm:
+    def taken(self, obj: str, name: str, local, crm, both_changed: bool,
+              record=None) -> bool:
+        """Whether the CRM's value is taken. A blank never erases ours, a never_sync field
+        never syncs; when both sides changed (the record changed here since the CRM's last
+        event about it) and hold different values, the map's rule settles it, logged."""
+        rule = self.map.rule(obj, name)
+        if local == crm or _blank(crm) or (rule and rule.conflict == NEVER_SYNC):
             return False
-        result = self.map.settle(obj, name, local=local, crm=crm, local_at=local_at,
-                                 crm_at=self.at)
-        if local not in (None, "") and crm not in (None, ""):
-            self.applied.conflicts.append({
-                "object": obj, "field": name, "local": _plain(local), "crm": _plain(crm),
-                "kept": result.winner, "rule": result.rule})
+        if _blank(local) or not both_changed:
+            return True
+        result = self.map.settle(obj, name, local=local, crm=crm,
+                                 local_at=record.updated_at if record else None, crm_at=self.at)
+        self.applied.conflicts.append({
+            "object": obj, "field": name, "local": _plain(local), "crm": _plain(crm),
+            "kept": result.winner, "rule": result.rule})
         return result.winner == "crm"
 
     def converted(self) -> None:
@@ -359,10 +379,12 @@ class _Apply:
             raise NotFound(f"no lead with email {data.email}", field="data.email")
         account = (self.account(data.account.id, data.account.fields, "data.account.fields")
                    if data.account else account_of(self.session, lead))
+        self.touch(lead)
         self.link(lead, data.contact_id, "contact", account)
         self.applied.changes.append(f"lead {lead.email} converted to contact {data.contact_id}")
 
     def set_owner(self, lead: Lead, owner: str) -> None:
+        self.touch(lead)
         assign_owner(session=self.session, lead=lead, owner=owner, actor=CRM_ACTOR,
                      now=self.now)
         self.applied.changes.append(f"lead {lead.email}: owner {owner}")
@@ -374,10 +396,9 @@ class _Apply:
         pulled = _checked(AccountFields, self.map.from_crm("account", crm_fields),
                           self.map, "account", where)
         existing = self.session.scalar(select(Account).where(Account.crm_id == crm_id))
-        if existing is not None:
+        if existing is not None:  # only the CRM changes an account: no conflict
             pulled = {name: value for name, value in pulled.items()
-                      if self.settled("account", name, getattr(existing, name), value,
-                                      existing.updated_at)}
+                      if self.taken("account", name, getattr(existing, name), value, False)}
         account, changes = upsert_account(self.session, crm_id=crm_id, fields=pulled,
                                           now=self.now, crm_updated_at=self.at)
         if changes:
@@ -397,10 +418,9 @@ class _Apply:
             pulled.setdefault("status", OpportunityStatus.OPEN)
         existing = find_opportunity(self.session, data.id)
         if existing is not None:
-            pulled = {name: value for name, value in pulled.items()
-                      if name == "status" or self.settled("opportunity", name,
-                                                          getattr(existing, name), value,
-                                                          existing.updated_at)}
+            pulled = {name: value for name, value in pulled.items()  # only the CRM's
+                      if name == "status" or self.taken("opportunity", name,
+                                                        getattr(existing, name), value, False)}
         account = (self.account(data.account_id, {}, "data.account_id")
                    if data.account_id else None)
         contacts = ([self.contact(i, c) for i, c in enumerate(data.contacts)]
@@ -440,6 +460,7 @@ class _Apply:
             return
         if target == "recycled" and self.other_open(lead):
             return
+        self.touch(lead)
         for stage in shortest_path(lead.stage, target):
             change_stage(session=self.session, lead=lead, stage=stage, reason=reason,
                          actor=CRM_ACTOR, now=self.now)
@@ -537,6 +558,10 @@ def _checked(model: type[BaseModel], local: dict, crm_map: CrmMap, obj: str,
         raise Invalid(f"{error['msg']} (got {str(error.get('input'))[:100]!r})",
                       field=f"{where}.{crm_name}") from None
     return {name: getattr(checked, name) for name in local}
+
+
+def _blank(value) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
 
 
 def _plain(value):

@@ -54,6 +54,9 @@ class Lead(Base):
     crm_id: Mapped[str | None] = mapped_column(String(100), unique=True)
     crm_object: Mapped[str | None] = mapped_column(String(10))  # lead, contact
     crm_updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # When the CRM's last event about it was applied: a change here after it (updated_at
+    # later) and a different value from the CRM is a conflict, settled by the field map.
+    crm_synced_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     account_id: Mapped[int | None] = mapped_column(ForeignKey("accounts.id", ondelete="SET NULL"),
                                                    index=True)
     # Score = fit + behaviour decayed from behaviour_at (engine/scoring): stored so a lead's

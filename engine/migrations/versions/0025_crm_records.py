@@ -93,6 +93,7 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('crm_id', sa.String(length=100), nullable=True))
         batch_op.add_column(sa.Column('crm_object', sa.String(length=10), nullable=True))
         batch_op.add_column(sa.Column('crm_updated_at', UTCDateTime(), nullable=True))
+        batch_op.add_column(sa.Column('crm_synced_at', UTCDateTime(), nullable=True))
         batch_op.add_column(sa.Column('account_id', sa.Integer(), nullable=True))
         batch_op.create_unique_constraint('uq_leads_crm_id', ['crm_id'])
         batch_op.create_index('ix_leads_account_id', ['account_id'], unique=False)
@@ -105,7 +106,7 @@ def downgrade() -> None:
         batch_op.drop_constraint('fk_leads_account_id', type_='foreignkey')
         batch_op.drop_index('ix_leads_account_id')
         batch_op.drop_constraint('uq_leads_crm_id', type_='unique')
-        for column in ('account_id', 'crm_updated_at', 'crm_object', 'crm_id'):
+        for column in ('account_id', 'crm_synced_at', 'crm_updated_at', 'crm_object', 'crm_id'):
             batch_op.drop_column(column)
     op.drop_table('crm_inbound_events')
     op.drop_table('opportunity_changes')
