@@ -292,8 +292,14 @@ def test_two_crm_records_for_one_email_the_most_recently_updated_wins(client, db
         "updated_at": MONDAY.isoformat()})))
     assert newer["duplicates"][0]["kept"] == "003NEW"
     found = lead(db, "ada@globex.example")
-    assert (found.crm_id, found.title) == ("003NEW", "CEO")
+    assert (found.crm_id, found.crm_object, found.title) == ("003NEW", "contact", "CEO")
     assert count(db, Lead) == 3  # one lead per email
+    # a lead record in the CRM, newer than its contact: the lead's is the record now
+    ok(post(client, event("lead.updated", {
+        "id": "00QLATEST", "email": "ada@globex.example", "fields": {"Title": "CEO"},
+        "updated_at": (MONDAY + timedelta(days=1)).isoformat()})))
+    found = lead(db, "ada@globex.example")
+    assert (found.crm_id, found.crm_object) == ("00QLATEST", "lead")
 
 
 # -- opportunities ----------------------------------------------------------------------------

@@ -328,9 +328,9 @@ class _Apply:
         return lead
 
     def link(self, lead: Lead, crm_id: str, obj: str, account: Account | None) -> None:
-        lead.crm_id, lead.crm_updated_at = crm_id, self.at
-        if obj == "contact" or lead.crm_object is None:
+        if lead.crm_id != crm_id or obj == "contact":  # another record, or converted
             lead.crm_object = obj
+        lead.crm_id, lead.crm_updated_at = crm_id, self.at
         if account is not None:
             lead.account_id = account.id
 
