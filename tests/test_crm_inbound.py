@@ -1,5 +1,5 @@
 """POST /api/v1/crm/events: what the CRM changed, read through the field map and applied
-through the one path a lead's changes take (engine/crm/inbound.py)."""
+through the one path a lead's changes take (engine/flows/crm.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 from launching import launch_all
 from sqlalchemy import func, select
 
-from engine.crm.inbound import TYPES
 from engine.crm.models import (
     Account,
     CrmInboundEvent,
@@ -25,6 +24,7 @@ from engine.crm.models import (
     OpportunityContact,
 )
 from engine.crm.records import account_of
+from engine.flows.crm import TYPES
 from engine.flows.leads import upsert_lead
 from engine.leads.models import Lead, StageChange
 from engine.leads.service import set_stage

@@ -275,3 +275,29 @@ def test_beyond_the_largest_sources_the_rest_is_other(db, timeline, monkeypatch)
     assert first.chart.series == ("source:social", "source:webinar", "other")
     assert rows(first, "stage", "source:social", "source:webinar", "other") == [
         ("mql", 1, 2, 3), ("sal", 1, 1, 0), ("opportunity", 1, 1, 0), ("customer", 1, 0, 0)]
+
+
+def test_won_revenue_by_first_touch_each_opportunity_once_per_currency(db, timeline):
+    from engine.crm.records import upsert_opportunity
+
+    def opportunity(crm_id: str, contacts: list[tuple[str, bool]], won_at: datetime | None,
+                    amount: str, currency: str = "EUR") -> None:
+        with db.session() as s:
+            leads = [(s.get(Lead, timeline.ids[name]), None, primary)
+                     for name, primary in contacts]
+            upsert_opportunity(s, crm_id=crm_id, fields={"amount": amount,
+                                                         "currency": currency},
+                               account=None, contacts=leads, now=at(1, 2), actor="crm")
+            if won_at:
+                upsert_opportunity(s, crm_id=crm_id, fields={"status": "won"}, account=None,
+                                   contacts=None, now=won_at, actor="crm")
+
+    opportunity("006-ben", [("ben", True)], at(3, 10), "48000.00")  # social
+    opportunity("006-both", [("ben", False), ("amy", True)], at(2, 20), "1000.50")  # amy's
+    opportunity("006-dan", [("dan", False)], at(2, 1), "700", "USD")  # events, by its form
+    opportunity("006-open", [("gus", True)], None, "9999")  # not won: not revenue
+    opportunity("006-april", [("eve", True)], at(4, 1, 5), "5000")  # April in New York
+    got = report(db, program="acme-nurture")
+    assert rows(got.table("revenue"), "source", "currency", "won", "amount") == [
+        ("social", "EUR", 1, 48000.0), ("webinar", "EUR", 1, 1000.5),
+        ("events", "USD", 1, 700.0)]

@@ -321,8 +321,8 @@ def export_command(app: AppContext, since: str, obj: str, out_path: str | None) 
     for a CRM without an API."""
     from zoneinfo import ZoneInfo
 
-    from engine.crm.exchange import export_changes
     from engine.crm.fieldmap import current_map
+    from engine.flows.crm_exchange import export_changes
     from engine.reports.query import parse_instant
 
     start = parse_instant(since, ZoneInfo("UTC"), field="since")
@@ -357,8 +357,8 @@ def import_command(app: AppContext, file: str, obj: str, id_column: str,
     Importing the same file again changes nothing. Exits 1 when a row was refused."""
     from dataclasses import asdict
 
-    from engine.crm.exchange import import_records
     from engine.crm.fieldmap import current_map
+    from engine.flows.crm_exchange import import_records
 
     crm_map = current_map(app.settings)
     with Progress(TextColumn("importing"), BarColumn(), MofNCompleteColumn(),
@@ -394,7 +394,7 @@ def import_command(app: AppContext, file: str, obj: str, id_column: str,
 def inbound_command(app: AppContext, outcome: str | None, limit: int, as_json: bool) -> None:
     """Events the CRM sent (POST /api/v1/crm/events, `crm import`), newest first: what each
     changed, the conflicts the map settled, or why it was refused."""
-    from engine.crm.inbound import inbound_log
+    from engine.crm.service import inbound_log
 
     with app.db.reading() as session:
         events = inbound_log(session=session, outcome=outcome, limit=limit)
@@ -423,7 +423,7 @@ def inbound_command(app: AppContext, outcome: str | None, limit: int, as_json: b
 def duplicates_command(app: AppContext, limit: int, as_json: bool) -> None:
     """Emails the CRM holds two records for (one lead each here): which record was kept
     (the one updated most recently) and when it was found. Merge them in the CRM."""
-    from engine.crm.inbound import inbound_log
+    from engine.crm.service import inbound_log
 
     with app.db.reading() as session:
         events = inbound_log(session=session, duplicates=True, limit=limit)

@@ -26,7 +26,7 @@ delivered: items are stored by our names.
   "title"}}, of the fields the map pushes now.
 
 Every renaming is for one CRM object, `obj`: "lead", or "contact" for a lead the CRM converted
-(engine/crm/inbound.py), whose fields the map's `contact` rules name.
+(engine/flows/crm.py), whose fields the map's `contact` rules name.
 """
 
 from __future__ import annotations

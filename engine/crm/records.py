@@ -1,4 +1,4 @@
-"""What the CRM holds, kept here as it tells us (engine/crm/inbound.py): accounts, a lead's
+"""What the CRM holds, kept here as it tells us (engine/flows/crm.py): accounts, a lead's
 record there (a lead, or a contact under an account), and opportunities with their contacts
 and every change.
 

@@ -1,4 +1,5 @@
-"""The sync health view and the dead letters: read them, replay them, skip them."""
+"""The sync health view, the dead letters (read them, replay them, skip them) and the log of
+what the CRM sent (engine/flows/crm.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,7 @@ from datetime import datetime
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, aliased
 
-from engine.crm.inbound import inbound_health
-from engine.crm.models import CrmOutboxItem, CrmStatus
+from engine.crm.models import CrmInboundEvent, CrmOutboxItem, CrmStatus
 from engine.errors import Conflict, NotFound
 
 _ITEMS = CrmOutboxItem.__table__
@@ -118,3 +118,37 @@ def item_dict(item: CrmOutboxItem) -> dict:
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
+
+
+# -- the log ----------------------------------------------------------------------------------
+
+def inbound_log(*, session: Session, outcome: str | None = None, duplicates: bool = False,
+                limit: int = 100) -> list[dict]:
+    """The events the CRM sent, newest first: all, those with `outcome` (applied, refused),
+    or those that found two CRM records for one email."""
+    query = select(CrmInboundEvent).order_by(CrmInboundEvent.id.desc())
+    if outcome:
+        query = query.where(CrmInboundEvent.outcome == outcome)
+    if duplicates:  # the log's JSON is read here rather than by each database's JSON syntax
+        query = query.where(CrmInboundEvent.type.in_(["lead.updated", "contact.updated",
+                                                      "owner.changed"]))
+    found = []
+    for event in session.scalars(query.execution_options(yield_per=500)):
+        if duplicates and not (event.detail or {}).get("duplicates"):
+            continue
+        found.append({"event_id": event.event_id, "type": event.type,
+                      "received_at": event.received_at.isoformat(),
+                      "occurred_at": event.occurred_at.isoformat() if event.occurred_at
+                      else None, "outcome": event.outcome, **(event.detail or {})})
+        if len(found) >= limit:
+            break
+    return found
+
+
+def inbound_health(session: Session) -> dict:
+    """How many events the CRM sent were applied and refused, and when the last came."""
+    counts = dict(session.execute(select(CrmInboundEvent.outcome, func.count())
+                                  .group_by(CrmInboundEvent.outcome)).all())
+    last = session.scalar(select(func.max(CrmInboundEvent.received_at)))
+    return {"applied": counts.get("applied", 0), "refused": counts.get("refused", 0),
+            "last_received": last.isoformat() if last else None}

@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
 
+from engine.crm.models import Opportunity, OpportunityContact, OpportunityStatus
 from engine.leads.models import Lead, StageChange
 from engine.leads.stages import Stage
 from engine.pages.forms import DEFAULT_SOURCE, SOURCE_FIELDS
@@ -62,7 +63,9 @@ def build(session: Session, query: ReportQuery, *, now: datetime | None = None) 
                     generated_at=now or datetime.now(UTC),
                     tables=[_long_table(query, buckets, counts, name),
                             *(_chart_table(query, buckets, counts, name, touch)
-                              for touch in TOUCHES)])
+                              for touch in TOUCHES),
+                            _revenue_table(query, buckets, _revenue(session, query, buckets,
+                                                                    field), name)])
     report.notes.append(
         f"First touch: the lead's own {field} (the first source recorded for it), else its "
         "earliest form submission carrying one. Last touch: the latest form submission "
@@ -123,6 +126,42 @@ def _counts(session: Session, query: ReportQuery, buckets: list[Bucket], field: 
         found["first"][row.first] += row.n
         found["last"][row.latest or row.first] += row.n
     return counts
+
+
+def _revenue(session: Session, query: ReportQuery, buckets: list[Bucket], field: str):
+    """Opportunities won in the period (as the CRM reported them, engine/flows/crm.py), each
+    counted once, under its primary contact (else its first): (bucket, split, source,
+    currency) -> (won, amount)."""
+    contacts = (select(OpportunityContact.opportunity_id, OpportunityContact.lead_id,
+                       func.row_number().over(
+                           partition_by=OpportunityContact.opportunity_id,
+                           order_by=(OpportunityContact.is_primary.desc(),
+                                     OpportunityContact.lead_id)).label("rank"))
+                .subquery("contacts"))
+    touches = _touches(field)
+    earliest = (select(touches.c.lead_id, touches.c.source, func.row_number().over(
+                    partition_by=touches.c.lead_id,
+                    order_by=(touches.c.created_at, touches.c.id)).label("rank"))
+                .where(touches.c.lead_id.in_(select(contacts.c.lead_id)
+                                             .where(contacts.c.rank == 1)))
+                .subquery("earliest"))
+    first = func.coalesce(_blank_as_null(getattr(Lead, field)), earliest.c.source, UNSET)
+    scope = Scope(session, query)
+    won = (scope.join(select(bucket_index(Opportunity.closed_at, buckets).label("bucket"),
+                             scope.split.label("split"), first.label("source"),
+                             Opportunity.currency, Opportunity.amount)
+                      .join(contacts, and_(contacts.c.opportunity_id == Opportunity.id,
+                                           contacts.c.rank == 1))
+                      .join(Lead, Lead.id == contacts.c.lead_id)
+                      .outerjoin(earliest, and_(earliest.c.lead_id == Lead.id,
+                                                earliest.c.rank == 1)), contacts.c.lead_id)
+           .where(Opportunity.status == OpportunityStatus.WON,
+                  Opportunity.closed_at >= query.start, Opportunity.closed_at < query.end)
+           .subquery("won"))
+    group = (won.c.bucket, won.c.split, won.c.source, won.c.currency)
+    rows = session.execute(select(*group, func.count().label("n"),
+                                  func.sum(won.c.amount).label("amount")).group_by(*group))
+    return {(r.bucket, r.split, r.source, r.currency or ""): (r.n, r.amount) for r in rows}
 
 
 def _touches(field: str):
@@ -207,6 +246,24 @@ def _chart_table(query: ReportQuery, buckets: list[Bucket], counts: Counts, name
         rows=rows, chart=Chart("bar", "stage", series, title) if series else None,
         notes=[f"Beyond the {MAX_SERIES - 1} largest, sources are summed as other."]
         if rest else [])
+
+
+def _revenue_table(query: ReportQuery, buckets: list[Bucket], revenue: dict, name: str) -> Table:
+    rows = [{**dimensions(query, buckets[bucket].label, split), "source": source,
+             "currency": currency or "(none)", "won": won,
+             "amount": None if amount is None else float(amount)}
+            for (bucket, split, source, currency), (won, amount) in sorted(
+                revenue.items(), key=lambda item: (item[0][0], item[0][1], -(item[1][1] or 0),
+                                                   item[0][2], item[0][3]))]
+    return Table(
+        key="revenue", title=f"Won revenue by first-touch {name}",
+        columns=dimension_columns(query) + [
+            Column("source", name, "text"), Column("currency", "currency", "text"),
+            Column("won", "opportunities won"), Column("amount", "amount won", "amount")],
+        rows=rows,
+        notes=[("Opportunities the CRM reported won in the period, each once, under its "
+                "primary contact (else its first); amounts are summed per currency, never "
+                "converted.")])
 
 
 # -- helpers ----------------------------------------------------------------------------------

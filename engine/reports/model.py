@@ -11,7 +11,7 @@ from engine.reports.query import ReportQuery
 
 # How a column's values read: count (int), rate (0..1 or None when nothing to divide by),
 # hours and days (float or None), text.
-KINDS = ("count", "rate", "hours", "days", "text")
+KINDS = ("count", "rate", "hours", "days", "amount", "text")
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,8 @@ def formatted(value, column: Column) -> str:
         return f"{value:.1%}"
     if column.kind in ("hours", "days"):
         return f"{value:,.1f}"
+    if column.kind == "amount":
+        return f"{value:,.2f}"
     return str(value)
 
 

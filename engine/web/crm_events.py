@@ -1,4 +1,4 @@
-"""POST /api/v1/crm/events: what the CRM changed (engine/crm/inbound.py), HMAC-signed like the
+"""POST /api/v1/crm/events: what the CRM changed (engine/flows/crm.py), HMAC-signed like the
 bounce webhook (engine/signatures.py) with NURTURE_CRM_INBOUND_SECRET (else the outbound
 webhook's secret; neither: 503). A signature is good for 5 minutes either side of our clock;
 an event id is applied once (a replay inside the window answers `repeat`). One event per
@@ -16,9 +16,9 @@ from pydantic import Field, RootModel
 from werkzeug.exceptions import ServiceUnavailable
 
 from engine.crm.fieldmap import current_map
-from engine.crm.inbound import ENVELOPES, parse_event, receive_crm_event
 from engine.db import utcnow
 from engine.errors import Invalid
+from engine.flows.crm import ENVELOPES, parse_event, receive_crm_event
 from engine.signatures import SIGNATURE_HEADER, verify_signature
 from engine.web.openapi import describe
 from engine.web.schemas import CrmEventApplied

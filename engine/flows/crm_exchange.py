@@ -3,7 +3,7 @@
 - `export_changes`: the leads (or contacts) that changed since a time, one row each, under the
   CRM's column names (what the map pushes), with NurtureId, CrmId, DoNotContact and UpdatedAt.
 - `import_records`: a CSV the CRM exported (leads, contacts, accounts or opportunities, under
-  its names), each row applied as that record's update event (engine/crm/inbound.py): through
+  its names), each row applied as that record's update event (engine/flows/crm.py): through
   the map, the one field-change path and the transition table, settled by the map's rules,
   each row whole or not at all. A row's event id is the file's digest and the row's number, so
   importing the same file again changes nothing.
@@ -24,9 +24,9 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from engine.crm.fieldmap import CrmMap
-from engine.crm.inbound import parse_event, receive_crm_event
 from engine.db import Database
 from engine.errors import Invalid, NurtureError
+from engine.flows.crm import parse_event, receive_crm_event
 from engine.leads.importer import LeadCsv, spreadsheet_safe
 from engine.leads.models import Lead
 from engine.sending.models import Suppression

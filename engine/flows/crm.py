@@ -36,7 +36,7 @@ from pydantic import (
     create_model,
 )
 from pydantic_core import PydanticCustomError
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from engine.crm.fieldmap import NEVER_SYNC, CrmMap
@@ -566,37 +566,3 @@ def _blank(value) -> bool:
 
 def _plain(value):
     return value if value is None or isinstance(value, str | int | float | bool) else str(value)
-
-
-# -- the log ----------------------------------------------------------------------------------
-
-def inbound_log(*, session: Session, outcome: str | None = None, duplicates: bool = False,
-                limit: int = 100) -> list[dict]:
-    """The events the CRM sent, newest first: all, those with `outcome` (applied, refused),
-    or those that found two CRM records for one email."""
-    query = select(CrmInboundEvent).order_by(CrmInboundEvent.id.desc())
-    if outcome:
-        query = query.where(CrmInboundEvent.outcome == outcome)
-    if duplicates:  # the log's JSON is read here rather than by each database's JSON syntax
-        query = query.where(CrmInboundEvent.type.in_(["lead.updated", "contact.updated",
-                                                      "owner.changed"]))
-    found = []
-    for event in session.scalars(query.execution_options(yield_per=500)):
-        if duplicates and not (event.detail or {}).get("duplicates"):
-            continue
-        found.append({"event_id": event.event_id, "type": event.type,
-                      "received_at": event.received_at.isoformat(),
-                      "occurred_at": event.occurred_at.isoformat() if event.occurred_at
-                      else None, "outcome": event.outcome, **(event.detail or {})})
-        if len(found) >= limit:
-            break
-    return found
-
-
-def inbound_health(session: Session) -> dict:
-    """How many events the CRM sent were applied and refused, and when the last came."""
-    counts = dict(session.execute(select(CrmInboundEvent.outcome, func.count())
-                                  .group_by(CrmInboundEvent.outcome)).all())
-    last = session.scalar(select(func.max(CrmInboundEvent.received_at)))
-    return {"applied": counts.get("applied", 0), "refused": counts.get("refused", 0),
-            "last_received": last.isoformat() if last else None}
