@@ -116,7 +116,9 @@ def test_import_applies_each_row_through_the_map_and_twice_changes_nothing(cli, 
     assert "2 row(s): 0 applied, 2 already imported" in again.output
 
 
-def test_import_refuses_bad_rows_by_number_and_keeps_the_good(cli, leads, db, tmp_path):
+def test_import_refuses_bad_rows_by_number_and_keeps_the_good(cli, leads, db, tmp_path,
+                                                               monkeypatch):
+    monkeypatch.setattr("engine.flows.crm_exchange.CHUNK_ROWS", 2)  # rows span transactions
     path = write_csv(tmp_path / "opportunities.csv", [
         ["Id", "Name", "Amount", "CloseDate", "AccountId"],
         ["006A", "Platform", "48000", "2027-03-31", "001G"],

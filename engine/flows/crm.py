@@ -208,16 +208,29 @@ class Applied:
 
 def receive_crm_event(*, db: Database, event: CrmEventHead, crm_map: CrmMap,
                       now: datetime) -> Applied:
-    """Apply one event in its own transaction, whichever door it came in by (the API, a CSV
-    import); a refused one changes nothing and is logged with why."""
+    """Apply one event in its own transaction (the API's door); a refused one changes nothing,
+    is logged with why, and raised."""
+    with db.session() as session:
+        applied, refused = apply_or_refuse(session=session, event=event, crm_map=crm_map,
+                                           now=now)
+    if refused is not None:
+        raise refused
+    return applied
+
+
+def apply_or_refuse(*, session: Session, event: CrmEventHead, crm_map: CrmMap,
+                    now: datetime) -> tuple[Applied | None, NurtureError | None]:
+    """Apply one event in a savepoint of `session`, whichever door it came in by (the API, a
+    CSV import's rows, many to a transaction): whole, or, refused, not at all and logged with
+    why. Returns what it did, or why it was refused."""
     try:
-        with db.session() as session:
-            return apply_crm_event(session=session, event=event, crm_map=crm_map, now=now)
+        with session.begin_nested():
+            return apply_crm_event(session=session, event=event, crm_map=crm_map,
+                                   now=now), None
     except NurtureError as exc:
-        with db.session() as session:
-            record_refusal(session=session, event_id=event.id, kind=event.type, now=now,
-                           error=str(exc))
-        raise
+        record_refusal(session=session, event_id=event.id, kind=event.type, now=now,
+                       error=str(exc))
+        return None, exc
 
 
 def apply_crm_event(*, session: Session, event: CrmEventHead, crm_map: CrmMap,
@@ -301,12 +314,22 @@ class _Apply:
             if data.email is None:
                 raise NotFound(f"no lead with CRM id {data.id!r}, and no email to create it "
                                "by", field="data.email")
-            lead, _ = upsert_lead(session=self.session, fields={"email": data.email},
+            fields, owner = self.pulled(None, obj, data.fields)
+            lead, _ = upsert_lead(session=self.session, fields={**fields, "email": data.email},
                                   now=self.now, actor=CRM_ACTOR)
             self.applied.changes.append(f"lead {lead.email} created")
-        self.touch(lead)
-        self.link(lead, data.id, obj, account)
-        self.lead_fields(lead, obj, data.fields)
+            self.touch(lead)
+            self.link(lead, data.id, obj, account)
+        else:
+            self.touch(lead)
+            self.link(lead, data.id, obj, account)
+            fields, owner = self.pulled(lead, obj, data.fields)
+            if fields:
+                upsert_lead(session=self.session, fields={**fields, "email": lead.email},
+                            now=self.now, actor=CRM_ACTOR)
+                self.applied.changes.append(f"lead {lead.email}: {', '.join(sorted(fields))}")
+        if owner is not None:
+            self.set_owner(lead, owner)
 
     def lead_for(self, crm_id: str, email: str | None, obj: str) -> Lead | None:
         """The lead a CRM record is, by CRM id, else by email; two records for one email are a
@@ -334,11 +357,14 @@ class _Apply:
         if account is not None:
             lead.account_id = account.id
 
-    def lead_fields(self, lead: Lead, obj: str, crm_fields: dict) -> None:
+    def pulled(self, lead: Lead | None, obj: str, crm_fields: dict) -> tuple[dict, str | None]:
+        """The fields (and the owner) the CRM's values are taken for, by the map: all it
+        pulls for a new lead; for a known one, those `taken` says."""
         self.applied.ignored += self.map.unmapped(obj, crm_fields)
         pulled = self.map.from_crm(obj, crm_fields)
         owner = pulled.pop("owner", None)
-        local, both = lead.fields(), self.touch(lead)
+        local = lead.fields() if lead else {}
+        both = self.touch(lead) if lead else False
         fields = {}
         for name, value in pulled.items():
             if name == "custom":
@@ -348,12 +374,10 @@ class _Apply:
                     fields["custom"] = custom
             elif self.taken(obj, name, local.get(name), value, both, lead):
                 fields[name] = value
-        if fields:
-            upsert_lead(session=self.session, fields={**fields, "email": lead.email},
-                        now=self.now, actor=CRM_ACTOR)
-            self.applied.changes.append(f"lead {lead.email}: {', '.join(sorted(fields))}")
-        if owner is not None and self.taken(obj, "owner", lead.owner, owner, both, lead):
-            self.set_owner(lead, owner)
+        if owner is not None and not self.taken(obj, "owner", lead.owner if lead else None,
+                                                owner, both, lead):
+            owner = None
+        return fields, owner
 
     def taken(self, obj: str, name: str, local, crm, both_changed: bool,
               record=None) -> bool:

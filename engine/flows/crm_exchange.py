@@ -16,6 +16,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import islice
 from pathlib import Path
 from typing import TextIO
 
@@ -26,7 +27,7 @@ from sqlalchemy.orm import Session
 from engine.crm.fieldmap import CrmMap
 from engine.db import Database
 from engine.errors import Invalid, NurtureError
-from engine.flows.crm import parse_event, receive_crm_event
+from engine.flows.crm import apply_or_refuse, parse_event
 from engine.leads.importer import LeadCsv, spreadsheet_safe
 from engine.leads.models import Lead
 from engine.sending.models import Suppression
@@ -34,6 +35,7 @@ from engine.sending.models import Suppression
 OBJECTS = ("lead", "contact", "account", "opportunity")
 EXTRA_COLUMNS = ("NurtureId", "CrmId", "DoNotContact", "UpdatedAt")
 MAX_ERRORS_LISTED = 50
+CHUNK_ROWS = 500  # rows per transaction (each row in a savepoint of its own)
 
 
 # -- export -----------------------------------------------------------------------------------
@@ -103,32 +105,43 @@ def import_records(*, db: Database, crm_map: CrmMap, path: str | Path, obj: str,
     digest = _digest(path)
     summary = ImportedRecords()
     with LeadCsv(path, encoding, key=id_column.lower(), clean=dict) as source:
-        rows = _Rows(crm_map, obj, source.header, id_column, updated_column)
-        for row in source:
-            where = f"{path.name}: row {row.number}"
-            if row.fields is not None and not "".join(row.fields.values()).strip():
-                continue  # a blank row carries nothing
-            try:
-                if row.error:
-                    raise row.error
-                event = parse_event(rows.event(row.fields, f"csv-{digest}-{row.number}", now))
-                applied = receive_crm_event(db=db, event=event, crm_map=crm_map, now=now)
-            except ValidationError as exc:
-                error = exc.errors()[0]
-                summary.refuse(f"{where}, {_loc(error['loc'])}: {error['msg']}")
-                continue
-            except NurtureError as exc:
-                summary.refuse(f"{where}{', ' + exc.field if exc.field else ''}: {exc.detail}")
-                continue
-            if applied.outcome == "repeat":
-                summary.repeat += 1
-            else:
-                summary.applied += 1
-            summary.conflicts += len(applied.conflicts)
-            summary.duplicates += [{**d, "row": row.number} for d in applied.duplicates]
+        rows, records = _Rows(crm_map, obj, source.header, id_column, updated_column), iter(source)
+        while chunk := list(islice(records, CHUNK_ROWS)):
+            with db.session() as session:  # one commit per chunk; a savepoint per row
+                for row in chunk:
+                    _import_row(session, crm_map, rows, row, f"csv-{digest}-{row.number}",
+                                f"{path.name}: row {row.number}", now, summary)
             if progress:
                 progress(source.bytes_read, source.size)
     return summary
+
+
+def _import_row(session: Session, crm_map: CrmMap, rows: _Rows, row, event_id: str,
+                where: str, now: datetime, summary: ImportedRecords) -> None:
+    if row.fields is not None and not "".join(row.fields.values()).strip():
+        return  # a blank row carries nothing
+    try:
+        if row.error:
+            raise row.error
+        event = parse_event(rows.event(row.fields, event_id, now))
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        summary.refuse(f"{where}, {_loc(error['loc'])}: {error['msg']}")
+        return
+    except NurtureError as exc:
+        summary.refuse(f"{where}{', ' + exc.field if exc.field else ''}: {exc.detail}")
+        return
+    applied, refused = apply_or_refuse(session=session, event=event, crm_map=crm_map, now=now)
+    if refused is not None:
+        summary.refuse(f"{where}{', ' + refused.field if refused.field else ''}: "
+                       f"{refused.detail}")
+        return
+    if applied.outcome == "repeat":
+        summary.repeat += 1
+    else:
+        summary.applied += 1
+    summary.conflicts += len(applied.conflicts)
+    summary.duplicates += [{**d, "row": row.number} for d in applied.duplicates]
 
 
 class _Rows:
