@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from urllib.parse import quote, urlsplit
 
 import pytest
@@ -140,3 +140,37 @@ def test_bad_tokens_get_404_and_the_invalid_page_and_change_nothing(
     # the real link still works after all that
     assert client.post(unsubscribe_path, data={"List-Unsubscribe": "One-Click"}).status_code == 200
     assert state(db) == (1, "exited")
+
+
+def test_an_unsubscribe_is_put_on_the_email_whose_link_was_used(client, db, env, tmp_path,
+                                                                  unsubscribe_path):
+    """Ada unsubscribes through the first email's link after a second email went out: the
+    first email counts the unsubscribe, as the engagement report reads it, and so does the
+    count made again from the log (migration 0024's)."""
+    from engine.journeys.service import run_due
+    from engine.sending.responses import mark_all_responses
+
+    later = MONDAY
+    with Sink(tmp_path / "sink2") as sink, sink.transport() as transport:
+        for days in range(1, 30):  # until the second email of the track goes out
+            later = MONDAY + timedelta(days=days)
+            with db.session() as s:
+                run_due(session=s, now=later)
+            deliver_due(db=db, transport=transport, worker="w", clock=lambda at=later: at,
+                        options=DeliveryOptions(signing=Signing(secret_key=env["SECRET_KEY"])))
+            if sink.messages():
+                break
+    with db.session() as s:
+        first, second = s.scalars(select(SentEmail.outbox_id).order_by(SentEmail.out_at)).all()
+    client.application.extensions["nurture.clock"] = lambda: later
+    assert client.post(unsubscribe_path, data={"List-Unsubscribe": "One-Click"}).status_code == 200
+
+    def flags():
+        with db.session() as s:
+            return dict(s.execute(select(SentEmail.outbox_id, SentEmail.unsubscribed)).all())
+
+    assert flags() == {first: True, second: False}
+    with db.engine.begin() as connection:
+        connection.execute(SentEmail.__table__.update().values(unsubscribed=False))
+        mark_all_responses(connection)
+    assert flags() == {first: True, second: False}

@@ -26,10 +26,13 @@ from engine.sending.responses import mark_response
 
 
 def event_row(*, lead_id: int, program_id: int | None, event: Event, now: datetime,
-              actor: str, occurred_at: datetime | None = None) -> dict:
+              actor: str, occurred_at: datetime | None = None,
+              answers: int | None = None) -> dict:
     detail = {"detail": event.detail} if event.detail is not None else {}
     if occurred_at is not None:  # it happened elsewhere, earlier: recorded now, said when
         detail["occurred_at"] = occurred_at.isoformat()
+    if answers is not None:  # the email it answers (an unsubscribe link's)
+        detail["outbox_id"] = answers
     return {"lead_id": lead_id, "program_id": program_id, "at": now, "category": "event",
             "kind": str(event.kind), "detail": detail, "actor": actor}
 
@@ -51,12 +54,12 @@ def enrollment_columns(state: EnrollmentState, now: datetime) -> dict:
 
 def _record(session: Session, enrollment: Enrollment, program: Program, decision: Decision,
             event: Event, now: datetime, actor: str,
-            occurred_at: datetime | None = None) -> None:
+            occurred_at: datetime | None = None, answers: int | None = None) -> None:
     """Store the decision: the enrollment's new state, the event log, and an outbox row per send."""
     for key, value in enrollment_columns(decision.state, now).items():
         setattr(enrollment, key, value)
     rows = [event_row(lead_id=enrollment.lead_id, program_id=enrollment.program_id, event=event,
-                      now=now, actor=actor, occurred_at=occurred_at)]
+                      now=now, actor=actor, occurred_at=occurred_at, answers=answers)]
     rows += action_rows(lead_id=enrollment.lead_id, program_id=enrollment.program_id,
                         decision=decision)
     session.add_all(LeadEvent(**row) for row in rows)
@@ -87,20 +90,23 @@ def enroll(*, session: Session, lead: Lead, program_id: int, program: Program, n
 
 
 def apply_event(*, session: Session, lead: Lead, event: Event, now: datetime,
-                actor: str = "system", occurred_at: datetime | None = None) -> list[Decision]:
+                actor: str = "system", occurred_at: datetime | None = None,
+                answers: int | None = None) -> list[Decision]:
     """Feed one event to every enrollment of the lead; log it even when it has none. An
-    unsubscribe, complaint or bounce is also put on the email it answers."""
-    mark_response(session, lead_id=lead.id, event=event, at=now)
+    unsubscribe, complaint or bounce is also put on the email it answers (`answers`, when the
+    response names it, as an unsubscribe link does)."""
+    mark_response(session, lead_id=lead.id, event=event, at=now, send_id=answers)
     enrollments = list(session.scalars(select(Enrollment).where(Enrollment.lead_id == lead.id)))
     if not enrollments:
         session.add(LeadEvent(**event_row(lead_id=lead.id, program_id=None, event=event, now=now,
-                                          actor=actor, occurred_at=occurred_at)))
+                                          actor=actor, occurred_at=occurred_at,
+                                          answers=answers)))
         return []
     decisions = []
     for enrollment in enrollments:
         program = program_at(session, enrollment.program_id, enrollment.program_version)
         decision = decide(program, EnrollmentState.from_dict(enrollment.state), event, now)
-        _record(session, enrollment, program, decision, event, now, actor, occurred_at)
+        _record(session, enrollment, program, decision, event, now, actor, occurred_at, answers)
         decisions.append(decision)
     return decisions
 

@@ -2,7 +2,7 @@
 
 An email that went out gets its row in sent_emails then (record_out): what reports read of a
 send. An unsubscribe, a complaint or a bounce reported after sending is put on the email it names
-(a soft bounce's Message-ID), else on the last email the lead was sent before it; a form on the
+(an unsubscribe link's, a soft bounce's Message-ID), else on the last email the lead was sent before it; a form on the
 last email of the form's program the lead was sent before it (FormSubmission.outbox_id). The
 sent email keeps what happened to it (SentEmail.unsubscribed...), so the engagement report reads
 sent emails, not every response with a search for its email.
@@ -79,13 +79,17 @@ def flag_of(kind: str, detail: str | None) -> str | None:
 
 
 def mark_response(session: Session, *, lead_id: int, event: Event, at: datetime,
-                  message_id: str | None = None) -> None:
-    """Put an unsubscribe, complaint or later bounce on its email (see the module's doc)."""
+                  message_id: str | None = None, send_id: int | None = None) -> None:
+    """Put an unsubscribe, complaint or later bounce on its email (see the module's doc):
+    `send_id` when the response names it (an unsubscribe link's email), else by Message-ID,
+    else the last one sent."""
     flag = flag_of(str(event.kind), event.detail)
     if flag is None:
         return
-    send_id = None
-    if message_id:
+    if send_id is not None:  # the lead's own email only
+        send_id = session.scalar(select(SentEmail.outbox_id).where(
+            SentEmail.outbox_id == send_id, SentEmail.lead_id == lead_id))
+    if send_id is None and message_id:
         send_id = session.scalar(select(OutboxMessage.id).where(
             OutboxMessage.message_id == message_id, OutboxMessage.lead_id == lead_id))
     if send_id is None:
@@ -111,7 +115,11 @@ def mark_all_responses(connection) -> None:
     named_row = (select(named.id).where(
         named.message_id == LeadEvent.detail["message_id"].as_string(),
         named.lead_id == LeadEvent.lead_id).correlate_except(named).scalar_subquery())
-    email = func.coalesce(named_row, last_send(LeadEvent.lead_id, LeadEvent.at))
+    linked = aliased(SentEmail)  # the email an unsubscribe link named
+    linked_row = (select(linked.outbox_id).where(
+        linked.outbox_id == LeadEvent.detail["outbox_id"].as_integer(),
+        linked.lead_id == LeadEvent.lead_id).correlate_except(linked).scalar_subquery())
+    email = func.coalesce(linked_row, named_row, last_send(LeadEvent.lead_id, LeadEvent.at))
     for (kind, wanted), flag in FLAGS.items():  # as flag_of reads each logged event
         answered = (detail == wanted if wanted is not None
                     else or_(detail.is_(None), detail != "complaint"))

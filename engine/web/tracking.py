@@ -27,7 +27,7 @@ from engine.sending.compose import Signing, render_for_row
 from engine.sending.models import OutboxMessage
 from engine.tracking.links import HONEYPOT
 from engine.tracking.tokens import ids, url_digest, verify
-from engine.tracking.unsubscribe import lead_for_token, unsubscribe
+from engine.tracking.unsubscribe import email_of_token, lead_for_token, unsubscribe
 from engine.web.pages import security_headers
 from engine.web.recorder import record, recorder
 
@@ -129,6 +129,7 @@ def unsubscribe_post(token: str):
         if lead is None:
             return _unsubscribe_page("invalid")
         unsubscribe(session=session, lead=lead, source="unsubscribe link",
-                    now=current_app.extensions["nurture.clock"]())
+                    now=current_app.extensions["nurture.clock"](),
+                    answers=email_of_token(_secret(), token))
         email = lead.email
     return _unsubscribe_page("done", email)
