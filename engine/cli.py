@@ -66,6 +66,7 @@ def _safe_url(url: str) -> str:
 def _register() -> None:
     from engine.assets.cli import assets
     from engine.auth.cli import apikey
+    from engine.auth.users_cli import user
     from engine.crm.cli import crm
     from engine.demo import demo
     from engine.journeys.cli import simulate
@@ -79,7 +80,7 @@ def _register() -> None:
     from engine.tracking.cli import tracking
 
     for command in (program, leads, simulate, apikey, demo, assets, render, sink, inbox,
-                    send_runs, forecast, bounces, sales, sla, tracking, report, crm):
+                    send_runs, forecast, bounces, sales, sla, tracking, report, crm, user):
         main.add_command(command)
     for entry in entry_points(group="nurture.commands"):  # worker/, qa/
         main.add_command(entry.load(), entry.name)

@@ -1,7 +1,7 @@
 """Every model, imported in one place so metadata (and Alembic) sees all tables."""
 
 from engine.assets.models import Asset, AssetVersion
-from engine.auth.models import ApiKey
+from engine.auth.models import ApiKey, SignInAttempt, User
 from engine.crm.models import (
     Account,
     CrmInboundEvent,
@@ -46,9 +46,11 @@ __all__ = [
     "SalesNotification",
     "ScoreEvent",
     "SentEmail",
+    "SignInAttempt",
     "SlaBreach",
     "StageChange",
     "Suppression",
     "TrackingEvent",
+    "User",
     "Waiver",
 ]

@@ -23,7 +23,7 @@ class _Choice(click.Choice):
 
 @click.group()
 def apikey() -> None:
-    """API keys with roles: admin, marketer, reviewer, sales."""
+    """API keys with roles: admin, marketer, reviewer, sales, read_only."""
 
 
 @apikey.command()

@@ -1,5 +1,8 @@
 """API keys: create (shown once), list, revoke, verify; roles and what each role may do.
 
+One role model serves API keys and console users (engine/auth/users.py): a role names a set of
+permissions, and every door (an API view, a console page or form) asks `allowed(role, X)`.
+
 A key reads `nur_<prefix>_<secret>`. Only its SHA-256 hash is stored: the secret carries 256 bits
 of entropy, so a fast hash is enough (no salt or slow KDF needed). The prefix is not secret; it
 finds the row and names the key in listings and in the `revoke` command.
@@ -34,6 +37,7 @@ class Role(StrEnum):
     MARKETER = "marketer"
     REVIEWER = "reviewer"
     SALES = "sales"
+    READ_ONLY = "read_only"  # sees what the others see, changes nothing
 
 
 ROLES: tuple[str, ...] = tuple(role.value for role in Role)
@@ -47,6 +51,7 @@ class Permission(StrEnum):
     LEADS_EVENTS = "leads:events"  # responses seen by another channel
     ASSETS_WRITE = "assets:write"
     REPORTS_READ = "reports:read"
+    SALES_ANSWER = "sales:answer"  # accept or reject an MQL in the console
 
 
 ROLE_PERMISSIONS: dict[str, frozenset[Permission]] = {
@@ -56,9 +61,12 @@ ROLE_PERMISSIONS: dict[str, frozenset[Permission]] = {
                               Permission.LEADS_EVENTS, Permission.ASSETS_WRITE,
                               Permission.REPORTS_READ}),
     Role.SALES: frozenset({Permission.LEADS_READ, Permission.LEADS_STAGE,
-                           Permission.LEADS_EVENTS, Permission.REPORTS_READ}),
+                           Permission.LEADS_EVENTS, Permission.REPORTS_READ,
+                           Permission.SALES_ANSWER}),
     Role.REVIEWER: frozenset({Permission.PROGRAMS_READ, Permission.LEADS_READ,
                               Permission.REPORTS_READ}),
+    Role.READ_ONLY: frozenset({Permission.PROGRAMS_READ, Permission.LEADS_READ,
+                               Permission.REPORTS_READ}),
 }
 
 
@@ -85,7 +93,7 @@ def hash_key(key: str) -> str:
 
 
 def parse_role(value: str) -> str:
-    role = (value or "").strip().lower()
+    role = (value or "").strip().lower().replace("-", "_")  # read-only is read_only
     if role not in ROLES:
         raise Invalid(f"unknown role {value!r} (expected one of {', '.join(ROLES)})", field="role")
     return role

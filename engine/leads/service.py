@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from engine.crm.fieldmap import CrmMap, MapInvalid, map_for
@@ -170,11 +170,13 @@ def record_stage_change(session: Session, change: StageChange) -> StageChange:
 
 
 def list_leads(*, session: Session, email: str | None = None, stage: str | None = None,
-               persona: str | None = None, email_contains: str | None = None, limit: int = 50,
+               persona: str | None = None, email_contains: str | None = None,
+               text: str | None = None, limit: int = 50,
                offset: int = 0) -> tuple[list[Lead], int]:
     """Leads in id order, and how many match. `email` is compared as stored (normalised by
     the caller); `persona` is the one a lead follows: its enrollment's matched persona (kept
-    as `enrolled_persona`), else, before any enrollment, the one set on it."""
+    as `enrolled_persona`), else, before any enrollment, the one set on it. `text` is found,
+    whatever its case, in the email, the name (first, last or both) or the company."""
     query = select(Lead)
     if email is not None:
         query = query.where(Lead.email == email)
@@ -184,6 +186,11 @@ def list_leads(*, session: Session, email: str | None = None, stage: str | None 
         query = query.where(func.coalesce(Lead.enrolled_persona, Lead.persona) == persona)
     if email_contains:
         query = query.where(Lead.email.contains(email_contains.lower(), autoescape=True))
+    if text and text.strip():
+        wanted = text.strip().lower()
+        full_name = func.coalesce(Lead.first_name, "") + " " + func.coalesce(Lead.last_name, "")
+        query = query.where(or_(*(func.lower(column).contains(wanted, autoescape=True)
+                                  for column in (Lead.email, full_name, Lead.company))))
     total = session.scalar(select(func.count()).select_from(query.subquery()))
     leads = session.scalars(query.order_by(Lead.id).limit(limit).offset(offset))
     return list(leads), total

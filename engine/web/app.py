@@ -31,6 +31,7 @@ def create_app(settings: Settings | None = None,
     init_recorder(app, db=app.extensions["nurture.db"], settings=settings, clock=clock)
 
     from engine.web.api import api
+    from engine.web.console import init_console
     from engine.web.crm_events import crm_events
     from engine.web.openapi import docs
     from engine.web.pages import pages
@@ -47,6 +48,7 @@ def create_app(settings: Settings | None = None,
     app.register_blueprint(tracking)
     app.register_blueprint(webhooks, url_prefix="/api/v1/webhooks")
     app.register_blueprint(crm_events, url_prefix="/api/v1/crm")
+    init_console(app, base_url=settings.base_url)
     register_error_handlers(app)
     return app
 
