@@ -95,6 +95,7 @@ PERMITTED = {
     "marketer": (True, True, True, True),
     "sales": (False, True, False, True),
     "reviewer": (True, True, False, False),
+    "read_only": (True, True, False, False),
 }
 
 

@@ -205,3 +205,23 @@ def test_console_pages_send_a_strict_content_security_policy(browser):
     assert "default-src 'none'" in response.headers["Content-Security-Policy"]
     assert response.headers["Cache-Control"] == "no-store"
     assert response.headers["X-Frame-Options"] == "DENY"
+
+
+def test_an_unknown_or_disabled_email_still_costs_a_password_verification(db, monkeypatch):
+    from engine.auth import users as service
+    from engine.db import utcnow
+
+    add_user(db, "ada@example.com", "admin")
+    calls = []
+    real = service._verify
+    monkeypatch.setattr(service, "_verify",
+                        lambda stored, password: calls.append(stored) or real(stored, password))
+    with db.session() as s:
+        for email in ("nobody@example.com", "ada@example.com"):
+            assert service.sign_in(session=s, email=email, password="wrong password!",
+                                   ip="192.0.2.1", now=utcnow()) is None
+        service.disable_user(session=s, email="ada@example.com", now=utcnow())
+        assert service.sign_in(session=s, email="ada@example.com", password=PASSWORD,
+                               ip="192.0.2.1", now=utcnow()) is None
+    assert len(calls) == 3 and calls[0] == service._DUMMY_HASH
+    assert calls[1] != service._DUMMY_HASH
