@@ -114,8 +114,12 @@ def demo(context: click.Context, lead_count: int, days: int, program_dir: str,
                   "and files; your own settings and data are not touched)")
     try:
         _run(app, lead_count=lead_count, days=days, program_dir=program_dir)
+        email, password = _console_user(app)
     finally:
         app.db.dispose()
+    console.print(f"\nopen the console on the demo's data: `{_on_demo(app)} flask --app wsgi "
+                  f"run`, then http://localhost:5000/ and sign in as {email} with the password "
+                  f"{password}")
     console.print(f"\nthe demo's data stays in {app.settings.instance_path}: run a command on "
                   f"it as `{_on_demo(app)} nurture ...` (`nurture inbox`, `nurture sales "
                   "queue`); remove the directory to start over")
@@ -126,6 +130,33 @@ def _on_demo(app: AppContext) -> str:
     the environment sets them."""
     blank = "".join(f" {name}=" for name in DEMO_IGNORES if os.environ.get(name))
     return f"NURTURE_INSTANCE={shlex.quote(str(app.settings.instance_path))}{blank}"
+
+
+DEMO_USER = "demo@acme.example"
+
+
+def _console_user(app: AppContext) -> tuple[str, str]:
+    """The demo's console user (an admin) and its password: made on the first run, kept in
+    the demo instance (readable by its owner alone) so that a later run prints it again."""
+    import secrets
+
+    from engine.auth.models import User
+    from engine.auth.users import change_password, create_user
+
+    path = app.settings.instance_path / "console-password"
+    with app.db.session() as session:
+        exists = session.scalar(select(User.id).where(User.email == DEMO_USER)) is not None
+        if exists and path.exists():
+            return DEMO_USER, path.read_text(encoding="utf-8").strip()
+        password = f"demo-{secrets.token_urlsafe(12)}"
+        if exists:  # its password file was removed: a new password
+            change_password(session=session, email=DEMO_USER, password=password, now=utcnow())
+        else:
+            create_user(session=session, email=DEMO_USER, role="admin", name="Demo Admin",
+                        password=password, now=utcnow())
+    path.touch(mode=0o600)
+    path.write_text(password + "\n", encoding="utf-8")
+    return DEMO_USER, password
 
 
 def _run(app: AppContext, *, lead_count: int, days: int, program_dir: str) -> None:

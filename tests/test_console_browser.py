@@ -143,6 +143,9 @@ def test_a_marketer_finds_a_lead_and_sets_its_stage(server, page, db):
     width = page.evaluate("document.documentElement.scrollWidth")
     assert width <= PHONE["width"], f"the lead page scrolls sideways on a phone ({width}px)"
     visit_check(page, "lead-phone")
+    page.goto(f"{server}/leads")
+    assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    visit_check(page, "leads-phone")
 
 
 def test_a_sales_rep_accepts_an_mql_and_it_leaves_the_queue(server, page, db):

@@ -78,6 +78,12 @@ def test_demo_loads_imports_simulates_and_summarises(cli, db, env, tmp_path, mon
     look = f"NURTURE_INSTANCE={own} DATABASE_URL= SECRET_KEY="  # both set by the env fixture
     assert f"the demo's data stays in {own}: run a command on it as `{look} nurture ...`" in out
     assert f"see them all with `{look} nurture inbox`" in out
+    # and how to open the console on it, with a user to sign in as
+    console = re.search(rf"open the console on the demo's data: `{re.escape(look)} flask --app "
+                        r"wsgi run`, then http://localhost:5000/ and sign in as "
+                        r"demo@acme\.example with the password (demo-\S+)", out)
+    assert console, out[-2000:]
+    assert (own / "console-password").read_text().strip() == console.group(1)
     monkeypatch.setenv("NURTURE_INSTANCE", str(own))
     monkeypatch.delenv("DATABASE_URL")
     monkeypatch.delenv("SECRET_KEY")
@@ -98,6 +104,7 @@ def test_demo_loads_imports_simulates_and_summarises(cli, db, env, tmp_path, mon
     assert queue.exit_code == 0 and '"email"' in queue.stdout
     again = cli("demo", "--leads", "40", "--days", "30", "--instance", own)
     assert "already launched at its current version" in again.stdout
+    assert f"sign in as demo@acme.example with the password {console.group(1)}" in again.stdout
     # Importing again creates nothing; a lead that moved on meanwhile (an MQL, an engaged lead)
     # is not sent back to the file's stage where the transition table forbids it (that row is
     # rejected with the illegal transition named).
