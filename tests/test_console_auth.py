@@ -66,12 +66,13 @@ def test_the_session_cookie_is_secure_over_https(browser, db):
     assert "Secure" in session_cookie(response)
 
 
-def test_sign_in_goes_back_to_the_page_asked_for_but_never_off_site(browser, db):
+@pytest.mark.parametrize("target", ["//evil.example/x", "/\t/evil.example", "/\\evil.example",
+                                    "https://evil.example/", "/\n/evil.example", "leads"])
+def test_sign_in_goes_back_to_the_page_asked_for_but_never_off_site(browser, db, target):
     add_user(db, "ada@example.com", "admin")
     token = browser.token("/sign-in")
     off = browser.client.post("/sign-in", data={"csrf_token": token, "email": "ada@example.com",
-                                                "password": PASSWORD,
-                                                "next": "//evil.example/x"})
+                                                "password": PASSWORD, "next": target})
     assert off.headers["Location"] == "/leads"
     browser.sign_out()
     back = browser.client.post("/sign-in", data={"csrf_token": browser.token("/sign-in"),
@@ -225,3 +226,15 @@ def test_an_unknown_or_disabled_email_still_costs_a_password_verification(db, mo
                                ip="192.0.2.1", now=utcnow()) is None
     assert len(calls) == 3 and calls[0] == service._DUMMY_HASH
     assert calls[1] != service._DUMMY_HASH
+
+
+def test_the_session_cookie_is_secure_when_the_base_url_is_https(env, db, monkeypatch):
+    monkeypatch.setenv("NURTURE_BASE_URL", "https://nurture.example")
+    app = create_app(clock=Clock())
+    try:
+        add_user(db, "ada@example.com", "admin")
+        response = Browser(app.test_client()).sign_in("ada@example.com")  # over plain http
+        assert response.status_code == 303
+        assert "; Secure" in session_cookie(response)
+    finally:
+        app.extensions["nurture.db"].dispose()

@@ -102,10 +102,14 @@ def signed_in_user() -> SignedIn | None:
 
 def safe_next(target: str | None) -> str | None:
     """A path on this site to go back to after signing in; anything else is dropped."""
-    if not target or len(target) > 500 or not target.startswith("/") or target.startswith("//"):
+    if not target or len(target) > 500 or not target.startswith("/"):
+        return None
+    # browsers drop tabs and newlines in a URL and read a backslash as a slash, so "/\t/x"
+    # and "/\\x" would lead off site as "//x" does
+    if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in target) or "\\" in target:
         return None
     parts = urlsplit(target)
-    if parts.scheme or parts.netloc or "\\" in target:
+    if target.startswith("//") or parts.scheme or parts.netloc:
         return None
     return target
 
