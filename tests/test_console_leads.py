@@ -218,3 +218,17 @@ def test_sla_breaches_are_listed_by_owner(as_role, db):
     page = as_role("read_only").get("/sales").get_data(as_text=True)
     assert "<h3>rep@example.com</h3>" in page
     assert "late@example.com" in page and "escalated to boss" in page
+
+
+def test_a_long_event_log_shows_its_latest_events(as_role, db):
+    from console_helpers import START
+
+    from engine.leads.models import LeadEvent
+
+    lead_id = add_lead(db, "busy@example.com")
+    with db.session() as s:
+        s.add_all(LeadEvent(lead_id=lead_id, at=START, category="event", kind="opened",
+                            detail={"n": f"event-{n:03}"}, actor="test") for n in range(250))
+    page = as_role("read_only").get(f"/leads/{lead_id}").get_data(as_text=True)
+    assert "The latest 200 events." in page
+    assert "event-249" in page and "event-050" in page and "event-049" not in page

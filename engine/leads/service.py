@@ -201,9 +201,14 @@ def stage_history(*, session: Session, lead_id: int) -> list[StageChange]:
         select(StageChange).where(StageChange.lead_id == lead_id).order_by(StageChange.id)))
 
 
-def event_log(*, session: Session, lead_id: int, limit: int = 200) -> list[LeadEvent]:
-    return list(session.scalars(
-        select(LeadEvent).where(LeadEvent.lead_id == lead_id).order_by(LeadEvent.id).limit(limit)))
+def event_log(*, session: Session, lead_id: int, limit: int = 200,
+              latest: bool = False) -> list[LeadEvent]:
+    """The lead's first `limit` events in order, or with `latest` its last `limit`."""
+    query = select(LeadEvent).where(LeadEvent.lead_id == lead_id)
+    if latest:
+        rows = list(session.scalars(query.order_by(LeadEvent.id.desc()).limit(limit)))
+        return rows[::-1]
+    return list(session.scalars(query.order_by(LeadEvent.id).limit(limit)))
 
 
 def change_dict(change: StageChange) -> dict:

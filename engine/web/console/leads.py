@@ -23,6 +23,7 @@ PAGE_SIZE = 25
 MAX_PAGE = 10_000
 MAX_QUERY = 200
 MAX_REASON = 1000
+EVENTS_SHOWN = 200  # the latest ones
 MAX_ID = 2**31 - 1  # an id past PostgreSQL's integer is no lead (and no database error)
 
 
@@ -96,11 +97,12 @@ def _lead_page(lead_id: int, status: int = 200, **extra):
             "custom": sorted((lead.custom or {}).items()),
             "crm": crm_view(s, lead),
             "history": stage_history(session=s, lead_id=lead.id),
-            "events": event_log(session=s, lead_id=lead.id),
+            "events": event_log(session=s, lead_id=lead.id, limit=EVENTS_SHOWN, latest=True),
             "timeline": timeline_entries(s, lead.id),
             "explained": explain(session=s, lead=lead, now=now()),
             "stages": [stage for stage in STAGES if stage != lead.stage],
             "allowed": sorted(TRANSITIONS[lead.stage]),
+            "events_shown": EVENTS_SHOWN,
         }
         body = render("console/lead.html", status=status, **context, **extra)
     return body
