@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo console test lint bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required (set PYTHON=python3.11)" if sys.version_info < (3, 11) else 0)'
@@ -15,6 +15,11 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/nurture demo
+
+# The console on the demo's data (run `make demo` first), until interrupted.
+console: $(STAMP)
+	env -u DATABASE_URL -u REDIS_URL -u SMTP_URL -u SECRET_KEY -u NURTURE_SINK_DIR \
+	  NURTURE_INSTANCE=demo-instance $(BIN)/flask --app wsgi run
 
 test: $(STAMP)
 	$(BIN)/pytest

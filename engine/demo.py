@@ -117,9 +117,11 @@ def demo(context: click.Context, lead_count: int, days: int, program_dir: str,
         email, password = _console_user(app)
     finally:
         app.db.dispose()
-    console.print(f"\nopen the console on the demo's data: `{_on_demo(app)} flask --app wsgi "
-                  f"run`, then http://localhost:5000/ and sign in as {email} with the password "
-                  f"{password}")
+    serve = f"`{_on_demo(app)} flask --app wsgi run`"
+    if app.settings.instance_path == Path("demo-instance").resolve():
+        serve = f"`make console` ({serve})"
+    console.print(f"\nopen the console on the demo's data: {serve}, then "
+                  f"http://localhost:5000/ and sign in as {email} with the password {password}")
     console.print(f"\nthe demo's data stays in {app.settings.instance_path}: run a command on "
                   f"it as `{_on_demo(app)} nurture ...` (`nurture inbox`, `nurture sales "
                   "queue`); remove the directory to start over")
