@@ -1,6 +1,7 @@
 """The console in a real browser: Playwright drives Debian's Chromium against the app served
 over HTTP by werkzeug on a free port. A marketer signs in, searches a lead, opens it and sets
-its stage; a sales rep accepts an MQL and it leaves the queue. Every page visited is saved as a
+its stage; a sales rep accepts an MQL and it leaves the queue; a reviewer opens a proof sent to
+them, sees the email in its sandboxed frame, approves it and finds it in the history. Every page visited is saved as a
 screenshot under test-artifacts/console/ and checked with axe-core (tests/vendor/axe-core) for
 serious or critical accessibility violations.
 
@@ -19,6 +20,7 @@ import pytest
 from console_helpers import PASSWORD, add_lead, add_user
 from werkzeug.serving import make_server
 
+from engine.db import utcnow
 from engine.sending.sink import free_port
 from engine.web.app import create_app
 from qa.screenshots import find_browser
@@ -175,3 +177,52 @@ def test_a_sales_rep_accepts_an_mql_and_it_leaves_the_queue(server, page, db):
     page.wait_for_url(re.compile(r"/sign-in"))
     page.goto(f"{server}/sales")
     assert "/sign-in" in page.url
+
+
+def test_a_reviewer_approves_a_proof_and_sees_it_in_the_history(server, page, db,
+                                                                 loaded_program, tmp_path):
+    from engine.launch.proofs import send_proofs
+    from engine.sending.sink import Sink
+
+    add_user(db, "rita@acme.example", "reviewer", name="Rita Reviewer")
+    with Sink(tmp_path / "sink") as sink:
+        transport = sink.transport()
+        try:
+            with db.session() as s:
+                send_proofs(session=s, program_name=loaded_program,
+                            reviewers=["rita@acme.example"], transport=transport,
+                            secret_key="test-secret", base_url=server, now=utcnow())
+        finally:
+            transport.close()
+
+    sign_in(page, server, "rita@acme.example")
+    page.get_by_role("link", name="Reviews").click()
+    page.wait_for_url(re.compile(r"/reviews$"))
+    assert "15 emails to review" in page.get_by_role("status").first.inner_text()
+    visit_check(page, "reviews")
+
+    page.get_by_role("link", name=re.compile(r"^welcome_it")).click()
+    page.wait_for_url(re.compile(r"/reviews/\d+$"))
+    frame = page.frame_locator("iframe[title='welcome_it for persona it_manager']")
+    assert "sandbox project" in frame.locator("body").inner_text()  # the email is shown
+    assert page.locator("iframe").first.get_attribute("sandbox") == ""
+    visit_check(page, "review")
+
+    page.get_by_role("button", name="Approve version 1").click()
+    page.wait_for_url(re.compile(r"/reviews#history$"))
+    assert "You approved welcome_it (version 1)." in page.locator(".notice").inner_text()
+    assert "14 emails to review" in page.get_by_role("status").nth(1).inner_text()
+    row = page.locator("#history tbody tr").first
+    assert "rita@acme.example" in row.inner_text() and "approved" in row.inner_text()
+    assert "welcome_it" in row.inner_text()
+    visit_check(page, "reviews-approved")
+
+    row.get_by_role("link", name="welcome_it").click()
+    page.wait_for_url(re.compile(r"/reviews/\d+$"))
+    assert "approved on" in page.locator(".fields").inner_text()
+    # a full-page screenshot leaves the sandboxed frame (another process) blank: shoot it alone
+    page.locator("iframe").first.screenshot(path=str(ARTIFACTS / "review-email.png"))
+
+    page.set_viewport_size(PHONE)
+    assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    visit_check(page, "reviews-phone")

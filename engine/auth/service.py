@@ -52,6 +52,7 @@ class Permission(StrEnum):
     ASSETS_WRITE = "assets:write"
     REPORTS_READ = "reports:read"
     SALES_ANSWER = "sales:answer"  # accept or reject an MQL in the console
+    REVIEWS_DECIDE = "reviews:decide"  # approve or reject a proof sent to you, in the console
 
 
 ROLE_PERMISSIONS: dict[str, frozenset[Permission]] = {
@@ -64,7 +65,7 @@ ROLE_PERMISSIONS: dict[str, frozenset[Permission]] = {
                            Permission.LEADS_EVENTS, Permission.REPORTS_READ,
                            Permission.SALES_ANSWER}),
     Role.REVIEWER: frozenset({Permission.PROGRAMS_READ, Permission.LEADS_READ,
-                              Permission.REPORTS_READ}),
+                              Permission.REPORTS_READ, Permission.REVIEWS_DECIDE}),
     Role.READ_ONLY: frozenset({Permission.PROGRAMS_READ, Permission.LEADS_READ,
                                Permission.REPORTS_READ}),
 }

@@ -247,3 +247,61 @@ def _status(email_key: str, path: str, version: AssetVersion | str,
     state = REJECTED if rejections else APPROVED if approved else PENDING
     return AssetApproval(email_key, path, version.version, state, approved, rejections,
                          awaiting, asset_version_id=version.id)
+
+
+# -- the console's review queue and decisions history ------------------------------------------
+
+@dataclass(frozen=True)
+class PendingReview:
+    """An email version a reviewer was sent proofs of and has not decided on yet."""
+
+    summary: ReviewSummary  # of the newest proof: a decision goes through it
+    proofs: tuple[Proof, ...]  # the newest proof per persona, in persona order of sending
+
+
+def review_queue(*, session: Session, reviewer: str) -> list[PendingReview]:
+    """What `reviewer` still has to decide: every asset version still current that they were
+    sent a proof of, with no decision of theirs yet, oldest proof first. A decision is the
+    reviewer's on a version (not per persona), so each version is one entry."""
+    address = reviewer.strip().lower()
+    undecided = ~select(Approval.id).where(
+        Approval.asset_version_id == Proof.asset_version_id,
+        Approval.reviewer == Proof.reviewer).exists()
+    rows = session.scalars(
+        select(Proof).join(AssetVersion, AssetVersion.id == Proof.asset_version_id)
+        .join(Asset, Asset.id == AssetVersion.asset_id)
+        .where(Proof.reviewer == address, Asset.current_version == AssetVersion.version,
+               undecided)
+        .order_by(Proof.sent_at, Proof.id))
+    by_version: dict[int, dict[str, Proof]] = {}
+    for proof in rows:  # in time order: a newer proof of a persona replaces the older one
+        by_version.setdefault(proof.asset_version_id, {})[proof.persona] = proof
+    queue = []
+    for proofs in by_version.values():
+        newest = max(proofs.values(), key=lambda p: (p.sent_at, p.id))
+        queue.append(PendingReview(review_summary(session=session, proof=newest),
+                                   tuple(proofs.values())))
+    return queue
+
+
+@dataclass(frozen=True)
+class PastDecision:
+    """One recorded decision as the decisions history lists it."""
+
+    approval: Approval
+    program: str
+    email_key: str | None  # None when the decision's proof was deleted
+    asset: str
+    version: int
+
+
+def decision_history(*, session: Session, limit: int = 100) -> list[PastDecision]:
+    """The latest `limit` decisions of every reviewer on every program, newest first."""
+    rows = session.execute(
+        select(Approval, ProgramRecord.name, Proof.email_key, Asset.path, AssetVersion.version)
+        .join(ProgramRecord, ProgramRecord.id == Approval.program_id)
+        .join(AssetVersion, AssetVersion.id == Approval.asset_version_id)
+        .join(Asset, Asset.id == AssetVersion.asset_id)
+        .outerjoin(Proof, Proof.id == Approval.proof_id)
+        .order_by(Approval.at.desc(), Approval.id.desc()).limit(limit)).all()
+    return [PastDecision(*row) for row in rows]

@@ -160,15 +160,8 @@ def render_proofs(*, session: Session, record: ProgramRecord, program: Program,
             failures.append(f"{email.key} ({email.file}): {exc.detail}")
             continue
         for sample in samples:
-            context = make_context(lead=sample.lead, program=program, links=Links(
-                base_url=base_url, program=program.slug, page_token=page_token))
             try:
-                # version_id=None: no shared template cache. That cache is keyed by row id,
-                # and ids repeat (another database, a deleted or rolled-back row), so a proof
-                # could show another version's content. Compiling per persona costs a few ms.
-                output = render_email(version_id=None, html=version.compiled_html or "",
-                                      text=version.compiled_text or "", subject=email.subject,
-                                      context=context, strict=True, where=email.file)
+                output = _render(program, email, version, sample, base_url, page_token)
             except RenderFailed as exc:
                 failures.append(f"{email.key} ({email.file}) for persona {sample.persona.key}: "
                                 f"{exc.detail}")
@@ -177,6 +170,35 @@ def render_proofs(*, session: Session, record: ProgramRecord, program: Program,
     if failures:
         raise ProofsNotRendered(failures)
     return results
+
+
+def _render(program: Program, email: Email, version: AssetVersion, sample: Sample,
+            base_url: str, page_token: str | None) -> Rendered:
+    context = make_context(lead=sample.lead, program=program, links=Links(
+        base_url=base_url, program=program.slug, page_token=page_token))
+    # version_id=None: no shared template cache. That cache is keyed by row id, and ids
+    # repeat (another database, a deleted or rolled-back row), so a proof could show another
+    # version's content. Compiling per persona costs a few ms.
+    return render_email(version_id=None, html=version.compiled_html or "",
+                        text=version.compiled_text or "", subject=email.subject,
+                        context=context, strict=True, where=email.file)
+
+
+def render_proof(*, session: Session, proof: Proof, base_url: str,
+                 page_token: str | None = None) -> Rendered:
+    """A sent proof's email again, as its reviewer received it minus the banner: the asset
+    version it shows, for the sample lead of its persona, rendered as send_proofs renders.
+    Raises NotFound when the program no longer has its email or persona, Invalid
+    (RenderFailed) when it no longer renders."""
+    record = session.get(ProgramRecord, proof.program_id)
+    _, program = current_program(session=session, name=record.name)
+    email = program.emails.get(proof.email_key)
+    sample = next((s for s in sample_leads(program) if s.persona.key == proof.persona), None)
+    if email is None or sample is None:
+        raise NotFound(f"{record.name} no longer has the email {proof.email_key!r} or the "
+                       f"persona {proof.persona!r} of this proof", field="proof")
+    version = session.get(AssetVersion, proof.asset_version_id)
+    return _render(program, email, version, sample, base_url, page_token)
 
 
 def _send_one(run: _Run, item: RenderedProof,

@@ -222,3 +222,23 @@ def launch_notice(program: Program, *, to: list[str], by: str, now: datetime) ->
     message["Message-ID"] = make_msgid(domain=sender_domain(program.sender))
     message.set_content(describe(program) + f"\n\nLaunched by {by} at {now:%Y-%m-%d %H:%M} UTC.\n")
     return message
+
+
+def launch_findings(*, session: Session, program_id: int, path: str, version: int) -> list[str]:
+    """The blockers the newest refused launch of the program named for `path` at `version`
+    (its summary lines `code path location: message`), approval findings left out: the gate
+    is not re-run here, its stored outcome is read. Empty when no refused launch checked that
+    version, or the newest one that did found nothing else about it."""
+    attempts = session.scalars(select(Launch).where(Launch.program_id == program_id,
+                                                    Launch.launched.is_(False))
+                               .order_by(Launch.at.desc(), Launch.id.desc()))
+    for attempt in attempts:
+        if (attempt.assets or {}).get(path) != version:
+            continue
+        found = []
+        for line in attempt.summary.splitlines():
+            code, _, rest = line.partition(" ")
+            if rest.startswith(f"{path} ") and not code.startswith(APPROVAL_FINDINGS):
+                found.append(f"{code} {rest[len(path) + 1:]}")
+        return found
+    return []

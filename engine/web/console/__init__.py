@@ -7,6 +7,9 @@
 /leads/<id>    a lead: fields, CRM record, stage history, timeline, score, enrollments and
                explain; POST /leads/<id>/stage sets its stage through the one pipeline
 /sales         the MQL queue by score with timelines, accept and reject; SLA breaches by owner
+/reviews       the signed-in reviewer's pending proofs and the decisions history;
+               /reviews/<proof id> a proof with its email (framed from .../email, sandboxed)
+               and findings; POST /reviews/<proof id>/decision approves or rejects it
 
 Every form carries a CSRF token (engine/web/csrf.py's double submit, its own cookie and
 salt); every page needs a signed-in user (engine/web/console/session.py) whose role allows it.
@@ -14,7 +17,7 @@ salt); every page needs a signed-in user (engine/web/console/session.py) whose r
 
 from __future__ import annotations
 
-from engine.web.console import leads, sales, signin  # noqa: F401 - they add their views
+from engine.web.console import leads, reviews, sales, signin  # noqa: F401 - they add their views
 from engine.web.console.base import console, init_console
 
 __all__ = ["console", "init_console"]
