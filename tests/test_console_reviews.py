@@ -10,18 +10,17 @@ from datetime import timedelta
 import pytest
 from console_helpers import START, Browser, Clock, add_user
 from sqlalchemy import select
+from test_review_pages import BASE
+from test_review_pages import send as send_to_reviewers
 
 from engine.assets.service import current_version, upload
 from engine.launch.approvals import approval_status
 from engine.launch.models import Approval, Proof
-from engine.launch.proofs import send_proofs
 from engine.launch.service import record_launch
 from engine.programs.models import ProgramRecord
 from engine.sending.sink import Sink
 from engine.web.app import create_app
 
-SECRET = "test-secret"  # the env fixture's SECRET_KEY
-BASE = "https://nurture.acme.example"
 REVIEWER = "rita@acme.example"
 SCRIPT = "<script>alert(1)</script>"
 EMAILS = 15  # the sample program's emails, each proofed for 2 personas
@@ -62,14 +61,7 @@ def as_role(app, db):
 
 
 def send(db, sink, reviewers=(REVIEWER,), now=START) -> list[int]:
-    transport = sink.transport()
-    try:
-        with db.session() as s:
-            return [p.id for p in send_proofs(session=s, program_name="acme-nurture",
-                                              reviewers=list(reviewers), transport=transport,
-                                              secret_key=SECRET, base_url=BASE, now=now)]
-    finally:
-        transport.close()
+    return send_to_reviewers(db, sink, reviewers=reviewers, now=now)
 
 
 def proof_of(db, email_key: str, reviewer: str = REVIEWER) -> int:
