@@ -1,7 +1,8 @@
 """The console in a real browser: Playwright drives Debian's Chromium against the app served
 over HTTP by werkzeug on a free port. A marketer signs in, searches a lead, opens it and sets
 its stage; a sales rep accepts an MQL and it leaves the queue; a reviewer opens a proof sent to
-them, sees the email in its sandboxed frame, approves it and finds it in the history. Every page visited is saved as a
+them, sees the email in its sandboxed frame, approves it and finds it in the history; an admin
+reads the Delivery page and a message of the local inbox. Every page visited is saved as a
 screenshot under test-artifacts/console/ and checked with axe-core (tests/vendor/axe-core) for
 serious or critical accessibility violations.
 
@@ -226,3 +227,56 @@ def test_a_reviewer_approves_a_proof_and_sees_it_in_the_history(server, page, db
     page.set_viewport_size(PHONE)
     assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
     visit_check(page, "reviews-phone")
+
+
+def test_an_admin_reads_delivery_and_opens_a_message_of_the_local_inbox(server, page, db, env,
+                                                                       loaded_program):
+    from engine.launch.proofs import send_proofs
+    from engine.sending.sink import Sink
+    from engine.sending.suppression import suppress
+
+    add_user(db, "ada@acme.example", "admin", name="Ada Admin")
+    with db.session() as s:
+        suppress(session=s, email="gone@globex.example", reason="unsubscribed",
+                 source="<b>form</b>", now=utcnow())
+    # proofs into the app's own sink directory (instance/sink), listed because it exists
+    with Sink(Path(env["NURTURE_INSTANCE"]) / "sink") as sink:
+        transport = sink.transport()
+        try:
+            with db.session() as s:
+                send_proofs(session=s, program_name=loaded_program,
+                            reviewers=["rita@acme.example"], transport=transport,
+                            secret_key="test-secret", base_url=server, now=utcnow())
+        finally:
+            transport.close()
+
+    sign_in(page, server, "ada@acme.example")
+    page.get_by_role("link", name="Delivery").click()
+    page.wait_for_url(re.compile(r"/delivery$"))
+    assert "No sends were due in the last 24 hours" in page.locator("main").inner_text()
+    suppressions = page.get_by_role("region", name="Suppressed addresses")
+    assert "gone@globex.example" in suppressions.inner_text()
+    assert "<b>form</b>" in suppressions.inner_text()  # shown as text
+    visit_check(page, "delivery")
+
+    page.get_by_label("Email address contains").fill("nobody")
+    page.get_by_label("Email address contains").press("Enter")
+    page.wait_for_url(re.compile(r"/delivery\?q=nobody"))
+    assert "No suppressed address contains" in page.locator("#suppressions").inner_text()
+
+    page.goto(f"{server}/delivery")
+    inbox = page.get_by_role("region", name="Messages received")
+    assert inbox.locator("tbody tr").count() == 30  # 15 emails x 2 personas, newest first
+    inbox.get_by_role("link").first.click()
+    page.wait_for_url(re.compile(r"/delivery/inbox/30$"))
+    frame = page.locator("iframe").first
+    assert frame.get_attribute("sandbox") == ""
+    assert "PROOF FOR REVIEW" in page.frame_locator("iframe").locator("body").inner_text()
+    visit_check(page, "delivery-message")
+    # a full-page screenshot leaves the sandboxed frame blank: shoot it alone
+    frame.screenshot(path=str(ARTIFACTS / "delivery-email.png"))
+
+    page.set_viewport_size(PHONE)
+    page.goto(f"{server}/delivery")
+    assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    visit_check(page, "delivery-phone")

@@ -53,6 +53,7 @@ class Permission(StrEnum):
     REPORTS_READ = "reports:read"
     SALES_ANSWER = "sales:answer"  # accept or reject an MQL in the console
     REVIEWS_DECIDE = "reviews:decide"  # approve or reject a proof sent to you, in the console
+    DELIVERY_READ = "delivery:read"  # send runs, forecast, suppressions, the local inbox
 
 
 ROLE_PERMISSIONS: dict[str, frozenset[Permission]] = {
@@ -60,14 +61,15 @@ ROLE_PERMISSIONS: dict[str, frozenset[Permission]] = {
     Role.MARKETER: frozenset({Permission.PROGRAMS_READ, Permission.LEADS_READ,
                               Permission.LEADS_WRITE, Permission.LEADS_STAGE,
                               Permission.LEADS_EVENTS, Permission.ASSETS_WRITE,
-                              Permission.REPORTS_READ}),
+                              Permission.REPORTS_READ, Permission.DELIVERY_READ}),
     Role.SALES: frozenset({Permission.LEADS_READ, Permission.LEADS_STAGE,
                            Permission.LEADS_EVENTS, Permission.REPORTS_READ,
                            Permission.SALES_ANSWER}),
     Role.REVIEWER: frozenset({Permission.PROGRAMS_READ, Permission.LEADS_READ,
-                              Permission.REPORTS_READ, Permission.REVIEWS_DECIDE}),
+                              Permission.REPORTS_READ, Permission.REVIEWS_DECIDE,
+                              Permission.DELIVERY_READ}),
     Role.READ_ONLY: frozenset({Permission.PROGRAMS_READ, Permission.LEADS_READ,
-                               Permission.REPORTS_READ}),
+                               Permission.REPORTS_READ, Permission.DELIVERY_READ}),
 }
 
 

@@ -98,6 +98,12 @@ def text_part(message: EmailMessage) -> str:
     return _decoded(part).replace("\r\n", "\n")
 
 
+def html_part(message: EmailMessage) -> str | None:
+    """The HTML body, or None when the message has none."""
+    part = message.get_body(preferencelist=("html",))
+    return None if part is None else _decoded(part)
+
+
 def _decoded(part: EmailMessage) -> str:
     try:
         return part.get_content()

@@ -48,3 +48,13 @@ def suppressed_reasons(*, session: Session, emails: list[str]) -> dict[str, str]
     query = select(Suppression.email, Suppression.reason).where(
         Suppression.email.in_([e.lower() for e in emails]))
     return dict(session.execute(query).all())
+
+
+def list_suppressions(*, session: Session, search: str = "",
+                      limit: int = 100) -> list[Suppression]:
+    """The newest `limit` suppressions, those whose address contains `search` (any case)."""
+    query = select(Suppression).order_by(Suppression.created_at.desc(), Suppression.id.desc())
+    text = search.strip().lower()
+    if text:
+        query = query.where(Suppression.email.contains(text, autoescape=True))
+    return list(session.scalars(query.limit(limit)))

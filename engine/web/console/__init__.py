@@ -10,6 +10,9 @@
 /reviews       the signed-in reviewer's pending proofs and the decisions history;
                /reviews/<proof id> a proof with its email (framed from .../email, sandboxed)
                and findings; POST /reviews/<proof id>/decision approves or rejects it
+/delivery      send runs of the last 24 hours, the 24-hour forecast, suppressions (?q= an
+               address), and the local sink's inbox when its directory exists;
+               /delivery/inbox/<n> a message with its HTML (framed from .../email, sandboxed)
 
 Every form carries a CSRF token (engine/web/csrf.py's double submit, its own cookie and
 salt); every page needs a signed-in user (engine/web/console/session.py) whose role allows it.
@@ -17,7 +20,7 @@ salt); every page needs a signed-in user (engine/web/console/session.py) whose r
 
 from __future__ import annotations
 
-from engine.web.console import leads, reviews, sales, signin  # noqa: F401 - they add their views
+from engine.web.console import delivery, leads, reviews, sales, signin  # noqa: F401 - they add their views
 from engine.web.console.base import console, init_console
 
 __all__ = ["console", "init_console"]

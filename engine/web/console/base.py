@@ -42,6 +42,14 @@ SESSION_LIFETIME = timedelta(hours=12)
 MAX_FIELD = 1000  # a form field longer than its own limit, or this, is refused (422)
 ROLE_NAMES = {"admin": "Admin", "marketer": "Marketer", "reviewer": "Reviewer",
               "sales": "Sales", "read_only": "Read-only"}
+# A page framing an email that its own route serves (a proof, a message in the local inbox)
+FRAMING_CSP = ("default-src 'none'; style-src 'self'; img-src 'self'; frame-src 'self'; "
+               "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+# The email's own HTML: inline styles and remote images as a mail client shows them, nothing
+# that runs, submits or navigates; `sandbox` keeps it sandboxed when opened outside the frame.
+EMAIL_CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src https: data:; "
+             "font-src https: data:; form-action 'none'; base-uri 'none'; sandbox; "
+             "frame-ancestors 'self'")
 _HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; "
                                "form-action 'self'; base-uri 'none'; frame-ancestors 'none'",

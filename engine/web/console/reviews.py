@@ -31,16 +31,19 @@ from engine.launch.proofs import render_proof
 from engine.launch.service import launch_findings
 from engine.pages.service import preview_token
 from engine.programs.models import ProgramRecord
-from engine.web.console.base import console, db, field, now, page, render, signed_in_user
+from engine.web.console.base import (
+    EMAIL_CSP,
+    FRAMING_CSP,
+    console,
+    db,
+    field,
+    now,
+    page,
+    render,
+    signed_in_user,
+)
 
 HISTORY_LIMIT = 100
-_PAGE_CSP = ("default-src 'none'; style-src 'self'; img-src 'self'; frame-src 'self'; "
-             "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
-# The proof's own HTML: inline styles and remote images as a mail client shows them, nothing
-# that runs, submits or navigates; `sandbox` keeps it sandboxed when opened outside the frame.
-_EMAIL_CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src https: data:; "
-              "font-src https: data:; form-action 'none'; base-uri 'none'; sandbox; "
-              "frame-ancestors 'self'")
 
 
 def _mine(proof: Proof) -> bool:
@@ -79,7 +82,7 @@ def _proof_page(proof_id: int, status: int = 200, **extra) -> Response:
     response = render("console/review.html", status=status, summary=summary,
                       findings=findings, personas=list(personas.values()),
                       mine=_mine(proof), max_comment=MAX_COMMENT, **extra)
-    response.headers["Content-Security-Policy"] = _PAGE_CSP
+    response.headers["Content-Security-Policy"] = FRAMING_CSP
     return response
 
 
@@ -105,7 +108,7 @@ def review_email(proof_id: int):
         except NurtureError as exc:
             html = f"<p>This proof cannot be shown again: {escape(exc.detail)}</p>"
     response = Response(html, mimetype="text/html")
-    response.headers.update({"Content-Security-Policy": _EMAIL_CSP,
+    response.headers.update({"Content-Security-Policy": EMAIL_CSP,
                              "X-Frame-Options": "SAMEORIGIN"})
     return response
 
