@@ -2,7 +2,8 @@
 over HTTP by werkzeug on a free port. A marketer signs in, searches a lead, opens it and sets
 its stage; a sales rep accepts an MQL and it leaves the queue; a reviewer opens a proof sent to
 them, sees the email in its sandboxed frame, approves it and finds it in the history; an admin
-reads the Delivery page and a message of the local inbox. Every page visited is saved as a
+reads the Delivery page and a message of the local inbox; a read-only user runs the funnel
+for a program and sees its chart. Every page visited is saved as a
 screenshot under test-artifacts/console/ and checked with axe-core (tests/vendor/axe-core) for
 serious or critical accessibility violations.
 
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from console_helpers import PASSWORD, add_lead, add_user
+from report_history import write_history
 from werkzeug.serving import make_server
 
 from engine.db import utcnow
@@ -280,3 +282,34 @@ def test_an_admin_reads_delivery_and_opens_a_message_of_the_local_inbox(server, 
     page.goto(f"{server}/delivery")
     assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
     visit_check(page, "delivery-phone")
+
+
+def test_a_read_only_user_runs_the_funnel_for_a_program_and_sees_its_chart(server, page, db):
+    write_history(db)
+    add_user(db, "rob@acme.example", "read_only", name="Rob Reader")
+    refused = []  # the chart's <style> is allowed by its hash: nothing should be refused
+    page.on("console", lambda message: refused.append(message.text)
+            if "Content Security Policy" in message.text else None)
+    sign_in(page, server, "rob@acme.example")
+    page.get_by_role("link", name="Reports").click()
+    page.wait_for_url(re.compile(r"/reports$"))
+    visit_check(page, "reports")
+
+    page.get_by_label("Report", exact=True).select_option("funnel")
+    page.get_by_label("Program", exact=True).select_option("p")
+    page.get_by_label("From", exact=True).fill("2026-01-01")
+    page.get_by_label("To", exact=True).fill("2026-03-31")
+    page.get_by_label("By", exact=True).select_option("month")
+    page.get_by_role("button", name="Show report").click()
+    page.wait_for_url(re.compile(r"/reports/funnel\?"))
+    chart = page.locator("figure.chart svg").first
+    assert chart.is_visible() and chart.bounding_box()["width"] > 300
+    assert "2026-01-01 to 2026-03-31" in page.locator("main").inner_text()
+    assert page.locator("table").count() >= 1
+    assert not refused, refused
+    visit_check(page, "report-funnel")
+
+    page.get_by_label("From", exact=True).fill("2026-04-01")
+    page.get_by_role("button", name="Show funnel").click()
+    assert "must be before to" in page.get_by_role("alert").inner_text()
+    visit_check(page, "report-invalid")

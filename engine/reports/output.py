@@ -38,7 +38,7 @@ def formatted(value, column: Column) -> str:
 def to_terminal(report: Report, console: Console) -> None:
     """Each table at its natural width (wider than the terminal if it must: a report piped to
     a file or a pager stays one row per line)."""
-    console.print(styled((report.title, "bold"), f"  {_subtitle(report)}"))
+    console.print(styled((report.title, "bold"), f"  {subtitle(report)}"))
     for table in report.tables:
         if not table.rows:
             console.print(f"{table.title}: nothing in this period")
@@ -103,11 +103,16 @@ def _csv_cell(value) -> object:
 
 
 def to_html(report: Report) -> str:
-    sections = [{"table": table, "svg": chart_svg(table) if table.chart and table.rows else None,
-                 "rows": [[formatted(row.get(c.key), c) for c in table.columns]
-                          for row in table.rows]}
-                for table in report.tables]
-    return _PAGE.render(report=report, subtitle=_subtitle(report), sections=sections)
+    return _PAGE.render(report=report, subtitle=subtitle(report), sections=sections(report))
+
+
+def sections(report: Report) -> list[dict]:
+    """Each table with its chart (inline SVG, or None) and its rows as formatted text: what the
+    HTML page and the console's report page show."""
+    return [{"table": table, "svg": chart_svg(table) if table.chart and table.rows else None,
+             "rows": [[formatted(row.get(c.key), c) for c in table.columns]
+                      for row in table.rows]}
+            for table in report.tables]
 
 
 def chart_svg(table: Table) -> Markup:
@@ -139,7 +144,7 @@ def _x_label(row: dict, x: str) -> str:
     return " · ".join("" if part is None else str(part) for part in parts)
 
 
-def _subtitle(report: Report) -> str:
+def subtitle(report: Report) -> str:
     query = report.query
     parts = [query.program or "all programs", query.describe(), f"time zone {query.tz}"]
     if query.by:

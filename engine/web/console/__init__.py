@@ -13,6 +13,8 @@
 /delivery      send runs of the last 24 hours, the 24-hour forecast, suppressions (?q= an
                address), and the local sink's inbox when its directory exists;
                /delivery/inbox/<n> a message with its HTML (framed from .../email, sandboxed)
+/reports       the reports and their form (program, from, to, by, split; ?report= goes to it);
+               /reports/<name>?... a report's tables and SVG charts, .../csv its first table
 
 Every form carries a CSRF token (engine/web/csrf.py's double submit, its own cookie and
 salt); every page needs a signed-in user (engine/web/console/session.py) whose role allows it.
@@ -20,7 +22,7 @@ salt); every page needs a signed-in user (engine/web/console/session.py) whose r
 
 from __future__ import annotations
 
-from engine.web.console import delivery, leads, reviews, sales, signin  # noqa: F401 - they add their views
+from engine.web.console import delivery, leads, reports, reviews, sales, signin  # noqa: F401 - they add their views
 from engine.web.console.base import console, init_console
 
 __all__ = ["console", "init_console"]
