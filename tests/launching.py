@@ -64,3 +64,18 @@ def approve_everything(db: Database, proofs_dir, now: datetime,
         for proof in approved:
             record_decision(session=s, proof=proof, decision="approve", comment=None, now=now)
         return len(approved)
+
+
+def send_proofs_to(db, sink, reviewers, *, base_url: str, now: datetime,
+                   program: str = "acme-nurture", secret_key: str = "test-secret") -> list[int]:
+    """Send `program`'s proofs to `reviewers` through `sink` (a tests' Sink); their ids."""
+    from engine.launch.proofs import send_proofs
+
+    transport = sink.transport()
+    try:
+        with db.session() as s:
+            return [p.id for p in send_proofs(session=s, program_name=program,
+                                              reviewers=list(reviewers), transport=transport,
+                                              secret_key=secret_key, base_url=base_url, now=now)]
+    finally:
+        transport.close()

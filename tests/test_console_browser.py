@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from console_helpers import PASSWORD, add_lead, add_user
+from launching import send_proofs_to
 from report_history import write_history
 from werkzeug.serving import make_server
 
@@ -184,19 +185,12 @@ def test_a_sales_rep_accepts_an_mql_and_it_leaves_the_queue(server, page, db):
 
 def test_a_reviewer_approves_a_proof_and_sees_it_in_the_history(server, page, db,
                                                                  loaded_program, tmp_path):
-    from engine.launch.proofs import send_proofs
     from engine.sending.sink import Sink
 
     add_user(db, "rita@acme.example", "reviewer", name="Rita Reviewer")
     with Sink(tmp_path / "sink") as sink:
-        transport = sink.transport()
-        try:
-            with db.session() as s:
-                send_proofs(session=s, program_name=loaded_program,
-                            reviewers=["rita@acme.example"], transport=transport,
-                            secret_key="test-secret", base_url=server, now=utcnow())
-        finally:
-            transport.close()
+        send_proofs_to(db, sink, ["rita@acme.example"], program=loaded_program,
+                       base_url=server, now=utcnow())
 
     sign_in(page, server, "rita@acme.example")
     page.get_by_role("link", name="Reviews").click()
@@ -233,7 +227,6 @@ def test_a_reviewer_approves_a_proof_and_sees_it_in_the_history(server, page, db
 
 def test_an_admin_reads_delivery_and_opens_a_message_of_the_local_inbox(server, page, db, env,
                                                                        loaded_program):
-    from engine.launch.proofs import send_proofs
     from engine.sending.sink import Sink
     from engine.sending.suppression import suppress
 
@@ -243,14 +236,8 @@ def test_an_admin_reads_delivery_and_opens_a_message_of_the_local_inbox(server, 
                  source="<b>form</b>", now=utcnow())
     # proofs into the app's own sink directory (instance/sink), listed because it exists
     with Sink(Path(env["NURTURE_INSTANCE"]) / "sink") as sink:
-        transport = sink.transport()
-        try:
-            with db.session() as s:
-                send_proofs(session=s, program_name=loaded_program,
-                            reviewers=["rita@acme.example"], transport=transport,
-                            secret_key="test-secret", base_url=server, now=utcnow())
-        finally:
-            transport.close()
+        send_proofs_to(db, sink, ["rita@acme.example"], program=loaded_program,
+                       base_url=server, now=utcnow())
 
     sign_in(page, server, "ada@acme.example")
     page.get_by_role("link", name="Delivery").click()

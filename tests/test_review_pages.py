@@ -9,12 +9,12 @@ from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
 import pytest
+from launching import send_proofs_to
 from sqlalchemy import func, select
 
 from engine.assets.service import upload
 from engine.launch.approvals import REVIEW_PURPOSE, approval_status, reviewer_digest
 from engine.launch.models import Approval, Proof
-from engine.launch.proofs import send_proofs
 from engine.sending.inbox import read_message
 from engine.sending.sink import Sink
 from engine.tracking.tokens import sign, unsubscribe_token
@@ -56,14 +56,7 @@ def app(env, sink, clock, monkeypatch):
 
 
 def send(db, sink, reviewers=("ann@acme.example",), now=NOW) -> list[int]:
-    transport = sink.transport()
-    try:
-        with db.session() as s:
-            return [p.id for p in send_proofs(session=s, program_name="acme-nurture",
-                                              reviewers=list(reviewers), transport=transport,
-                                              secret_key=SECRET, base_url=BASE, now=now)]
-    finally:
-        transport.close()
+    return send_proofs_to(db, sink, reviewers, base_url=BASE, now=now, secret_key=SECRET)
 
 
 def links(sink, email_key: str = "welcome_it", persona: str = "it_manager",
