@@ -127,14 +127,18 @@ class MapInvalid(FileInvalid):
     """A field map with errors, each as `file:line: message`."""
 
 
+def is_blank(value: Any) -> bool:
+    """None, or text of nothing but spaces: what never erases a value."""
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
 def settle(rule: str, *, local: Any, crm: Any, local_at: datetime | None,
            crm_at: datetime | None) -> Settled:
     """The value a field keeps when both sides changed it, by `rule` (RULES). Both values in
     local terms (from_crm has mapped the CRM's). With most_recent a change of unknown time is
     older than any other, and a tie goes to the CRM."""
     if rule == PREFER_CRM_UNLESS_BLANK:
-        blank = crm is None or (isinstance(crm, str) and not crm.strip())
-        return Settled(local, "local", rule) if blank else Settled(crm, "crm", rule)
+        return Settled(local, "local", rule) if is_blank(crm) else Settled(crm, "crm", rule)
     if rule == ALWAYS_CRM:
         return Settled(crm, "crm", rule)
     if rule in (ALWAYS_LOCAL, NEVER_SYNC):

@@ -208,12 +208,12 @@ def _write(record, fields: Mapping) -> dict:
     for name, value in fields.items():
         old = getattr(record, name)
         if old != value:
-            changes[name] = {"from": _plain(old), "to": _plain(value)}
+            changes[name] = {"from": as_json(old), "to": as_json(value)}
             setattr(record, name, value)
     return changes
 
 
-def _plain(value):
+def as_json(value):
     """A value as JSON keeps it (amounts and dates as text)."""
     return value if value is None or isinstance(value, str | int | float | bool) else str(value)
 

@@ -39,11 +39,12 @@ from pydantic_core import PydanticCustomError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from engine.crm.fieldmap import NEVER_SYNC, CrmMap
+from engine.crm.fieldmap import NEVER_SYNC, CrmMap, is_blank
 from engine.crm.models import Account, CrmInboundEvent, OpportunityStatus
 from engine.crm.outbox import CRM_ACTOR
 from engine.crm.records import (
     account_of,
+    as_json,
     find_opportunity,
     lead_opportunities,
     opportunity_contacts,
@@ -385,14 +386,14 @@ class _Apply:
         never syncs; when both sides changed (the record changed here since the CRM's last
         event about it) and hold different values, the map's rule settles it, logged."""
         rule = self.map.rule(obj, name)
-        if local == crm or _blank(crm) or (rule and rule.conflict == NEVER_SYNC):
+        if local == crm or is_blank(crm) or (rule and rule.conflict == NEVER_SYNC):
             return False
-        if _blank(local) or not both_changed:
+        if is_blank(local) or not both_changed:
             return True
         result = self.map.settle(obj, name, local=local, crm=crm,
                                  local_at=record.updated_at if record else None, crm_at=self.at)
         self.applied.conflicts.append({
-            "object": obj, "field": name, "local": _plain(local), "crm": _plain(crm),
+            "object": obj, "field": name, "local": as_json(local), "crm": as_json(crm),
             "kept": result.winner, "rule": result.rule})
         return result.winner == "crm"
 
@@ -582,11 +583,3 @@ def _checked(model: type[BaseModel], local: dict, crm_map: CrmMap, obj: str,
         raise Invalid(f"{error['msg']} (got {str(error.get('input'))[:100]!r})",
                       field=f"{where}.{crm_name}") from None
     return {name: getattr(checked, name) for name in local}
-
-
-def _blank(value) -> bool:
-    return value is None or (isinstance(value, str) and not value.strip())
-
-
-def _plain(value):
-    return value if value is None or isinstance(value, str | int | float | bool) else str(value)

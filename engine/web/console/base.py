@@ -67,6 +67,15 @@ class ConsoleSessionInterface(SecureCookieSessionInterface):
         return bool(super().get_cookie_secure(app) or request.is_secure)
 
 
+def framed_email(html: str) -> Response:
+    """An email's HTML alone, for the sandboxed frame of a console page (a proof, an inbox
+    message): under EMAIL_CSP, framed only by the console itself."""
+    response = Response(html, mimetype="text/html")
+    response.headers.update({"Content-Security-Policy": EMAIL_CSP,
+                             "X-Frame-Options": "SAMEORIGIN"})
+    return response
+
+
 def init_console(app: Flask, *, base_url: str) -> None:
     app.session_interface = ConsoleSessionInterface()
     app.config.update(SESSION_COOKIE_NAME=SESSION_COOKIE, SESSION_COOKIE_HTTPONLY=True,

@@ -13,7 +13,7 @@ from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 
-from flask import Response, current_app, request
+from flask import current_app, request
 from markupsafe import escape
 from werkzeug.exceptions import NotFound
 
@@ -23,10 +23,10 @@ from engine.sending.inbox import find_message, html_part, list_messages, read_me
 from engine.sending.reports import forecast, send_runs
 from engine.sending.suppression import list_suppressions
 from engine.web.console.base import (
-    EMAIL_CSP,
     FRAMING_CSP,
     console,
     db,
+    framed_email,
     now,
     page,
     render,
@@ -101,7 +101,4 @@ def inbox_email(seq: int):
     html = html_part(message)
     if html is None:
         html = f"<pre>{escape(text_part(message))}</pre>"
-    response = Response(html, mimetype="text/html")
-    response.headers.update({"Content-Security-Policy": EMAIL_CSP,
-                             "X-Frame-Options": "SAMEORIGIN"})
-    return response
+    return framed_email(html)

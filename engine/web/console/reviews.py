@@ -32,11 +32,11 @@ from engine.launch.service import launch_findings
 from engine.pages.service import preview_token
 from engine.programs.models import ProgramRecord
 from engine.web.console.base import (
-    EMAIL_CSP,
     FRAMING_CSP,
     console,
     db,
     field,
+    framed_email,
     now,
     page,
     render,
@@ -107,10 +107,7 @@ def review_email(proof_id: int):
                                     program=record.name)).html
         except NurtureError as exc:
             html = f"<p>This proof cannot be shown again: {escape(exc.detail)}</p>"
-    response = Response(html, mimetype="text/html")
-    response.headers.update({"Content-Security-Policy": EMAIL_CSP,
-                             "X-Frame-Options": "SAMEORIGIN"})
-    return response
+    return framed_email(html)
 
 
 @console.post("/reviews/<int:proof_id>/decision")
